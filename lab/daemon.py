@@ -1,0 +1,205 @@
+"""The lab daemon: builds the cluster, then serves `weftctl lab` over a unix socket.
+
+Started detached by `weftctl lab up` as `python -m lab.daemon --state-dir DIR`; it reads its
+settings from the lab record there. It stays up until `weftctl lab down` (or SIGTERM), and
+then removes everything it made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+from aiohttp import web
+
+from lab.addressing import node_plans
+from lab.model import ClusterModel
+from lab.naming import LabNames
+from lab.runtime import LabRuntime
+from lab.state import LabPaths, LabRecord, teardown
+from lab.status import lab_status
+from meshcore.logs import configure_logging
+from meshcore.resources import (
+    Document,
+    ManifestError,
+    ManifestErrors,
+    load_documents,
+    parse_documents,
+)
+from meshcore.resources.core import _plain
+
+log = structlog.get_logger("lab.daemon")
+
+
+def errors_json(err: ManifestError | ManifestErrors) -> list[dict[str, str]]:
+    items = err.errors if isinstance(err, ManifestErrors) else [err]
+    return [
+        {"message": str(e), "source": e.source, "resource": e.resource, "field": e.field,
+         "reason": e.reason}
+        for e in items
+    ]
+
+
+class LabDaemon:
+    def __init__(self, record: LabRecord, paths: LabPaths) -> None:
+        self.record = record
+        self.paths = paths
+        self.names = LabNames(record.lab_id)
+        self.model = ClusterModel(node_plans(record.config), record.config.service_cidr)
+        self.runtime = LabRuntime(record.config, self.names, paths, self.model)
+        self.phase = "Building"
+        self.error = ""
+        self.started = time.time()
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        app = web.Application()
+        app.add_routes([
+            web.get("/v1/status", self._status),
+            web.post("/v1/apply", self._apply),
+            web.post("/v1/delete", self._delete),
+            web.post("/v1/shutdown", self._shutdown),
+        ])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.UnixSite(runner, str(self.paths.socket))
+        await site.start()
+        os.chmod(self.paths.socket, 0o600)
+        code = 0
+        try:
+            await self._build()
+            self.phase = "Ready"
+            log.info("lab.ready", name=self.record.name, lab_id=self.record.lab_id,
+                     seconds=round(time.time() - self.started, 2))
+            await self._stop.wait()
+        except Exception as err:  # report why the lab could not be built, then clean up
+            self.phase = "Failed"
+            self.error = f"{type(err).__name__}: {err}"
+            log.exception("lab.build_failed", error=self.error)
+            code = 1
+        self.phase = "Terminating"
+        log.info("lab.stopping")
+        await self.runtime.shutdown()
+        await runner.cleanup()
+        teardown(LabRecord(**{**self.record.__dict__, "daemon_pid": 0}), self.paths,
+                 keep_log=code != 0)
+        log.info("lab.stopped")
+        return code
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("lab.signal", signal=sig.name)
+        self._stop.set()
+
+    async def _build(self) -> None:
+        await self.runtime.build_nodes()
+        manifests = [Path(p) for p in self.record.config.manifests]
+        docs = load_documents(manifests) if manifests else []
+        async with self._lock:
+            await self._apply_documents(docs)
+
+    async def _apply_documents(self, docs: list[Document]) -> list[str]:
+        parsed = parse_documents(docs)
+        for item in parsed:
+            for path in item.ignored_fields:
+                log.warning("manifest.field_ignored", source=item.source,
+                            resource=str(item.resource.key), field=path)
+        change = self.model.plan_apply([p.resource for p in parsed])
+        before = dict(self.model.resources)
+        await self.runtime.apply(change)
+        self._save_manifests(docs)
+        return [
+            f"{p.resource.key} {'configured' if p.resource.key in before else 'created'}"
+            for p in parsed
+        ]
+
+    def _save_manifests(self, docs: list[Document]) -> None:
+        import yaml
+
+        self.paths.manifests.mkdir(parents=True, exist_ok=True)
+        for key in list(self.paths.manifests.iterdir()):
+            key.unlink()
+        for resource in self.model.resources.values():
+            k = resource.key
+            name = f"{k.kind}.{k.namespace or '_'}.{k.name}.yaml"
+            (self.paths.manifests / name).write_text(yaml.safe_dump(_plain(resource)))
+
+    # --- API --------------------------------------------------------------------------------
+
+    async def _status(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            lab_status(self.record, self.phase, self.error, self.model, self.runtime)
+        )
+
+    async def _documents(self, request: web.Request) -> list[Document]:
+        body: dict[str, Any] = await request.json()
+        return [Document(d["source"], d["raw"]) for d in body.get("documents", [])]
+
+    async def _apply(self, request: web.Request) -> web.Response:
+        if self.phase != "Ready":
+            return web.json_response({"errors": [{"message": f"lab is {self.phase}"}]},
+                                     status=409)
+        docs = await self._documents(request)
+        async with self._lock:
+            try:
+                results = await self._apply_documents(docs)
+            except (ManifestError, ManifestErrors) as err:
+                return web.json_response({"errors": errors_json(err)}, status=422)
+        return web.json_response({"results": results})
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        if self.phase != "Ready":
+            return web.json_response({"errors": [{"message": f"lab is {self.phase}"}]},
+                                     status=409)
+        docs = await self._documents(request)
+        async with self._lock:
+            try:
+                keys = [p.resource.key for p in parse_documents(docs)]
+                change = self.model.plan_delete(keys)
+                await self.runtime.apply(change)
+                self._save_manifests([])
+            except (ManifestError, ManifestErrors) as err:
+                return web.json_response({"errors": errors_json(err)}, status=422)
+        return web.json_response({"results": [f"{k} deleted" for k in keys]})
+
+    async def _shutdown(self, _request: web.Request) -> web.Response:
+        self._stop.set()
+        return web.json_response({"phase": "Terminating"})
+
+
+@click.command()
+@click.option("--state-dir", required=True, type=click.Path(path_type=Path))
+def main(state_dir: Path) -> None:
+    paths = LabPaths(state_dir)
+    record = LabRecord.load(paths)
+    if record is None:
+        raise click.ClickException(f"no lab record in {state_dir}")
+    configure_logging(json_output=True)
+    record = LabRecord(**{**record.__dict__, "daemon_pid": os.getpid()})
+    record.save(paths)
+    with contextlib.suppress(FileNotFoundError):
+        paths.socket.unlink()
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps a fallback
+        runner = asyncio.run
+    sys.exit(runner(LabDaemon(record, paths).run()))
+
+
+if __name__ == "__main__":
+    main()

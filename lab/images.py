@@ -1,0 +1,33 @@
+"""Sample-app images: what a container with `image:` and no `command:` runs in the lab."""
+
+from __future__ import annotations
+
+import sys
+
+# image (without registry tag) -> python module of the sample app
+SAMPLE_APPS = {
+    "weft/http-echo": "sample_apps.http_echo",
+    "weft/tcp-echo": "sample_apps.tcp_echo",
+    "weft/load-client": "sample_apps.load_client",
+}
+
+
+def image_name(image: str) -> str:
+    """`weft/http-echo:1.2` -> `weft/http-echo`; a digest or tag does not change the app."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name = name[: len(name) - len(last)] + last.split(":", 1)[0]
+    return name
+
+
+def is_known(image: str) -> bool:
+    return image_name(image) in SAMPLE_APPS
+
+
+def container_argv(image: str, command: tuple[str, ...], args: tuple[str, ...]) -> list[str]:
+    """The argv a container runs: its command, else its image's sample app, plus args."""
+    if command:
+        return [*command, *args]
+    module = SAMPLE_APPS[image_name(image)]
+    return [sys.executable, "-m", module, *args]

@@ -1,0 +1,28 @@
+"""What the lab needs from the machine, checked up front with messages that say what to do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from lab import cgroups
+
+
+class PreflightError(RuntimeError):
+    pass
+
+
+def check_machine() -> None:
+    if os.geteuid() != 0:
+        raise PreflightError(
+            "the lab creates network namespaces and cgroups and must run as root (try sudo)"
+        )
+    try:
+        cgroups.cgroup2_mount()
+    except cgroups.CgroupError as err:
+        raise PreflightError(str(err)) from None
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("sh", "dash")):
+        if shutil.which(tool) is None:
+            raise PreflightError(
+                f"'{tool}' is not installed (Debian package {package}); run scripts/setup.sh"
+            )

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Set up a Debian (bookworm) machine for weft: system packages, kernel headers for bcc, and a
+# virtualenv at .venv that can import bcc. Idempotent: safe to run again.
+#   scripts/setup.sh          runtime needs
+#   scripts/setup.sh --test   runtime and test needs
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+EXTRAS=""
+[[ "${1:-}" == "--test" ]] && EXTRAS="[test]"
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+die() { printf '\033[31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+[[ $EUID -eq 0 ]] || die "must run as root (weft loads eBPF and creates network namespaces); try: sudo $0 $*"
+grep -qw cgroup2 /proc/self/mounts || die "no cgroup v2 hierarchy is mounted; weft needs cgroup v2"
+[[ -e /sys/fs/bpf ]] || die "no /sys/fs/bpf: this kernel has no BPF filesystem"
+[[ -f /etc/debian_version ]] || die "this script knows Debian's packages; on another distribution install the equivalents of the APT list in $0 by hand"
+
+APT_PACKAGES=(
+  python3 python3-venv python3-dev python3-bpfcc bpfcc-tools libbpfcc
+  bpftool clang llvm iproute2 nftables procps psmisc curl
+  iperf3 stunnel4 haproxy linux-headers-amd64
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || die "apt-get update failed"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install failed for: ${missing[*]}"
+else
+  say "Debian packages present"
+fi
+
+# bcc compiles against the running kernel's headers. A kernel without a headers package of
+# its own (a cloud or VM kernel) gets Debian's newest headers linked in; BTF does the rest.
+KVER="$(uname -r)"
+if [[ ! -e "/lib/modules/$KVER/build" ]]; then
+  HEADERS="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1 || true)"
+  [[ -n "$HEADERS" ]] || die "no kernel headers under /usr/src for bcc (install linux-headers-amd64)"
+  say "linking /lib/modules/$KVER/build -> $HEADERS (no headers package for this kernel)"
+  mkdir -p "/lib/modules/$KVER"
+  ln -sfn "$HEADERS" "/lib/modules/$KVER/build"
+fi
+[[ -e /sys/kernel/btf/vmlinux ]] || say "warning: no /sys/kernel/btf/vmlinux; eBPF programs needing BTF will not load"
+
+# The venv uses Debian's Python 3.11, the one python3-bpfcc is built for, and sees its
+# site-packages so `import bcc` works; everything else comes from PyPI into the venv.
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import bcc' 2>/dev/null; then
+  say "creating $VENV from /usr/bin/python3 with system site packages"
+  rm -rf "$VENV"
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+say "installing weft into $VENV (pip install -e .$EXTRAS)"
+"$VENV/bin/pip" install -q --upgrade pip >/dev/null
+"$VENV/bin/pip" install -q -e "$ROOT$EXTRAS" || die "pip install failed"
+"$VENV/bin/python" -c 'import bcc, pyroute2' || die "the venv cannot import bcc and pyroute2"
+say "ready: $VENV/bin/weftctl"

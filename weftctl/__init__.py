@@ -1,0 +1,1 @@
+"""weftctl: the one command a person runs to drive weft."""

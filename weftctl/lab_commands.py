@@ -1,0 +1,417 @@
+"""`weftctl lab ...`: a Kubernetes-like cluster of network namespaces on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lab import client
+from lab.addressing import node_plans
+from lab.config import STATE_ROOT, LabConfig, LabConfigError
+from lab.model import ClusterModel
+from lab.naming import new_lab_id
+from lab.preflight import PreflightError, check_machine
+from lab.state import LabPaths, LabRecord, daemon_alive, list_labs, teardown
+from meshcore.resources import (
+    Document,
+    ManifestError,
+    ManifestErrors,
+    load_documents,
+    parse_documents,
+)
+from weftctl.output import OUTPUT_OPTION, emit, table
+
+DEMO_MANIFESTS = Path(__file__).resolve().parent.parent / "lab" / "demo"
+
+
+@dataclasses.dataclass
+class LabContext:
+    name: str
+
+    @property
+    def paths(self) -> LabPaths:
+        return LabPaths.for_lab(self.name, Path(os.environ.get("WEFT_LAB_STATE", STATE_ROOT)))
+
+
+pass_lab = click.make_pass_decorator(LabContext)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def _manifest_errors(err: ManifestError | ManifestErrors) -> None:
+    items = err.errors if isinstance(err, ManifestErrors) else [err]
+    for e in items:
+        click.secho(f"error: {e}", fg="red", err=True)
+    click.echo("nothing was changed", err=True)
+    sys.exit(1)
+
+
+def _preflight() -> None:
+    try:
+        check_machine()
+    except PreflightError as err:
+        _fail(str(err))
+
+
+def _running_record(ctx: LabContext) -> LabRecord:
+    record = LabRecord.load(ctx.paths)
+    if record is None:
+        _fail(f"no lab named {ctx.name!r} is up; start one with `weftctl lab up`")
+    assert record is not None
+    if not daemon_alive(record):
+        _fail(f"lab {ctx.name!r} (id {record.lab_id}) is not running (its daemon died); "
+              "`weftctl lab down` cleans up what it left")
+    return record
+
+
+def _status(ctx: LabContext) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = client.request(ctx.paths, "GET", "/v1/status", timeout=30)
+    except client.LabUnavailable as err:
+        _fail(f"{err}; is the lab up? (`weftctl lab up`)")
+        raise
+    return data
+
+
+@click.group()
+@click.option("--name", default="default", envvar="WEFT_LAB", show_default=True,
+              help="Which lab (several can run side by side). Env: WEFT_LAB.")
+@click.pass_context
+def lab(ctx: click.Context, name: str) -> None:
+    """Run a whole cluster in network namespaces on this machine."""
+    ctx.obj = LabContext(name)
+
+
+# --- up / down ---------------------------------------------------------------------------
+
+
+@lab.command()
+@click.option("--nodes", default=2, show_default=True, help="Number of nodes (node-1 ... node-N).")
+@click.option("--manifests", "manifests", multiple=True, type=click.Path(path_type=Path),
+              help="Folder or file of Kubernetes YAML (default: the bundled demo). Repeatable.")
+@click.option("--underlay-cidr", default=LabConfig.underlay_cidr, show_default=True)
+@click.option("--pod-cidr", default=LabConfig.pod_cidr, show_default=True)
+@click.option("--service-cidr", default=LabConfig.service_cidr, show_default=True)
+@click.option("--wait", "wait_seconds", default=90.0, show_default=True,
+              help="Seconds to wait for every pod to be ready.")
+@pass_lab
+def up(ctx: LabContext, nodes: int, manifests: tuple[Path, ...], underlay_cidr: str,
+       pod_cidr: str, service_cidr: str, wait_seconds: float) -> None:
+    """Create the lab and start its pods."""
+    started = time.monotonic()
+    _preflight()
+    sources = tuple(str(p.resolve()) for p in (manifests or (DEMO_MANIFESTS,)))
+    config = LabConfig(name=ctx.name, nodes=nodes, underlay_cidr=underlay_cidr,
+                       pod_cidr=pod_cidr, service_cidr=service_cidr, manifests=sources)
+    try:
+        config.validate()
+    except LabConfigError as err:
+        _fail(str(err))
+    # Check the manifests completely before creating anything.
+    try:
+        parsed = parse_documents(load_documents(Path(s) for s in sources))
+        ClusterModel(node_plans(config), config.service_cidr).plan_apply(
+            [p.resource for p in parsed])
+    except (ManifestError, ManifestErrors) as err:
+        _manifest_errors(err)
+
+    paths = ctx.paths
+    existing = LabRecord.load(paths)
+    if existing is not None:
+        if daemon_alive(existing):
+            _fail(f"lab {ctx.name!r} already exists (id {existing.lab_id}, "
+                  f"{existing.config.nodes} nodes); `weftctl lab down` removes it")
+        click.echo(f"cleaning up what a dead lab {ctx.name!r} (id {existing.lab_id}) left")
+        for item in teardown(existing, paths):
+            click.echo(f"  removed {item}")
+
+    record = LabRecord(name=ctx.name, lab_id=new_lab_id(), config=config, created=time.time())
+    record.save(paths)
+    log_file = open(paths.daemon_log, "ab")  # noqa: SIM115 - handed to the daemon
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab.daemon", "--state-dir", str(paths.root)],
+        stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+        start_new_session=True, cwd="/",
+    )
+    log_file.close()
+    record = dataclasses.replace(record, daemon_pid=proc.pid)
+    click.echo(f"lab {ctx.name!r} (id {record.lab_id}): {nodes} nodes, "
+               f"{len(parsed)} resources from {', '.join(sources)}")
+    status = _wait_ready(ctx, proc, wait_seconds)
+    elapsed = time.monotonic() - started
+    _print_status(status)
+    not_ready = [p for p in status["pods"] if not p["ready"] and p["phase"] != "Succeeded"]
+    click.echo(f"\nlab up in {elapsed:.1f}s")
+    if not_ready:
+        names = ", ".join(f"{p['namespace']}/{p['name']}" for p in not_ready)
+        click.secho(f"warning: not ready after {wait_seconds:.0f}s: {names}; "
+                    "see `weftctl lab logs POD -n NS`", fg="yellow", err=True)
+        sys.exit(3)
+    _print_hints(ctx, status)
+
+
+def _wait_ready(ctx: LabContext, proc: subprocess.Popen[bytes], wait: float) -> dict[str, Any]:
+    deadline = time.monotonic() + wait
+    last_line = ""
+    status: dict[str, Any] = {}
+    while True:
+        if proc.poll() is not None:
+            tail = deque(ctx.paths.daemon_log.read_text(errors="replace").splitlines()
+                         if ctx.paths.daemon_log.exists() else [], maxlen=15)
+            click.secho("error: the lab daemon exited while building the lab:", fg="red",
+                        err=True)
+            for line in tail:
+                click.echo(f"  {line}", err=True)
+            record = LabRecord.load(ctx.paths)
+            if record is not None:
+                teardown(record, ctx.paths)
+            else:
+                ctx.paths.daemon_log.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    ctx.paths.root.rmdir()
+            sys.exit(1)
+        try:
+            status = client.request(ctx.paths, "GET", "/v1/status", timeout=10)
+        except client.LabUnavailable:
+            time.sleep(0.05)
+            continue
+        pods = status["pods"]
+        ready = sum(1 for p in pods if p["ready"] or p["phase"] == "Succeeded")
+        line = f"  {status['phase']}: {ready}/{len(pods)} pods ready"
+        if line != last_line:
+            click.echo(line)
+            last_line = line
+        if status["phase"] == "Ready" and ready == len(pods):
+            return status
+        if status["phase"] in ("Failed", "Terminating"):
+            continue  # the daemon is on its way out; the poll above reports it
+        if time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+def _print_hints(ctx: LabContext, status: dict[str, Any]) -> None:
+    prefix = "weftctl lab" + ("" if ctx.name == "default" else f" --name {ctx.name}")
+    click.echo("\nTry:")
+    click.echo(f"  {prefix} status")
+    pods = status["pods"]
+    if pods:
+        p = pods[0]
+        click.echo(f"  {prefix} exec {p['name']} -n {p['namespace']} -- ip addr")
+        click.echo(f"  {prefix} logs {p['name']} -n {p['namespace']}")
+    for svc in status["services"][:1]:
+        port = svc["ports"][0]["port"] if svc["ports"] else 80
+        click.echo(f"  {prefix} exec {pods[0]['name']} -n {pods[0]['namespace']} -- "
+                   f"curl -s http://{svc['name']}.{svc['namespace']}:{port}/")
+    click.echo(f"  {prefix} down")
+
+
+@lab.command()
+@pass_lab
+def down(ctx: LabContext) -> None:
+    """Remove the lab: every namespace, veth, cgroup, process and state file it made."""
+    _preflight()
+    started = time.monotonic()
+    record = LabRecord.load(ctx.paths)
+    if record is None:
+        click.echo(f"no lab named {ctx.name!r}; nothing to remove")
+        return
+    if daemon_alive(record):
+        try:
+            client.request(ctx.paths, "POST", "/v1/shutdown", timeout=10)
+            deadline = time.monotonic() + 60
+            while daemon_alive(record) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except (client.LabUnavailable, client.LabRequestFailed) as err:
+            click.echo(f"daemon did not answer ({err}); removing by force")
+    leftovers = teardown(record, ctx.paths)
+    for item in leftovers:
+        click.echo(f"  removed {item}")
+    click.echo(f"lab {ctx.name!r} (id {record.lab_id}) removed in "
+               f"{time.monotonic() - started:.1f}s")
+
+
+@lab.command("list")
+@OUTPUT_OPTION
+def list_command(output: str) -> None:
+    """Labs on this machine."""
+    labs = list_labs(Path(os.environ.get("WEFT_LAB_STATE", STATE_ROOT)))
+    data = [{"name": r.name, "id": r.lab_id, "nodes": r.config.nodes, "running": alive}
+            for r, alive in labs]
+    if not emit(data, output):
+        click.echo(table(["NAME", "ID", "NODES", "RUNNING"],
+                         [[d["name"], d["id"], d["nodes"], d["running"]] for d in data]))
+
+
+# --- inspect -----------------------------------------------------------------------------
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    click.echo(f"lab {status['name']} (id {status['id']}): {status['phase']}")
+    if status.get("error"):
+        click.secho(f"error: {status['error']}", fg="red")
+    click.echo("\nNODES")
+    click.echo(table(["NAME", "UNDERLAY-IP", "POD-CIDR", "PODS"],
+                     [[n["name"], n["underlay_ip"], n["pod_cidr"], n["pods"]]
+                      for n in status["nodes"]]))
+    click.echo("\nPODS")
+    click.echo(table(
+        ["NAMESPACE", "NAME", "READY", "PHASE", "RESTARTS", "NODE", "IP"],
+        [[p["namespace"], p["name"],
+          f"{sum(c['state'] == 'Running' for c in p['containers'])}/{len(p['containers'])}"
+          + ("" if p["ready"] else " (not ready)"),
+          p["phase"], p["restarts"], p["node"], p["ip"]] for p in status["pods"]],
+    ))
+    click.echo("\nSERVICES")
+    rows = []
+    for s in status["services"]:
+        ports = ",".join(f"{p['port']}/{p['protocol']}" for p in s["ports"])
+        endpoints = ",".join(e for p in s["ports"] for e in p["endpoints"]) or "<none>"
+        rows.append([s["namespace"], s["name"], s["vip"], ports, endpoints])
+    click.echo(table(["NAMESPACE", "NAME", "CLUSTER-IP", "PORTS", "ENDPOINTS"], rows))
+
+
+@lab.command()
+@OUTPUT_OPTION
+@pass_lab
+def status(ctx: LabContext, output: str) -> None:
+    """Nodes, pods (node, IP, phase) and services (VIP, endpoints)."""
+    data = _status(ctx)
+    if not emit(data, output):
+        _print_status(data)
+
+
+def _find_pod(status: dict[str, Any], name: str, namespace: str) -> dict[str, Any]:
+    for p in status["pods"]:
+        if p["name"] == name and p["namespace"] == namespace:
+            return p
+    others = [p["name"] for p in status["pods"] if p["namespace"] == namespace]
+    hint = f" (pods in {namespace}: {', '.join(others)})" if others else ""
+    _fail(f"pod {namespace}/{name} not found{hint}")
+    raise AssertionError
+
+
+def _container(pod: dict[str, Any], container: str | None) -> dict[str, Any]:
+    if not pod["containers"]:
+        _fail(f"pod {pod['namespace']}/{pod['name']} has no containers yet")
+    if container is None:
+        return pod["containers"][0]
+    for c in pod["containers"]:
+        if c["name"] == container:
+            return c
+    _fail(f"container {container!r} not found in pod {pod['name']} "
+          f"(containers: {', '.join(c['name'] for c in pod['containers'])})")
+    raise AssertionError
+
+
+@lab.command()
+@click.argument("pod")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-c", "--container", default=None, help="Container (default: the first).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_lab
+def exec(ctx: LabContext, pod: str, namespace: str, container: str | None,  # noqa: A001
+         command: tuple[str, ...]) -> None:
+    """Run COMMAND inside a pod (its netns, cgroup and hosts file); exit code passed through.
+
+    Example: weftctl lab exec frontend-... -n demo -- curl -s http://backend:8080/
+    """
+    from lab.cgroups import path as cgroup_path
+
+    _preflight()
+    info = _find_pod(_status(ctx), pod, namespace)
+    target = _container(info, container)
+    env = {**os.environ, **info["env"], "HOSTNAME": info["name"]}
+    argv = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
+            str(cgroup_path(target["cgroup"])), "ip", "netns", "exec", info["netns"], *command]
+    sys.stdout.flush()
+    os.execvpe("sh", argv, env)
+
+
+@lab.command()
+@click.argument("pod")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-c", "--container", default=None, help="Container (default: the first).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("--tail", default=-1, help="Only the last N lines.")
+@pass_lab
+def logs(ctx: LabContext, pod: str, namespace: str, container: str | None, follow: bool,
+         tail: int) -> None:
+    """Print a container's output."""
+    info = _find_pod(_status(ctx), pod, namespace)
+    path = Path(_container(info, container)["log"])
+    if not path.exists():
+        return
+    with open(path, errors="replace") as f:
+        lines = f.readlines()
+        for line in lines[-tail:] if tail >= 0 else lines:
+            click.echo(line, nl=False)
+        while follow:
+            line = f.readline()
+            if line:
+                click.echo(line, nl=False)
+            else:
+                time.sleep(0.2)
+
+
+# --- change ------------------------------------------------------------------------------
+
+
+def _documents(files: tuple[Path, ...]) -> list[Document]:
+    try:
+        return load_documents(files)
+    except (ManifestError, ManifestErrors) as err:
+        _manifest_errors(err)
+        raise
+
+
+def _send(ctx: LabContext, path: str, files: tuple[Path, ...]) -> None:
+    _running_record(ctx)
+    docs = _documents(files)
+    # Parse locally first: errors show without a round trip, and the daemon checks again.
+    try:
+        parse_documents(docs)
+    except (ManifestError, ManifestErrors) as err:
+        _manifest_errors(err)
+    body = {"documents": [{"source": d.source, "raw": d.raw} for d in docs]}
+    try:
+        result = client.request(ctx.paths, "POST", path, body)
+    except client.LabRequestFailed as err:
+        for e in err.errors:
+            click.secho(f"error: {e.get('message')}", fg="red", err=True)
+        click.echo("nothing was changed", err=True)
+        sys.exit(1)
+    except client.LabUnavailable as err:
+        _fail(str(err))
+    for line in result["results"]:
+        click.echo(line)
+
+
+@lab.command()
+@click.option("-f", "--filename", "files", multiple=True, required=True,
+              type=click.Path(path_type=Path), help="File or folder of YAML. Repeatable.")
+@pass_lab
+def apply(ctx: LabContext, files: tuple[Path, ...]) -> None:
+    """Create or update resources in the running lab (all or nothing)."""
+    _send(ctx, "/v1/apply", files)
+
+
+@lab.command()
+@click.option("-f", "--filename", "files", multiple=True, required=True,
+              type=click.Path(path_type=Path), help="File or folder of YAML. Repeatable.")
+@pass_lab
+def delete(ctx: LabContext, files: tuple[Path, ...]) -> None:
+    """Delete the resources named in the files (all or nothing)."""
+    _send(ctx, "/v1/delete", files)

@@ -1,0 +1,20 @@
+"""`weftctl`: the click group tree that fronts everything a person runs."""
+
+from __future__ import annotations
+
+import click
+
+from weftctl.lab_commands import lab
+
+
+@click.group()
+@click.version_option(package_name="weftmesh")
+def cli() -> None:
+    """weft: an ambient (sidecar-less) service mesh."""
+
+
+cli.add_command(lab)
+
+
+if __name__ == "__main__":
+    cli()
