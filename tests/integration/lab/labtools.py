@@ -81,7 +81,11 @@ def leftovers(lab_id: str) -> list[str]:
         try:
             cgroup = (proc / "cgroup").read_text()
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state == "Z":
+            # Already dead: a killed orphan waits for init to reap it, which is not ours to do.
             continue
         if f"weft-{lab_id}" in cgroup or f"weft-{lab_id}" in cmdline:
             found.append(f"process {proc.name}: {cmdline.strip()}")
