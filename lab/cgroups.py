@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -60,10 +61,8 @@ def kill(relative: str) -> None:
         kill_file.write_text("1")
     else:
         for pid in pids(relative):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
     deadline = time.monotonic() + 5
     while pids(relative) and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -73,9 +73,10 @@ class LabConfig:
                 f"--pod-cidr: {pods} splits into too few /{self.node_pod_prefix} blocks for "
                 f"{self.nodes} nodes"
             )
-        if ipaddress.IPv4Address(POD_GATEWAY) in underlay or ipaddress.IPv4Address(
-            POD_GATEWAY
-        ) in pods:
+        if (
+            ipaddress.IPv4Address(POD_GATEWAY) in underlay
+            or ipaddress.IPv4Address(POD_GATEWAY) in pods
+        ):
             raise LabConfigError(f"address ranges must not contain the pod gateway {POD_GATEWAY}")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 import structlog
+import uvloop
 from aiohttp import web
 
 from lab.addressing import node_plans
@@ -42,8 +43,13 @@ log = structlog.get_logger("lab.daemon")
 def errors_json(err: ManifestError | ManifestErrors) -> list[dict[str, str]]:
     items = err.errors if isinstance(err, ManifestErrors) else [err]
     return [
-        {"message": str(e), "source": e.source, "resource": e.resource, "field": e.field,
-         "reason": e.reason}
+        {
+            "message": str(e),
+            "source": e.source,
+            "resource": e.resource,
+            "field": e.field,
+            "reason": e.reason,
+        }
         for e in items
     ]
 
@@ -68,12 +74,14 @@ class LabDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         app = web.Application()
-        app.add_routes([
-            web.get("/v1/status", self._status),
-            web.post("/v1/apply", self._apply),
-            web.post("/v1/delete", self._delete),
-            web.post("/v1/shutdown", self._shutdown),
-        ])
+        app.add_routes(
+            [
+                web.get("/v1/status", self._status),
+                web.post("/v1/apply", self._apply),
+                web.post("/v1/delete", self._delete),
+                web.post("/v1/shutdown", self._shutdown),
+            ]
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.UnixSite(runner, str(self.paths.socket))
@@ -83,8 +91,12 @@ class LabDaemon:
         try:
             await self._build()
             self.phase = "Ready"
-            log.info("lab.ready", name=self.record.name, lab_id=self.record.lab_id,
-                     seconds=round(time.time() - self.started, 2))
+            log.info(
+                "lab.ready",
+                name=self.record.name,
+                lab_id=self.record.lab_id,
+                seconds=round(time.time() - self.started, 2),
+            )
             await self._stop.wait()
         except Exception as err:  # report why the lab could not be built, then clean up
             self.phase = "Failed"
@@ -95,8 +107,9 @@ class LabDaemon:
         log.info("lab.stopping")
         await self.runtime.shutdown()
         await runner.cleanup()
-        teardown(LabRecord(**{**self.record.__dict__, "daemon_pid": 0}), self.paths,
-                 keep_log=code != 0)
+        teardown(
+            LabRecord(**{**self.record.__dict__, "daemon_pid": 0}), self.paths, keep_log=code != 0
+        )
         log.info("lab.stopped")
         return code
 
@@ -115,8 +128,12 @@ class LabDaemon:
         parsed = parse_documents(docs)
         for item in parsed:
             for path in item.ignored_fields:
-                log.warning("manifest.field_ignored", source=item.source,
-                            resource=str(item.resource.key), field=path)
+                log.warning(
+                    "manifest.field_ignored",
+                    source=item.source,
+                    resource=str(item.resource.key),
+                    field=path,
+                )
         change = self.model.plan_apply([p.resource for p in parsed])
         before = dict(self.model.resources)
         await self.runtime.apply(change)
@@ -150,8 +167,7 @@ class LabDaemon:
 
     async def _apply(self, request: web.Request) -> web.Response:
         if self.phase != "Ready":
-            return web.json_response({"errors": [{"message": f"lab is {self.phase}"}]},
-                                     status=409)
+            return web.json_response({"errors": [{"message": f"lab is {self.phase}"}]}, status=409)
         docs = await self._documents(request)
         async with self._lock:
             try:
@@ -162,8 +178,7 @@ class LabDaemon:
 
     async def _delete(self, request: web.Request) -> web.Response:
         if self.phase != "Ready":
-            return web.json_response({"errors": [{"message": f"lab is {self.phase}"}]},
-                                     status=409)
+            return web.json_response({"errors": [{"message": f"lab is {self.phase}"}]}, status=409)
         docs = await self._documents(request)
         async with self._lock:
             try:
@@ -192,13 +207,7 @@ def main(state_dir: Path) -> None:
     record.save(paths)
     with contextlib.suppress(FileNotFoundError):
         paths.socket.unlink()
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps a fallback
-        runner = asyncio.run
-    sys.exit(runner(LabDaemon(record, paths).run()))
+    sys.exit(uvloop.run(LabDaemon(record, paths).run()))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ from lab.model import ServiceRecord
 CLUSTER_DOMAIN = "cluster.local"
 
 
-def hosts_file(pod_name: str, pod_ip: str, namespace: str,
-               services: list[ServiceRecord]) -> str:
+def hosts_file(pod_name: str, pod_ip: str, namespace: str, services: list[ServiceRecord]) -> str:
     """`<svc>` (same namespace), `<svc>.<ns>`, `<svc>.<ns>.svc`, and the FQDN for each VIP."""
     lines = [
         "# written by the weft lab; rewritten whenever services change",

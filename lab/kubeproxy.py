@@ -84,7 +84,10 @@ def render(table: str, services: list[ServiceEndpoints]) -> str:
 def apply(netns_name: str, script: str) -> None:
     proc = subprocess.run(
         ["ip", "netns", "exec", netns_name, "nft", "-f", "-"],
-        input=script, text=True, capture_output=True, check=False,
+        input=script,
+        text=True,
+        capture_output=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"nft in {netns_name} failed: {proc.stderr.strip()}")
@@ -93,5 +96,6 @@ def apply(netns_name: str, script: str) -> None:
 def remove(netns_name: str, table: str) -> None:
     subprocess.run(
         ["ip", "netns", "exec", netns_name, "nft", "delete", "table", "ip", table],
-        capture_output=True, check=False,
+        capture_output=True,
+        check=False,
     )

@@ -190,20 +190,29 @@ class ClusterModel:
             existing = self.pods.get(ref)
             if existing and not existing.owner:
                 if existing.spec != pod.spec:
-                    raise ManifestErrors([ManifestError(
-                        "a Pod's spec cannot change (only its labels and annotations); "
-                        "delete it and apply it again",
-                        resource=str(pod.key), field="spec",
-                    )])
-                wanted[ref] = self._relabel(existing, pod.metadata.labels,
-                                            pod.metadata.annotations, change)
+                    raise ManifestErrors(
+                        [
+                            ManifestError(
+                                "a Pod's spec cannot change (only its labels and annotations); "
+                                "delete it and apply it again",
+                                resource=str(pod.key),
+                                field="spec",
+                            )
+                        ]
+                    )
+                wanted[ref] = self._relabel(
+                    existing, pod.metadata.labels, pod.metadata.annotations, change
+                )
                 continue
             node = pod.spec.node_name or self._schedule("", placed)
             record = PodRecord(
                 uid=str(uuid.UUID(int=self._rng.getrandbits(128))),
-                namespace=ref[0], name=ref[1], node=node,
+                namespace=ref[0],
+                name=ref[1],
+                node=node,
                 ip=pool_state[node].allocate(ref),
-                labels=pod.metadata.labels, annotations=pod.metadata.annotations,
+                labels=pod.metadata.labels,
+                annotations=pod.metadata.annotations,
                 spec=pod.spec,
             )
             wanted[ref] = record
@@ -231,9 +240,13 @@ class ClusterModel:
         namespace = dep.metadata.namespace
         template_hash = dep.template.fingerprint()
         current = sorted(
-            (p for p in self.pods.values()
-             if p.owner == owner and p.namespace == namespace
-             and p.template_hash == template_hash),
+            (
+                p
+                for p in self.pods.values()
+                if p.owner == owner
+                and p.namespace == namespace
+                and p.template_hash == template_hash
+            ),
             key=lambda p: p.name,
         )
         # Scale down by removing from the node that has the most of this deployment's pods.
@@ -247,18 +260,23 @@ class ClusterModel:
             keep.remove(victim)
         placed_key = f"{namespace}/{owner}"
         for p in keep:
-            wanted[p.ref] = self._relabel(p, dep.template_metadata.labels,
-                                          dep.template_metadata.annotations, change)
+            wanted[p.ref] = self._relabel(
+                p, dep.template_metadata.labels, dep.template_metadata.annotations, change
+            )
         for _ in range(dep.replicas - len(keep)):
             name = self._pod_name(dep.metadata.name, template_hash, namespace, wanted)
             node = dep.template.node_name or self._schedule(placed_key, placed)
             record = PodRecord(
                 uid=str(uuid.UUID(int=self._rng.getrandbits(128))),
-                namespace=namespace, name=name, node=node,
+                namespace=namespace,
+                name=name,
+                node=node,
                 ip=pool_state[node].allocate((namespace, name)),
                 labels={**dep.template_metadata.labels, "pod-template-hash": template_hash},
                 annotations=dep.template_metadata.annotations,
-                spec=dep.template, owner=owner, template_hash=template_hash,
+                spec=dep.template,
+                owner=owner,
+                template_hash=template_hash,
             )
             wanted[record.ref] = record
             placed.setdefault(placed_key, []).append(record)
@@ -332,14 +350,11 @@ class ClusterModel:
 
     def _validate(self, desired: dict[ResourceKey, Resource]) -> None:
         errors: list[ManifestError] = []
-        namespaces = {DEFAULT_NAMESPACE} | {
-            k.name for k in desired if k.kind == "Namespace"
-        }
-        accounts = {
-            (k.namespace, k.name) for k in desired if k.kind == ServiceAccount.kind
-        }
+        namespaces = {DEFAULT_NAMESPACE} | {k.name for k in desired if k.kind == "Namespace"}
+        accounts = {(k.namespace, k.name) for k in desired if k.kind == ServiceAccount.kind}
         vips: dict[str, ResourceKey] = {}
         for key, r in sorted(desired.items()):
+
             def err(reason: str, field: str, key: ResourceKey = key) -> None:
                 errors.append(ManifestError(reason, resource=str(key), field=field))
 
@@ -360,8 +375,10 @@ class ClusterModel:
                     )
                 sa = spec.service_account_name
                 if sa != DEFAULT_SERVICE_ACCOUNT and (key.namespace, sa) not in accounts:
-                    err(f"service account {sa!r} does not exist in namespace "
-                        f"{key.namespace!r}", f"{path}.serviceAccountName")
+                    err(
+                        f"service account {sa!r} does not exist in namespace {key.namespace!r}",
+                        f"{path}.serviceAccountName",
+                    )
                 for i, c in enumerate(spec.containers):
                     if not c.command and not is_known(c.image):
                         err(
@@ -376,11 +393,16 @@ class ClusterModel:
                     if old and old.vip != r.cluster_ip:
                         err(f"clusterIP is immutable (it is {old.vip})", "spec.clusterIP")
                     elif not self._service_pool.contains(r.cluster_ip):
-                        err(f"{r.cluster_ip} is outside the service range "
-                            f"{self._service_pool.network}", "spec.clusterIP")
+                        err(
+                            f"{r.cluster_ip} is outside the service range "
+                            f"{self._service_pool.network}",
+                            "spec.clusterIP",
+                        )
                     elif r.cluster_ip in vips:
-                        err(f"{r.cluster_ip} is already used by {vips[r.cluster_ip]}",
-                            "spec.clusterIP")
+                        err(
+                            f"{r.cluster_ip} is already used by {vips[r.cluster_ip]}",
+                            "spec.clusterIP",
+                        )
                     elif not old and self._service_pool.is_used(r.cluster_ip):
                         err(f"{r.cluster_ip} is already allocated", "spec.clusterIP")
                     vips[r.cluster_ip] = key

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
-
-import subprocess
 
 NETNS_DIR = Path("/run/netns")
 ETC_NETNS_DIR = Path("/etc/netns")  # `ip netns exec` bind-mounts files found here over /etc

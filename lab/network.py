@@ -60,8 +60,6 @@ def _veth_to(ipr: IPRoute, ifname: str, peer: str, peer_netns: str) -> None:
         os.close(fd)
 
 
-
-
 def build_underlay(names: LabNames) -> None:
     netns.create(names.underlay_netns)
 
@@ -73,8 +71,13 @@ def build_underlay(names: LabNames) -> None:
     _in(names.underlay_netns, wire)
 
 
-def build_node(names: LabNames, node: NodePlan, all_nodes: list[NodePlan],
-               underlay_cidr: str, service_cidr: str) -> None:
+def build_node(
+    names: LabNames,
+    node: NodePlan,
+    all_nodes: list[NodePlan],
+    underlay_cidr: str,
+    service_cidr: str,
+) -> None:
     ns = names.node_netns(node.name)
     netns.create(ns)
     port = names.underlay_port(node.name)

@@ -83,8 +83,15 @@ class Supervised:
         log_fd = os.open(self.spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             return await asyncio.create_subprocess_exec(
-                "sh", "-c", _ENTER, str(cgroup_dir),
-                "ip", "netns", "exec", self.spec.netns, *self.spec.argv,
+                "sh",
+                "-c",
+                _ENTER,
+                str(cgroup_dir),
+                "ip",
+                "netns",
+                "exec",
+                self.spec.netns,
+                *self.spec.argv,
                 env=self.spec.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
@@ -108,8 +115,9 @@ class Supervised:
             log.info("container.started", name=self.spec.name, pid=self._proc.pid)
             code = await self._proc.wait()
             self.status.history.append(code)
-            self._set(State.TERMINATED, exit_code=code,
-                      reason="Completed" if code == 0 else "Error")
+            self._set(
+                State.TERMINATED, exit_code=code, reason="Completed" if code == 0 else "Error"
+            )
             log.info("container.exited", name=self.spec.name, exit_code=code)
             if self._stopping or not self._should_restart(code):
                 return

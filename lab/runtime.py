@@ -51,14 +51,17 @@ class PodRuntime:
             return "Running"
         if all(s.exit_code == 0 for s in states):
             return "Succeeded"
-        restarting = any(c.spec.restart.value != "Never" and s.exit_code != 0
-                         for c, s in zip(self.containers, states, strict=True))
+        restarting = any(
+            c.spec.restart.value != "Never" and s.exit_code != 0
+            for c, s in zip(self.containers, states, strict=True)
+        )
         return "Running" if restarting else "Failed"
 
 
 class LabRuntime:
-    def __init__(self, config: LabConfig, names: LabNames, paths: LabPaths,
-                 model: ClusterModel) -> None:
+    def __init__(
+        self, config: LabConfig, names: LabNames, paths: LabPaths, model: ClusterModel
+    ) -> None:
         self.config = config
         self.names = names
         self.paths = paths
@@ -76,13 +79,18 @@ class LabRuntime:
         await asyncio.to_thread(network.build_underlay, self.names)
         for node in self.model.nodes:
             await asyncio.to_thread(
-                network.build_node, self.names, node, self.model.nodes,
-                self.config.underlay_cidr, self.config.service_cidr,
+                network.build_node,
+                self.names,
+                node,
+                self.model.nodes,
+                self.config.underlay_cidr,
+                self.config.service_cidr,
             )
             cgroups.create(self.names.node_pods_cgroup(node.name))
             cgroups.create(self.names.node_system_cgroup(node.name))
-            log.info("node.created", node=node.name, underlay_ip=node.underlay_ip,
-                     pod_cidr=node.pod_cidr)
+            log.info(
+                "node.created", node=node.name, underlay_ip=node.underlay_ip, pod_cidr=node.pod_cidr
+            )
         await self._push_rules(force=True)
         self._sync_task = asyncio.create_task(self._endpoint_sync_loop())
 
@@ -90,7 +98,8 @@ class LabRuntime:
         """Make a committed change real: stop removed pods, start new ones, resync services."""
         services_changed = set(change.services) != set(self.model.services) or any(
             self.model.services[ref].vip != rec.vip
-            for ref, rec in change.services.items() if ref in self.model.services
+            for ref, rec in change.services.items()
+            if ref in self.model.services
         )
         self.model.commit(change)
         await asyncio.gather(*(self._remove_pod(r) for r in change.delete))
@@ -98,8 +107,12 @@ class LabRuntime:
             runtime = self.pods.get(record.ref)
             if runtime:
                 runtime.record = record
-                log.info("pod.relabeled", namespace=record.namespace, pod=record.name,
-                         labels=dict(record.labels))
+                log.info(
+                    "pod.relabeled",
+                    namespace=record.namespace,
+                    pod=record.name,
+                    labels=dict(record.labels),
+                )
         services = list(self.model.services.values())
         await asyncio.gather(*(self._add_pod(r, services) for r in change.create))
         if services_changed:
@@ -120,7 +133,8 @@ class LabRuntime:
         pod_ns = self.names.pod_netns(record.namespace, record.name)
         node = self.nodes[record.node]
         runtime = PodRuntime(
-            record=record, netns=pod_ns,
+            record=record,
+            netns=pod_ns,
             cgroup=self.names.pod_cgroup(record.node, record.uid),
             env=dns.service_env(record.namespace, services),
         )
@@ -138,12 +152,14 @@ class LabRuntime:
                 **runtime.env,
             }
             for var in container.env:
-                env[var.name] = self._field_value(record, var.field_ref) if var.field_ref \
-                    else var.value
+                env[var.name] = (
+                    self._field_value(record, var.field_ref) if var.field_ref else var.value
+                )
             spec = ProcessSpec(
                 name=f"{record.namespace}/{record.name}/{container.name}",
                 argv=container_argv(container.image, container.command, container.args),
-                env=env, netns=pod_ns,
+                env=env,
+                netns=pod_ns,
                 cgroup=f"{runtime.cgroup}/{container.name}",
                 log_path=self.paths.container_log(record.namespace, record.name, container.name),
                 restart=record.spec.restart_policy,
@@ -153,8 +169,13 @@ class LabRuntime:
             runtime.containers.append(supervised)
             supervised.start()
         runtime.probe_task = asyncio.create_task(self._probe_loop(runtime))
-        log.info("pod.created", namespace=record.namespace, pod=record.name,
-                 node=record.node, ip=record.ip)
+        log.info(
+            "pod.created",
+            namespace=record.namespace,
+            pod=record.name,
+            node=record.node,
+            ip=record.ip,
+        )
 
     def _field_value(self, record: PodRecord, path: str) -> str:
         simple = {
@@ -179,8 +200,9 @@ class LabRuntime:
         self._write_hosts(runtime, services)
 
     def _write_hosts(self, runtime: PodRuntime, services: list[ServiceRecord]) -> None:
-        text = dns.hosts_file(runtime.record.name, runtime.record.ip,
-                              runtime.record.namespace, services)
+        text = dns.hosts_file(
+            runtime.record.name, runtime.record.ip, runtime.record.namespace, services
+        )
         path = netns.ETC_NETNS_DIR / runtime.netns / "hosts"
         # Rewrite in place: running containers see this inode through a bind mount, and a
         # rename would leave them reading the old file.
@@ -215,22 +237,34 @@ class LabRuntime:
         """Ready = every container running and every declared TCP port accepting, like a
         kubelet TCP readiness probe made from the node."""
         node_ns = self.names.node_netns(runtime.record.node)
-        ports = [p.container_port for c in runtime.record.spec.containers for p in c.ports
-                 if p.protocol == "TCP"]
+        ports = [
+            p.container_port
+            for c in runtime.record.spec.containers
+            for p in c.ports
+            if p.protocol == "TCP"
+        ]
         while not runtime.deleting:
             running = all(c.status.state is State.RUNNING for c in runtime.containers)
             ready = running and all(
-                [await asyncio.to_thread(_tcp_probe, node_ns, runtime.record.ip, port)
-                 for port in ports]
+                [
+                    await asyncio.to_thread(_tcp_probe, node_ns, runtime.record.ip, port)
+                    for port in ports
+                ]
             )
             if ready != runtime.ready:
                 runtime.ready = ready
-                log.info("pod.ready" if ready else "pod.not_ready",
-                         namespace=runtime.record.namespace, pod=runtime.record.name)
+                log.info(
+                    "pod.ready" if ready else "pod.not_ready",
+                    namespace=runtime.record.namespace,
+                    pod=runtime.record.name,
+                )
                 self._endpoints_dirty.set()
             waits = [asyncio.create_task(c.changed.wait()) for c in runtime.containers]
-            await asyncio.wait(waits, timeout=PROBE_INTERVAL if not ready else 3 * PROBE_INTERVAL,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waits,
+                timeout=PROBE_INTERVAL if not ready else 3 * PROBE_INTERVAL,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             for c, w in zip(runtime.containers, waits, strict=True):
                 w.cancel()
                 c.changed.clear()
@@ -249,18 +283,22 @@ class LabRuntime:
         return [ref for ref, p in self.pods.items() if p.ready and not p.deleting]
 
     async def _push_rules(self, *, force: bool = False) -> None:
-        rules = kubeproxy.render(self.names.NFT_TABLE,
-                                 self.model.service_endpoints(self.ready_pods()))
+        rules = kubeproxy.render(
+            self.names.NFT_TABLE, self.model.service_endpoints(self.ready_pods())
+        )
         if rules == self._last_rules and not force:
             return
         started = time.monotonic()
-        await asyncio.gather(*(
-            asyncio.to_thread(kubeproxy.apply, self.names.node_netns(n), rules)
-            for n in self.nodes
-        ))
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(kubeproxy.apply, self.names.node_netns(n), rules)
+                for n in self.nodes
+            )
+        )
         self._last_rules = rules
-        log.info("kubeproxy.synced", nodes=len(self.nodes),
-                 seconds=round(time.monotonic() - started, 3))
+        log.info(
+            "kubeproxy.synced", nodes=len(self.nodes), seconds=round(time.monotonic() - started, 3)
+        )
 
 
 def _tcp_probe(node_ns: str, ip: str, port: int) -> bool:

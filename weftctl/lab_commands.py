@@ -71,8 +71,10 @@ def _running_record(ctx: LabContext) -> LabRecord:
         _fail(f"no lab named {ctx.name!r} is up; start one with `weftctl lab up`")
     assert record is not None
     if not daemon_alive(record):
-        _fail(f"lab {ctx.name!r} (id {record.lab_id}) is not running (its daemon died); "
-              "`weftctl lab down` cleans up what it left")
+        _fail(
+            f"lab {ctx.name!r} (id {record.lab_id}) is not running (its daemon died); "
+            "`weftctl lab down` cleans up what it left"
+        )
     return record
 
 
@@ -86,8 +88,13 @@ def _status(ctx: LabContext) -> dict[str, Any]:
 
 
 @click.group()
-@click.option("--name", default="default", envvar="WEFT_LAB", show_default=True,
-              help="Which lab (several can run side by side). Env: WEFT_LAB.")
+@click.option(
+    "--name",
+    default="default",
+    envvar="WEFT_LAB",
+    show_default=True,
+    help="Which lab (several can run side by side). Env: WEFT_LAB.",
+)
 @click.pass_context
 def lab(ctx: click.Context, name: str) -> None:
     """Run a whole cluster in network namespaces on this machine."""
@@ -99,22 +106,45 @@ def lab(ctx: click.Context, name: str) -> None:
 
 @lab.command()
 @click.option("--nodes", default=2, show_default=True, help="Number of nodes (node-1 ... node-N).")
-@click.option("--manifests", "manifests", multiple=True, type=click.Path(path_type=Path),
-              help="Folder or file of Kubernetes YAML (default: the bundled demo). Repeatable.")
+@click.option(
+    "--manifests",
+    "manifests",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder or file of Kubernetes YAML (default: the bundled demo). Repeatable.",
+)
 @click.option("--underlay-cidr", default=LabConfig.underlay_cidr, show_default=True)
 @click.option("--pod-cidr", default=LabConfig.pod_cidr, show_default=True)
 @click.option("--service-cidr", default=LabConfig.service_cidr, show_default=True)
-@click.option("--wait", "wait_seconds", default=90.0, show_default=True,
-              help="Seconds to wait for every pod to be ready.")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    default=90.0,
+    show_default=True,
+    help="Seconds to wait for every pod to be ready.",
+)
 @pass_lab
-def up(ctx: LabContext, nodes: int, manifests: tuple[Path, ...], underlay_cidr: str,
-       pod_cidr: str, service_cidr: str, wait_seconds: float) -> None:
+def up(
+    ctx: LabContext,
+    nodes: int,
+    manifests: tuple[Path, ...],
+    underlay_cidr: str,
+    pod_cidr: str,
+    service_cidr: str,
+    wait_seconds: float,
+) -> None:
     """Create the lab and start its pods."""
     started = time.monotonic()
     _preflight()
     sources = tuple(str(p.resolve()) for p in (manifests or (DEMO_MANIFESTS,)))
-    config = LabConfig(name=ctx.name, nodes=nodes, underlay_cidr=underlay_cidr,
-                       pod_cidr=pod_cidr, service_cidr=service_cidr, manifests=sources)
+    config = LabConfig(
+        name=ctx.name,
+        nodes=nodes,
+        underlay_cidr=underlay_cidr,
+        pod_cidr=pod_cidr,
+        service_cidr=service_cidr,
+        manifests=sources,
+    )
     try:
         config.validate()
     except LabConfigError as err:
@@ -123,7 +153,8 @@ def up(ctx: LabContext, nodes: int, manifests: tuple[Path, ...], underlay_cidr: 
     try:
         parsed = parse_documents(load_documents(Path(s) for s in sources))
         ClusterModel(node_plans(config), config.service_cidr).plan_apply(
-            [p.resource for p in parsed])
+            [p.resource for p in parsed]
+        )
     except (ManifestError, ManifestErrors) as err:
         _manifest_errors(err)
 
@@ -131,8 +162,10 @@ def up(ctx: LabContext, nodes: int, manifests: tuple[Path, ...], underlay_cidr: 
     existing = LabRecord.load(paths)
     if existing is not None:
         if daemon_alive(existing):
-            _fail(f"lab {ctx.name!r} already exists (id {existing.lab_id}, "
-                  f"{existing.config.nodes} nodes); `weftctl lab down` removes it")
+            _fail(
+                f"lab {ctx.name!r} already exists (id {existing.lab_id}, "
+                f"{existing.config.nodes} nodes); `weftctl lab down` removes it"
+            )
         click.echo(f"cleaning up what a dead lab {ctx.name!r} (id {existing.lab_id}) left")
         for item in teardown(existing, paths):
             click.echo(f"  removed {item}")
@@ -142,13 +175,18 @@ def up(ctx: LabContext, nodes: int, manifests: tuple[Path, ...], underlay_cidr: 
     log_file = open(paths.daemon_log, "ab")  # noqa: SIM115 - handed to the daemon
     proc = subprocess.Popen(
         [sys.executable, "-m", "lab.daemon", "--state-dir", str(paths.root)],
-        stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-        start_new_session=True, cwd="/",
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=log_file,
+        start_new_session=True,
+        cwd="/",
     )
     log_file.close()
     record = dataclasses.replace(record, daemon_pid=proc.pid)
-    click.echo(f"lab {ctx.name!r} (id {record.lab_id}): {nodes} nodes, "
-               f"{len(parsed)} resources from {', '.join(sources)}")
+    click.echo(
+        f"lab {ctx.name!r} (id {record.lab_id}): {nodes} nodes, "
+        f"{len(parsed)} resources from {', '.join(sources)}"
+    )
     status = _wait_ready(ctx, proc, wait_seconds)
     elapsed = time.monotonic() - started
     _print_status(status)
@@ -156,8 +194,12 @@ def up(ctx: LabContext, nodes: int, manifests: tuple[Path, ...], underlay_cidr: 
     click.echo(f"\nlab up in {elapsed:.1f}s")
     if not_ready:
         names = ", ".join(f"{p['namespace']}/{p['name']}" for p in not_ready)
-        click.secho(f"warning: not ready after {wait_seconds:.0f}s: {names}; "
-                    "see `weftctl lab logs POD -n NS`", fg="yellow", err=True)
+        click.secho(
+            f"warning: not ready after {wait_seconds:.0f}s: {names}; "
+            "see `weftctl lab logs POD -n NS`",
+            fg="yellow",
+            err=True,
+        )
         sys.exit(3)
     _print_hints(ctx, status)
 
@@ -168,10 +210,13 @@ def _wait_ready(ctx: LabContext, proc: subprocess.Popen[bytes], wait: float) -> 
     status: dict[str, Any] = {}
     while True:
         if proc.poll() is not None:
-            tail = deque(ctx.paths.daemon_log.read_text(errors="replace").splitlines()
-                         if ctx.paths.daemon_log.exists() else [], maxlen=15)
-            click.secho("error: the lab daemon exited while building the lab:", fg="red",
-                        err=True)
+            tail = deque(
+                ctx.paths.daemon_log.read_text(errors="replace").splitlines()
+                if ctx.paths.daemon_log.exists()
+                else [],
+                maxlen=15,
+            )
+            click.secho("error: the lab daemon exited while building the lab:", fg="red", err=True)
             for line in tail:
                 click.echo(f"  {line}", err=True)
             record = LabRecord.load(ctx.paths)
@@ -213,8 +258,10 @@ def _print_hints(ctx: LabContext, status: dict[str, Any]) -> None:
         click.echo(f"  {prefix} logs {p['name']} -n {p['namespace']}")
     for svc in status["services"][:1]:
         port = svc["ports"][0]["port"] if svc["ports"] else 80
-        click.echo(f"  {prefix} exec {pods[0]['name']} -n {pods[0]['namespace']} -- "
-                   f"curl -s http://{svc['name']}.{svc['namespace']}:{port}/")
+        click.echo(
+            f"  {prefix} exec {pods[0]['name']} -n {pods[0]['namespace']} -- "
+            f"curl -s http://{svc['name']}.{svc['namespace']}:{port}/"
+        )
     click.echo(f"  {prefix} down")
 
 
@@ -239,8 +286,9 @@ def down(ctx: LabContext) -> None:
     leftovers = teardown(record, ctx.paths)
     for item in leftovers:
         click.echo(f"  removed {item}")
-    click.echo(f"lab {ctx.name!r} (id {record.lab_id}) removed in "
-               f"{time.monotonic() - started:.1f}s")
+    click.echo(
+        f"lab {ctx.name!r} (id {record.lab_id}) removed in {time.monotonic() - started:.1f}s"
+    )
 
 
 @lab.command("list")
@@ -248,11 +296,17 @@ def down(ctx: LabContext) -> None:
 def list_command(output: str) -> None:
     """Labs on this machine."""
     labs = list_labs(Path(os.environ.get("WEFT_LAB_STATE", STATE_ROOT)))
-    data = [{"name": r.name, "id": r.lab_id, "nodes": r.config.nodes, "running": alive}
-            for r, alive in labs]
+    data = [
+        {"name": r.name, "id": r.lab_id, "nodes": r.config.nodes, "running": alive}
+        for r, alive in labs
+    ]
     if not emit(data, output):
-        click.echo(table(["NAME", "ID", "NODES", "RUNNING"],
-                         [[d["name"], d["id"], d["nodes"], d["running"]] for d in data]))
+        click.echo(
+            table(
+                ["NAME", "ID", "NODES", "RUNNING"],
+                [[d["name"], d["id"], d["nodes"], d["running"]] for d in data],
+            )
+        )
 
 
 # --- inspect -----------------------------------------------------------------------------
@@ -263,17 +317,30 @@ def _print_status(status: dict[str, Any]) -> None:
     if status.get("error"):
         click.secho(f"error: {status['error']}", fg="red")
     click.echo("\nNODES")
-    click.echo(table(["NAME", "UNDERLAY-IP", "POD-CIDR", "PODS"],
-                     [[n["name"], n["underlay_ip"], n["pod_cidr"], n["pods"]]
-                      for n in status["nodes"]]))
+    click.echo(
+        table(
+            ["NAME", "UNDERLAY-IP", "POD-CIDR", "PODS"],
+            [[n["name"], n["underlay_ip"], n["pod_cidr"], n["pods"]] for n in status["nodes"]],
+        )
+    )
     click.echo("\nPODS")
-    click.echo(table(
-        ["NAMESPACE", "NAME", "READY", "PHASE", "RESTARTS", "NODE", "IP"],
-        [[p["namespace"], p["name"],
-          f"{sum(c['state'] == 'Running' for c in p['containers'])}/{len(p['containers'])}"
-          + ("" if p["ready"] else " (not ready)"),
-          p["phase"], p["restarts"], p["node"], p["ip"]] for p in status["pods"]],
-    ))
+    click.echo(
+        table(
+            ["NAMESPACE", "NAME", "READY", "PHASE", "RESTARTS", "NODE", "IP"],
+            [
+                [
+                    p["namespace"],
+                    p["name"],
+                    _ready_column(p),
+                    p["phase"],
+                    p["restarts"],
+                    p["node"],
+                    p["ip"],
+                ]
+                for p in status["pods"]
+            ],
+        )
+    )
     click.echo("\nSERVICES")
     rows = []
     for s in status["services"]:
@@ -281,6 +348,11 @@ def _print_status(status: dict[str, Any]) -> None:
         endpoints = ",".join(e for p in s["ports"] for e in p["endpoints"]) or "<none>"
         rows.append([s["namespace"], s["name"], s["vip"], ports, endpoints])
     click.echo(table(["NAMESPACE", "NAME", "CLUSTER-IP", "PORTS", "ENDPOINTS"], rows))
+
+
+def _ready_column(pod: dict[str, Any]) -> str:
+    running = sum(c["state"] == "Running" for c in pod["containers"])
+    return f"{running}/{len(pod['containers'])}" + ("" if pod["ready"] else " (not ready)")
 
 
 @lab.command()
@@ -311,19 +383,22 @@ def _container(pod: dict[str, Any], container: str | None) -> dict[str, Any]:
     for c in pod["containers"]:
         if c["name"] == container:
             return c
-    _fail(f"container {container!r} not found in pod {pod['name']} "
-          f"(containers: {', '.join(c['name'] for c in pod['containers'])})")
+    _fail(
+        f"container {container!r} not found in pod {pod['name']} "
+        f"(containers: {', '.join(c['name'] for c in pod['containers'])})"
+    )
     raise AssertionError
 
 
-@lab.command()
+@lab.command("exec")
 @click.argument("pod")
 @click.option("-n", "--namespace", default="default", show_default=True)
 @click.option("-c", "--container", default=None, help="Container (default: the first).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_lab
-def exec(ctx: LabContext, pod: str, namespace: str, container: str | None,  # noqa: A001
-         command: tuple[str, ...]) -> None:
+def exec_command(
+    ctx: LabContext, pod: str, namespace: str, container: str | None, command: tuple[str, ...]
+) -> None:
     """Run COMMAND inside a pod (its netns, cgroup and hosts file); exit code passed through.
 
     Example: weftctl lab exec frontend-... -n demo -- curl -s http://backend:8080/
@@ -334,8 +409,17 @@ def exec(ctx: LabContext, pod: str, namespace: str, container: str | None,  # no
     info = _find_pod(_status(ctx), pod, namespace)
     target = _container(info, container)
     env = {**os.environ, **info["env"], "HOSTNAME": info["name"]}
-    argv = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
-            str(cgroup_path(target["cgroup"])), "ip", "netns", "exec", info["netns"], *command]
+    argv = [
+        "sh",
+        "-c",
+        'echo $$ > "$0/cgroup.procs" && exec "$@"',
+        str(cgroup_path(target["cgroup"])),
+        "ip",
+        "netns",
+        "exec",
+        info["netns"],
+        *command,
+    ]
     sys.stdout.flush()
     os.execvpe("sh", argv, env)
 
@@ -347,8 +431,9 @@ def exec(ctx: LabContext, pod: str, namespace: str, container: str | None,  # no
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--tail", default=-1, help="Only the last N lines.")
 @pass_lab
-def logs(ctx: LabContext, pod: str, namespace: str, container: str | None, follow: bool,
-         tail: int) -> None:
+def logs(
+    ctx: LabContext, pod: str, namespace: str, container: str | None, follow: bool, tail: int
+) -> None:
     """Print a container's output."""
     info = _find_pod(_status(ctx), pod, namespace)
     path = Path(_container(info, container)["log"])
@@ -400,8 +485,15 @@ def _send(ctx: LabContext, path: str, files: tuple[Path, ...]) -> None:
 
 
 @lab.command()
-@click.option("-f", "--filename", "files", multiple=True, required=True,
-              type=click.Path(path_type=Path), help="File or folder of YAML. Repeatable.")
+@click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="File or folder of YAML. Repeatable.",
+)
 @pass_lab
 def apply(ctx: LabContext, files: tuple[Path, ...]) -> None:
     """Create or update resources in the running lab (all or nothing)."""
@@ -409,8 +501,15 @@ def apply(ctx: LabContext, files: tuple[Path, ...]) -> None:
 
 
 @lab.command()
-@click.option("-f", "--filename", "files", multiple=True, required=True,
-              type=click.Path(path_type=Path), help="File or folder of YAML. Repeatable.")
+@click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="File or folder of YAML. Repeatable.",
+)
 @pass_lab
 def delete(ctx: LabContext, files: tuple[Path, ...]) -> None:
     """Delete the resources named in the files (all or nothing)."""

@@ -29,32 +29,77 @@ DEFAULT_NAMESPACE = "default"
 DEFAULT_SERVICE_ACCOUNT = "default"
 
 _IGNORED_META = frozenset(
-    {"creationTimestamp", "uid", "resourceVersion", "generation", "managedFields",
-     "ownerReferences", "finalizers", "selfLink"}
+    {
+        "creationTimestamp",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "managedFields",
+        "ownerReferences",
+        "finalizers",
+        "selfLink",
+    }
 )
 _IGNORED_CONTAINER = frozenset(
-    {"resources", "imagePullPolicy", "securityContext", "livenessProbe", "readinessProbe",
-     "startupProbe", "volumeMounts", "terminationMessagePath", "terminationMessagePolicy",
-     "stdin", "tty", "lifecycle", "workingDir"}
+    {
+        "resources",
+        "imagePullPolicy",
+        "securityContext",
+        "livenessProbe",
+        "readinessProbe",
+        "startupProbe",
+        "volumeMounts",
+        "terminationMessagePath",
+        "terminationMessagePolicy",
+        "stdin",
+        "tty",
+        "lifecycle",
+        "workingDir",
+    }
 )
 _IGNORED_POD_SPEC = frozenset(
-    {"volumes", "securityContext", "tolerations", "affinity", "nodeSelector", "dnsPolicy",
-     "hostname", "subdomain", "imagePullSecrets", "priorityClassName", "schedulerName",
-     "automountServiceAccountToken", "enableServiceLinks", "topologySpreadConstraints"}
+    {
+        "volumes",
+        "securityContext",
+        "tolerations",
+        "affinity",
+        "nodeSelector",
+        "dnsPolicy",
+        "hostname",
+        "subdomain",
+        "imagePullSecrets",
+        "priorityClassName",
+        "schedulerName",
+        "automountServiceAccountToken",
+        "enableServiceLinks",
+        "topologySpreadConstraints",
+    }
 )
 _IGNORED_DEPLOYMENT_SPEC = frozenset(
     {"strategy", "minReadySeconds", "revisionHistoryLimit", "progressDeadlineSeconds", "paused"}
 )
 _IGNORED_SERVICE_SPEC = frozenset(
-    {"sessionAffinity", "ipFamilies", "ipFamilyPolicy", "internalTrafficPolicy",
-     "publishNotReadyAddresses"}
+    {
+        "sessionAffinity",
+        "ipFamilies",
+        "ipFamilyPolicy",
+        "internalTrafficPolicy",
+        "publishNotReadyAddresses",
+    }
 )
 _IGNORED_TOP = frozenset({"status"})
 
 # Downward-API field paths the lab can fill in for `env[].valueFrom.fieldRef`.
 FIELD_REF_PATHS = frozenset(
-    {"metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName",
-     "spec.serviceAccountName", "status.podIP", "status.hostIP"}
+    {
+        "metadata.name",
+        "metadata.namespace",
+        "metadata.uid",
+        "spec.nodeName",
+        "spec.serviceAccountName",
+        "status.podIP",
+        "status.hostIP",
+    }
 )
 
 

@@ -18,8 +18,9 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """One two-node lab per test module, removed even when a test fails."""
     lab = Lab(f"weft-it-{RUN_ID}-{abs(hash(request.module.__name__)) % 1000}")
     try:
-        lab.run("up", "--nodes", "2", "--manifests", str(MANIFESTS / "cluster.yaml"),
-                "--wait", "60")
+        lab.run(
+            "up", "--nodes", "2", "--manifests", str(MANIFESTS / "cluster.yaml"), "--wait", "60"
+        )
         yield lab
     finally:
         lab.force_down()

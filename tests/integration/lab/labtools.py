@@ -11,15 +11,23 @@ from pathlib import Path
 from typing import Any
 
 from lab.config import STATE_ROOT
-from lab.state import LabRecord, LabPaths, teardown
+from lab.state import LabPaths, LabRecord, teardown
 
 WEFTCTL = [sys.executable, "-m", "weftctl.main"]
 
 
-def weftctl(*args: str, timeout: float = 180, check: bool = True,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*WEFTCTL, *args], capture_output=True, text=True, timeout=timeout,
-                          input=input, check=False, env={**os.environ, "NO_COLOR": "1"})
+def weftctl(
+    *args: str, timeout: float = 180, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*WEFTCTL, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        check=False,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"weftctl {' '.join(args)} exited {proc.returncode}\n"
@@ -39,17 +47,22 @@ class Lab:
         data: dict[str, Any] = json.loads(self.run("status", "-o", "json").stdout)
         return data
 
-    def exec(self, pod: str, namespace: str, *cmd: str, check: bool = True,
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self, pod: str, namespace: str, *cmd: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return self.run("exec", pod, "-n", namespace, "--", *cmd, check=check, timeout=timeout)
 
-    def python(self, pod: str, namespace: str, code: str,
-               check: bool = True) -> subprocess.CompletedProcess[str]:
+    def python(
+        self, pod: str, namespace: str, code: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return self.exec(pod, namespace, sys.executable, "-c", code, check=check)
 
     def pods(self, namespace: str, prefix: str = "") -> list[dict[str, Any]]:
-        return [p for p in self.status()["pods"]
-                if p["namespace"] == namespace and p["name"].startswith(prefix)]
+        return [
+            p
+            for p in self.status()["pods"]
+            if p["namespace"] == namespace and p["name"].startswith(prefix)
+        ]
 
     def record(self) -> LabRecord | None:
         return LabRecord.load(LabPaths.for_lab(self.name))

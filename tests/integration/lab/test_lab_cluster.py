@@ -53,11 +53,27 @@ def test_service_by_vip_and_by_name_spreads_over_endpoints_on_both_nodes(cluster
     svc = _service(cluster, "echo")
     assert len(svc["ports"][0]["endpoints"]) == 4
     echo_nodes = {p["name"]: p["node"] for p in cluster.pods("it", "echo-")}
-    for url in (f"http://{svc['vip']}/", "http://echo/", "http://echo.it/",
-                "http://echo.it.svc.cluster.local/"):
-        proc = cluster.exec("client", "it", sys.executable, "-m", "sample_apps.load_client",
-                            url, "--count", "40", "--new-connections", "--duration", "20",
-                            "-o", "json")
+    for url in (
+        f"http://{svc['vip']}/",
+        "http://echo/",
+        "http://echo.it/",
+        "http://echo.it.svc.cluster.local/",
+    ):
+        proc = cluster.exec(
+            "client",
+            "it",
+            sys.executable,
+            "-m",
+            "sample_apps.load_client",
+            url,
+            "--count",
+            "40",
+            "--new-connections",
+            "--duration",
+            "20",
+            "-o",
+            "json",
+        )
         report = json.loads(proc.stdout)
         assert report["requests"]["succeeded"] == 40, report
         served = set(report["responses"]["by_pod"])
@@ -133,9 +149,22 @@ def test_scaling_a_deployment_updates_endpoints(cluster: Lab, tmp_path: Path) ->
         _apply(cluster, tmp_path, _echo_deployment(1))
         assert len(_wait_endpoints(cluster, "echo", 1)) == 1
         assert len(cluster.pods("it", "echo-")) == 1
-        report = json.loads(cluster.exec(
-            "client", "it", sys.executable, "-m", "sample_apps.load_client", "http://echo/",
-            "--count", "10", "--duration", "20", "-o", "json").stdout)
+        report = json.loads(
+            cluster.exec(
+                "client",
+                "it",
+                sys.executable,
+                "-m",
+                "sample_apps.load_client",
+                "http://echo/",
+                "--count",
+                "10",
+                "--duration",
+                "20",
+                "-o",
+                "json",
+            ).stdout
+        )
         assert report["requests"]["succeeded"] == 10 and len(report["responses"]["by_pod"]) == 1
         _apply(cluster, tmp_path, _echo_deployment(6))
         endpoints = _wait_endpoints(cluster, "echo", 6)
@@ -148,7 +177,10 @@ def test_scaling_a_deployment_updates_endpoints(cluster: Lab, tmp_path: Path) ->
 
 def test_label_changes_take_effect_without_restarting_pods(cluster: Lab, tmp_path: Path) -> None:
     before = _pod(cluster, "peer")
-    _apply(cluster, tmp_path, """
+    _apply(
+        cluster,
+        tmp_path,
+        """
 apiVersion: v1
 kind: Namespace
 metadata: {name: it, labels: {team: red, weft.dev/dataplane-mode: ambient}}
@@ -163,7 +195,8 @@ spec:
     image: weft/tcp-echo
     args: ["--port", "9000", "--prefix", "peer "]
     ports: [{containerPort: 9000}]
-""")
+""",
+    )
     status = cluster.status()
     after = _pod(cluster, "peer")
     assert after["labels"] == {"app": "peer", "version": "v9"}
@@ -178,13 +211,19 @@ def test_a_bad_manifest_is_reported_by_file_resource_and_field_and_changes_nothi
     cluster: Lab, tmp_path: Path
 ) -> None:
     before = cluster.status()
-    proc = _apply(cluster, tmp_path, _echo_deployment(2) + """---
+    proc = _apply(
+        cluster,
+        tmp_path,
+        _echo_deployment(2)
+        + """---
 apiVersion: v1
 kind: Service
 metadata: {name: broken, namespace: it}
 spec:
   selector: {app: echo}
-""", check=False)
+""",
+        check=False,
+    )
     assert proc.returncode == 1
     assert "Service it/broken: spec.ports: a Service needs at least one port" in proc.stderr
     assert ".yaml#2" in proc.stderr
@@ -195,14 +234,19 @@ spec:
 
 
 def test_cross_resource_errors_are_checked_by_the_daemon(cluster: Lab, tmp_path: Path) -> None:
-    proc = _apply(cluster, tmp_path, """
+    proc = _apply(
+        cluster,
+        tmp_path,
+        """
 apiVersion: v1
 kind: Pod
 metadata: {name: lost, namespace: it}
 spec:
   nodeName: node-9
   containers: [{name: main, command: ["sleep", "1"]}]
-""", check=False)
+""",
+        check=False,
+    )
     assert proc.returncode == 1
     assert "Pod it/lost: spec.nodeName: node 'node-9' does not exist" in proc.stderr
     assert all(p["name"] != "lost" for p in cluster.status()["pods"])
