@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 # image (without registry tag) -> python module of the sample app
@@ -23,6 +24,13 @@ def image_name(image: str) -> str:
 
 def is_known(image: str) -> bool:
     return image_name(image) in SAMPLE_APPS
+
+
+def container_path(host_path: str) -> str:
+    """PATH inside pods: weft's own interpreter first, so `python3 -m sample_apps...` works."""
+    bin_dir = os.path.dirname(sys.executable)
+    parts = [p for p in host_path.split(":") if p and p != bin_dir]
+    return ":".join([bin_dir, *parts])
 
 
 def container_argv(image: str, command: tuple[str, ...], args: tuple[str, ...]) -> list[str]:

@@ -19,7 +19,7 @@ import structlog
 from lab import cgroups, dns, kubeproxy, netns, network
 from lab.addressing import NodePlan
 from lab.config import LabConfig
-from lab.images import container_argv
+from lab.images import container_argv, container_path
 from lab.model import Change, ClusterModel, PodRecord, ServiceRecord
 from lab.naming import LabNames
 from lab.processes import ProcessSpec, State, Supervised
@@ -144,7 +144,7 @@ class LabRuntime:
         cgroups.create(runtime.cgroup)
         for container in record.spec.containers:
             env = {
-                "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+                "PATH": container_path(os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")),
                 "HOSTNAME": record.name,
                 "HOME": "/root",
                 "LANG": os.environ.get("LANG", "C.UTF-8"),

@@ -17,6 +17,7 @@ import click
 from lab import client
 from lab.addressing import node_plans
 from lab.config import STATE_ROOT, LabConfig, LabConfigError
+from lab.images import container_path
 from lab.model import ClusterModel
 from lab.naming import new_lab_id
 from lab.preflight import PreflightError, check_machine
@@ -408,7 +409,12 @@ def exec_command(
     _preflight()
     info = _find_pod(_status(ctx), pod, namespace)
     target = _container(info, container)
-    env = {**os.environ, **info["env"], "HOSTNAME": info["name"]}
+    env = {
+        **os.environ,
+        **info["env"],
+        "HOSTNAME": info["name"],
+        "PATH": container_path(os.environ.get("PATH", "/usr/bin:/bin")),
+    }
     argv = [
         "sh",
         "-c",

@@ -1,0 +1,70 @@
+"""The README's first command, as a user runs it: the demo lab with traffic flowing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from tests.conftest import RUN_ID
+from tests.integration.lab.labtools import Lab, leftovers
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_lab_serves_traffic_through_services_and_goes_away_cleanly() -> None:
+    lab = Lab(f"weft-e2e-{RUN_ID}")
+    try:
+        up = lab.run("up")  # the bundled demo, two nodes
+        assert "lab up in" in up.stdout
+        assert "Try:" in up.stdout
+        status = lab.status()
+        assert [n["name"] for n in status["nodes"]] == ["node-1", "node-2"]
+        assert all(p["ready"] for p in status["pods"]), status["pods"]
+        namespaces = {n["name"]: n["labels"] for n in status["namespaces"]}
+        assert namespaces["demo"]["weft.dev/dataplane-mode"] == "ambient"
+
+        # The traffic pod's load client reports successful requests to the frontend.
+        deadline = time.monotonic() + 20
+        interim: dict = {}
+        while time.monotonic() < deadline:
+            lines = lab.run("logs", "traffic", "-n", "demo").stdout.splitlines()
+            events = [json.loads(line) for line in lines if line.startswith("{")]
+            interim = next((e for e in reversed(events) if e["event"] == "load.interim"), {})
+            if interim.get("succeeded", 0) >= 4:
+                break
+            time.sleep(1)
+        assert interim.get("succeeded", 0) >= 4, interim
+
+        # frontend -> backend through the Service, both by name; backend is v1 and v2.
+        answer = json.loads(
+            lab.exec("traffic", "demo", "curl", "-s", "--max-time", "5", "http://frontend/").stdout
+        )
+        assert answer["namespace"] == "demo"
+        assert answer["upstream"]["status"] == 200
+        assert answer["upstream"]["body"]["version"] in ("v1", "v2")
+        report = json.loads(
+            lab.exec(
+                "traffic",
+                "demo",
+                sys.executable,
+                "-m",
+                "sample_apps.load_client",
+                "http://backend.demo:8080/",
+                "--count",
+                "60",
+                "--new-connections",
+                "--duration",
+                "30",
+                "-o",
+                "json",
+            ).stdout
+        )
+        assert report["requests"]["failed"] == 0
+        assert set(report["responses"]["by_version"]) == {"v1", "v2"}
+        lab_id = status["id"]
+    finally:
+        lab.force_down()
+    assert leftovers(lab_id) == []
