@@ -19,6 +19,7 @@ from typing import Any
 import click
 import structlog
 import uvloop
+import yaml
 from aiohttp import web
 
 from lab.addressing import node_plans
@@ -32,10 +33,10 @@ from meshcore.resources import (
     Document,
     ManifestError,
     ManifestErrors,
+    ResourceKey,
     load_documents,
     parse_documents,
 )
-from meshcore.resources.core import _plain
 
 log = structlog.get_logger("lab.daemon")
 
@@ -65,6 +66,7 @@ class LabDaemon:
         self.error = ""
         self.started = time.time()
         self._lock = asyncio.Lock()
+        self._raw: dict[ResourceKey, object] = {}
         self._stop = asyncio.Event()
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -137,22 +139,32 @@ class LabDaemon:
         change = self.model.plan_apply([p.resource for p in parsed])
         before = dict(self.model.resources)
         await self.runtime.apply(change)
-        self._save_manifests(docs)
+        for item, doc in zip(parsed, docs, strict=True):
+            self._raw[item.resource.key] = doc.raw
+        self._save_manifests()
         return [
             f"{p.resource.key} {'configured' if p.resource.key in before else 'created'}"
             for p in parsed
         ]
 
-    def _save_manifests(self, docs: list[Document]) -> None:
-        import yaml
-
-        self.paths.manifests.mkdir(parents=True, exist_ok=True)
-        for key in list(self.paths.manifests.iterdir()):
-            key.unlink()
-        for resource in self.model.resources.values():
-            k = resource.key
-            name = f"{k.kind}.{k.namespace or '_'}.{k.name}.yaml"
-            (self.paths.manifests / name).write_text(yaml.safe_dump(_plain(resource)))
+    def _save_manifests(self) -> None:
+        """Keep the applied manifests, as written, one file per resource: the folder is the
+        lab's source of truth for whatever reads it next (the controller)."""
+        self._raw = {k: v for k, v in self._raw.items() if k in self.model.resources}
+        folder = self.paths.manifests
+        folder.mkdir(parents=True, exist_ok=True)
+        wanted = {}
+        for k, raw in self._raw.items():
+            wanted[f"{k.kind}.{k.namespace or '_'}.{k.name}.yaml"] = yaml.safe_dump(raw)
+        for existing in folder.iterdir():
+            if existing.name not in wanted:
+                existing.unlink()
+        for name, text in wanted.items():
+            path = folder / name
+            if not path.exists() or path.read_text() != text:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(text)
+                os.replace(tmp, path)
 
     # --- API --------------------------------------------------------------------------------
 
@@ -174,6 +186,11 @@ class LabDaemon:
                 results = await self._apply_documents(docs)
             except (ManifestError, ManifestErrors) as err:
                 return web.json_response({"errors": errors_json(err)}, status=422)
+            except Exception as err:  # a kernel-side failure: report it, keep serving
+                log.exception("lab.apply_failed")
+                return web.json_response(
+                    {"errors": [{"message": f"apply failed: {err}"}]}, status=500
+                )
         return web.json_response({"results": results})
 
     async def _delete(self, request: web.Request) -> web.Response:
@@ -185,9 +202,14 @@ class LabDaemon:
                 keys = [p.resource.key for p in parse_documents(docs)]
                 change = self.model.plan_delete(keys)
                 await self.runtime.apply(change)
-                self._save_manifests([])
+                self._save_manifests()
             except (ManifestError, ManifestErrors) as err:
                 return web.json_response({"errors": errors_json(err)}, status=422)
+            except Exception as err:  # a kernel-side failure: report it, keep serving
+                log.exception("lab.delete_failed")
+                return web.json_response(
+                    {"errors": [{"message": f"delete failed: {err}"}]}, status=500
+                )
         return web.json_response({"results": [f"{k} deleted" for k in keys]})
 
     async def _shutdown(self, _request: web.Request) -> web.Response:

@@ -257,3 +257,56 @@ def test_up_twice_says_the_lab_exists(cluster: Lab) -> None:
     assert proc.returncode == 1
     assert "already exists" in proc.stderr
     assert cluster.status()["phase"] == "Ready"
+
+
+EXTRA = """
+apiVersion: v1
+kind: Service
+metadata: {name: extra, namespace: it}
+spec:
+  selector: {app: extra}
+  ports: [{port: 8000, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: extra, namespace: it}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: extra}}
+  template:
+    metadata: {labels: {app: extra}}
+    spec:
+      containers:
+      - name: web
+        image: weft/http-echo
+        args: ["--port", "8080"]
+        ports: [{containerPort: 8080}]
+"""
+
+
+def test_apply_then_delete_a_service_and_deployment(cluster: Lab, tmp_path: Path) -> None:
+    f = tmp_path / "extra.yaml"
+    f.write_text(EXTRA)
+    out = cluster.run("apply", "-f", str(f)).stdout
+    assert "Service it/extra created" in out
+    assert len(_wait_endpoints(cluster, "extra", 2)) == 2
+    # An existing pod resolves the new name: its hosts file is rewritten in place.
+    got = cluster.exec("client", "it", "curl", "-s", "--max-time", "5", "http://extra:8000/")
+    extra_ips = {p["ip"] for p in cluster.pods("it", "extra-")}
+    assert json.loads(got.stdout)["server"]["ip"] in extra_ips
+    record = cluster.record()
+    assert record is not None
+    saved = {p.name for p in (Path("/run/weft/labs") / cluster.name / "manifests").iterdir()}
+    assert {"Service.it.extra.yaml", "Deployment.it.extra.yaml"} <= saved
+
+    out = cluster.run("delete", "-f", str(f)).stdout
+    assert "Deployment it/extra deleted" in out
+    assert cluster.pods("it", "extra-") == []
+    assert all(s["name"] != "extra" for s in cluster.status()["services"])
+    hosts = cluster.exec("client", "it", "cat", "/etc/hosts").stdout
+    assert "extra" not in hosts
+    saved = {p.name for p in (Path("/run/weft/labs") / cluster.name / "manifests").iterdir()}
+    assert "Service.it.extra.yaml" not in saved
+    again = cluster.run("delete", "-f", str(f), check=False)
+    assert again.returncode == 1
+    assert "not found" in again.stderr
