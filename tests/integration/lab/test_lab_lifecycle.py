@@ -168,3 +168,34 @@ spec:
     assert pod["restarts"] >= 1
     assert pod["containers"][0]["reason"] == "CrashLoopBackOff"
     assert "starting" in lab.run("logs", "crashy").stdout
+
+
+def test_up_as_a_normal_user_says_it_needs_root(tmp_path: Path) -> None:
+    import shutil
+    import sys
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    proc = subprocess.run(
+        [
+            setpriv,
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "weftctl.main",
+            "lab",
+            "--name",
+            f"weft-nr-{RUN_ID}",
+            "up",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[3])},
+    )
+    assert proc.returncode == 1
+    assert "must run as root" in proc.stderr
