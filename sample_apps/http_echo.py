@@ -16,8 +16,8 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiohttp
 import click
 from structlog.typing import FilteringBoundLogger
 
@@ -43,6 +43,9 @@ from sample_apps.httpwire import (
 )
 from sample_apps.runtime import configure_logging, run
 
+if TYPE_CHECKING:
+    import aiohttp
+
 READ_SIZE = 65536
 # Long enough for the slowest answer (30 s delay + 5 s upstream), short enough to shed
 # connections a client forgot about.
@@ -51,8 +54,8 @@ UPSTREAM_TIMEOUT_S = 5.0
 MAX_UPSTREAM_BODY = 1 << 20
 # Shutdown must finish within a second: answers in progress get this long to complete
 # (a rolling restart should not cost quick requests), then everything is cancelled.
-DRAIN_GRACE_S = 0.5
-CANCEL_GRACE_S = 0.3
+DRAIN_GRACE_S = 0.4
+CANCEL_GRACE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,10 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
 
     async def fetch(self) -> UpstreamResult:
+        # Imported here: aiohttp's client is a third of this app's start-up time, and only
+        # a server with --upstream needs it (a lab starts many echo pods at once).
+        import aiohttp
+
         if self._session is None:
             # Created lazily so it binds to the running loop.
             self._session = aiohttp.ClientSession(

@@ -1,6 +1,7 @@
 """Load client: fixed-rate or fixed-count GETs against one URL, then a report on stdout.
 
-    python -m sample_apps.load_client URL (--rate R | --count N [--concurrency C]) [options]
+    python -m sample_apps.load_client URL --rate R [--count N] [options]
+    python -m sample_apps.load_client URL --count N [--concurrency C] [options]
 
 --rate is an open-loop schedule (request i goes out at start + i/R whether or not earlier
 ones have answered), so a slow server shows up as latency, not as a lower send rate.
@@ -30,6 +31,7 @@ from sample_apps.runtime import configure_logging, run
 MAX_DURATION_S = 86_400.0
 MAX_RATE = 100_000.0
 MAX_CONCURRENCY = 10_000
+MAX_DISTINCT_ERRORS_LOGGED = 50
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,12 @@ class LoadRun:
         except TimeoutError:
             outcome = Outcome(time.perf_counter() - started, error=ErrorKind.TIMEOUT)
         except RequestError as exc:
-            self._note_error(exc.kind, exc.detail)
+            if self._first_time(f"{exc.kind.value}: {exc.detail}"):
+                self._log.warning("load.request_failed", kind=exc.kind.value, detail=exc.detail)
             outcome = Outcome(time.perf_counter() - started, error=exc.kind)
         except Exception as exc:  # a transport bug must cost one request, not the whole run
-            self._log.exception("load.unexpected_error", error=repr(exc))
+            if self._first_time(f"bug: {type(exc).__name__}"):
+                self._log.exception("load.unexpected_error", error=repr(exc))
             outcome = Outcome(time.perf_counter() - started, error=ErrorKind.OTHER)
         else:
             outcome = Outcome(
@@ -134,12 +138,12 @@ class LoadRun:
             )
         self.stats.record(outcome)
 
-    def _note_error(self, kind: ErrorKind, detail: str) -> None:
-        # One line per distinct error: a dead backend must not flood stderr at --rate 1000.
-        key = f"{kind.value}: {detail}"
-        if key not in self._errors_seen:
-            self._errors_seen.add(key)
-            self._log.warning("load.request_failed", kind=kind.value, detail=detail)
+    def _first_time(self, error: str) -> bool:
+        # One log line per distinct error: a dead backend must not flood stderr at --rate 1000.
+        if error in self._errors_seen or len(self._errors_seen) >= MAX_DISTINCT_ERRORS_LOGGED:
+            return False
+        self._errors_seen.add(error)
+        return True
 
     async def _report_progress(self) -> None:
         loop = asyncio.get_running_loop()
@@ -204,9 +208,6 @@ def _parse_url(ctx: click.Context, param: click.Parameter, value: str) -> HttpTa
         raise click.BadParameter(str(exc)) from exc
 
 
-_positive = click.FloatRange(min=0, min_open=True)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("url", callback=_parse_url)
 @click.option(
@@ -230,7 +231,11 @@ _positive = click.FloatRange(min=0, min_open=True)
     help="Hard upper bound on run time, seconds.",
 )
 @click.option(
-    "--timeout", type=_positive, default=5.0, show_default=True, help="Per request, seconds."
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Per request, seconds.",
 )
 @click.option(
     "--new-connections", is_flag=True, help="One new TCP connection per request (no keep-alive)."

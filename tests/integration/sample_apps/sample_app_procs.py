@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -58,6 +57,13 @@ class App:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [entry for entry in list(self.logs) if entry.get("event") == name]
+
+    def wait_events(self, name: str, count: int, timeout: float = 3.0) -> list[dict[str, Any]]:
+        """Events of a live app: its log lines reach us a little after its answers do."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.events(name)) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return found
 
     def wait_exit(self, timeout: float) -> int:
         rc = self.proc.wait(timeout=timeout)

@@ -47,7 +47,9 @@ def h2_get_all(port: int, paths: list[str]) -> tuple[int, list[tuple[int, bytes]
         for path in paths:
             stream_id = conn.get_next_available_stream_id()
             headers = [(":method", "GET"), (":scheme", "http"), (":path", path)]
-            conn.send_headers(stream_id, [*headers, (":authority", f"echo:{port}"), ("x-h2", "yes")])
+            conn.send_headers(
+                stream_id, [*headers, (":authority", f"echo:{port}"), ("x-h2", "yes")]
+            )
             conn.end_stream(stream_id)
             ids.append(stream_id)
         sock.sendall(conn.data_to_send())
@@ -59,10 +61,13 @@ def h2_get_all(port: int, paths: list[str]) -> tuple[int, list[tuple[int, bytes]
             assert data, "server closed the h2c connection early"
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived):
-                    status[event.stream_id or 0] = int(dict(event.headers or [])[":status"])
+                    got = {str(k): str(v) for k, v in event.headers or []}
+                    status[event.stream_id or 0] = int(got[":status"])
                 elif isinstance(event, h2.events.DataReceived):
                     bodies[event.stream_id or 0] += event.data or b""
-                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id or 0)
+                    conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id or 0
+                    )
                 elif isinstance(event, h2.events.StreamEnded):
                     ended.add(event.stream_id or 0)
             sock.sendall(conn.data_to_send())
@@ -118,7 +123,7 @@ def test_h2c_prior_knowledge_multiplexes_streams_on_one_connection(echo: App) ->
         assert body["pod"] == "echo-v1-7d9f"
     assert [b["request"]["path"] for b in bodies] == ["/delay/300", "/a", "/status/503"]
     # The delayed stream did not hold the others back: they were logged first.
-    paths = [e["path"] for e in echo.events("http.request")]
+    paths = [e["path"] for e in echo.wait_events("http.request", 3)]
     assert paths.index("/a") < paths.index("/delay/300")
 
 
@@ -164,7 +169,7 @@ def test_upstream_chaining_embeds_the_backend_answer(launch: Launcher) -> None:
     assert health[0] == 200
     # One session for the process, kept alive: both backend calls came over one connection,
     # and /healthz did not call the backend at all.
-    calls = backend.events("http.request")
+    calls = backend.wait_events("http.request", 2)
     assert len(calls) == 2 and calls[0]["client"] == calls[1]["client"]
 
 
@@ -178,11 +183,11 @@ def test_upstream_failure_answers_502_with_the_error(launch: Launcher, closed_po
     assert status == 502
     upstream = json.loads(raw)["upstream"]
     assert set(upstream) == {"error"} and "Connect" in upstream["error"]
-    (logged,) = frontend.events("http.request")
+    (logged,) = frontend.wait_events("http.request", 1)
     assert logged["status"] == 502 and "upstream_error" in logged
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_server_within_a_second_despite_open_connections(
     echo: App, sig: signal.Signals
 ) -> None:

@@ -31,7 +31,7 @@ def test_count_with_concurrency_over_keep_alive(launch: Launcher, echo: App) -> 
     assert report["responses"] == {"by_pod": {"echo-v2-xyz": 30}, "by_version": {"v2": 30}}
     latency = report["latency_ms"]
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
-    clients = {e["client"] for e in echo.events("http.request")}
+    clients = {e["client"] for e in echo.wait_events("http.request", 30)}
     assert len(clients) <= 4  # kept-alive: at most one connection per worker
 
 
@@ -41,12 +41,12 @@ def test_count_over_h2c_multiplexes_one_connection(launch: Launcher, echo: App) 
     assert rc == 0
     assert report["protocol"] == "HTTP/2"
     assert report["requests"]["succeeded"] == 20
-    logged = echo.events("http.request")
+    logged = echo.wait_events("http.request", 20)
     assert {e["protocol"] for e in logged} == {"HTTP/2"}
     assert len({e["client"] for e in logged}) == 1
 
 
-@pytest.mark.parametrize("http2", [False, True])
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "h2c"])
 def test_new_connections_uses_one_connection_per_request(
     launch: Launcher, echo: App, http2: bool
 ) -> None:
@@ -54,7 +54,7 @@ def test_new_connections_uses_one_connection_per_request(
     args = [url, "--count", "6", "--new-connections", *(["--http2"] if http2 else [])]
     rc, report, _ = run_json(launch, *args)
     assert rc == 0 and report["requests"]["succeeded"] == 6
-    assert len({e["client"] for e in echo.events("http.request")}) == 6
+    assert len({e["client"] for e in echo.wait_events("http.request", 6)}) == 6
 
 
 def test_rate_for_a_short_duration(launch: Launcher, echo: App) -> None:
@@ -98,7 +98,7 @@ def test_timeouts_are_counted_as_failures(launch: Launcher, echo: App) -> None:
     assert report["failures"]["by_error"] == {"timeout": 2}
 
 
-@pytest.mark.parametrize("http2", [False, True])
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "h2c"])
 def test_closed_port_exits_1_with_connect_errors(
     launch: Launcher, closed_port: int, http2: bool
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -49,10 +50,8 @@ def test_half_close_gets_every_byte_back_then_eof(launch: Launcher) -> None:
         sock.setblocking(False)
         # Interleave so neither side's buffers fill up and deadlock the test.
         while sent < len(payload):
-            try:
+            with contextlib.suppress(BlockingIOError):
                 sent += sock.send(payload[sent : sent + 65536])
-            except BlockingIOError:
-                pass
             try:
                 received += sock.recv(65536)
             except BlockingIOError:
@@ -61,11 +60,7 @@ def test_half_close_gets_every_byte_back_then_eof(launch: Launcher) -> None:
         sock.shutdown(socket.SHUT_WR)
         received += recv_to_eof(sock)  # the server closes after the last echo
     assert bytes(received) == payload
-    closed = app.events("tcp.connection.closed")
-    deadline = time.monotonic() + 2
-    while not closed and time.monotonic() < deadline:
-        time.sleep(0.02)
-        closed = app.events("tcp.connection.closed")
+    closed = app.wait_events("tcp.connection.closed", 1)
     assert closed[0]["bytes"] == len(payload) and closed[0]["reason"] == "client_closed"
 
 

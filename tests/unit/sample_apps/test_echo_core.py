@@ -60,7 +60,9 @@ def test_route_for_special_paths(path: str, route: Route) -> None:
     assert route_for(path) == route
 
 
-@pytest.mark.parametrize("path", ["/status/99", "/status/600", "/status/abc", "/delay/-5", "/delay/"])
+@pytest.mark.parametrize(
+    "path", ["/status/99", "/status/600", "/status/abc", "/delay/-5", "/delay/"]
+)
 def test_malformed_special_paths_answer_400_with_reason(path: str) -> None:
     route = route_for(path)
     assert route.status == 400 and route.error
@@ -135,9 +137,18 @@ def test_successful_upstream_is_embedded_and_status_kept() -> None:
 @pytest.mark.parametrize(
     ("upstream", "embedded"),
     [
-        (UpstreamResult(error="ClientConnectorError: refused"), {"error": "ClientConnectorError: refused"}),
-        (UpstreamResult(status=503, body="no healthy upstream"), {"status": 503, "body": "no healthy upstream"}),
-        (UpstreamResult(status=403, body="RBAC: access denied"), {"status": 403, "body": "RBAC: access denied"}),
+        (
+            UpstreamResult(error="ClientConnectorError: refused"),
+            {"error": "ClientConnectorError: refused"},
+        ),
+        (
+            UpstreamResult(status=503, body="no healthy upstream"),
+            {"status": 503, "body": "no healthy upstream"},
+        ),
+        (
+            UpstreamResult(status=403, body="RBAC: access denied"),
+            {"status": 403, "body": "RBAC: access denied"},
+        ),
     ],
 )
 def test_failed_or_non_2xx_upstream_turns_answer_into_502(

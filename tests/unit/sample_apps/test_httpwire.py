@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import h2.config
 import h2.connection
 import h2.events
@@ -77,7 +79,9 @@ def test_h1_counts_content_length_and_chunked_bodies() -> None:
     request = h1_request(server, b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
     assert request is not None and request.body_bytes == 5
     server.send_response(request, JSON_OK)
-    chunked = b"PUT /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    chunked = (
+        b"PUT /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
     request = h1_request(server, chunked)
     assert request is not None and request.method == "PUT" and request.body_bytes == 3
 
@@ -169,6 +173,13 @@ def test_h1_peer_eof_mid_request_is_a_protocol_error() -> None:
 # --- HTTP/2 -----------------------------------------------------------------------------
 
 
+@dataclass
+class H2Answer:
+    headers: dict[str, str]
+    body: bytes = b""
+    ended: bool = False
+
+
 class H2TestClient:
     """The h2 library as a client, to produce and consume real frames."""
 
@@ -176,10 +187,14 @@ class H2TestClient:
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.initiate_connection()
-        self.responses: dict[int, dict[str, object]] = {}
+        self.responses: dict[int, H2Answer] = {}
 
     def request(
-        self, path: str, method: str = "GET", body: bytes = b"", extra: list[tuple[str, str]] = []
+        self,
+        path: str,
+        method: str = "GET",
+        body: bytes = b"",
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> int:
         stream_id = self.conn.get_next_available_stream_id()
         headers = [(":method", method), (":scheme", "http"), (":authority", "svc:80")]
@@ -193,15 +208,15 @@ class H2TestClient:
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived):
                 assert event.stream_id is not None
-                self.responses[event.stream_id] = {"headers": dict(event.headers or []), "body": b""}
+                headers = {str(k): str(v) for k, v in event.headers or []}
+                self.responses[event.stream_id] = H2Answer(headers)
             elif isinstance(event, h2.events.DataReceived):
                 assert event.stream_id is not None
-                entry = self.responses[event.stream_id]
-                entry["body"] = bytes(entry["body"]) + (event.data or b"")  # type: ignore[arg-type]
+                self.responses[event.stream_id].body += event.data or b""
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamEnded):
                 assert event.stream_id is not None
-                self.responses[event.stream_id]["ended"] = True
+                self.responses[event.stream_id].ended = True
 
 
 def h2_pair() -> tuple[H2TestClient, H2Server]:
@@ -214,7 +229,7 @@ def h2_pair() -> tuple[H2TestClient, H2Server]:
 
 def test_h2_requests_are_parsed_with_host_from_authority_and_no_pseudo_headers() -> None:
     client, server = h2_pair()
-    stream_id = client.request("/echo?q=1", extra=[("x-trace", "7")])
+    stream_id = client.request("/echo?q=1", extra=(("x-trace", "7"),))
     (request,) = server.receive_data(client.conn.data_to_send())
     assert request == Request(
         method="GET",
@@ -235,7 +250,7 @@ def test_h2_body_is_counted_across_data_frames() -> None:
 
 def test_h2_cookie_crumbs_are_rejoined_with_semicolons() -> None:
     client, server = h2_pair()
-    client.request("/", extra=[("cookie", "a=1"), ("cookie", "b=2"), ("accept", "x")])
+    client.request("/", extra=(("cookie", "a=1"), ("cookie", "b=2"), ("accept", "x")))
     (request,) = server.receive_data(client.conn.data_to_send())
     assert request.header_map()["cookie"] == "a=1; b=2"
 
@@ -248,9 +263,9 @@ def test_h2_concurrent_streams_can_be_answered_out_of_order() -> None:
     server.send_response(fast, Response(201, (("x-n", "2"),), b"fast"))
     server.send_response(slow, Response(200, (("x-n", "1"),), b"slow"))
     client.receive(server.data_to_send())
-    assert client.responses[second]["body"] == b"fast"
-    assert client.responses[first]["body"] == b"slow"
-    headers = client.responses[second]["headers"]
+    assert client.responses[second].body == b"fast"
+    assert client.responses[first].body == b"slow"
+    headers = client.responses[second].headers
     assert headers == {":status": "201", "x-n": "2", "content-length": "4"}
 
 
@@ -262,11 +277,11 @@ def test_h2_large_body_waits_for_window_update() -> None:
     server.send_response(request, Response(200, (), body))
     for _ in range(20):
         client.receive(server.data_to_send())
-        if client.responses[stream_id].get("ended"):
+        if client.responses[stream_id].ended:
             break
         assert server.receive_data(client.conn.data_to_send()) == []
-    assert client.responses[stream_id].get("ended")
-    assert len(bytes(client.responses[stream_id]["body"])) == 200_000  # type: ignore[arg-type]
+    assert client.responses[stream_id].ended
+    assert len(client.responses[stream_id].body) == 200_000
 
 
 def test_h2_head_answer_ends_stream_without_data() -> None:
@@ -275,8 +290,8 @@ def test_h2_head_answer_ends_stream_without_data() -> None:
     (request,) = server.receive_data(client.conn.data_to_send())
     server.send_response(request, JSON_OK)
     client.receive(server.data_to_send())
-    assert client.responses[stream_id]["body"] == b""
-    assert client.responses[stream_id].get("ended")
+    assert client.responses[stream_id].body == b""
+    assert client.responses[stream_id].ended
 
 
 def test_h2_answer_to_reset_stream_is_dropped_silently() -> None:
