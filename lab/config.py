@@ -61,7 +61,9 @@ class LabConfig:
                     raise LabConfigError(f"{opt_a} {net_a} overlaps {opt_b} {net_b}")
         underlay = nets["--underlay-cidr"]
         if underlay.num_addresses - 2 < self.nodes:
-            raise LabConfigError(f"--underlay-cidr: {underlay} has no room for {self.nodes} nodes")
+            raise LabConfigError(
+                f"--underlay-cidr: {underlay} has no room for {self.nodes} node(s)"
+            )
         pods = nets["--pod-cidr"]
         if not pods.prefixlen <= self.node_pod_prefix <= 30:
             raise LabConfigError(

@@ -210,7 +210,7 @@ class ClusterModel:
                 namespace=ref[0],
                 name=ref[1],
                 node=node,
-                ip=pool_state[node].allocate(ref),
+                ip=_pod_ip(pool_state[node], node, pod.key, ""),
                 labels=pod.metadata.labels,
                 annotations=pod.metadata.annotations,
                 spec=pod.spec,
@@ -271,7 +271,7 @@ class ClusterModel:
                 namespace=namespace,
                 name=name,
                 node=node,
-                ip=pool_state[node].allocate((namespace, name)),
+                ip=_pod_ip(pool_state[node], node, dep.key, "spec.replicas"),
                 labels={**dep.template_metadata.labels, "pod-template-hash": template_hash},
                 annotations=dep.template_metadata.annotations,
                 spec=dep.template,
@@ -439,11 +439,21 @@ class _PoolView:
         self._taken = set(extra_taken or ())
 
     def allocate(self, _ref: object) -> str:
-        for ip in self._pool._free:
+        for ip in self._pool.candidates():
             if ip not in self._taken and not self._pool.is_used(ip):
                 self._taken.add(ip)
                 return ip
         raise AddressExhausted(f"no free address left in {self._pool.network}")
+
+
+def _pod_ip(pool: _PoolView, node: str, key: ResourceKey, field: str) -> str:
+    """An address on `node` for a pod of `key`; a full node range is the manifest's error."""
+    try:
+        return pool.allocate(key)
+    except AddressExhausted as err:
+        raise ManifestErrors(
+            [ManifestError(f"{err} on {node}", resource=str(key), field=field)]
+        ) from None
 
 
 def _group(pod: PodRecord) -> str:

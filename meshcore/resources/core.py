@@ -301,14 +301,14 @@ def _parse_env(raw: object, path: str) -> EnvVar:
     return EnvVar(name, value, field_ref)
 
 
-def _parse_container_port(raw: object, path: str) -> ContainerPort:
+def _parse_container_port(raw: object, path: str, ignored: list[str]) -> ContainerPort:
     f = Fields(raw, path, ignored=frozenset({"hostPort", "hostIP"}))
     port = f.integer("containerPort", required=True, minimum=1, maximum=65535)
     name = f.string("name")
     if name:
         check_port_name(name, f.sub("name"))
     protocol = _protocol(f)
-    f.done()
+    ignored.extend(f.done())
     return ContainerPort(port, name, protocol)
 
 
@@ -329,7 +329,7 @@ def _parse_container(raw: object, path: str, ignored: list[str]) -> Container:
     if not image and not command:
         raise f.fail("image", "required field is missing (or give a command)")
     env = tuple(_parse_env(item, p) for p, item in f.objects("env"))
-    ports = tuple(_parse_container_port(item, p) for p, item in f.objects("ports"))
+    ports = tuple(_parse_container_port(item, p, ignored) for p, item in f.objects("ports"))
     _unique([p.name for p in ports if p.name], f.sub("ports"), "port name")
     ignored.extend(f.done())
     return Container(name, image, command, args, env, ports)
@@ -342,7 +342,9 @@ def parse_pod_spec(raw: object, path: str, ignored: list[str]) -> PodSpec:
         raise f.fail("containers", "a pod needs at least one container")
     _unique([c.name for c in containers], f.sub("containers"), "container name")
     node_name = f.string("nodeName")
-    sa = f.string("serviceAccountName") or f.string("serviceAccount") or DEFAULT_SERVICE_ACCOUNT
+    # Read both: real objects carry the deprecated `serviceAccount` alongside the current name.
+    sa_name, sa_alias = f.string("serviceAccountName"), f.string("serviceAccount")
+    sa = sa_name or sa_alias or DEFAULT_SERVICE_ACCOUNT
     check_dns_subdomain(sa, f.sub("serviceAccountName"))
     policy_text = f.string("restartPolicy", default="Always")
     try:
@@ -430,7 +432,7 @@ def parse_deployment(f: Fields, ignored: list[str]) -> Deployment:
     return Deployment(meta, replicas, selector, tmeta, pod_spec)
 
 
-def _parse_service_port(raw: object, path: str) -> ServicePort:
+def _parse_service_port(raw: object, path: str, ignored: list[str]) -> ServicePort:
     f = Fields(raw, path, ignored=frozenset({"nodePort", "appProtocol"}))
     port = f.integer("port", required=True, minimum=1, maximum=65535)
     name = f.string("name")
@@ -446,14 +448,16 @@ def _parse_service_port(raw: object, path: str) -> ServicePort:
             raise f.fail("targetPort", f"must be between 1 and 65535, got {raw_target}")
         target = raw_target
     elif isinstance(raw_target, str):
-        if raw_target.isdigit():
+        if raw_target.isascii() and raw_target.isdigit():
             target = int(raw_target)
+            if not 1 <= target <= 65535:
+                raise f.fail("targetPort", f"must be between 1 and 65535, got {target}")
         else:
             check_port_name(raw_target, f.sub("targetPort"))
             target = raw_target
     elif raw_target is not None:
         raise f.fail("targetPort", "expected a port number or a port name")
-    f.done()
+    ignored.extend(f.done())
     return ServicePort(port, target, name, protocol)
 
 
@@ -465,7 +469,7 @@ def parse_service(f: Fields, ignored: list[str]) -> Service:
     kind = spec.string("type", default="ClusterIP")
     if kind != "ClusterIP":
         raise spec.fail("type", f"only ClusterIP services are supported, got {kind!r}")
-    ports = tuple(_parse_service_port(item, p) for p, item in spec.objects("ports"))
+    ports = tuple(_parse_service_port(item, p, ignored) for p, item in spec.objects("ports"))
     if not ports:
         raise spec.fail("ports", "a Service needs at least one port")
     if len(ports) > 1 and any(not p.name for p in ports):

@@ -54,6 +54,8 @@ def _describe(raw: dict[object, object]) -> str:
     meta = raw.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     namespace = meta.get("namespace") if isinstance(meta, dict) else None
+    if not namespace and kind in KINDS and kind != "Namespace":
+        namespace = "default"  # what the resource will be called once parsed
     if namespace and name:
         return f"{kind} {namespace}/{name}"
     return f"{kind} {name or '(unnamed)'}"

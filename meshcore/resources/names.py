@@ -32,8 +32,8 @@ def check_dns_subdomain(value: str, field: str) -> None:
 
 
 def check_label_key(key: str, field: str) -> None:
-    prefix, _, name = key.rpartition("/")
-    if prefix:
+    prefix, slash, name = key.rpartition("/")
+    if slash:  # "/name" has an empty prefix, which is as invalid as a malformed one
         check_dns_subdomain(prefix, f"{field} (prefix of key {key!r})")
     if not name or len(name) > 63 or not _LABEL_NAME.match(name):
         raise ManifestError(
@@ -59,10 +59,15 @@ def check_labels(labels: dict[str, str], field: str) -> None:
 
 
 def check_port_name(value: str, field: str) -> None:
-    if len(value) > 15 or not _PORT_NAME.match(value) or "--" in value:
+    if (
+        len(value) > 15
+        or not _PORT_NAME.match(value)
+        or "--" in value
+        or not any("a" <= c <= "z" for c in value)  # else it reads as a port number
+    ):
         raise ManifestError(
             f"{value!r} is not a valid port name (IANA service name: lowercase letters, "
-            "digits and '-', at most 15 characters)",
+            "digits and '-', at least one letter, at most 15 characters)",
             field=field,
         )
 
