@@ -46,15 +46,19 @@ spec:
 
 def weftctl(*args: str) -> float:
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "weftctl.main", *args], check=True,
-                   capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "weftctl.main", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return time.monotonic() - started
 
 
 @click.command()
 @click.option("--pods", default=20, show_default=True)
-@click.option("--nodes", "node_counts", multiple=True, type=int, default=(2, 5),
-              show_default=True)
+@click.option("--nodes", "node_counts", multiple=True, type=int, default=(2, 5), show_default=True)
 @click.option("--runs", default=3, show_default=True)
 def main(pods: int, node_counts: tuple[int, ...], runs: int) -> None:
     results = []
@@ -66,20 +70,35 @@ def main(pods: int, node_counts: tuple[int, ...], runs: int) -> None:
             for run in range(runs):
                 name = f"weft-bench-{nodes}n-{run}"
                 try:
-                    ups.append(weftctl("lab", "--name", name, "up", "--nodes", str(nodes),
-                                       "--manifests", str(manifest)))
+                    ups.append(
+                        weftctl(
+                            "lab",
+                            "--name",
+                            name,
+                            "up",
+                            "--nodes",
+                            str(nodes),
+                            "--manifests",
+                            str(manifest),
+                        )
+                    )
                 finally:
                     downs.append(weftctl("lab", "--name", name, "down"))
             row = {
-                "nodes": nodes, "pods": pods, "runs": runs,
-                "up_median_s": round(statistics.median(ups), 2), "up_max_s": round(max(ups), 2),
+                "nodes": nodes,
+                "pods": pods,
+                "runs": runs,
+                "up_median_s": round(statistics.median(ups), 2),
+                "up_max_s": round(max(ups), 2),
                 "down_median_s": round(statistics.median(downs), 2),
                 "down_max_s": round(max(downs), 2),
             }
             results.append(row)
-            click.echo(f"{nodes} nodes, {pods} pods: up {row['up_median_s']}s median "
-                       f"({row['up_max_s']}s worst), down {row['down_median_s']}s median "
-                       f"({row['down_max_s']}s worst) over {runs} runs")
+            click.echo(
+                f"{nodes} nodes, {pods} pods: up {row['up_median_s']}s median "
+                f"({row['up_max_s']}s worst), down {row['down_median_s']}s median "
+                f"({row['down_max_s']}s worst) over {runs} runs"
+            )
     click.echo(json.dumps(results))
 
 
