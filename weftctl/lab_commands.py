@@ -490,8 +490,7 @@ def _send(ctx: LabContext, path: str, files: tuple[Path, ...]) -> None:
         click.echo(line)
 
 
-@lab.command()
-@click.option(
+FILES_OPTION = click.option(
     "-f",
     "--filename",
     "files",
@@ -500,6 +499,10 @@ def _send(ctx: LabContext, path: str, files: tuple[Path, ...]) -> None:
     type=click.Path(path_type=Path),
     help="File or folder of YAML. Repeatable.",
 )
+
+
+@lab.command()
+@FILES_OPTION
 @pass_lab
 def apply(ctx: LabContext, files: tuple[Path, ...]) -> None:
     """Create or update resources in the running lab (all or nothing)."""
@@ -507,15 +510,7 @@ def apply(ctx: LabContext, files: tuple[Path, ...]) -> None:
 
 
 @lab.command()
-@click.option(
-    "-f",
-    "--filename",
-    "files",
-    multiple=True,
-    required=True,
-    type=click.Path(path_type=Path),
-    help="File or folder of YAML. Repeatable.",
-)
+@FILES_OPTION
 @pass_lab
 def delete(ctx: LabContext, files: tuple[Path, ...]) -> None:
     """Delete the resources named in the files (all or nothing)."""
