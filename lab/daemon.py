@@ -19,12 +19,12 @@ from typing import Any
 import click
 import structlog
 import uvloop
-import yaml
 from aiohttp import web
 
 from lab.addressing import node_plans
 from lab.model import ClusterModel
 from lab.naming import LabNames
+from lab.objects import cluster_objects, sync_folder
 from lab.runtime import LabRuntime
 from lab.state import LabPaths, LabRecord, teardown
 from lab.status import lab_status
@@ -62,6 +62,7 @@ class LabDaemon:
         self.names = LabNames(record.lab_id)
         self.model = ClusterModel(node_plans(record.config), record.config.service_cidr)
         self.runtime = LabRuntime(record.config, self.names, paths, self.model)
+        self.runtime.on_status_change = self._save_manifests
         self.phase = "Building"
         self.error = ""
         self.started = time.time()
@@ -148,23 +149,11 @@ class LabDaemon:
         ]
 
     def _save_manifests(self) -> None:
-        """Keep the applied manifests, as written, one file per resource: the folder is the
-        lab's source of truth for whatever reads it next (the controller)."""
+        """Write the cluster objects (applied manifests + pods with status) for the
+        controller to watch."""
         self._raw = {k: v for k, v in self._raw.items() if k in self.model.resources}
-        folder = self.paths.manifests
-        folder.mkdir(parents=True, exist_ok=True)
-        wanted = {}
-        for k, raw in self._raw.items():
-            wanted[f"{k.kind}.{k.namespace or '_'}.{k.name}.yaml"] = yaml.safe_dump(raw)
-        for existing in folder.iterdir():
-            if existing.name not in wanted:
-                existing.unlink()
-        for name, text in wanted.items():
-            path = folder / name
-            if not path.exists() or path.read_text() != text:
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(text)
-                os.replace(tmp, path)
+        status = {ref: (p.phase, p.ready) for ref, p in self.runtime.pods.items()}
+        sync_folder(self.paths.manifests, cluster_objects(self.model, self._raw, status))
 
     # --- API --------------------------------------------------------------------------------
 

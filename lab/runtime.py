@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -71,6 +72,8 @@ class LabRuntime:
         self._endpoints_dirty = asyncio.Event()
         self._last_rules = ""
         self._sync_task: asyncio.Task[None] | None = None
+        # Called after pods' readiness changed (the daemon rewrites the pod objects).
+        self.on_status_change: Callable[[], None] | None = None
 
     # --- cluster ----------------------------------------------------------------------------
 
@@ -277,6 +280,11 @@ class LabRuntime:
                 await self._push_rules()
             except RuntimeError as err:
                 log.error("kubeproxy.sync_failed", error=str(err))
+            if self.on_status_change is not None:
+                try:
+                    self.on_status_change()
+                except OSError as err:
+                    log.error("objects.write_failed", error=str(err))
             await asyncio.sleep(0.05)  # coalesce bursts of readiness changes
 
     def ready_pods(self) -> list[tuple[str, str]]:

@@ -31,7 +31,6 @@ DEFAULT_SERVICE_ACCOUNT = "default"
 _IGNORED_META = frozenset(
     {
         "creationTimestamp",
-        "uid",
         "resourceVersion",
         "generation",
         "managedFields",
@@ -127,6 +126,7 @@ class ObjectMeta:
     namespace: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    uid: str = ""  # set by the cluster (API server, or the lab), not by users
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,16 @@ class PodSpec:
 
 
 @dataclass(frozen=True)
+class PodStatus:
+    """What the cluster reports about a running pod (kubelet's part of the object)."""
+
+    phase: str = "Pending"
+    pod_ip: str = ""
+    host_ip: str = ""
+    ready: bool = False
+
+
+@dataclass(frozen=True)
 class Namespace:
     metadata: ObjectMeta
     kind = "Namespace"
@@ -191,6 +201,7 @@ class ServiceAccount:
 class Pod:
     metadata: ObjectMeta
     spec: PodSpec
+    status: PodStatus = PodStatus()
     kind = "Pod"
 
     @property
@@ -264,8 +275,9 @@ def parse_metadata(raw: object, path: str, *, namespaced: bool) -> tuple[ObjectM
     check_labels(labels, f.sub("labels"))
     annotations = f.string_map("annotations")
     f.string("generateName")  # accepted for round-trips of real objects; unused
+    uid = f.string("uid")
     ignored = f.done()
-    return ObjectMeta(name, namespace, labels, annotations), ignored
+    return ObjectMeta(name, namespace, labels, annotations, uid), ignored
 
 
 def _parse_env(raw: object, path: str) -> EnvVar:
@@ -390,7 +402,62 @@ def parse_pod(f: Fields, ignored: list[str]) -> Pod:
     if not f.has("spec"):
         raise f.fail("spec", "required field is missing")
     spec = parse_pod_spec(f.raw("spec"), "spec", ignored)
-    return Pod(meta, spec)
+    status = (
+        parse_pod_status(f.raw("status"), "status", ignored) if f.has("status") else PodStatus()
+    )
+    return Pod(meta, spec, status)
+
+
+_POD_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
+_IGNORED_POD_STATUS = frozenset(
+    {
+        "podIPs",
+        "hostIPs",
+        "startTime",
+        "containerStatuses",
+        "initContainerStatuses",
+        "qosClass",
+        "message",
+        "reason",
+        "nominatedNodeName",
+        "ephemeralContainerStatuses",
+        "resize",
+    }
+)
+
+
+def parse_pod_status(raw: object, path: str, ignored: list[str]) -> PodStatus:
+    """A pod's status as an API server reports it; the lab writes the same shape."""
+    f = Fields(raw, path, ignored=_IGNORED_POD_STATUS)
+    phase = f.string("phase", default="Pending")
+    if phase not in _POD_PHASES:
+        raise f.fail("phase", f"must be one of {', '.join(_POD_PHASES)}, got {phase!r}")
+    pod_ip = f.string("podIP")
+    host_ip = f.string("hostIP")
+    for name, value in (("podIP", pod_ip), ("hostIP", host_ip)):
+        if value:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise f.fail(name, f"{value!r} is not an IP address") from None
+    ready = False
+    for cpath, item in f.objects("conditions"):
+        cond = Fields(
+            item,
+            cpath,
+            ignored=frozenset(
+                {"lastProbeTime", "lastTransitionTime", "reason", "message", "observedGeneration"}
+            ),
+        )
+        ctype = cond.string("type", required=True)
+        cstatus = cond.string("status", required=True)
+        if cstatus not in ("True", "False", "Unknown"):
+            raise cond.fail("status", f"must be True, False or Unknown, got {cstatus!r}")
+        if ctype == "Ready":
+            ready = cstatus == "True"
+        cond.done()
+    ignored.extend(f.done())
+    return PodStatus(phase, pod_ip, host_ip, ready)
 
 
 def parse_deployment(f: Fields, ignored: list[str]) -> Deployment:

@@ -163,8 +163,12 @@ spec:
     proc = lab.run("up", "--nodes", "1", "--manifests", str(crash), "--wait", "3", check=False)
     assert proc.returncode == 3
     assert "not ready" in proc.stderr
-    time.sleep(2)
-    [pod] = lab.status()["pods"]
+    deadline = time.monotonic() + 15
+    while True:
+        [pod] = lab.status()["pods"]
+        if pod["restarts"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert pod["restarts"] >= 1
     assert pod["containers"][0]["reason"] == "CrashLoopBackOff"
     assert "starting" in lab.run("logs", "crashy").stdout

@@ -420,7 +420,6 @@ def test_known_fields_the_lab_ignores_are_accepted_and_reported_by_path() -> Non
 
     assert sorted(parsed.ignored_fields) == [
         "metadata.resourceVersion",
-        "metadata.uid",
         "spec.strategy",
         "spec.template.metadata.creationTimestamp",
         "spec.template.spec.containers[0].ports[0].hostPort",

@@ -1,0 +1,234 @@
+"""The controller process: source -> store -> mesh state -> versioned log -> gRPC to nodes.
+
+Also serves readiness (15021), Prometheus metrics (15014) and an admin API (JSON over a unix
+socket and 15000) that `weftctl controller ...` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+
+from controller.ca import CertificateAuthority
+from controller.distribution import StateLog
+from controller.meshbuilder import MeshBuilder
+from controller.server import MAX_MESSAGE, ControllerService
+from controller.sources import Source
+from controller.store import ResourceStore
+from meshcore.meshstate import TrustBundle, Workload
+
+log = structlog.get_logger("controller")
+
+CONFIG_ERRORS = Gauge("weft_controller_config_errors", "Resources currently refused as invalid.")
+STATE_VERSION = Gauge("weft_controller_state_version", "Version of the mesh state.")
+STATE_RESOURCES = Gauge("weft_controller_state_resources", "Resources in the mesh state.")
+
+CONTROLLER_DNS_NAME = "weft-controller"
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    trust_domain: str = "cluster.local"
+    state_dir: Path = Path("/var/lib/weft/controller")
+    plugin_ca_dir: Path | None = None
+    grpc_listen: str = "0.0.0.0:15012"
+    http_host: str = "0.0.0.0"
+    admin_port: int = 15000
+    metrics_port: int = 15014
+    ready_port: int = 15021
+    admin_socket: Path | None = None
+    serving_addresses: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Controller:
+    def __init__(self, config: ControllerConfig, source: Source) -> None:
+        self.config = config
+        self.source = source
+        self.ca = (
+            CertificateAuthority.from_plugin(config.plugin_ca_dir, config.trust_domain)
+            if config.plugin_ca_dir
+            else CertificateAuthority.load_or_create(config.state_dir / "ca", config.trust_domain)
+        )
+        self.store = ResourceStore()
+        self.builder = MeshBuilder(config.trust_domain)
+        self.state = StateLog()
+        self.service = ControllerService(self.state, self.ca, self.workloads)
+        self.synced = asyncio.Event()
+        self.grpc_port = 0
+        self._runners: list[web.AppRunner] = []
+        self._server: grpc.aio.Server | None = None
+
+    def workloads(self) -> list[Workload]:
+        return [v for v in self.state.values.values() if isinstance(v, Workload)]
+
+    def bundle(self) -> TrustBundle:
+        return TrustBundle(self.config.trust_domain, tuple(self.ca.trust_bundle))
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._start_grpc()
+        await self._start_http()
+        log.info(
+            "controller.started",
+            grpc_port=self.grpc_port,
+            epoch=self.state.epoch,
+            trust_domain=self.config.trust_domain,
+        )
+
+    async def run(self) -> None:
+        """Follow the source forever."""
+        async for batch in self.source.batches():
+            started = time.monotonic()
+            for change in batch:
+                if change.removed:
+                    self.store.remove_source(change.source)
+                else:
+                    assert change.documents is not None
+                    self.store.set_source(change.source, change.documents)
+            self.recompute()
+            self.synced.set()
+            log.debug(
+                "source.batch", changes=len(batch), seconds=round(time.monotonic() - started, 4)
+            )
+
+    def recompute(self) -> None:
+        state = self.builder.build(self.store.resources(), self.bundle())
+        delta = self.state.update(state)
+        CONFIG_ERRORS.set(len(self.store.problems()))
+        if delta is not None:
+            STATE_VERSION.set(delta.version)
+            STATE_RESOURCES.set(len(state))
+            log.info(
+                "state.changed",
+                version=delta.version,
+                upserts=len(delta.upserts),
+                removals=len(delta.removals),
+            )
+            self.service.notify()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=0.5)
+        for runner in self._runners:
+            await runner.cleanup()
+
+    async def _start_grpc(self) -> None:
+        host, _, port = self.config.grpc_listen.rpartition(":")
+        dns, ips = [CONTROLLER_DNS_NAME], []
+        for address in self.config.serving_addresses:
+            try:
+                ips.append(str(ipaddress.ip_address(address)))
+            except ValueError:
+                dns.append(address)
+        key_pem, cert_pem = self.ca.issue_serving_certificate(dns, ips)
+        chain = cert_pem + b"".join(
+            c.encode() if isinstance(c, str) else c for c in self.ca.chain_pems()
+        )
+        credentials = grpc.ssl_server_credentials(
+            [(key_pem, chain)],
+            root_certificates="".join(self.ca.trust_bundle).encode(),
+            require_client_auth=True,
+        )
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ]
+        )
+        self._server.add_generic_rpc_handlers((self.service.handlers(),))
+        self.grpc_port = self._server.add_secure_port(f"{host or '0.0.0.0'}:{port}", credentials)
+        await self._server.start()
+
+    # --- HTTP: readiness, metrics, admin ------------------------------------------------------
+
+    async def _start_http(self) -> None:
+        admin = web.Application()
+        admin.add_routes(
+            [
+                web.get("/debug/nodes", self._nodes),
+                web.get("/debug/problems", self._problems),
+                web.get("/debug/state", self._state),
+                web.get("/ready", self._ready),
+                web.get("/metrics", self._metrics),
+            ]
+        )
+        runner = web.AppRunner(admin, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        if self.config.admin_socket is not None:
+            self.config.admin_socket.parent.mkdir(parents=True, exist_ok=True)
+            self.config.admin_socket.unlink(missing_ok=True)
+            await web.UnixSite(runner, str(self.config.admin_socket)).start()
+        for port in (self.config.admin_port, self.config.metrics_port, self.config.ready_port):
+            if port:
+                await web.TCPSite(runner, self.config.http_host, port, reuse_address=True).start()
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        if self.synced.is_set() and self._server is not None:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not synced with the source yet\n")
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _nodes(self, _request: web.Request) -> web.Response:
+        connected = [s.as_dict() | {"connected": True} for s in self.service.sessions]
+        names = {s.node for s in self.service.sessions}
+        gone = [
+            s.as_dict() | {"connected": False}
+            for node, s in sorted(self.service.disconnected.items())
+            if node not in names
+        ]
+        return web.json_response(
+            {"epoch": self.state.epoch, "version": self.state.version, "nodes": connected + gone}
+        )
+
+    async def _problems(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "problems": [
+                    {
+                        "source": p.source,
+                        "resource": p.resource,
+                        "field": p.field,
+                        "reason": p.reason,
+                        "message": p.message,
+                        "keeps_last_good": p.keeps_last_good,
+                        "since": p.since,
+                    }
+                    for p in self.store.problems()
+                ]
+            }
+        )
+
+    async def _state(self, request: web.Request) -> web.Response:
+        """The state as sent to a node (every node gets the same mesh state), as JSON."""
+        from google.protobuf.json_format import MessageToDict
+
+        from meshcore.api.convert import to_proto
+
+        node = request.query.get("node", "")
+        session = next((s for s in self.service.sessions if s.node == node), None)
+        body: dict[str, Any] = {
+            "epoch": self.state.epoch,
+            "version": self.state.version,
+            "node": node,
+            "acked_version": session.acked_version if session else None,
+            "resources": [
+                MessageToDict(to_proto(v), preserving_proto_field_name=True)
+                for _, v in sorted(self.state.values.items())
+            ],
+        }
+        return web.json_response(body)

@@ -1,0 +1,140 @@
+"""`python -m controller run ...`: the controller process; and its bootstrap helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import click
+import structlog
+import uvloop
+
+from controller.app import Controller, ControllerConfig
+from controller.ca import CertificateAuthority
+from controller.sources import LocalSource
+from meshcore.logs import configure_logging
+
+log = structlog.get_logger("controller")
+
+
+@click.group()
+def cli() -> None:
+    """weft controller."""
+
+
+@cli.command()
+@click.option(
+    "--source-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder of Kubernetes YAML to watch (the lab's manifests folder).",
+)
+@click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where the CA root is kept (created 0700).",
+)
+@click.option("--trust-domain", default="cluster.local", show_default=True)
+@click.option(
+    "--plugin-ca",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder with ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem.",
+)
+@click.option("--grpc-listen", default="0.0.0.0:15012", show_default=True)
+@click.option("--http-host", default="0.0.0.0", show_default=True)
+@click.option("--admin-port", default=15000, show_default=True)
+@click.option("--metrics-port", default=15014, show_default=True)
+@click.option("--ready-port", default=15021, show_default=True)
+@click.option("--admin-socket", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--serving-address",
+    "serving_addresses",
+    multiple=True,
+    help="Extra DNS name or IP for the serving certificate. Repeatable.",
+)
+def run(
+    source_dir: Path,
+    state_dir: Path,
+    trust_domain: str,
+    plugin_ca: Path | None,
+    grpc_listen: str,
+    http_host: str,
+    admin_port: int,
+    metrics_port: int,
+    ready_port: int,
+    admin_socket: Path | None,
+    serving_addresses: tuple[str, ...],
+) -> None:
+    """Watch the source, serve mesh state and certificates to nodes."""
+    configure_logging()
+    config = ControllerConfig(
+        trust_domain=trust_domain,
+        state_dir=state_dir,
+        plugin_ca_dir=plugin_ca,
+        grpc_listen=grpc_listen,
+        http_host=http_host,
+        admin_port=admin_port,
+        metrics_port=metrics_port,
+        ready_port=ready_port,
+        admin_socket=admin_socket,
+        serving_addresses=serving_addresses,
+    )
+
+    async def main() -> None:
+        controller = Controller(config, LocalSource(source_dir))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await controller.start()
+        follower = asyncio.create_task(controller.run())
+        await asyncio.wait(
+            {follower, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
+        follower.cancel()
+        if follower.done() and not follower.cancelled() and follower.exception():
+            log.error("controller.source_failed", error=str(follower.exception()))
+        await controller.stop()
+        log.info("controller.stopped")
+
+    uvloop.run(main())
+
+
+@cli.command("issue-node-credential")
+@click.option("--state-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--trust-domain", default="cluster.local", show_default=True)
+@click.option("--node", required=True)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for key.pem, cert.pem and roots.pem (created 0700).",
+)
+def issue_node_credential(state_dir: Path, trust_domain: str, node: str, out: Path) -> None:
+    """Write a node's credential for talking to the controller (lab bootstrap)."""
+    ca = CertificateAuthority.load_or_create(state_dir / "ca", trust_domain)
+    write_node_credential(ca, node, out)
+    click.echo(f"wrote {out}/key.pem, cert.pem, roots.pem for node {node}")
+
+
+def write_node_credential(ca: CertificateAuthority, node: str, out: Path) -> None:
+    key_pem, cert_pem = ca.issue_node_credential(node)
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    for name, data in (
+        ("key.pem", key_pem),
+        ("cert.pem", cert_pem),
+        ("roots.pem", "".join(ca.trust_bundle).encode()),
+    ):
+        path = out / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+
+if __name__ == "__main__":
+    cli()

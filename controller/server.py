@@ -1,0 +1,237 @@
+"""The controller's gRPC endpoint: per-node config streams and certificate signing.
+
+Thin I/O around `StateLog` (what to send) and the CA (what to sign). Nodes authenticate with
+the client certificate of their node credential; the node name comes from it, never from
+what the node says about itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+from controller.ca import CertificateAuthority
+from controller.distribution import StateLog, Update
+from meshcore.api import mesh_pb2 as pb
+from meshcore.identity.certs import CertificateError
+from meshcore.identity.spiffe import SpiffeId
+from meshcore.meshstate import Workload
+
+log = structlog.get_logger("controller.server")
+
+SERVICE = "weft.mesh.v1.MeshConfig"
+MAX_MESSAGE = 256 * 1024 * 1024
+
+# Istio's names where Istio has one, so dashboards carry over.
+CONNECTED = Gauge("pilot_xds", "Nodes connected to the controller's config stream.")
+PUSHES = Counter("pilot_xds_pushes", "StateUpdates sent to nodes.", ["type"])
+PUSH_BYTES = Counter("weft_controller_push_bytes", "Bytes of StateUpdates sent.", ["type"])
+CONVERGENCE = Histogram(
+    "pilot_proxy_convergence_time",
+    "Seconds from a state change to its push to a node.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+REJECTS = Counter("pilot_total_xds_rejects", "Versions a node NACKed.")
+CSR_COUNT = Counter("citadel_server_csr_count", "Certificate signing requests received.")
+CERTS_ISSUED = Counter("citadel_server_success_cert_issuance_count", "Certificates signed.")
+CSR_REFUSED = Counter("weft_controller_csr_refused", "Certificate requests refused.", ["reason"])
+
+
+@dataclass
+class NodeSession:
+    node: str
+    peer: str
+    connected_at: float = field(default_factory=time.time)
+    sent_version: int = 0
+    acked_version: int = 0
+    nacks: list[tuple[int, str]] = field(default_factory=list)
+    epoch: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "peer": self.peer,
+            "connected_at": self.connected_at,
+            "sent_version": self.sent_version,
+            "acked_version": self.acked_version,
+            "nacks": [{"version": v, "reason": r} for v, r in self.nacks[-10:]],
+        }
+
+
+def _node_of(context: grpc.aio.ServicerContext, ca: CertificateAuthority) -> str | None:
+    certs = context.auth_context().get("x509_pem_cert") or []
+    if not certs:
+        return None
+    try:
+        return ca.verify_node_credential(certs[0])
+    except CertificateError as err:
+        log.warning("node.refused", peer=context.peer(), reason=err.reason)
+        return None
+
+
+class ControllerService:
+    def __init__(
+        self, state: StateLog, ca: CertificateAuthority, workloads: Callable[[], list[Workload]]
+    ) -> None:
+        self.state = state
+        self.ca = ca
+        self._workloads = workloads
+        self._changed = asyncio.Event()
+        self.sessions: list[NodeSession] = []
+        self.disconnected: dict[str, NodeSession] = {}
+
+    def notify(self) -> None:
+        """Wake every stream: the state has a new version."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Subscribe": grpc.stream_stream_rpc_method_handler(
+                    self.subscribe,
+                    request_deserializer=pb.SubscribeRequest.FromString,
+                    response_serializer=lambda payload: payload,  # already serialized, shared
+                ),
+                "Certificate": grpc.unary_unary_rpc_method_handler(
+                    self.certificate,
+                    request_deserializer=pb.CertificateRequest.FromString,
+                    response_serializer=pb.CertificateResponse.SerializeToString,
+                ),
+            },
+        )
+
+    # --- config stream ----------------------------------------------------------------------
+
+    async def subscribe(
+        self, requests: AsyncIterator[pb.SubscribeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        node = _node_of(context, self.ca)
+        if node is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a valid node credential (client certificate) is required",
+            )
+            return
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("kind") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream opens with Hello")
+            return
+        hello = first.hello
+        if hello.node and hello.node != node:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"credential is for node {node!r}, not {hello.node!r}",
+            )
+            return
+        session = NodeSession(
+            node,
+            context.peer(),
+            epoch=hello.epoch,
+            acked_version=hello.version if hello.epoch == self.state.epoch else 0,
+        )
+        self.sessions.append(session)
+        CONNECTED.inc()
+        log.info(
+            "node.connected", node=node, peer=session.peer, epoch=hello.epoch, version=hello.version
+        )
+        reader = asyncio.create_task(self._read_acks(requests, session))
+        epoch, version = hello.epoch, hello.version
+        try:
+            while not reader.done():
+                changed = self._changed
+                update = self.state.since(epoch, version)
+                if update is not None:
+                    yield update.payload
+                    self._sent(session, update)
+                    epoch, version = self.state.epoch, update.version
+                waiter = asyncio.ensure_future(changed.wait())
+                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+        finally:
+            reader.cancel()
+            self.sessions.remove(session)
+            self.disconnected[node] = session
+            CONNECTED.dec()
+            log.info("node.disconnected", node=node, acked_version=session.acked_version)
+
+    def _sent(self, session: NodeSession, update: Update) -> None:
+        kind = "snapshot" if update.snapshot else "delta"
+        PUSHES.labels(kind).inc()
+        PUSH_BYTES.labels(kind).inc(len(update.payload))
+        created = self.state.created_at(update.version)
+        if created is not None:
+            CONVERGENCE.observe(time.monotonic() - created)
+        session.sent_version = update.version
+        log.debug(
+            "node.pushed",
+            node=session.node,
+            version=update.version,
+            type=kind,
+            resources=update.resources,
+            removals=update.removals,
+            bytes=len(update.payload),
+        )
+
+    async def _read_acks(
+        self, requests: AsyncIterator[pb.SubscribeRequest], session: NodeSession
+    ) -> None:
+        async for req in requests:
+            kind = req.WhichOneof("kind")
+            if kind == "ack":
+                session.acked_version = max(session.acked_version, req.ack.version)
+            elif kind == "nack":
+                REJECTS.inc()
+                session.nacks.append((req.nack.version, req.nack.reason))
+                log.warning(
+                    "node.nack", node=session.node, version=req.nack.version, reason=req.nack.reason
+                )
+
+    # --- certificates -----------------------------------------------------------------------
+
+    async def certificate(
+        self, request: pb.CertificateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CertificateResponse:
+        CSR_COUNT.inc()
+        node = _node_of(context, self.ca)
+        if node is None:
+            CSR_REFUSED.labels("unauthenticated").inc()
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a valid node credential (client certificate) is required",
+            )
+        allowed = {SpiffeId.parse(w.identity) for w in self._workloads() if w.node == node}
+        try:
+            issued = self.ca.sign_workload(request.csr_pem.encode(), allowed)
+        except CertificateError as err:
+            reason = err.reason
+            if reason.startswith("not permitted") or "not permitted" in reason:
+                reason = f"{reason}: node {node!r} runs no workload with that identity"
+            CSR_REFUSED.labels("policy").inc()
+            log.warning("cert.refused", node=node, reason=reason)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+            raise  # unreachable: abort raises
+        CERTS_ISSUED.inc()
+        log.info(
+            "cert.signed",
+            node=node,
+            identity=str(issued.spiffe_id),
+            not_after=issued.not_after.isoformat(),
+        )
+        return pb.CertificateResponse(
+            cert_chain_pem=[issued.cert_pem.decode(), *_split_pem(issued.chain_pem)],
+            roots_pem=list(self.ca.trust_bundle),
+        )
+
+
+def _split_pem(chain: bytes) -> list[str]:
+    marker = "-----END CERTIFICATE-----"
+    text = chain.decode()
+    return [part.strip() + "\n" + marker + "\n" for part in text.split(marker) if part.strip()]

@@ -1,0 +1,105 @@
+"""Where the controller reads the cluster from. Every source yields batches of changes.
+
+`LocalSource` watches a folder of Kubernetes YAML (the lab's, or any). Watching a real
+Kubernetes API is one more implementation of the same interface (a later issue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from meshcore.resources import Document, ManifestError, documents_from_text
+from meshcore.resources.loader import MANIFEST_SUFFIXES
+
+
+@dataclass(frozen=True)
+class SourceChange:
+    """What one source file (or watch key) now holds: documents, a file-level error, or
+    nothing (`removed`)."""
+
+    source: str
+    documents: list[Document] | ManifestError | None
+
+    @property
+    def removed(self) -> bool:
+        return self.documents is None
+
+
+class Source(Protocol):
+    def batches(self) -> AsyncIterator[list[SourceChange]]:
+        """Yield the whole current content first, then every later change, in batches."""
+        ...
+
+
+class LocalSource:
+    """Polls a folder: a changed directory mtime, or a file's (mtime, size, inode), triggers a
+    re-read of that file only. Writers should replace files atomically (write + rename)."""
+
+    def __init__(self, folder: Path, interval: float = 0.1) -> None:
+        self.folder = folder
+        self.interval = interval
+        self._seen: dict[str, tuple[int, int, int]] = {}
+
+    def _scan(self) -> dict[str, tuple[int, int, int]]:
+        found: dict[str, tuple[int, int, int]] = {}
+        if not self.folder.is_dir():
+            return found
+        for dirpath, _dirs, files in os.walk(self.folder):
+            for name in files:
+                if not name.endswith(MANIFEST_SUFFIXES):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue
+                found[path] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        return found
+
+    def _read(self, path: str) -> list[Document] | ManifestError:
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            return ManifestError(f"cannot read: {err}", source=path)
+        try:
+            return documents_from_text(text, path)
+        except ManifestError as err:
+            return err
+
+    def poll(self) -> list[SourceChange]:
+        current = self._scan()
+        changes = [
+            SourceChange(path, self._read(path))
+            for path, stamp in sorted(current.items())
+            if self._seen.get(path) != stamp
+        ]
+        changes += [SourceChange(path, None) for path in sorted(self._seen.keys() - current)]
+        self._seen = current
+        return changes
+
+    async def batches(self) -> AsyncIterator[list[SourceChange]]:
+        yield await asyncio.to_thread(self.poll)
+        while True:
+            await asyncio.sleep(self.interval)
+            changes = await asyncio.to_thread(self.poll)
+            if changes:
+                yield changes
+
+
+class MemorySource:
+    """Changes pushed by code (benchmarks, tests that drive the controller directly)."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[list[SourceChange]] = asyncio.Queue()
+
+    def push(self, changes: list[SourceChange]) -> None:
+        self._queue.put_nowait(changes)
+
+    async def batches(self) -> AsyncIterator[list[SourceChange]]:
+        while True:
+            yield await self._queue.get()

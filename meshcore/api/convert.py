@@ -1,0 +1,152 @@
+"""Typed mesh state <-> protobuf messages. The only place that knows both shapes.
+
+`from_proto` is where the data plane parses what it receives: a message it cannot turn into
+a typed value raises `ConversionError`, and the node NACKs that version.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from meshcore.api import mesh_pb2 as pb
+from meshcore.meshstate import (
+    MeshService,
+    ServiceMembership,
+    ServicePort,
+    StateValue,
+    TrustBundle,
+    Waypoint,
+    Workload,
+)
+from meshcore.resources import ResourceKey
+
+
+class ConversionError(ValueError):
+    """A message that does not make a valid value; says which resource and why."""
+
+
+def key_to_proto(key: ResourceKey) -> pb.ResourceKey:
+    return pb.ResourceKey(kind=key.kind, namespace=key.namespace, name=key.name)
+
+
+def key_from_proto(msg: pb.ResourceKey) -> ResourceKey:
+    return ResourceKey(msg.kind, msg.namespace, msg.name)
+
+
+def to_proto(value: StateValue) -> pb.Resource:
+    out = pb.Resource(key=key_to_proto(value.key))
+    if isinstance(value, Workload):
+        out.workload.CopyFrom(
+            pb.Workload(
+                uid=value.uid,
+                name=value.name,
+                namespace=value.namespace,
+                service_account=value.service_account,
+                identity=value.identity,
+                node=value.node,
+                node_address=value.node_address,
+                addresses=list(value.addresses),
+                labels=dict(value.labels),
+                enrolled=value.enrolled,
+                ready=value.ready,
+                waypoint=value.waypoint,
+                workload_name=value.workload_name,
+                services=[
+                    pb.ServiceMembership(namespace=m.namespace, name=m.name, ports=dict(m.ports))
+                    for m in value.services
+                ],
+            )
+        )
+    elif isinstance(value, MeshService):
+        out.service.CopyFrom(
+            pb.Service(
+                name=value.name,
+                namespace=value.namespace,
+                hostname=value.hostname,
+                addresses=list(value.addresses),
+                waypoint=value.waypoint,
+                ports=[
+                    pb.ServicePort(name=p.name, port=p.port, protocol=p.protocol)
+                    for p in value.ports
+                ],
+            )
+        )
+    elif isinstance(value, Waypoint):
+        out.waypoint.CopyFrom(
+            pb.Waypoint(name=value.name, namespace=value.namespace, addresses=list(value.addresses))
+        )
+    elif isinstance(value, TrustBundle):
+        out.trust_bundle.CopyFrom(
+            pb.TrustBundle(trust_domain=value.trust_domain, roots_pem=list(value.roots_pem))
+        )
+    else:
+        from meshcore.api import policy_convert
+
+        policy_convert.policy_to_proto(value, out)
+    return out
+
+
+def _addresses(values: object, what: str) -> tuple[str, ...]:
+    out = []
+    for a in values:  # type: ignore[attr-defined]
+        try:
+            ipaddress.ip_address(a)
+        except ValueError:
+            raise ConversionError(f"{what}: {a!r} is not an IP address") from None
+        out.append(str(a))
+    return tuple(out)
+
+
+def from_proto(msg: pb.Resource) -> StateValue:
+    key = key_from_proto(msg.key)
+    body = msg.WhichOneof("body")
+    what = f"{key}"
+    if body == "workload":
+        w = msg.workload
+        if not w.name or not w.namespace:
+            raise ConversionError(f"{what}: workload without name or namespace")
+        value: StateValue = Workload(
+            uid=w.uid,
+            name=w.name,
+            namespace=w.namespace,
+            service_account=w.service_account,
+            identity=w.identity,
+            node=w.node,
+            node_address=_addresses([w.node_address], what)[0] if w.node_address else "",
+            addresses=_addresses(w.addresses, what),
+            labels=dict(w.labels),
+            enrolled=w.enrolled,
+            ready=w.ready,
+            waypoint=w.waypoint,
+            workload_name=w.workload_name,
+            services=tuple(
+                ServiceMembership(m.namespace, m.name, dict(m.ports)) for m in w.services
+            ),
+        )
+    elif body == "service":
+        s = msg.service
+        value = MeshService(
+            name=s.name,
+            namespace=s.namespace,
+            hostname=s.hostname,
+            addresses=_addresses(s.addresses, what),
+            ports=tuple(ServicePort(p.name, p.port, p.protocol) for p in s.ports),
+            waypoint=s.waypoint,
+        )
+    elif body == "waypoint":
+        value = Waypoint(
+            msg.waypoint.name, msg.waypoint.namespace, _addresses(msg.waypoint.addresses, what)
+        )
+    elif body == "trust_bundle":
+        if not msg.trust_bundle.roots_pem:
+            raise ConversionError(f"{what}: a trust bundle with no roots")
+        value = TrustBundle(msg.trust_bundle.trust_domain, tuple(msg.trust_bundle.roots_pem))
+    elif body in ("authorization_policy", "peer_authentication"):
+        from meshcore.api import policy_convert
+
+        value = policy_convert.policy_from_proto(msg)
+    else:
+        raise ConversionError(f"{what}: resource has no body")
+    if value.key != key:
+        raise ConversionError(f"{what}: key does not match its body ({value.key})")
+    return value
