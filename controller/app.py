@@ -130,12 +130,10 @@ class Controller:
                 ips.append(str(ipaddress.ip_address(address)))
             except ValueError:
                 dns.append(address)
-        key_pem, cert_pem = self.ca.issue_serving_certificate(dns, ips)
-        chain = cert_pem + b"".join(
-            c.encode() if isinstance(c, str) else c for c in self.ca.chain_pems()
-        )
+        # The certificate PEM is the leaf followed by its chain, as TLS wants it.
+        key_pem, cert_chain_pem = self.ca.issue_serving_certificate(dns, ips)
         credentials = grpc.ssl_server_credentials(
-            [(key_pem, chain)],
+            [(key_pem, cert_chain_pem)],
             root_certificates="".join(self.ca.trust_bundle).encode(),
             require_client_auth=True,
         )

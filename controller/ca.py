@@ -182,6 +182,11 @@ class CertificateAuthority:
                 raise CertificateError(
                     f"does not match the public key in {ROOT_CERT_FILE}", source=str(key_path)
                 )
+            if clock() > cert.not_valid_after_utc:
+                raise CertificateError(
+                    f"the root expired at {cert.not_valid_after_utc}; nothing it signs verifies",
+                    source=str(cert_path),
+                )
             _warn_if_readable_by_others(key_path)
             _log.info(
                 "ca.root_loaded",
@@ -293,11 +298,13 @@ class CertificateAuthority:
 
     def add_root(self, pem: bytes | str) -> None:
         """Trust one more root (or several, in one PEM), e.g. the next one while rotating."""
-        for cert in load_chain(pem.encode() if isinstance(pem, str) else pem):
+        certs = load_chain(pem.encode() if isinstance(pem, str) else pem)
+        for cert in certs:
             if not is_ca(cert):
                 raise CertificateError(
                     f"{cert.subject.rfc4514_string()} is not a CA certificate; not a root"
                 )
+        for cert in certs:
             if cert not in self._roots:
                 self._roots.append(cert)
                 _log.info(
@@ -451,8 +458,6 @@ class CertificateAuthority:
             raise CertificateError(
                 "CSR has no subjectAltName; it must carry exactly one SPIFFE ID URI"
             ) from None
-        except ValueError as err:
-            raise CertificateError(f"CSR has a malformed extension: {err}") from None
         others = [n for n in san if not isinstance(n, x509.UniformResourceIdentifier)]
         if others:
             raise CertificateError(
@@ -589,6 +594,10 @@ def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
         raise CertificateError(f"CSR signature cannot be checked: {err}") from None
     if not valid:
         raise CertificateError("CSR signature does not verify (the requester lacks the key)")
+    try:
+        csr.extensions  # noqa: B018  parsed once here, so later reads cannot fail
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as err:
+        raise CertificateError(f"CSR has a malformed extension: {err}") from None
     return csr
 
 

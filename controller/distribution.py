@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
+from google.protobuf.internal.encoder import _VarintBytes
 
 from meshcore.api import mesh_pb2 as pb
 from meshcore.api.convert import key_to_proto, to_proto

@@ -37,6 +37,12 @@ def node_plans(config: LabConfig) -> list[NodePlan]:
     return plans
 
 
+def control_plane_ip(config: LabConfig) -> str:
+    """The controller's address on the underlay: its last host address, far from the nodes."""
+    underlay = ipaddress.IPv4Network(config.underlay_cidr)
+    return str(underlay.broadcast_address - 1)
+
+
 class Pool:
     """Hands out the host addresses of one range in order, reusing released ones last.
 

@@ -60,9 +60,10 @@ class LabConfig:
                 if net_a.overlaps(net_b):
                     raise LabConfigError(f"{opt_a} {net_a} overlaps {opt_b} {net_b}")
         underlay = nets["--underlay-cidr"]
-        if underlay.num_addresses - 2 < self.nodes:
+        if underlay.num_addresses - 3 < self.nodes:  # nodes, plus the control plane
             raise LabConfigError(
-                f"--underlay-cidr: {underlay} has no room for {self.nodes} node(s)"
+                f"--underlay-cidr: {underlay} has no room for {self.nodes} node(s) "
+                "and the control plane"
             )
         pods = nets["--pod-cidr"]
         if not pods.prefixlen <= self.node_pod_prefix <= 30:

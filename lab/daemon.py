@@ -22,6 +22,7 @@ import uvloop
 from aiohttp import web
 
 from lab.addressing import node_plans
+from lab.controlplane import ControlPlane
 from lab.model import ClusterModel
 from lab.naming import LabNames
 from lab.objects import cluster_objects, sync_folder
@@ -63,6 +64,7 @@ class LabDaemon:
         self.model = ClusterModel(node_plans(record.config), record.config.service_cidr)
         self.runtime = LabRuntime(record.config, self.names, paths, self.model)
         self.runtime.on_status_change = self._save_manifests
+        self.control = ControlPlane(record.config, self.names, paths)
         self.phase = "Building"
         self.error = ""
         self.started = time.time()
@@ -109,6 +111,7 @@ class LabDaemon:
         self.phase = "Terminating"
         log.info("lab.stopping")
         await self.runtime.shutdown()
+        await self.control.stop()
         await runner.cleanup()
         teardown(
             LabRecord(**{**self.record.__dict__, "daemon_pid": 0}), self.paths, keep_log=code != 0
@@ -122,10 +125,12 @@ class LabDaemon:
 
     async def _build(self) -> None:
         await self.runtime.build_nodes()
+        await self.control.start([n.name for n in self.model.nodes])
         manifests = [Path(p) for p in self.record.config.manifests]
         docs = load_documents(manifests) if manifests else []
         async with self._lock:
             await self._apply_documents(docs)
+        await self.control.wait_ready()
 
     async def _apply_documents(self, docs: list[Document]) -> list[str]:
         parsed = parse_documents(docs)
@@ -158,9 +163,9 @@ class LabDaemon:
     # --- API --------------------------------------------------------------------------------
 
     async def _status(self, _request: web.Request) -> web.Response:
-        return web.json_response(
-            lab_status(self.record, self.phase, self.error, self.model, self.runtime)
-        )
+        status = lab_status(self.record, self.phase, self.error, self.model, self.runtime)
+        status["controller"] = self.control.status()
+        return web.json_response(status)
 
     async def _documents(self, request: web.Request) -> list[Document]:
         body: dict[str, Any] = await request.json()

@@ -24,6 +24,15 @@ class LabNames:
     def underlay_netns(self) -> str:
         return f"{self.prefix}underlay"
 
+    @property
+    def control_netns(self) -> str:
+        """The control plane (controller) lives on the underlay like a node of its own."""
+        return f"{self.prefix}control"
+
+    @property
+    def control_cgroup(self) -> str:
+        return f"{self.cgroup_root}/control"
+
     def node_netns(self, node: str) -> str:
         return f"{self.prefix}{node}"
 
@@ -54,6 +63,8 @@ class LabNames:
     def host_veth(pod_uid: str) -> str:
         """Node side of a pod's veth: at most 15 characters, the kernel's limit."""
         return "weft" + hashlib.sha256(pod_uid.encode()).hexdigest()[:11]
+
+    CONTROL_PORT = "weft-control"
 
     @staticmethod
     def underlay_port(node: str) -> str:

@@ -104,6 +104,27 @@ def build_node(
     netns.write_sysctl(ns, "net.ipv4.ip_forward", "1")
 
 
+def build_control_plane(names: LabNames, ip: str, underlay_cidr: str) -> None:
+    """A namespace on the underlay for the controller, reachable from every node."""
+    ns = names.control_netns
+    netns.create(ns)
+    prefix = ipaddress.IPv4Network(underlay_cidr).prefixlen
+
+    def underlay_side(ipr: IPRoute) -> None:
+        _veth_to(ipr, names.CONTROL_PORT, names.NODE_IFNAME, ns)
+        idx = _index(ipr, names.CONTROL_PORT)
+        ipr.link("set", index=idx, master=_index(ipr, names.BRIDGE))
+        ipr.link("set", index=idx, state="up")
+
+    def control_side(ipr: IPRoute) -> None:
+        _up(ipr, "lo")
+        idx = _up(ipr, names.NODE_IFNAME)
+        ipr.addr("add", index=idx, address=ip, prefixlen=prefix)
+
+    _in(names.underlay_netns, underlay_side)
+    _in(ns, control_side)
+
+
 def add_pod(names: LabNames, node: NodePlan, pod_netns: str, pod_uid: str, ip: str) -> None:
     node_ns = names.node_netns(node.name)
     host_if = names.host_veth(pod_uid)

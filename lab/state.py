@@ -49,6 +49,19 @@ class LabPaths:
         """Every manifest applied to the lab, one file per resource (the source of truth)."""
         return self.root / "manifests"
 
+    @property
+    def controller(self) -> Path:
+        """The controller's state (its CA root) and admin socket."""
+        return self.root / "controller"
+
+    @property
+    def controller_admin(self) -> Path:
+        return self.controller / "admin.sock"
+
+    def node_credential(self, node: str) -> Path:
+        """key.pem, cert.pem and roots.pem a node uses to talk to the controller."""
+        return self.root / "nodes" / node / "credential"
+
     def container_log(self, namespace: str, pod: str, container: str) -> Path:
         return self.logs / f"{namespace}_{pod}_{container}.log"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from weftctl.controller_commands import controller
 from weftctl.lab_commands import lab
 
 
@@ -14,6 +15,7 @@ def cli() -> None:
 
 
 cli.add_command(lab)
+cli.add_command(controller)
 
 
 if __name__ == "__main__":

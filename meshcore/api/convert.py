@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 
 from meshcore.api import mesh_pb2 as pb
+from meshcore.api.errors import ConversionError
+from meshcore.api.policy_convert import policy_from_proto, policy_to_proto
 from meshcore.meshstate import (
     MeshService,
     ServiceMembership,
@@ -20,9 +22,7 @@ from meshcore.meshstate import (
 )
 from meshcore.resources import ResourceKey
 
-
-class ConversionError(ValueError):
-    """A message that does not make a valid value; says which resource and why."""
+__all__ = ["ConversionError", "from_proto", "key_from_proto", "key_to_proto", "to_proto"]
 
 
 def key_to_proto(key: ResourceKey) -> pb.ResourceKey:
@@ -80,9 +80,7 @@ def to_proto(value: StateValue) -> pb.Resource:
             pb.TrustBundle(trust_domain=value.trust_domain, roots_pem=list(value.roots_pem))
         )
     else:
-        from meshcore.api import policy_convert
-
-        policy_convert.policy_to_proto(value, out)
+        policy_to_proto(value, out)
     return out
 
 
@@ -142,9 +140,7 @@ def from_proto(msg: pb.Resource) -> StateValue:
             raise ConversionError(f"{what}: a trust bundle with no roots")
         value = TrustBundle(msg.trust_bundle.trust_domain, tuple(msg.trust_bundle.roots_pem))
     elif body in ("authorization_policy", "peer_authentication"):
-        from meshcore.api import policy_convert
-
-        value = policy_convert.policy_from_proto(msg)
+        value = policy_from_proto(msg)
     else:
         raise ConversionError(f"{what}: resource has no body")
     if value.key != key:

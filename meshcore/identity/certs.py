@@ -203,7 +203,7 @@ def _extension(cert: x509.Certificate, kind: type[Any]) -> Any:
         return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
-    except ValueError as err:  # a malformed extension
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as err:
         raise CertificateError(f"malformed certificate extension: {err}") from None
 
 
@@ -237,7 +237,10 @@ def verify_chain(
     try:
         verified = builder.build_client_verifier().verify(leaf, list(intermediates))
     except VerificationError as err:
-        raise CertificateError(f"chain does not verify to a trusted root: {err}") from None
+        raise CertificateError(
+            f"chain does not verify to a trusted root (leaf issued by "
+            f"{leaf.issuer.rfc4514_string()!r}): {err}"
+        ) from None
     return list(verified.chain)
 
 

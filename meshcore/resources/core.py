@@ -14,6 +14,7 @@ import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
 
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.fields import Fields
@@ -244,7 +245,14 @@ class Service:
         return ResourceKey(self.kind, self.metadata.namespace, self.metadata.name)
 
 
-Resource = Namespace | ServiceAccount | Pod | Deployment | Service
+if TYPE_CHECKING:  # those modules parse with helpers from this one, so no runtime import
+    from meshcore.resources.gateway import Gateway, GRPCRoute, HTTPRoute
+    from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
+
+Resource: TypeAlias = (
+    "Namespace | ServiceAccount | Pod | Deployment | Service"
+    " | AuthorizationPolicy | PeerAuthentication | Gateway | HTTPRoute | GRPCRoute"
+)
 
 
 def _plain(value: object) -> object:

@@ -19,6 +19,19 @@ from meshcore.resources.core import (
 )
 from meshcore.resources.errors import ManifestError, ManifestErrors
 from meshcore.resources.fields import Fields
+from meshcore.resources.gateway import (
+    GATEWAY_VERSIONS,
+    GRPCROUTE_VERSIONS,
+    HTTPROUTE_VERSIONS,
+    parse_gateway,
+    parse_grpc_route,
+    parse_http_route,
+)
+from meshcore.resources.security import (
+    SECURITY_VERSIONS,
+    parse_authorization_policy,
+    parse_peer_authentication,
+)
 
 _Parser = Callable[[Fields, list[str]], Resource]
 
@@ -29,6 +42,11 @@ KINDS: dict[str, tuple[frozenset[str], _Parser]] = {
     "Pod": (frozenset({"v1"}), parse_pod),
     "Service": (frozenset({"v1"}), parse_service),
     "Deployment": (frozenset({"apps/v1"}), parse_deployment),
+    "AuthorizationPolicy": (SECURITY_VERSIONS, parse_authorization_policy),
+    "PeerAuthentication": (SECURITY_VERSIONS, parse_peer_authentication),
+    "Gateway": (GATEWAY_VERSIONS, parse_gateway),
+    "HTTPRoute": (HTTPROUTE_VERSIONS, parse_http_route),
+    "GRPCRoute": (GRPCROUTE_VERSIONS, parse_grpc_route),
 }
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")

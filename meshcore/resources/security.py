@@ -39,7 +39,7 @@ class _ServedVersions(frozenset[str]):
 
 
 _OUR_VERSIONS = frozenset({f"{GROUP}/v1", f"{GROUP}/v1beta1"})
-API_VERSIONS: frozenset[str] = _ServedVersions(_OUR_VERSIONS)
+SECURITY_VERSIONS: frozenset[str] = _ServedVersions(_OUR_VERSIONS)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -340,9 +340,7 @@ def parse_port(value: str, field: str) -> int:
 
 
 def _ip_blocks(f: Fields, name: str) -> tuple[IPNetwork, ...]:
-    return tuple(
-        parse_ip_block(v, f"{f.sub(name)}[{i}]") for i, v in enumerate(_strings(f, name))
-    )
+    return tuple(parse_ip_block(v, f"{f.sub(name)}[{i}]") for i, v in enumerate(_strings(f, name)))
 
 
 def _ports(f: Fields, name: str) -> tuple[int, ...]:
@@ -534,7 +532,11 @@ def _check_service_account(value: str, field: str) -> None:
 
 def _check_trust_domain(value: str, field: str) -> None:
     stars = value.count("*")
-    if "/" in value or stars > 1 or (stars == 1 and not value.startswith("*") and not value.endswith("*")):
+    if (
+        "/" in value
+        or stars > 1
+        or (stars == 1 and not value.startswith("*") and not value.endswith("*"))
+    ):
         raise ManifestError(
             f"{value!r} is not a trust domain match: no '/', and at most one '*' at the start "
             "or the end",

@@ -144,9 +144,7 @@ def test_verify_chain_through_an_intermediate_returns_the_path(
     assert chain == [leaf, intermediate.cert, root.cert]
 
 
-def test_verify_chain_ignores_unrelated_extra_intermediates(
-    pki: Any, root: Any, intermediate: Any
-):
+def test_verify_chain_ignores_unrelated_extra_intermediates(pki: Any, root: Any, intermediate: Any):
     other = pki.intermediate(pki.root("unrelated root"), "unrelated intermediate")
     leaf = pki.leaf(intermediate)
     assert verify_chain(leaf, [other.cert, intermediate.cert], [pki.root().cert, root.cert])

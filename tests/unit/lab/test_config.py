@@ -25,7 +25,7 @@ from meshcore.resources import ManifestError
                 underlay_cidr="10.0.0.0/29",
                 pod_cidr="10.1.0.0/16",
                 service_cidr="10.2.0.0/16",
-                nodes=6,
+                nodes=5,  # 6 host addresses: 5 nodes and the control plane
             ),
             id="underlay just big enough",
         ),
@@ -113,12 +113,12 @@ def test_workable_config_passes_validation(config: LabConfig) -> None:
         ),
         pytest.param(
             LabConfig(underlay_cidr="10.0.0.0/30", nodes=3),
-            "--underlay-cidr: 10.0.0.0/30 has no room for 3 node(s)",
+            "--underlay-cidr: 10.0.0.0/30 has no room for 3 node(s) and the control plane",
             id="underlay too small",
         ),
         pytest.param(
             LabConfig(underlay_cidr="10.0.0.0/32", nodes=1),
-            "--underlay-cidr: 10.0.0.0/32 has no room for 1 node(s)",
+            "--underlay-cidr: 10.0.0.0/32 has no room for 1 node(s) and the control plane",
             id="underlay of one address",
         ),
         pytest.param(

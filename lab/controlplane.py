@@ -1,0 +1,140 @@
+"""The lab's control plane: the weft controller, in a namespace of its own on the underlay.
+
+It watches the lab's objects folder (its source of truth), is the CA, and serves nodes on
+`<control ip>:15012`. Node credentials are written when the nodes are created, signed by
+the controller's CA (which this module creates first, in the controller's state folder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import structlog
+
+from controller.ca import CertificateAuthority
+from controller.main import write_node_credential
+from lab import cgroups, network
+from lab.addressing import control_plane_ip
+from lab.config import LabConfig
+from lab.images import container_path
+from lab.naming import LabNames
+from lab.processes import ProcessSpec, State, Supervised
+from lab.state import LabPaths
+from meshcore.resources import RestartPolicy
+
+log = structlog.get_logger("lab.controlplane")
+
+TRUST_DOMAIN = "cluster.local"
+GRPC_PORT = 15012
+
+
+class ControlPlane:
+    def __init__(self, config: LabConfig, names: LabNames, paths: LabPaths) -> None:
+        self.config = config
+        self.names = names
+        self.paths = paths
+        self.ip = control_plane_ip(config)
+        self.process: Supervised | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{GRPC_PORT}"
+
+    async def start(self, nodes: list[str]) -> None:
+        await asyncio.to_thread(
+            network.build_control_plane, self.names, self.ip, self.config.underlay_cidr
+        )
+        cgroups.create(self.names.control_cgroup)
+        ca = await asyncio.to_thread(
+            CertificateAuthority.load_or_create, self.paths.controller / "ca", TRUST_DOMAIN
+        )
+        for node in nodes:
+            await asyncio.to_thread(
+                write_node_credential, ca, node, self.paths.node_credential(node)
+            )
+        self.paths.manifests.mkdir(parents=True, exist_ok=True)
+        spec = ProcessSpec(
+            name="control/controller",
+            argv=[
+                sys.executable,
+                "-m",
+                "controller",
+                "run",
+                "--source-dir",
+                str(self.paths.manifests),
+                "--state-dir",
+                str(self.paths.controller),
+                "--trust-domain",
+                TRUST_DOMAIN,
+                "--admin-socket",
+                str(self.paths.controller_admin),
+                "--serving-address",
+                self.ip,
+            ],
+            env={
+                "PATH": container_path(os.environ.get("PATH", "/usr/bin:/bin")),
+                "PYTHONUNBUFFERED": "1",
+                "HOME": "/root",
+            },
+            netns=self.names.control_netns,
+            cgroup=f"{self.names.control_cgroup}/controller",
+            log_path=self.paths.logs / "controller.log",
+            restart=RestartPolicy.ALWAYS,
+            grace_seconds=5.0,
+        )
+        self.process = Supervised(spec)
+        self.process.start()
+        log.info("controller.starting", address=self.address)
+
+    async def ready(self) -> bool:
+        try:
+            connector = aiohttp.UnixConnector(path=str(self.paths.controller_admin))
+            async with (
+                aiohttp.ClientSession(
+                    connector=connector, timeout=aiohttp.ClientTimeout(total=2)
+                ) as session,
+                session.get("http://controller/ready") as resp,
+            ):
+                return resp.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    async def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not await self.ready():
+            if (
+                self.process
+                and self.process.status.state is State.TERMINATED
+                and self.process.status.restarts > 3
+            ):
+                raise RuntimeError(
+                    f"the controller keeps exiting; see {self.paths.logs}/controller.log"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the controller is not ready after {timeout:.0f}s; see "
+                    f"{self.paths.logs}/controller.log"
+                )
+            await asyncio.sleep(0.1)
+        log.info("controller.ready", address=self.address)
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            await self.process.stop()
+
+    def status(self) -> dict[str, Any]:
+        st = self.process.status if self.process else None
+        return {
+            "address": self.address,
+            "netns": self.names.control_netns,
+            "state": st.state.value if st else "Waiting",
+            "pid": st.pid if st else None,
+            "restarts": st.restarts if st else 0,
+            "admin_socket": str(self.paths.controller_admin),
+            "log": str(self.paths.logs / "controller.log"),
+        }
