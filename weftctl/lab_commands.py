@@ -317,6 +317,9 @@ def _print_status(status: dict[str, Any]) -> None:
     click.echo(f"lab {status['name']} (id {status['id']}): {status['phase']}")
     if status.get("error"):
         click.secho(f"error: {status['error']}", fg="red")
+    ctl = status.get("controller")
+    if ctl:
+        click.echo(f"controller: {ctl['address']} ({ctl['state']}, restarts {ctl['restarts']})")
     click.echo("\nNODES")
     click.echo(
         table(

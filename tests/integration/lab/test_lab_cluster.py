@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.lab.labtools import Lab
+from tests.integration.lab.labtools import Lab, weftctl
 
 pytestmark = pytest.mark.integration
 
@@ -310,3 +311,89 @@ def test_apply_then_delete_a_service_and_deployment(cluster: Lab, tmp_path: Path
     again = cluster.run("delete", "-f", str(f), check=False)
     assert again.returncode == 1
     assert "not found" in again.stderr
+
+
+def _controller_state(lab: Lab) -> dict:
+    out = weftctl("controller", "--lab", lab.name, "state", "-o", "json").stdout
+    return json.loads(out)
+
+
+def _workloads(state: dict) -> dict[str, dict]:
+    return {r["key"]["name"]: r["workload"] for r in state["resources"] if "workload" in r}
+
+
+def test_the_controller_sees_every_pod_as_a_workload_and_follows_label_changes(
+    cluster: Lab, tmp_path: Path
+) -> None:
+    pods = {p["name"]: p for p in cluster.status()["pods"]}
+    deadline = time.monotonic() + 20
+    while True:
+        workloads = _workloads(_controller_state(cluster))
+        if set(workloads) == set(pods) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert set(workloads) == set(pods)
+    for name, w in workloads.items():
+        assert w["addresses"] == [pods[name]["ip"]]
+        assert w["node"] == pods[name]["node"]
+    assert weftctl("controller", "--lab", cluster.name, "problems").stdout.strip() == (
+        "no invalid resources"
+    )
+    # Opt the pod `client` out, and the namespace in: enrollment follows without restarts.
+    _apply(
+        cluster,
+        tmp_path,
+        """
+apiVersion: v1
+kind: Namespace
+metadata: {name: it, labels: {team: red, weft.dev/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: it, labels: {app: client, weft.dev/dataplane-mode: none}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: main
+    command: ["sleep", "3600"]
+""",
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        workloads = _workloads(_controller_state(cluster))
+        if workloads["peer"].get("enrolled") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert workloads["peer"].get("enrolled") is True
+    assert not workloads["client"].get("enrolled")
+
+
+def test_a_node_reaches_the_controller_with_its_credential(cluster: Lab) -> None:
+    status = cluster.status()
+    node_ns = status["nodes"][0]["netns"]
+    credential = Path("/run/weft/labs") / cluster.name / "nodes" / "node-1" / "credential"
+    assert oct((credential / "key.pem").stat().st_mode & 0o777) == "0o600"
+    code = f"""
+import asyncio, json
+from pathlib import Path
+from meshcore.configclient import ConfigClient, NodeCredential
+async def main():
+    c = ConfigClient("node-1", "{status["controller"]["address"]}",
+                     NodeCredential.load(Path("{credential}")))
+    t = asyncio.create_task(c.run())
+    async with asyncio.timeout(10):
+        await c.synced.wait()
+    print(json.dumps(sorted(k.name for k in c.state if k.kind == "Workload")))
+    t.cancel()
+asyncio.run(main())
+"""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", node_ns, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(names) == {p["name"] for p in status["pods"]}
