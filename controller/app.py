@@ -97,6 +97,7 @@ class Controller:
                     self.store.set_source(change.source, change.documents)
             self.recompute()
             self.synced.set()
+            self.service.synced.set()
             log.debug(
                 "source.batch", changes=len(batch), seconds=round(time.monotonic() - started, 4)
             )

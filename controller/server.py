@@ -83,6 +83,9 @@ class ControllerService:
         self.ca = ca
         self._workloads = workloads
         self._changed = asyncio.Event()
+        # Set once the state reflects the whole source: nodes must never be sent the empty
+        # state of a controller that has not read the cluster yet.
+        self.synced = asyncio.Event()
         self.sessions: list[NodeSession] = []
         self.disconnected: dict[str, NodeSession] = {}
 
@@ -142,6 +145,7 @@ class ControllerService:
         log.info(
             "node.connected", node=node, peer=session.peer, epoch=hello.epoch, version=hello.version
         )
+        await self.synced.wait()
         reader = asyncio.create_task(self._read_acks(requests, session))
         epoch, version = hello.epoch, hello.version
         try:
@@ -200,6 +204,7 @@ class ControllerService:
         self, request: pb.CertificateRequest, context: grpc.aio.ServicerContext
     ) -> pb.CertificateResponse:
         CSR_COUNT.inc()
+        await self.synced.wait()
         node = _node_of(context, self.ca)
         if node is None:
             CSR_REFUSED.labels("unauthenticated").inc()

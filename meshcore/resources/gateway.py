@@ -427,24 +427,23 @@ def _unique(values: list[str], path: str, what: str) -> None:
         seen.add(v)
 
 
-def _check_hostname(value: str, field: str, *, wildcard: bool = True) -> None:
-    pattern = _HOSTNAME if wildcard else _PRECISE_HOSTNAME
-    is_ip = True
+def _is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        is_ip = False
-    if is_ip or len(value) > 253 or not pattern.fullmatch(value):
+        return False
+    return True
+
+
+def _check_hostname(value: str, field: str, *, wildcard: bool = True) -> None:
+    pattern = _HOSTNAME if wildcard else _PRECISE_HOSTNAME
+    if _is_ip(value) or len(value) > 253 or not pattern.fullmatch(value):
         allowed = "an optional '*.' then " if wildcard else ""
         raise ManifestError(
             f"{value!r} is not a valid hostname ({allowed}lowercase DNS labels joined by '.'; "
             "not an IP address)",
             field=field,
         )
-
-
-def _check_section_name(value: str, field: str) -> None:
-    check_dns_subdomain(value, field)
 
 
 def _check_header_name(value: str, field: str) -> None:
@@ -525,7 +524,7 @@ def _parse_allowed_routes(raw: object, path: str) -> AllowedRoutes:
 def _parse_listener(raw: object, path: str, ignored: list[str]) -> Listener:
     f = Fields(raw, path, ignored=frozenset({"tls"}))
     name = f.string("name", required=True)
-    _check_section_name(name, f.sub("name"))
+    check_dns_subdomain(name, f.sub("name"))
     port = f.integer("port", required=True, minimum=1, maximum=65535)
     protocol = _choice(f, "protocol", ListenerProtocol)
     hostname = f.string("hostname")
@@ -547,11 +546,8 @@ def _parse_address(raw: object, path: str) -> GatewayAddress:
     kind = _choice(f, "type", AddressType, AddressType.IP_ADDRESS)
     value = f.string("value")
     f.done()
-    if value and kind is AddressType.IP_ADDRESS:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise f.fail("value", f"{value!r} is not an IP address") from None
+    if value and kind is AddressType.IP_ADDRESS and not _is_ip(value):
+        raise f.fail("value", f"{value!r} is not an IP address")
     elif value and kind is AddressType.HOSTNAME:
         _check_hostname(value, f.sub("value"))
     return GatewayAddress(value, kind)
@@ -598,7 +594,7 @@ def _parse_parent_ref(raw: object, path: str, namespace: str) -> ParentRef:
     check_dns_label(ns, f.sub("namespace"))
     section = f.string("sectionName")
     if section:
-        _check_section_name(section, f.sub("sectionName"))
+        check_dns_subdomain(section, f.sub("sectionName"))
     port = _port(f, "port")
     f.done()
     if group != kind.group:
@@ -968,7 +964,7 @@ def _parse_grpc_match(raw: object, path: str) -> GRPCRouteMatch:
 def _rule_name(f: Fields) -> str:
     name = f.string("name")
     if name:
-        _check_section_name(name, f.sub("name"))
+        check_dns_subdomain(name, f.sub("name"))
     return name
 
 

@@ -594,7 +594,8 @@ BAD_MANIFESTS = [
         "unknown kind",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\n",
         "ConfigMap cfg: kind: unknown kind 'ConfigMap' "
-        "(known: Deployment, Namespace, Pod, Service, ServiceAccount)",
+        "(known: AuthorizationPolicy, Deployment, GRPCRoute, Gateway, HTTPRoute, Namespace, "
+        "PeerAuthentication, Pod, Service, ServiceAccount)",
     ),
     (
         "missing kind",

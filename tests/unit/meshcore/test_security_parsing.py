@@ -70,8 +70,10 @@ def peer(spec: str, **kwargs: str) -> str:
     return policy(spec, kind="PeerAuthentication", **kwargs)
 
 
-def meta(name: str = "p", namespace: str = "foo", **kwargs: object) -> ObjectMeta:
-    return ObjectMeta(name, namespace, **kwargs)  # type: ignore[arg-type]
+def meta(
+    name: str = "p", namespace: str = "foo", *, annotations: dict[str, str] | None = None
+) -> ObjectMeta:
+    return ObjectMeta(name, namespace, {}, annotations or {})
 
 
 # --- AuthorizationPolicy: good manifests --------------------------------------------------------
@@ -681,8 +683,8 @@ def test_peer_authentication_round_trips_to_its_typed_value(
     resource = parse_one(manifest)
 
     assert resource == expected
-    assert str(resource.key) == f"PeerAuthentication {expected.metadata.namespace}/p".replace(
-        "/p", f"/{expected.metadata.name}"
+    assert resource.key == ResourceKey(
+        "PeerAuthentication", expected.metadata.namespace, expected.metadata.name
     )
 
 
@@ -1187,9 +1189,14 @@ BAD_MANIFESTS = [
     ),
     (
         "a bad mode at port level",
-        peer("selector: {matchLabels: {app: a}}\nportLevelMtls: {8080: {mode: OFF}}"),
+        peer("selector: {matchLabels: {app: a}}\nportLevelMtls: {8080: {mode: DISABLED}}"),
         f"{PA}: spec.portLevelMtls.8080.mode: must be UNSET, DISABLE, PERMISSIVE or STRICT, "
-        "got 'OFF'",
+        "got 'DISABLED'",
+    ),
+    (
+        "a mode YAML reads as a boolean",
+        peer("selector: {matchLabels: {app: a}}\nportLevelMtls: {8080: {mode: OFF}}"),
+        f"{PA}: spec.portLevelMtls.8080.mode: expected a string, got boolean",
     ),
     (
         "a bare mode at port level",
