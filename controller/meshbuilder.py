@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from meshcore.resources.gateway import Gateway
+from meshcore.resources.gateway import AddressType, Gateway
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
 
 from meshcore.identity.spiffe import workload_id
@@ -83,6 +83,9 @@ class _PodInputs:
     pod: int
     namespace_labels: tuple[tuple[str, str], ...]
     services: tuple[int, ...]
+    # The pod and services themselves, not compared: holding them while this entry is cached
+    # keeps a new object from being allocated at one of their ids and taken for the old one.
+    objects: tuple[object, ...] = field(default=(), compare=False)
 
 
 class MeshBuilder:
@@ -128,7 +131,12 @@ class MeshBuilder:
                 wp = Waypoint(
                     gw.metadata.name,
                     gw.metadata.namespace,
-                    tuple(a.value for a in gw.addresses),
+                    # Nodes take IPs only: an unset value or a hostname would make them refuse it.
+                    tuple(
+                        a.value
+                        for a in gw.addresses
+                        if a.value and a.type is AddressType.IP_ADDRESS
+                    ),
                 )
                 state[wp.key] = wp
 
@@ -140,7 +148,10 @@ class MeshBuilder:
             ns_labels = namespaces.get(ns, {})
             services = services_by_ns.get(ns, [])
             inputs = _PodInputs(
-                id(pod), tuple(sorted(ns_labels.items())), tuple(id(s) for s in services)
+                id(pod),
+                tuple(sorted(ns_labels.items())),
+                tuple(id(s) for s in services),
+                (pod, *services),
             )
             cached = self._cache.get(pod.key)
             if cached is not None and cached[0] == inputs:

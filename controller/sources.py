@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +41,25 @@ class LocalSource:
     """Polls a folder: a changed directory mtime, or a file's (mtime, size, inode), triggers a
     re-read of that file only. Writers should replace files atomically (write + rename)."""
 
+    # Writers that replace files (rename) change the folder's mtime, which is one stat to
+    # check; a full scan (one stat per file) catches in-place edits at this slower pace.
+    FULL_SCAN_EVERY = 2.0
+
     def __init__(self, folder: Path, interval: float = 0.1) -> None:
         self.folder = folder
         self.interval = interval
         self._seen: dict[str, tuple[int, int, int]] = {}
+        self._dir_stamp: tuple[int, ...] = ()
+        self._last_full = 0.0
+
+    def _dir_stamps(self) -> tuple[int, ...]:
+        stamps = []
+        for dirpath, _dirs, _files in os.walk(self.folder):
+            try:
+                stamps.append(os.stat(dirpath).st_mtime_ns)
+            except FileNotFoundError:
+                continue
+        return tuple(stamps)
 
     def _scan(self) -> dict[str, tuple[int, int, int]]:
         found: dict[str, tuple[int, int, int]] = {}
@@ -72,6 +88,15 @@ class LocalSource:
             return err
 
     def poll(self) -> list[SourceChange]:
+        now = time.monotonic()
+        stamp = self._dir_stamps()
+        if stamp == self._dir_stamp and now - self._last_full < self.FULL_SCAN_EVERY:
+            return []
+        # Timestamps are only as fine as the kernel's clock tick: a folder changed in the
+        # last few milliseconds may change again without its mtime moving, so trust the
+        # stamp only once it is old enough.
+        settled = stamp and time.time() - max(stamp) / 1e9 > 0.05
+        self._dir_stamp, self._last_full = (stamp if settled else ()), now
         current = self._scan()
         changes = [
             SourceChange(path, self._read(path))

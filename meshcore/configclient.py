@@ -84,8 +84,20 @@ def apply_update(
         new[key] = value
     for msg in update.removals:
         new.pop(key_from_proto(msg), None)
-    changed = {k for k in new.keys() | state.keys() if new.get(k) != state.get(k)}
+    # Only keys the update names can have changed (a snapshot names them all); comparing
+    # just those keeps a one-resource delta O(1) however big the state is.
+    if update.snapshot:
+        candidates = new.keys() | state.keys()
+    else:
+        candidates = {key_from_proto(m.key) for m in update.upserts} | {
+            key_from_proto(m) for m in update.removals
+        }
+    changed = {k for k in candidates if not _same(new.get(k), state.get(k))}
     return new, Applied(update.version, update.snapshot, frozenset(changed), rejected)
+
+
+def _same(a: object, b: object) -> bool:
+    return a is b or a == b
 
 
 class ConfigClient:
