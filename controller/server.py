@@ -82,12 +82,25 @@ class ControllerService:
         self.state = state
         self.ca = ca
         self._workloads = workloads
+        self._identity_index: tuple[int, dict[str, frozenset[SpiffeId]]] = (-1, {})
         self._changed = asyncio.Event()
         # Set once the state reflects the whole source: nodes must never be sent the empty
         # state of a controller that has not read the cluster yet.
         self.synced = asyncio.Event()
         self.sessions: list[NodeSession] = []
         self.disconnected: dict[str, NodeSession] = {}
+
+    def _identities_on(self, node: str) -> frozenset[SpiffeId]:
+        """Identities of the workloads scheduled on `node`, indexed once per state version."""
+        if self._identity_index[0] != self.state.version:
+            index: dict[str, set[SpiffeId]] = {}
+            for w in self._workloads():
+                index.setdefault(w.node, set()).add(SpiffeId.parse(w.identity))
+            self._identity_index = (
+                self.state.version,
+                {n: frozenset(ids) for n, ids in index.items()},
+            )
+        return self._identity_index[1].get(node, frozenset())
 
     def notify(self) -> None:
         """Wake every stream: the state has a new version."""
@@ -212,7 +225,8 @@ class ControllerService:
                 grpc.StatusCode.UNAUTHENTICATED,
                 "a valid node credential (client certificate) is required",
             )
-        allowed = {SpiffeId.parse(w.identity) for w in self._workloads() if w.node == node}
+        assert node is not None  # abort() above raised otherwise
+        allowed = self._identities_on(node)
         try:
             issued = self.ca.sign_workload(request.csr_pem.encode(), allowed)
         except CertificateError as err:
