@@ -11,9 +11,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from meshcore.resources.gateway import AddressType, Gateway
-from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
-
 from meshcore.identity.spiffe import workload_id
 from meshcore.meshstate import (
     CLUSTER_DOMAIN,
@@ -30,6 +27,8 @@ from meshcore.meshstate import (
     Workload,
 )
 from meshcore.resources import Namespace, Pod, Resource, ResourceKey, Service
+from meshcore.resources.gateway import AddressType, Gateway
+from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
 
 USE_WAYPOINT_NAMESPACE_LABEL = "weft.dev/use-waypoint-namespace"
 _HASH_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<hash>[a-z0-9]+)-[a-z0-9]{5}$")

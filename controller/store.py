@@ -7,6 +7,7 @@ valid YAML keeps everything it last defined. One bad file never stops the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -48,7 +49,9 @@ def _key_of(raw: object) -> ResourceKey | None:
         return None
     if kind == "Namespace":
         return ResourceKey(kind, "", name)
-    return ResourceKey(kind, namespace if isinstance(namespace, str) else "default", name)
+    return ResourceKey(
+        kind, namespace if isinstance(namespace, str) and namespace else "default", name
+    )
 
 
 class ResourceStore:
@@ -112,9 +115,16 @@ class ResourceStore:
         self, source: str, resources: dict[ResourceKey, Resource], problems: list[Problem]
     ) -> None:
         old = self._by_source.get(source)
-        old_problems = self._problems.get(source, [])
+        old_problems = {o.message: o for o in self._problems.get(source, [])}
+        # A problem that was already there keeps the time it was first seen.
+        problems = [
+            dataclasses.replace(p, since=old_problems[p.message].since)
+            if p.message in old_problems
+            else p
+            for p in problems
+        ]
         for p in problems:
-            if all(p.message != o.message for o in old_problems):
+            if p.message not in old_problems:
                 log.warning(
                     "config.invalid",
                     source=p.source,
@@ -147,7 +157,24 @@ class ResourceStore:
         return self._merged
 
     def problems(self) -> list[Problem]:
-        return [p for source in sorted(self._problems) for p in self._problems[source]]
+        found = [p for source in sorted(self._problems) for p in self._problems[source]]
+        owner: dict[ResourceKey, str] = {}
+        for source in sorted(self._by_source):
+            for key in self._by_source[source]:
+                if key in owner:
+                    found.append(
+                        Problem(
+                            source,
+                            str(key),
+                            "metadata.name",
+                            f"also defined in {owner[key]}, which is used",
+                            True,
+                            0.0,
+                        )
+                    )
+                else:
+                    owner[key] = source
+        return found
 
 
 def errors_of(err: ManifestError | ManifestErrors) -> list[ManifestError]:
