@@ -47,6 +47,7 @@ class ControllerConfig:
     ready_port: int = 15021
     admin_socket: Path | None = None
     serving_addresses: tuple[str, ...] = field(default_factory=tuple)
+    extra_roots: tuple[Path, ...] = field(default_factory=tuple)
 
 
 class Controller:
@@ -58,6 +59,8 @@ class Controller:
             if config.plugin_ca_dir
             else CertificateAuthority.load_or_create(config.state_dir / "ca", config.trust_domain)
         )
+        for root in config.extra_roots:
+            self.ca.add_root(root.read_bytes())
         self.store = ResourceStore()
         self.builder = MeshBuilder(config.trust_domain)
         self.state = StateLog()

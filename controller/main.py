@@ -51,6 +51,14 @@ def cli() -> None:
 @click.option("--ready-port", default=15021, show_default=True)
 @click.option("--admin-socket", type=click.Path(path_type=Path), default=None)
 @click.option(
+    "--extra-root",
+    "extra_roots",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="PEM file of another root to trust (e.g. the next root while rotating); it is sent "
+    "to every node in the trust bundle. Repeatable.",
+)
+@click.option(
     "--serving-address",
     "serving_addresses",
     multiple=True,
@@ -67,6 +75,7 @@ def run(
     metrics_port: int,
     ready_port: int,
     admin_socket: Path | None,
+    extra_roots: tuple[Path, ...],
     serving_addresses: tuple[str, ...],
 ) -> None:
     """Watch the source, serve mesh state and certificates to nodes."""
@@ -82,6 +91,7 @@ def run(
         ready_port=ready_port,
         admin_socket=admin_socket,
         serving_addresses=serving_addresses,
+        extra_roots=extra_roots,
     )
 
     async def main() -> None:

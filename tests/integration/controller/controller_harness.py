@@ -120,6 +120,7 @@ class ControllerProcess:
     grpc_port: int = field(default_factory=free_port)
     ready_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def source(self) -> Path:
@@ -175,6 +176,7 @@ class ControllerProcess:
                 str(self.ready_port),
                 "--admin-socket",
                 str(self.admin),
+                *self.extra_args,
             ],
             stdout=log,
             stderr=log,

@@ -318,3 +318,38 @@ def test_an_invalid_resource_is_reported_and_the_last_good_version_stays(
             await stop_client(client, task)
 
     asyncio.run(scenario())
+
+
+def test_a_root_added_for_rotation_reaches_every_node_in_the_trust_bundle(
+    controller: ControllerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    next_ca = CertificateAuthority.load_or_create(
+        tmp_path_factory.mktemp("next") / "ca", "cluster.local"
+    )
+    root_file = tmp_path_factory.mktemp("roots") / "next-root.pem"
+    root_file.write_text(next_ca.trust_bundle[0])
+
+    async def scenario() -> None:
+        client, task = await subscribed(
+            "node-1", controller.target, controller.credential("node-1")
+        )
+        try:
+            bundle_key = ResourceKey("TrustBundle", "", "trust-bundle")
+            before = client.state[bundle_key]
+            assert isinstance(before, TrustBundle) and len(before.roots_pem) == 1
+            controller.stop()
+            controller.extra_args = ["--extra-root", str(root_file)]
+            controller.start()
+            await until(
+                lambda: len(getattr(client.state.get(bundle_key), "roots_pem", ())) == 2,
+                timeout=15,
+                what="two roots",
+            )
+            after = client.state[bundle_key]
+            assert isinstance(after, TrustBundle)
+            assert next_ca.trust_bundle[0] in after.roots_pem
+            assert before.roots_pem[0] in after.roots_pem
+        finally:
+            await stop_client(client, task)
+
+    asyncio.run(scenario())
