@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import ctypes
-import os
 import subprocess
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from meshcore.nsenter import run_in_netns
+
 NETNS_DIR = Path("/run/netns")
 ETC_NETNS_DIR = Path("/etc/netns")  # `ip netns exec` bind-mounts files found here over /etc
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 T = TypeVar("T")
 
@@ -51,45 +48,9 @@ def list_with_prefix(prefix: str) -> list[str]:
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
 def run_in(name: str, fn: Callable[[], T]) -> T:
-    """Call `fn` on a fresh thread that has entered netns `name`; return its result.
-
-    setns(CLONE_NEWNET) changes only the calling thread, so a throwaway thread keeps every
-    other thread (and the asyncio loop) in the namespace it was in. Sockets made inside keep
-    their namespace after the thread ends.
-    """
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            there = os.open(NETNS_DIR / name, os.O_RDONLY)
-            try:
-                _setns(there)
-            finally:
-                os.close(there)
-            try:
-                result.append(fn())
-            finally:
-                _setns(own)
-        except BaseException as err:  # handed to the caller's thread below
-            failure.append(err)
-        finally:
-            os.close(own)
-
-    thread = threading.Thread(target=target, name=f"netns:{name}")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    """Call `fn` on a thread inside the named namespace (see meshcore.nsenter)."""
+    return run_in_netns(NETNS_DIR / name, fn)
 
 
 def write_sysctl(name: str, key: str, value: str) -> None:
