@@ -11,12 +11,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import structlog
+
 from meshcore.identity.spiffe import workload_id
 from meshcore.meshstate import (
     CLUSTER_DOMAIN,
     DATAPLANE_MODE_AMBIENT,
     DATAPLANE_MODE_LABEL,
     DATAPLANE_MODE_NONE,
+    EXCLUDE_OUTBOUND_PORTS_ANNOTATION,
     USE_WAYPOINT_LABEL,
     MeshService,
     ServiceMembership,
@@ -29,6 +32,8 @@ from meshcore.meshstate import (
 from meshcore.resources import Namespace, Pod, Resource, ResourceKey, Service
 from meshcore.resources.gateway import AddressType, Gateway
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
+
+log = structlog.get_logger("controller.meshbuilder")
 
 USE_WAYPOINT_NAMESPACE_LABEL = "weft.dev/use-waypoint-namespace"
 _HASH_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<hash>[a-z0-9]+)-[a-z0-9]{5}$")
@@ -65,6 +70,22 @@ def workload_name(pod: Pod) -> str:
     if template_hash and match and match.group("hash") == template_hash:
         return match.group("base")
     return pod.metadata.name
+
+
+def excluded_ports(pod: Pod) -> tuple[int, ...]:
+    """Ports from the pod's `weft.dev/exclude-outbound-ports` annotation ("5432,6379");
+    entries that are not port numbers are skipped and logged."""
+    text = pod.metadata.annotations.get(EXCLUDE_OUTBOUND_PORTS_ANNOTATION, "")
+    ports = set()
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.isdigit() and 1 <= int(item) <= 65535:
+            ports.add(int(item))
+        else:
+            log.warning("workload.bad_excluded_port", pod=str(pod.key), value=item)
+    return tuple(sorted(ports))
 
 
 def _target_port(pod: Pod, target: int | str) -> int | None:
@@ -193,4 +214,5 @@ class MeshBuilder:
             waypoint=waypoint_for(ns, pod.metadata.labels, ns_labels),
             workload_name=workload_name(pod),
             services=tuple(sorted(memberships, key=lambda m: (m.namespace, m.name))),
+            excluded_ports=excluded_ports(pod),
         )

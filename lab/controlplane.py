@@ -86,6 +86,7 @@ class ControlPlane:
             log_path=self.paths.logs / "controller.log",
             restart=RestartPolicy.ALWAYS,
             grace_seconds=5.0,
+            host_mounts=True,
         )
         self.process = Supervised(spec)
         self.process.start()

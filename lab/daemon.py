@@ -25,6 +25,7 @@ from lab.addressing import node_plans
 from lab.controlplane import ControlPlane
 from lab.model import ClusterModel
 from lab.naming import LabNames
+from lab.nodeagents import NodeAgents
 from lab.objects import cluster_objects, sync_folder
 from lab.runtime import LabRuntime
 from lab.state import LabPaths, LabRecord, teardown
@@ -65,6 +66,7 @@ class LabDaemon:
         self.runtime = LabRuntime(record.config, self.names, paths, self.model)
         self.runtime.on_status_change = self._save_manifests
         self.control = ControlPlane(record.config, self.names, paths)
+        self.agents = NodeAgents(self.names, paths, self.control.address)
         self.phase = "Building"
         self.error = ""
         self.started = time.time()
@@ -111,6 +113,7 @@ class LabDaemon:
         self.phase = "Terminating"
         log.info("lab.stopping")
         await self.runtime.shutdown()
+        await self.agents.stop()
         await self.control.stop()
         await runner.cleanup()
         teardown(
@@ -131,6 +134,8 @@ class LabDaemon:
         async with self._lock:
             await self._apply_documents(docs)
         await self.control.wait_ready()
+        self.agents.start(self.model.nodes)
+        await self.agents.wait_ready()
 
     async def _apply_documents(self, docs: list[Document]) -> list[str]:
         parsed = parse_documents(docs)
@@ -165,6 +170,7 @@ class LabDaemon:
     async def _status(self, _request: web.Request) -> web.Response:
         status = lab_status(self.record, self.phase, self.error, self.model, self.runtime)
         status["controller"] = self.control.status()
+        status["node_agents"] = self.agents.status()
         return web.json_response(status)
 
     async def _documents(self, request: web.Request) -> list[Document]:

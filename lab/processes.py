@@ -50,6 +50,15 @@ class ProcessSpec:
     log_path: Path
     restart: RestartPolicy = RestartPolicy.ALWAYS
     grace_seconds: float = 5.0
+    # Node processes (agent, controller) enter only the network namespace (nsenter) and see
+    # the host's mounts, /sys/fs/bpf and the cgroup tree included; pods use `ip netns exec`,
+    # which also remounts /sys and bind-mounts their /etc/hosts.
+    host_mounts: bool = False
+
+    def enter_argv(self) -> list[str]:
+        if self.host_mounts:
+            return ["nsenter", f"--net=/run/netns/{self.netns}", "--"]
+        return ["ip", "netns", "exec", self.netns]
 
 
 @dataclass
@@ -87,10 +96,7 @@ class Supervised:
                 "-c",
                 _ENTER,
                 str(cgroup_dir),
-                "ip",
-                "netns",
-                "exec",
-                self.spec.netns,
+                *self.spec.enter_argv(),
                 *self.spec.argv,
                 env=self.spec.env,
                 stdin=asyncio.subprocess.DEVNULL,

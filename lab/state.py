@@ -127,6 +127,10 @@ def teardown(record: LabRecord, paths: LabPaths, *, keep_log: bool = False) -> l
     for ns in netns.list_with_prefix(names.prefix):
         netns.delete(ns)
         removed.append(f"netns {ns}")
+    bpf_pins = Path("/sys/fs/bpf") / names.cgroup_root  # weft-<id>: every node's pins
+    if bpf_pins.exists():
+        shutil.rmtree(bpf_pins, ignore_errors=True)
+        removed.append(f"pinned BPF objects {bpf_pins}")
     if netns.ETC_NETNS_DIR.exists():
         for d in netns.ETC_NETNS_DIR.iterdir():
             if d.name.startswith(names.prefix):

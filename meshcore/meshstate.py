@@ -16,6 +16,7 @@ DATAPLANE_MODE_LABEL = "weft.dev/dataplane-mode"
 DATAPLANE_MODE_AMBIENT = "ambient"
 DATAPLANE_MODE_NONE = "none"
 USE_WAYPOINT_LABEL = "weft.dev/use-waypoint"
+EXCLUDE_OUTBOUND_PORTS_ANNOTATION = "weft.dev/exclude-outbound-ports"
 WAYPOINT_GATEWAY_CLASS = "weft-waypoint"
 CLUSTER_DOMAIN = "cluster.local"
 
@@ -45,6 +46,7 @@ class Workload:
     waypoint: str = ""
     workload_name: str = ""
     services: tuple[ServiceMembership, ...] = ()
+    excluded_ports: tuple[int, ...] = ()
     kind = "Workload"
 
     @property

@@ -10,8 +10,7 @@ import ipaddress
 import socket
 import struct
 
-MAP_NAMES = ("enrolled", "enrolled_ips", "excluded_ports", "dst_by_cookie", "dst_by_peer",
-             "config")
+MAP_NAMES = ("enrolled", "enrolled_ips", "excluded_ports", "dst_by_cookie", "dst_by_peer", "config")
 WEFT_POD_STRICT = 1
 
 
@@ -28,14 +27,17 @@ class Peer(ctypes.Structure):
 
 
 class PortKey(ctypes.Structure):
-    _fields_ = [("netns", ctypes.c_uint64), ("port", ctypes.c_uint16),
-                ("pad", ctypes.c_uint16 * 3)]
+    _fields_ = [("netns", ctypes.c_uint64), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16 * 3)]
 
 
 class Config(ctypes.Structure):
-    _fields_ = [("gateway_ip", ctypes.c_uint32), ("node_ip", ctypes.c_uint32),
-                ("outbound_port", ctypes.c_uint16), ("inbound_port", ctypes.c_uint16),
-                ("mark", ctypes.c_uint32)]
+    _fields_ = [
+        ("gateway_ip", ctypes.c_uint32),
+        ("node_ip", ctypes.c_uint32),
+        ("outbound_port", ctypes.c_uint16),
+        ("inbound_port", ctypes.c_uint16),
+        ("mark", ctypes.c_uint32),
+    ]
 
 
 class PodIp(ctypes.Structure):

@@ -39,25 +39,65 @@ class ProgramSpec:
     target: str  # "pods" or "system": which cgroup subtree of the node
     needs: str  # what to tell the user when the kernel refuses it
 
-    @property
-    def kernel_name(self) -> str:
-        return self.function[:15]  # the kernel keeps 15 characters of a program's name
+    def is_this(self, shown: dict[str, Any]) -> bool:
+        """Is an entry of `bpftool cgroup show` this program? (bpftool prints the full name
+        from BTF where it can, else the kernel's 15-character one)."""
+        return shown.get("name") in (self.function, self.function[:15]) and shown.get(
+            "attach_type"
+        ) in (_BPFTOOL_ATTACH_SHOWN[self.attach_type], _BPFTOOL_ATTACH[self.attach_type])
 
 
 CGROUP_PROGRAMS = (
-    ProgramSpec("sock_connect.c", "weft_connect4", "CGROUP_SOCK_ADDR", "CGROUP_INET4_CONNECT",
-                "pods", "cgroup/connect4 with bpf_get_netns_cookie (Linux 5.7+)"),
-    ProgramSpec("sock_connect.c", "weft_connect6", "CGROUP_SOCK_ADDR", "CGROUP_INET6_CONNECT",
-                "pods", "cgroup/connect6 (Linux 5.7+)"),
-    ProgramSpec("sock_ops.c", "weft_sockops", "SOCK_OPS", "CGROUP_SOCK_OPS", "pods",
-                "sockops with bpf_sock_ops_cb_flags_set (Linux 4.16+)"),
-    ProgramSpec("sock_getpeername.c", "weft_getpeername4", "CGROUP_SOCK_ADDR",
-                "CGROUP_INET4_GETPEERNAME", "pods", "cgroup/getpeername4 (Linux 5.8+)"),
-    ProgramSpec("sockopt_origdst.c", "weft_getsockopt", "CGROUP_SOCKOPT", "CGROUP_GETSOCKOPT",
-                "system", "cgroup/getsockopt (Linux 5.3+)"),
+    ProgramSpec(
+        "sock_connect.c",
+        "weft_connect4",
+        "CGROUP_SOCK_ADDR",
+        "CGROUP_INET4_CONNECT",
+        "pods",
+        "cgroup/connect4 with bpf_get_netns_cookie (Linux 5.7+)",
+    ),
+    ProgramSpec(
+        "sock_connect.c",
+        "weft_connect6",
+        "CGROUP_SOCK_ADDR",
+        "CGROUP_INET6_CONNECT",
+        "pods",
+        "cgroup/connect6 (Linux 5.7+)",
+    ),
+    ProgramSpec(
+        "sock_ops.c",
+        "weft_sockops",
+        "SOCK_OPS",
+        "CGROUP_SOCK_OPS",
+        "pods",
+        "sockops with bpf_sock_ops_cb_flags_set (Linux 4.16+)",
+    ),
+    ProgramSpec(
+        "sock_getpeername.c",
+        "weft_getpeername4",
+        "CGROUP_SOCK_ADDR",
+        "CGROUP_INET4_GETPEERNAME",
+        "pods",
+        "cgroup/getpeername4 (Linux 5.8+)",
+    ),
+    ProgramSpec(
+        "sockopt_origdst.c",
+        "weft_getsockopt",
+        "CGROUP_SOCKOPT",
+        "CGROUP_GETSOCKOPT",
+        "system",
+        "cgroup/getsockopt (Linux 5.3+)",
+    ),
 )
 
-# bpftool's names for the attach types above.
+# bpftool's names for the attach types above: as it prints them (JSON) and as it takes them.
+_BPFTOOL_ATTACH_SHOWN = {
+    "CGROUP_INET4_CONNECT": "cgroup_inet4_connect",
+    "CGROUP_INET6_CONNECT": "cgroup_inet6_connect",
+    "CGROUP_SOCK_OPS": "cgroup_sock_ops",
+    "CGROUP_INET4_GETPEERNAME": "cgroup_inet4_getpeername",
+    "CGROUP_GETSOCKOPT": "cgroup_getsockopt",
+}
 _BPFTOOL_ATTACH = {
     "CGROUP_INET4_CONNECT": "connect4",
     "CGROUP_INET6_CONNECT": "connect6",
@@ -70,8 +110,9 @@ _BPFTOOL_ATTACH = {
 def check_kernel() -> None:
     """Fail at start, with a named reason, when the machine cannot run weft's programs."""
     if not Path("/sys/fs/bpf").is_dir() or not os.path.ismount("/sys/fs/bpf"):
-        raise KernelFeatureError("the BPF filesystem is not mounted at /sys/fs/bpf "
-                                 "(mount -t bpf bpf /sys/fs/bpf)")
+        raise KernelFeatureError(
+            "the BPF filesystem is not mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)"
+        )
     if not Path("/sys/kernel/btf/vmlinux").exists():
         log.warning("kernel.no_btf", detail="no /sys/kernel/btf/vmlinux; continuing")
     if shutil.which("bpftool") is None:
@@ -79,8 +120,10 @@ def check_kernel() -> None:
     try:
         import bcc  # noqa: F401
     except ImportError as err:
-        raise KernelFeatureError(f"the bcc Python module is not importable ({err}); install "
-                                 "python3-bpfcc and use a venv with system site packages") from None
+        raise KernelFeatureError(
+            f"the bcc Python module is not importable ({err}); install "
+            "python3-bpfcc and use a venv with system site packages"
+        ) from None
 
 
 def source_hash(pin_dir: Path) -> str:
@@ -93,8 +136,12 @@ def source_hash(pin_dir: Path) -> str:
 
 def attached(cgroup: Path) -> list[dict[str, Any]]:
     """What bpftool says is attached to a cgroup (effective-less, this level only)."""
-    proc = subprocess.run(["bpftool", "-j", "cgroup", "show", str(cgroup)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["bpftool", "-j", "cgroup", "show", str(cgroup)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0 or not proc.stdout.strip():
         return []
     data = json.loads(proc.stdout)
@@ -102,8 +149,19 @@ def attached(cgroup: Path) -> list[dict[str, Any]]:
 
 
 def detach(cgroup: Path, attach_type: str, prog_id: int) -> None:
-    subprocess.run(["bpftool", "cgroup", "detach", str(cgroup), _BPFTOOL_ATTACH[attach_type],
-                    "id", str(prog_id)], capture_output=True, check=False)
+    subprocess.run(
+        [
+            "bpftool",
+            "cgroup",
+            "detach",
+            str(cgroup),
+            _BPFTOOL_ATTACH[attach_type],
+            "id",
+            str(prog_id),
+        ],
+        capture_output=True,
+        check=False,
+    )
 
 
 class Programs:
@@ -142,31 +200,30 @@ class Programs:
         done: dict[str, str] = {}
         for spec in CGROUP_PROGRAMS:
             cgroup = self.cgroups[spec.target]
-            current = [p for p in attached(cgroup)
-                       if p.get("name") == spec.kernel_name
-                       and p.get("attach_type") == _BPFTOOL_ATTACH[spec.attach_type]]
+            current = [p for p in attached(cgroup) if spec.is_this(p)]
             if current and self._pin_path(spec.function).exists():
                 done[spec.function] = f"adopted (id {current[0]['id']})"
                 continue
             module = self.module(spec.source)
             try:
-                fn = module.load_func(spec.function, getattr(BPFProgType, spec.prog_type),
-                                      attach_type=getattr(BPFAttachType, spec.attach_type))
+                fn = module.load_func(
+                    spec.function,
+                    getattr(BPFProgType, spec.prog_type),
+                    attach_type=getattr(BPFAttachType, spec.attach_type),
+                )
             except Exception as err:  # bcc raises bare Exception with the kernel's reason
                 raise KernelFeatureError(
                     f"cannot load {spec.function}: this kernel lacks {spec.needs} ({err})"
                 ) from None
             fd = os.open(cgroup, os.O_RDONLY)
             try:
-                BPF.attach_func(fn, fd, getattr(BPFAttachType, spec.attach_type),
-                                BPF_F_ALLOW_MULTI)
+                BPF.attach_func(fn, fd, getattr(BPFAttachType, spec.attach_type), BPF_F_ALLOW_MULTI)
             finally:
                 os.close(fd)
             self._pin(fn.fd, spec.function)
             for old in current:  # the new one is attached first: no gap in capture
                 detach(cgroup, spec.attach_type, int(old["id"]))
-            done[spec.function] = "attached" + (" (replaced an older version)" if current
-                                                else "")
+            done[spec.function] = "attached" + (" (replaced an older version)" if current else "")
         for name, what in done.items():
             log.info("program.ready", program=name, action=what)
         return done

@@ -40,12 +40,19 @@ fi
 # bcc compiles against the running kernel's headers. A kernel without a headers package of
 # its own (a cloud or VM kernel) gets Debian's newest headers linked in; BTF does the rest.
 KVER="$(uname -r)"
-if [[ ! -e "/lib/modules/$KVER/build" ]]; then
+if [[ ! -e "/lib/modules/$KVER/build" || ! -e "/lib/modules/$KVER/source" ]]; then
   HEADERS="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1 || true)"
   [[ -n "$HEADERS" ]] || die "no kernel headers under /usr/src for bcc (install linux-headers-amd64)"
-  say "linking /lib/modules/$KVER/build -> $HEADERS (no headers package for this kernel)"
+  COMMON="${HEADERS%-amd64}-common"
+  [[ -d "$COMMON" ]] || die "no $COMMON next to $HEADERS (Debian splits kernel headers in two)"
+  say "linking /lib/modules/$KVER/{build,source} -> $HEADERS, $COMMON (no headers package for this kernel)"
   mkdir -p "/lib/modules/$KVER"
   ln -sfn "$HEADERS" "/lib/modules/$KVER/build"
+  ln -sfn "$COMMON" "/lib/modules/$KVER/source"
+fi
+if ! mountpoint -q /sys/fs/bpf; then
+  say "mounting the BPF filesystem at /sys/fs/bpf"
+  mount -t bpf bpf /sys/fs/bpf || die "cannot mount the BPF filesystem at /sys/fs/bpf"
 fi
 [[ -e /sys/kernel/btf/vmlinux ]] || say "warning: no /sys/kernel/btf/vmlinux; eBPF programs needing BTF will not load"
 

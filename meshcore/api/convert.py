@@ -55,6 +55,7 @@ def to_proto(value: StateValue) -> pb.Resource:
                     pb.ServiceMembership(namespace=m.namespace, name=m.name, ports=dict(m.ports))
                     for m in value.services
                 ],
+                excluded_ports=list(value.excluded_ports),
             )
         )
     elif isinstance(value, MeshService):
@@ -120,6 +121,7 @@ def from_proto(msg: pb.Resource) -> StateValue:
             services=tuple(
                 ServiceMembership(m.namespace, m.name, dict(m.ports)) for m in w.services
             ),
+            excluded_ports=tuple(w.excluded_ports),
         )
     elif body == "service":
         s = msg.service

@@ -1,0 +1,138 @@
+"""One weft node agent per lab node, in the node's namespace and system cgroup.
+
+Each agent is fed by the lab's controller and pins its maps under
+/sys/fs/bpf/weft-<id>/<node>; `lab down` removes the pins with the rest of the lab.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+
+from lab import cgroups
+from lab.addressing import NodePlan
+from lab.images import container_path
+from lab.naming import LabNames
+from lab.processes import ProcessSpec, State, Supervised
+from lab.state import LabPaths
+from meshcore.resources import RestartPolicy
+
+log = structlog.get_logger("lab.nodeagents")
+
+BPF_ROOT = Path("/sys/fs/bpf")
+
+
+def pin_dir(names: LabNames, node: str) -> Path:
+    return BPF_ROOT / names.cgroup_root / node
+
+
+class NodeAgents:
+    def __init__(self, names: LabNames, paths: LabPaths, controller: str) -> None:
+        self.names = names
+        self.paths = paths
+        self.controller = controller
+        self.agents: dict[str, Supervised] = {}
+
+    def agent_socket(self, node: str) -> Path:
+        return self.paths.root / "nodes" / node / "agent.sock"
+
+    def start(self, nodes: list[NodePlan]) -> None:
+        mount = cgroups.cgroup2_mount()
+        for node in nodes:
+            spec = ProcessSpec(
+                name=f"{node.name}/node-agent",
+                argv=[
+                    sys.executable,
+                    "-m",
+                    "node_agent",
+                    "run",
+                    "--node",
+                    node.name,
+                    "--node-ip",
+                    node.underlay_ip,
+                    "--controller",
+                    self.controller,
+                    "--credential",
+                    str(self.paths.node_credential(node.name)),
+                    "--pin-dir",
+                    str(pin_dir(self.names, node.name)),
+                    "--pods-cgroup",
+                    str(mount / self.names.node_pods_cgroup(node.name)),
+                    "--system-cgroup",
+                    str(mount / self.names.node_system_cgroup(node.name)),
+                    "--admin-socket",
+                    str(self.agent_socket(node.name)),
+                ],
+                env={
+                    "PATH": container_path(os.environ.get("PATH", "/usr/bin:/bin")),
+                    "PYTHONUNBUFFERED": "1",
+                    "HOME": "/root",
+                },
+                netns=self.names.node_netns(node.name),
+                cgroup=f"{self.names.node_system_cgroup(node.name)}/node-agent",
+                log_path=self.paths.logs / f"{node.name}-node-agent.log",
+                restart=RestartPolicy.ALWAYS,
+                grace_seconds=5.0,
+                host_mounts=True,
+            )
+            agent = Supervised(spec)
+            self.agents[node.name] = agent
+            agent.start()
+
+    async def ready(self, node: str) -> bool:
+        try:
+            connector = aiohttp.UnixConnector(path=str(self.agent_socket(node)))
+            async with (
+                aiohttp.ClientSession(
+                    connector=connector, timeout=aiohttp.ClientTimeout(total=2)
+                ) as session,
+                session.get("http://agent/ready") as resp,
+            ):
+                return resp.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    async def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = set(self.agents)
+        while waiting:
+            for node in list(waiting):
+                if await self.ready(node):
+                    waiting.discard(node)
+                    log.info("node_agent.ready", node=node)
+                elif (
+                    self.agents[node].status.state is State.TERMINATED
+                    and self.agents[node].status.restarts >= 2
+                ):
+                    raise RuntimeError(
+                        f"the node agent of {node} keeps exiting; see "
+                        f"{self.paths.logs}/{node}-node-agent.log"
+                    )
+            if waiting and time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"node agents not ready after {timeout:.0f}s: "
+                    f"{', '.join(sorted(waiting))}; see {self.paths.logs}/"
+                )
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(a.stop() for a in self.agents.values()))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            node: {
+                "state": a.status.state.value,
+                "pid": a.status.pid,
+                "restarts": a.status.restarts,
+                "admin_socket": str(self.agent_socket(node)),
+                "log": str(a.spec.log_path),
+            }
+            for node, a in self.agents.items()
+        }

@@ -1,0 +1,3 @@
+from node_agent.main import cli
+
+cli()

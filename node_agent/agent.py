@@ -1,0 +1,238 @@
+"""The node agent process: controller state in, kernel state out.
+
+It loads (or adopts) the programs, then keeps the pinned maps equal to what the controller
+says about this node's pods. It acts only once it holds the controller's state: an agent
+that starts while the controller is away changes nothing, and capture goes on as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+
+from meshcore.configclient import ConfigClient, NodeCredential
+from node_agent import pods, reconcile
+from node_agent.maps import Maps
+from node_agent.programs import CGROUP_PROGRAMS, Programs, attached
+
+log = structlog.get_logger("node_agent")
+
+ENROLLED = Gauge("weft_agent_enrolled_pods", "Pods on this node captured by the mesh.")
+PENDING = Gauge("weft_agent_pending_pods", "Enrolled pods whose namespace is not found yet.")
+RECONCILES = Counter("weft_agent_reconciles", "Map reconciliations that changed something.")
+
+OUTBOUND_PORT = 15001
+INBOUND_PLAINTEXT_PORT = 15006
+STEER_MARK = 0x2000
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    node_ip: str
+    controller: str
+    credential: Path
+    pin_dir: Path
+    pods_cgroup: Path
+    system_cgroup: Path
+    gateway_ip: str = "169.254.1.1"
+    admin_socket: Path | None = None
+    http_host: str = "0.0.0.0"
+    http_port: int = 15024
+    excluded_ports: frozenset[int] = field(default_factory=frozenset)
+
+
+class NodeAgent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.programs = Programs(config.pin_dir, config.pods_cgroup, config.system_cgroup)
+        self.maps: Maps | None = None
+        self.cookies: dict[str, int] = {}
+        self.names: dict[int, str] = {}  # cookie -> namespace/pod, for people
+        self.client = ConfigClient(
+            config.node,
+            config.controller,
+            NodeCredential.load(config.credential),
+            on_change=lambda _applied: self._dirty.set(),
+        )
+        self.ready = False
+        self.last_plan: dict[str, Any] = {}
+        self._dirty = asyncio.Event()
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        done = await asyncio.to_thread(self.programs.ensure_attached)
+        self.maps = Maps(self.programs.maps())
+        self.maps.write_config(
+            self.config.gateway_ip,
+            self.config.node_ip,
+            OUTBOUND_PORT,
+            INBOUND_PLAINTEXT_PORT,
+            STEER_MARK,
+        )
+        log.info("agent.programs", node=self.config.node, programs=done)
+        await self._start_http()
+
+    async def run(self) -> None:
+        follower = asyncio.create_task(self.client.run())
+        try:
+            await self.client.synced.wait()
+            log.info("agent.synced", node=self.config.node, version=self.client.version)
+            while True:
+                await self.reconcile()
+                self.ready = True
+                # A periodic pass also picks up pods whose processes just started.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), timeout=1.0)
+                self._dirty.clear()
+        finally:
+            follower.cancel()
+            await self.client.close()
+
+    async def reconcile(self) -> None:
+        assert self.maps is not None
+        desired = reconcile.desired_pods(self.client.state, self.config.node)
+        for uid in list(self.cookies):
+            if uid not in desired:
+                self.names.pop(self.cookies.pop(uid), None)
+        for uid, pod in desired.items():
+            if uid not in self.cookies:
+                cookie = await asyncio.to_thread(pods.netns_cookie, self.config.pods_cgroup, uid)
+                if cookie is not None:
+                    self.cookies[uid] = cookie
+                    self.names[cookie] = pod.label
+        plan = reconcile.plan(
+            desired,
+            self.cookies,
+            self.maps.read_enrolled(),
+            self.maps.read_enrolled_ips(),
+            self.maps.read_excluded(),
+            self.config.excluded_ports,
+        )
+        PENDING.set(len(plan.pending))
+        if plan.empty:
+            return
+        self.maps.apply(plan)
+        RECONCILES.inc()
+        ENROLLED.set(len(self.maps.read_enrolled()))
+        for cookie in plan.enroll:
+            log.info(
+                "pod.enrolled",
+                node=self.config.node,
+                pod=self.names.get(cookie, "?"),
+                netns_cookie=cookie,
+            )
+        for cookie in plan.unenroll:
+            log.info("pod.unenrolled", node=self.config.node, netns_cookie=cookie)
+        self.last_plan = {
+            "at": time.time(),
+            "enrolled": len(plan.enroll),
+            "unenrolled": len(plan.unenroll),
+            "pending": [p.label for p in plan.pending],
+        }
+
+    # --- admin, readiness, metrics ---------------------------------------------------------
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/ready", self._ready),
+                web.get("/metrics", self._metrics),
+                web.get("/debug/status", self._status),
+            ]
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        if self.config.admin_socket is not None:
+            self.config.admin_socket.parent.mkdir(parents=True, exist_ok=True)
+            self.config.admin_socket.unlink(missing_ok=True)
+            await web.UnixSite(runner, str(self.config.admin_socket)).start()
+        if self.config.http_port:
+            await web.TCPSite(
+                runner, self.config.http_host, self.config.http_port, reuse_address=True
+            ).start()
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        if self.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not synced with the controller yet\n")
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def status(self) -> dict[str, Any]:
+        assert self.maps is not None
+        by_ip = {}
+        for uid, cookie in self.cookies.items():
+            by_ip[cookie] = uid
+        enrolled = [
+            {
+                "pod": self.names.get(cookie, "(unknown pod)"),
+                "netns_cookie": cookie,
+                "ip": entry.ip,
+                "flags": entry.flags,
+            }
+            for cookie, entry in sorted(self.maps.read_enrolled().items())
+        ]
+        pod_by_ip = {e["ip"]: e["pod"] for e in enrolled}
+        programs = []
+        for spec in CGROUP_PROGRAMS:
+            cgroup = self.programs.cgroups[spec.target]
+            ids = [p["id"] for p in attached(cgroup) if spec.is_this(p)]
+            programs.append(
+                {
+                    "program": spec.function,
+                    "hook": spec.attach_type,
+                    "cgroup": str(cgroup),
+                    "attached_ids": ids,
+                }
+            )
+        excluded = [
+            {
+                "pod": "(all pods)" if cookie == 0 else self.names.get(cookie, str(cookie)),
+                "port": port,
+            }
+            for cookie, port in sorted(self.maps.read_excluded())
+        ]
+        connections = [
+            {
+                "client": f"{ip}:{port}",
+                "pod": pod_by_ip.get(ip, "?"),
+                "original_destination": f"{oip}:{oport}",
+            }
+            for ip, port, oip, oport in sorted(self.maps.read_peers())
+        ]
+        return {
+            "node": self.config.node,
+            "ready": self.ready,
+            "controller": {
+                "target": self.config.controller,
+                "connected": self.client.connected,
+                "version": self.client.version,
+            },
+            "config": self.maps.read_config(),
+            "programs": programs,
+            "enrolled": enrolled,
+            "enrolled_ips": sorted(self.maps.read_enrolled_ips()),
+            "excluded_ports": excluded,
+            "captured_connections": connections,
+            "pending": self.last_plan.get("pending", []),
+            "pin_dir": str(self.config.pin_dir),
+        }
+
+    async def _status(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.status())

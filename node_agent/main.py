@@ -1,0 +1,120 @@
+"""`python -m node_agent run ...`: the node agent process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import click
+import structlog
+import uvloop
+
+from meshcore.logs import configure_logging
+from node_agent.agent import AgentConfig, NodeAgent
+from node_agent.programs import KernelFeatureError, check_kernel
+
+log = structlog.get_logger("node_agent")
+
+
+@click.group()
+def cli() -> None:
+    """weft node agent."""
+
+
+@cli.command()
+@click.option("--node", required=True, help="This node's name (spec.nodeName of its pods).")
+@click.option("--node-ip", required=True, help="This node's own address.")
+@click.option("--controller", required=True, help="host:port of the controller's gRPC.")
+@click.option(
+    "--credential",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder with key.pem, cert.pem, roots.pem.",
+)
+@click.option(
+    "--pin-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where this node's maps and programs are pinned (under /sys/fs/bpf).",
+)
+@click.option(
+    "--pods-cgroup",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The cgroup v2 subtree of this node's pods.",
+)
+@click.option(
+    "--system-cgroup",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The cgroup v2 subtree where ztunnel runs.",
+)
+@click.option("--admin-socket", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--http-port", default=15024, show_default=True, help="Readiness, metrics and admin (0: off)."
+)
+@click.option(
+    "--exclude-port",
+    "excluded",
+    multiple=True,
+    type=click.IntRange(1, 65535),
+    help="A destination port no pod's traffic is captured for. Repeatable.",
+)
+def run(
+    node: str,
+    node_ip: str,
+    controller: str,
+    credential: Path,
+    pin_dir: Path,
+    pods_cgroup: Path,
+    system_cgroup: Path,
+    admin_socket: Path | None,
+    http_port: int,
+    excluded: tuple[int, ...],
+) -> None:
+    """Load (or adopt) the eBPF programs and keep this node's pods enrolled."""
+    configure_logging()
+    try:
+        check_kernel()
+    except KernelFeatureError as err:
+        raise click.ClickException(str(err)) from None
+    config = AgentConfig(
+        node=node,
+        node_ip=node_ip,
+        controller=controller,
+        credential=credential,
+        pin_dir=pin_dir,
+        pods_cgroup=pods_cgroup,
+        system_cgroup=system_cgroup,
+        admin_socket=admin_socket,
+        http_port=http_port,
+        excluded_ports=frozenset(excluded),
+    )
+
+    async def main() -> int:
+        agent = NodeAgent(config)
+        try:
+            await agent.start()
+        except KernelFeatureError as err:
+            log.error("agent.kernel_feature_missing", error=str(err))
+            return 2
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runner = asyncio.create_task(agent.run())
+        await asyncio.wait(
+            {runner, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
+        runner.cancel()
+        await agent.stop()
+        # Programs and pinned maps stay: capture goes on until the lab or node is torn down.
+        log.info("agent.stopped", node=node)
+        return 0
+
+    raise SystemExit(uvloop.run(main()))
+
+
+if __name__ == "__main__":
+    cli()
