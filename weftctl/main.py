@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from weftctl.agent_commands import agent
 from weftctl.controller_commands import controller
 from weftctl.lab_commands import lab
 
@@ -16,6 +17,7 @@ def cli() -> None:
 
 cli.add_command(lab)
 cli.add_command(controller)
+cli.add_command(agent)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,9 @@ def leftovers(lab_id: str) -> list[str]:
     etc = Path("/etc/netns")
     if etc.exists():
         found += [f"/etc/netns/{p.name}" for p in etc.iterdir() if lab_id in p.name]
+    bpffs = Path("/sys/fs/bpf")
+    if bpffs.exists():
+        found += [f"bpf pins {p}" for p in bpffs.iterdir() if lab_id in p.name]
     from lab.cgroups import cgroup2_mount
 
     mount = cgroup2_mount()
