@@ -112,8 +112,8 @@ class NodeAgents:
                     and self.agents[node].status.restarts >= 2
                 ):
                     raise RuntimeError(
-                        f"the node agent of {node} keeps exiting; see "
-                        f"{self.paths.logs}/{node}-node-agent.log"
+                        f"the node agent of {node} keeps exiting; its log ends with:\n"
+                        + _tail(self.agents[node].spec.log_path)
                     )
             if waiting and time.monotonic() > deadline:
                 raise RuntimeError(
@@ -136,3 +136,10 @@ class NodeAgents:
             }
             for node, a in self.agents.items()
         }
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -17,11 +17,13 @@ from typing import Any
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from meshcore.configclient import ConfigClient, NodeCredential
-from node_agent import pods, reconcile
+from node_agent import pods, reconcile, tc
 from node_agent.maps import Maps
-from node_agent.programs import CGROUP_PROGRAMS, Programs, attached
+from node_agent.programs import CGROUP_PROGRAMS, KernelFeatureError, Programs, attached
 
 log = structlog.get_logger("node_agent")
 
@@ -48,6 +50,7 @@ class AgentConfig:
     http_host: str = "0.0.0.0"
     http_port: int = 15024
     excluded_ports: frozenset[int] = field(default_factory=frozenset)
+    underlay_device: str = "eth0"
 
 
 class NodeAgent:
@@ -64,6 +67,7 @@ class NodeAgent:
             on_change=lambda _applied: self._dirty.set(),
         )
         self.ready = False
+        self.tc_done: dict[str, str] = {}  # "device/direction" -> what was done
         self.last_plan: dict[str, Any] = {}
         self._dirty = asyncio.Event()
         self._runners: list[web.AppRunner] = []
@@ -79,7 +83,48 @@ class NodeAgent:
             STEER_MARK,
         )
         log.info("agent.programs", node=self.config.node, programs=done)
+        await asyncio.to_thread(self._setup_inbound)
         await self._start_http()
+
+    def _setup_inbound(self) -> None:
+        """Steering route, and the inbound program on the underlay device (traffic from
+        other nodes); pod devices are handled as they appear, in `attach_pod_devices`."""
+        with IPRoute() as ipr:
+            tc.ensure_steer_route(ipr, STEER_MARK)
+            index = tc.device_index(ipr, self.config.underlay_device)
+            if index is None:
+                raise KernelFeatureError(
+                    f"no device {self.config.underlay_device!r} on this node (--underlay-device)"
+                )
+            fd, name = self.programs.tc_program("weft_inbound")
+            what = tc.ensure_filter(ipr, index, tc.INGRESS, fd, name)
+            self.tc_done[f"{self.config.underlay_device}/ingress"] = what
+        self.attach_pod_devices()
+
+    def attach_pod_devices(self) -> None:
+        with IPRoute() as ipr:
+            for device, index in tc.pod_devices(ipr, self.config.underlay_device):
+                for direction, parent, program in (
+                    ("ingress", tc.INGRESS, "weft_inbound"),
+                    ("egress", tc.EGRESS, "weft_guard"),
+                ):
+                    key = f"{device}/{direction}"
+                    if key in self.tc_done:
+                        continue
+                    fd, name = self.programs.tc_program(program)
+                    try:
+                        self.tc_done[key] = tc.ensure_filter(ipr, index, parent, fd, name)
+                    except NetlinkError as err:  # the pod (and its veth) just went away
+                        log.warning("tc.attach_failed", device=device, error=str(err))
+                        continue
+                    log.info(
+                        "tc.attached", device=device, direction=direction, action=self.tc_done[key]
+                    )
+            present = {d for d, _ in tc.pod_devices(ipr, self.config.underlay_device)}
+            for key in list(self.tc_done):
+                device = key.split("/", 1)[0]
+                if device != self.config.underlay_device and device not in present:
+                    del self.tc_done[key]
 
     async def run(self) -> None:
         follower = asyncio.create_task(self.client.run())
@@ -99,6 +144,7 @@ class NodeAgent:
 
     async def reconcile(self) -> None:
         assert self.maps is not None
+        await asyncio.to_thread(self.attach_pod_devices)
         desired = reconcile.desired_pods(self.client.state, self.config.node)
         for uid in list(self.cookies):
             if uid not in desired:
@@ -232,6 +278,10 @@ class NodeAgent:
             "captured_connections": connections,
             "pending": self.last_plan.get("pending", []),
             "pin_dir": str(self.config.pin_dir),
+            "tc": [
+                {"device": k.split("/")[0], "direction": k.split("/")[1], "action": v}
+                for k, v in sorted(self.tc_done.items())
+            ],
         }
 
     async def _status(self, _request: web.Request) -> web.Response:

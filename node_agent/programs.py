@@ -189,6 +189,25 @@ class Programs:
         """A module whose tables are the shared pinned maps."""
         return self.module("sock_connect.c")
 
+    def tc_program(self, function: str) -> tuple[int, str]:
+        """(fd, filter name) of a tc program, loaded on first use; the name carries the
+        version so a filter of this version is recognised and adopted."""
+        from bcc import BPF
+
+        key = f"tc:{function}"
+        if key not in self._modules:
+            module = self.module("tc_inbound.c")
+            try:
+                fn = module.load_func(function, BPF.SCHED_CLS)
+            except Exception as err:  # bcc raises bare Exception with the kernel's reason
+                raise KernelFeatureError(
+                    f"cannot load {function}: this kernel lacks tc programs with "
+                    f"bpf_sk_assign and bpf_skc_lookup_tcp (Linux 5.7+) ({err})"
+                ) from None
+            self._pin(fn.fd, function)
+            self._modules[key] = fn
+        return int(self._modules[key].fd), f"{function}-{self.version}"
+
     def _pin_path(self, function: str) -> Path:
         """Programs are pinned with their version in the name (bpffs holds no plain files)."""
         return self.pin_dir / f"prog_{function}_{self.version}"

@@ -81,6 +81,13 @@ def status(ctx: click.Context, node: str, output: str) -> None:
             ],
         )
     )
+    click.echo("\nTC PROGRAMS")
+    click.echo(
+        table(
+            ["DEVICE", "DIRECTION", "STATE"],
+            [[t["device"], t["direction"], t["action"]] for t in data["tc"]],
+        )
+    )
     if data["excluded_ports"]:
         click.echo("\nEXCLUDED PORTS")
         click.echo(table(["POD", "PORT"], [[e["pod"], e["port"]] for e in data["excluded_ports"]]))

@@ -1,7 +1,10 @@
-"""A minimal stand-in for ztunnel's outbound listener, for capture tests only.
+"""A minimal stand-in for ztunnel's listeners, for capture tests only.
 
-Accepts on the given port, asks each connection for SO_ORIGINAL_DST, prints one JSON line
-per connection, and answers `captured <ip>:<port>`.
+    capture_listener.py 15001            outbound: SO_ORIGINAL_DST of each connection
+    capture_listener.py 15006 inbound    inbound plaintext: IP_TRANSPARENT, and the original
+                                         destination is the accepted socket's own address
+
+Prints one JSON line per connection and answers `captured <ip>:<port>`.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import struct
 import sys
 
 SO_ORIGINAL_DST = 80
+IP_TRANSPARENT = 19
 
 
 def main() -> None:
     port = int(sys.argv[1])
+    inbound = sys.argv[2:] == ["inbound"]
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if inbound:  # answers for addresses that are not the node's, like TPROXY
+        server.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
     server.bind(("0.0.0.0", port))
     server.listen(64)
     print(json.dumps({"listening": port}), flush=True)
@@ -25,9 +32,13 @@ def main() -> None:
         conn, peer = server.accept()
         with conn:
             try:
-                raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-                dport, dip = struct.unpack("!2xH4s8x", raw)
-                orig = f"{socket.inet_ntoa(dip)}:{dport}"
+                if inbound:
+                    local = conn.getsockname()
+                    orig = f"{local[0]}:{local[1]}"
+                else:
+                    raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+                    dport, dip = struct.unpack("!2xH4s8x", raw)
+                    orig = f"{socket.inet_ntoa(dip)}:{dport}"
             except OSError as err:
                 orig = f"error: {err}"
             print(json.dumps({"peer": f"{peer[0]}:{peer[1]}", "orig": orig}), flush=True)

@@ -37,12 +37,12 @@ class Listener:
     """capture_listener.py on port 15001 of a node, in the node's system cgroup (where
     ztunnel runs, and where the SO_ORIGINAL_DST program is attached)."""
 
-    def __init__(self, lab: Lab, node: str) -> None:
+    def __init__(self, lab: Lab, node: str, port: int = 15001) -> None:
         status = lab.status()
         netns = next(n["netns"] for n in status["nodes"] if n["name"] == node)
         lab_id = status["id"]
-        cgroup = cgroups.create(f"weft-{lab_id}/{node}/system/test-listener")
-        self.log = HERE / f".listener-{RUN_ID}-{node}.log"
+        cgroup = cgroups.create(f"weft-{lab_id}/{node}/system/test-listener-{port}")
+        self.log = HERE / f".listener-{RUN_ID}-{node}-{port}.log"
         out = open(self.log, "w")  # noqa: SIM115 - the listener process owns it
         self.proc = subprocess.Popen(
             [
@@ -55,7 +55,8 @@ class Listener:
                 "--",
                 sys.executable,
                 str(HERE / "capture_listener.py"),
-                "15001",
+                str(port),
+                *(["inbound"] if port == 15006 else []),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -63,7 +64,7 @@ class Listener:
         out.close()
         deadline = time.monotonic() + 10
         while "listening" not in self.log.read_text():
-            assert time.monotonic() < deadline, "listener did not start"
+            assert time.monotonic() < deadline, f"listener did not start: {self.log.read_text()}"
             time.sleep(0.05)
 
     def records(self) -> list[dict]:
@@ -96,6 +97,16 @@ def listener(mesh_lab: Lab) -> Iterator[Listener]:
         yield node_listener
     finally:
         node_listener.stop()
+
+
+@pytest.fixture(scope="module")
+def inbound(mesh_lab: Lab) -> Iterator[dict[str, Listener]]:
+    listeners = {n: Listener(mesh_lab, n, 15006) for n in ("node-1", "node-2")}
+    try:
+        yield listeners
+    finally:
+        for each in listeners.values():
+            each.stop()
 
 
 def pod(lab: Lab, namespace: str, name: str) -> dict:
@@ -248,6 +259,72 @@ def test_capture_goes_on_while_the_agent_is_killed_and_restarted(
     assert "mesh/client" in [e["pod"] for e in after["enrolled"]]
     out = connect(mesh_lab, "mesh", "client", server["ip"], 9000).stdout.split()
     assert out[1] == "captured"
+
+
+def test_plaintext_to_an_enrolled_pod_is_steered_to_the_inbound_listener(
+    mesh_lab: Lab, inbound: dict[str, Listener]
+) -> None:
+    far, client = pod(mesh_lab, "mesh", "far"), pod(mesh_lab, "mesh", "client")
+    outsider = pod(mesh_lab, "plain", "outsider")
+    # across nodes (outsider on node-1 -> far on node-2), and on one node (-> client)
+    for target, node in ((far, "node-2"), (client, "node-1")):
+        out = connect(mesh_lab, "plain", "outsider", target["ip"], 8080).stdout.split()
+        assert out == [f"{target['ip']}:8080", "captured", f"{target['ip']}:8080"]
+        record = inbound[node].records()[-1]
+        assert record["orig"] == f"{target['ip']}:8080"
+        assert record["peer"].split(":")[0] == outsider["ip"]  # the client's own address
+
+
+def test_the_node_itself_reaches_an_enrolled_pod_directly(
+    mesh_lab: Lab, inbound: dict[str, Listener]
+) -> None:
+    """Connections made by the node's processes (ztunnel's, probes) are not steered."""
+    far = pod(mesh_lab, "mesh", "far")
+    netns = next(n["netns"] for n in mesh_lab.status()["nodes"] if n["name"] == "node-2")
+    before = len(inbound["node-2"].records())
+    code = (
+        f"import socket\ntry:\n    socket.create_connection(('{far['ip']}', 8080), "
+        "timeout=3)\nexcept ConnectionRefusedError:\n    print('refused by the pod')\n"
+    )
+    proc = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{netns}", "--", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.stdout.strip() == "refused by the pod"  # reached it: nothing listens there
+    assert len(inbound["node-2"].records()) == before
+
+
+def test_plaintext_that_got_past_steering_is_dropped_before_the_pod(
+    mesh_lab: Lab, inbound: dict[str, Listener]
+) -> None:
+    """A same-node Service DNAT happens after tc ingress; the egress guard drops the SYN."""
+    client = pod(mesh_lab, "mesh", "client")
+    manifest = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: enrolled, namespace: mesh}\n"
+        "spec:\n  selector: {app: client}\n  ports: [{port: 80, targetPort: 8080}]\n"
+    )
+    path = HERE / f".svc-{RUN_ID}.yaml"
+    path.write_text(manifest)
+    try:
+        mesh_lab.run("apply", "-f", str(path))
+        vip = next(s["vip"] for s in mesh_lab.status()["services"] if s["name"] == "enrolled")
+        code = (
+            f"import socket\ntry:\n    socket.create_connection(('{vip}', 80), timeout=2)\n"
+            "except TimeoutError:\n    print('dropped')\n"
+            "except OSError as e:\n    print(type(e).__name__)\n"
+        )
+        deadline = time.monotonic() + 10
+        while True:  # until the service has its endpoint
+            out = mesh_lab.python("outsider", "plain", code).stdout.strip()
+            if out != "ConnectionRefusedError" or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert out == "dropped"
+    finally:
+        mesh_lab.run("delete", "-f", str(path), check=False)
+        path.unlink(missing_ok=True)
 
 
 def test_lab_down_removes_every_pin(tmp_path: Path) -> None:

@@ -1,0 +1,102 @@
+/* tc programs on a node's devices: the inbound side of the mesh.
+ *
+ * weft_inbound (ingress of the underlay device and of every pod's host-side veth): a new
+ * plaintext TCP connection to an enrolled pod is handed to the node ztunnel's inbound
+ * plaintext listener (bpf_sk_assign + a mark that routes it to the local stack), so policy and
+ * telemetry apply to it; the rest of such a flow follows its socket. With no listener the
+ * SYN is dropped: fail closed, never around the mesh.
+ *
+ * weft_guard (egress of pod veths): a TCP SYN forwarded to an enrolled pod (not sent by a
+ * process of the node, such as ztunnel) got past weft_inbound, e.g. after a Service DNAT on
+ * this node; drop it rather than let plaintext reach the pod.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include "weft_maps.h"
+
+#define TCP_LISTEN_STATE 10 /* BPF_TCP_LISTEN */
+
+int weft_inbound(struct __sk_buff *skb)
+{
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+        return TC_ACT_OK;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5)
+        return TC_ACT_OK;
+    struct tcphdr *tcp = (void *)(ip + 1);
+    if ((void *)(tcp + 1) > data_end)
+        return TC_ACT_OK;
+    __u32 daddr = ip->daddr;
+    if (!weft_enrolled_ips.lookup(&daddr))
+        return TC_ACT_OK;
+    __u32 zero = 0;
+    struct weft_config *cfg = weft_config.lookup(&zero);
+    if (!cfg || !cfg->inbound_port)
+        return TC_ACT_SHOT;
+
+    struct bpf_sock_tuple tuple = {};
+    tuple.ipv4.saddr = ip->saddr;
+    tuple.ipv4.daddr = ip->daddr;
+    tuple.ipv4.sport = tcp->source;
+    tuple.ipv4.dport = tcp->dest;
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4),
+                                             BPF_F_CURRENT_NETNS, 0);
+    if (sk) {
+        if (sk->state != TCP_LISTEN_STATE) {
+            /* a flow the node terminates (a steered one, or ztunnel's own): to its socket */
+            long err = bpf_sk_assign(skb, sk, 0);
+            bpf_sk_release(sk);
+            if (err == 0)
+                skb->mark |= cfg->mark;
+            return TC_ACT_OK;
+        }
+        bpf_sk_release(sk);
+    }
+    if (!tcp->syn || tcp->ack)
+        return TC_ACT_OK;  /* mid-flow and not the node's: e.g. a connection from before
+                              enrollment, left undisturbed */
+
+    tuple.ipv4.daddr = cfg->node_ip;
+    tuple.ipv4.dport = bpf_htons(cfg->inbound_port);
+    sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return TC_ACT_SHOT;
+    if (sk->state != TCP_LISTEN_STATE) {
+        bpf_sk_release(sk);
+        return TC_ACT_SHOT;
+    }
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err != 0)
+        return TC_ACT_SHOT;
+    skb->mark |= cfg->mark;
+    return TC_ACT_OK;
+}
+
+int weft_guard(struct __sk_buff *skb)
+{
+    if (skb->sk)
+        return TC_ACT_OK;  /* sent by a process of this node (ztunnel, a probe) */
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+        return TC_ACT_OK;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5)
+        return TC_ACT_OK;
+    struct tcphdr *tcp = (void *)(ip + 1);
+    if ((void *)(tcp + 1) > data_end)
+        return TC_ACT_OK;
+    __u32 daddr = ip->daddr;
+    if (tcp->syn && !tcp->ack && weft_enrolled_ips.lookup(&daddr))
+        return TC_ACT_SHOT;
+    return TC_ACT_OK;
+}
