@@ -300,7 +300,7 @@ def test_plaintext_that_got_past_steering_is_dropped_before_the_pod(
     mesh_lab: Lab, inbound: dict[str, Listener]
 ) -> None:
     """A same-node Service DNAT happens after tc ingress; the egress guard drops the SYN."""
-    client = pod(mesh_lab, "mesh", "client")
+    steered_before = len(inbound["node-1"].records())
     manifest = (
         "apiVersion: v1\nkind: Service\nmetadata: {name: enrolled, namespace: mesh}\n"
         "spec:\n  selector: {app: client}\n  ports: [{port: 80, targetPort: 8080}]\n"
@@ -322,6 +322,7 @@ def test_plaintext_that_got_past_steering_is_dropped_before_the_pod(
                 break
             time.sleep(0.3)
         assert out == "dropped"
+        assert len(inbound["node-1"].records()) == steered_before  # not steered either
     finally:
         mesh_lab.run("delete", "-f", str(path), check=False)
         path.unlink(missing_ok=True)
