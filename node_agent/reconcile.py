@@ -106,4 +106,7 @@ def plan(
     p.ips_delete = sorted(set(enrolled_ips) - set(want_ips))
     p.ports_put = want_ports - excluded
     p.ports_delete = excluded - want_ports
+    if p.pending:  # keep the exclusions of entries kept above, as their capture goes on
+        kept = set(enrolled) - set(want_enrolled)
+        p.ports_delete = {(c, port) for c, port in p.ports_delete if c not in kept}
     return p
