@@ -1,0 +1,315 @@
+"""HBONE, sans I/O: TCP streams tunnelled as HTTP/2 CONNECT inside one mTLS connection.
+
+Bytes in (`receive`), events out, bytes to send out (`data_to_send`), as h2 itself works;
+the asyncio code in ztunnel (and later the waypoint) only moves bytes. One class for each
+end. A peer that sends garbage, an oversized frame or a malformed CONNECT gets a clear
+error event naming what was wrong; the connection is closed, never the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+HBONE_PORT = 15008
+ALPN = "h2"
+# Large windows so one stream can run at full speed over a long fat pipe.
+STREAM_WINDOW = 4 * 1024 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+MAX_FRAME_SIZE = 1024 * 1024  # what we accept; h2 rejects larger frames as a protocol error
+MAX_CONCURRENT_STREAMS = 1000
+
+
+class HboneError(ValueError):
+    """A request or response that breaks HBONE's rules."""
+
+
+@dataclass(frozen=True)
+class Target:
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+def parse_authority(authority: str) -> Target:
+    """`10.0.0.1:8080` or `[fd00::1]:8080` -> Target; anything else is an HboneError."""
+    host, sep, port_text = authority.rpartition(":")
+    if not sep or not host:
+        raise HboneError(f"CONNECT authority {authority!r} is not <ip>:<port>")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise HboneError(f"CONNECT authority {authority!r}: {host!r} is not an IP") from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise HboneError(f"CONNECT authority {authority!r}: bad port {port_text!r}")
+    return Target(str(ip), int(port_text))
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectRequested:
+    stream_id: int
+    target: Target
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    """A stream the peer opened that is not a valid CONNECT; it has been answered 400."""
+
+    stream_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConnectResponse:
+    stream_id: int
+    status: int
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StreamData:
+    stream_id: int
+    data: bytes
+    flow_controlled_length: int
+
+
+@dataclass(frozen=True)
+class StreamEnded:
+    """The peer half-closed its side of the stream (the TCP FIN)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class StreamReset:
+    stream_id: int
+    error_code: int
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """The whole HBONE connection is over (GOAWAY received, or a protocol error)."""
+
+    reason: str
+    error: bool = False
+
+
+Event = (
+    ConnectRequested
+    | BadRequest
+    | ConnectResponse
+    | StreamData
+    | StreamEnded
+    | StreamReset
+    | ConnectionClosed
+)
+
+
+def _headers(raw: list[tuple[bytes | str, bytes | str]] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in raw or []:
+        n = name.decode() if isinstance(name, bytes) else name
+        v = value.decode() if isinstance(value, bytes) else value
+        out[n.lower()] = v
+    return out
+
+
+@dataclass
+class _Base:
+    client_side: bool
+    conn: h2.connection.H2Connection = field(init=False)
+    closed: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        config = h2.config.H2Configuration(
+            client_side=self.client_side, header_encoding=None, validate_inbound_headers=True
+        )
+        self.conn = h2.connection.H2Connection(config=config)
+
+    def initiate(self) -> bytes:
+        self.conn.initiate_connection()
+        self.conn.update_settings(
+            {
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            }
+        )
+        self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        return self.data_to_send()
+
+    def data_to_send(self) -> bytes:
+        return bytes(self.conn.data_to_send())
+
+    def receive(self, data: bytes) -> list[Event]:
+        if self.closed:
+            return []
+        try:
+            raw_events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as err:
+            self.closed = True
+            return [
+                ConnectionClosed(
+                    f"protocol error from peer: {type(err).__name__}: {err}", error=True
+                )
+            ]
+        events: list[Event] = []
+        for ev in raw_events:
+            events.extend(self._translate(ev))
+        return events
+
+    def _translate(self, ev: h2.events.Event) -> list[Event]:
+        if isinstance(ev, h2.events.DataReceived):
+            assert ev.stream_id is not None and ev.data is not None
+            return [StreamData(ev.stream_id, bytes(ev.data), ev.flow_controlled_length or 0)]
+        if isinstance(ev, h2.events.StreamEnded):
+            assert ev.stream_id is not None
+            return [StreamEnded(ev.stream_id)]
+        if isinstance(ev, h2.events.StreamReset):
+            assert ev.stream_id is not None
+            return [StreamReset(ev.stream_id, int(ev.error_code or 0))]
+        if isinstance(ev, h2.events.ConnectionTerminated):
+            self.closed = True
+            return [
+                ConnectionClosed(
+                    f"peer closed the connection (GOAWAY, "
+                    f"{h2.errors.ErrorCodes(ev.error_code or 0).name})",
+                    error=bool(ev.error_code),
+                )
+            ]
+        return []
+
+    # --- per stream -------------------------------------------------------------------
+
+    def acknowledge(self, stream_id: int, length: int) -> None:
+        """Give flow-control credit back once `length` bytes were delivered onwards."""
+        if length:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.conn.acknowledge_received_data(length, stream_id)
+
+    def send(self, stream_id: int, data: bytes) -> int:
+        """Queue as much of `data` as flow control allows; returns how much was queued."""
+        window = min(self.conn.local_flow_control_window(stream_id), len(data))
+        sent = 0
+        max_frame = self.conn.max_outbound_frame_size
+        while sent < window:
+            chunk = data[sent : sent + min(max_frame, window - sent)]
+            self.conn.send_data(stream_id, chunk)
+            sent += len(chunk)
+        return sent
+
+    def window(self, stream_id: int) -> int:
+        try:
+            return int(self.conn.local_flow_control_window(stream_id))
+        except h2.exceptions.StreamClosedError:
+            return 0
+
+    def end(self, stream_id: int) -> None:
+        """Half-close our side of the stream (the TCP FIN)."""
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            self.conn.end_stream(stream_id)
+
+    def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            self.conn.reset_stream(stream_id, error_code=code)
+
+    def close(self, code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
+        if not self.closed:
+            self.conn.close_connection(error_code=code)
+            self.closed = True
+
+
+class HboneServer(_Base):
+    """The accepting end (ztunnel's 15008, a waypoint)."""
+
+    def __init__(self) -> None:
+        super().__init__(client_side=False)
+
+    def _translate(self, ev: h2.events.Event) -> list[Event]:
+        if isinstance(ev, h2.events.RequestReceived):
+            assert ev.stream_id is not None
+            headers = _headers(ev.headers)  # type: ignore[arg-type]
+            method = headers.get(":method")
+            if method != "CONNECT":
+                return [self._bad(ev.stream_id, f"method {method!r} is not CONNECT", 405)]
+            if ":path" in headers or ":scheme" in headers:
+                return [self._bad(ev.stream_id, "CONNECT must not carry :path or :scheme", 400)]
+            try:
+                target = parse_authority(headers.get(":authority", ""))
+            except HboneError as err:
+                return [self._bad(ev.stream_id, str(err), 400)]
+            return [ConnectRequested(ev.stream_id, target, headers)]
+        return super()._translate(ev)
+
+    def _bad(self, stream_id: int, reason: str, status: int) -> BadRequest:
+        self.refuse(stream_id, status, reason)
+        return BadRequest(stream_id, reason)
+
+    def accept(self, stream_id: int) -> None:
+        self.conn.send_headers(stream_id, [(":status", "200")])
+
+    def refuse(self, stream_id: int, status: int, reason: str) -> None:
+        """Answer a CONNECT with an error status and end the stream."""
+        try:
+            self.conn.send_headers(
+                stream_id,
+                [(":status", str(status)), ("weft-reason", reason[:200])],
+                end_stream=True,
+            )
+        except h2.exceptions.ProtocolError:
+            self.reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+
+
+class HboneClient(_Base):
+    """The connecting end (ztunnel's outbound side)."""
+
+    def __init__(self) -> None:
+        super().__init__(client_side=True)
+
+    def connect(self, target: Target, headers: dict[str, str] | None = None) -> int:
+        """Open a CONNECT stream to `target`; returns its stream id."""
+        stream_id = int(self.conn.get_next_available_stream_id())
+        self.conn.send_headers(
+            stream_id,
+            [
+                (":method", "CONNECT"),
+                (":authority", str(target)),
+                *((k, v) for k, v in (headers or {}).items()),
+            ],
+        )
+        return stream_id
+
+    def _translate(self, ev: h2.events.Event) -> list[Event]:
+        if isinstance(ev, h2.events.ResponseReceived):
+            assert ev.stream_id is not None
+            headers = _headers(ev.headers)  # type: ignore[arg-type]
+            status_text = headers.get(":status", "0")
+            status = int(status_text) if status_text.isdigit() else 0
+            return [ConnectResponse(ev.stream_id, status, headers)]
+        return super()._translate(ev)
+
+    @property
+    def open_streams(self) -> int:
+        return int(self.conn.open_outbound_streams)
+
+    @property
+    def can_open_stream(self) -> bool:
+        return (
+            not self.closed and self.open_streams < self.conn.remote_settings.max_concurrent_streams
+        )
