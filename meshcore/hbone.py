@@ -103,6 +103,13 @@ class StreamReset:
 
 
 @dataclass(frozen=True)
+class WindowOpened:
+    """The peer gave flow-control credit (stream 0: the whole connection)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
 class ConnectionClosed:
     """The whole HBONE connection is over (GOAWAY received, or a protocol error)."""
 
@@ -117,6 +124,7 @@ Event = (
     | StreamData
     | StreamEnded
     | StreamReset
+    | WindowOpened
     | ConnectionClosed
 )
 
@@ -184,6 +192,10 @@ class _Base:
         if isinstance(ev, h2.events.StreamReset):
             assert ev.stream_id is not None
             return [StreamReset(ev.stream_id, int(ev.error_code or 0))]
+        if isinstance(ev, h2.events.WindowUpdated):
+            return [WindowOpened(int(ev.stream_id or 0))]
+        if isinstance(ev, h2.events.RemoteSettingsChanged):
+            return [WindowOpened(0)]  # a new initial window changes every stream's credit
         if isinstance(ev, h2.events.ConnectionTerminated):
             self.closed = True
             return [
