@@ -136,6 +136,8 @@ class LabDaemon:
         await self.control.wait_ready()
         self.agents.start(self.model.nodes)
         await self.agents.wait_ready()
+        self.agents.start_ztunnels(self.model.nodes)
+        await self.agents.wait_ztunnels()
 
     async def _apply_documents(self, docs: list[Document]) -> list[str]:
         parsed = parse_documents(docs)
@@ -171,6 +173,16 @@ class LabDaemon:
         status = lab_status(self.record, self.phase, self.error, self.model, self.runtime)
         status["controller"] = self.control.status()
         status["node_agents"] = self.agents.status()
+        status["ztunnels"] = {
+            node: {
+                "state": z.status.state.value,
+                "pid": z.status.pid,
+                "restarts": z.status.restarts,
+                "log": str(z.spec.log_path),
+                "admin_socket": str(self.agents.ztunnel_socket(node)),
+            }
+            for node, z in self.agents.ztunnels.items()
+        }
         return web.json_response(status)
 
     async def _documents(self, request: web.Request) -> list[Document]:

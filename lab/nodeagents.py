@@ -1,4 +1,5 @@
-"""One weft node agent per lab node, in the node's namespace and system cgroup.
+"""One weft node agent and one ztunnel per lab node, in the node's namespace and system
+cgroup (where the node agent's SO_ORIGINAL_DST program is attached).
 
 Each agent is fed by the lab's controller and pins its maps under
 /sys/fs/bpf/weft-<id>/<node>; `lab down` removes the pins with the rest of the lab.
@@ -39,9 +40,78 @@ class NodeAgents:
         self.paths = paths
         self.controller = controller
         self.agents: dict[str, Supervised] = {}
+        self.ztunnels: dict[str, Supervised] = {}
 
     def agent_socket(self, node: str) -> Path:
         return self.paths.root / "nodes" / node / "agent.sock"
+
+    def ztunnel_socket(self, node: str) -> Path:
+        return self.paths.root / "nodes" / node / "ztunnel.sock"
+
+    def start_ztunnels(self, nodes: list[NodePlan]) -> None:
+        for node in nodes:
+            spec = ProcessSpec(
+                name=f"{node.name}/ztunnel",
+                argv=[
+                    sys.executable,
+                    "-m",
+                    "ztunnel",
+                    "run",
+                    "--node",
+                    node.name,
+                    "--controller",
+                    self.controller,
+                    "--credential",
+                    str(self.paths.node_credential(node.name)),
+                    "--admin-socket",
+                    str(self.ztunnel_socket(node.name)),
+                ],
+                env={
+                    "PATH": container_path(os.environ.get("PATH", "/usr/bin:/bin")),
+                    "PYTHONUNBUFFERED": "1",
+                    "HOME": "/root",
+                },
+                netns=self.names.node_netns(node.name),
+                cgroup=f"{self.names.node_system_cgroup(node.name)}/ztunnel",
+                log_path=self.paths.logs / f"{node.name}-ztunnel.log",
+                restart=RestartPolicy.ALWAYS,
+                grace_seconds=3.0,
+                host_mounts=True,
+            )
+            proc = Supervised(spec)
+            self.ztunnels[node.name] = proc
+            proc.start()
+
+    async def _get_ok(self, sock: Path, path: str) -> bool:
+        try:
+            connector = aiohttp.UnixConnector(path=str(sock))
+            async with (
+                aiohttp.ClientSession(
+                    connector=connector, timeout=aiohttp.ClientTimeout(total=2)
+                ) as session,
+                session.get(f"http://node{path}") as resp,
+            ):
+                return resp.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    async def wait_ztunnels(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = set(self.ztunnels)
+        while waiting:
+            for node in list(waiting):
+                if await self._get_ok(self.ztunnel_socket(node), "/healthz/ready"):
+                    waiting.discard(node)
+                elif self.ztunnels[node].status.restarts >= 2:
+                    raise RuntimeError(
+                        f"the ztunnel of {node} keeps exiting; its log ends "
+                        f"with:\n{_tail(self.ztunnels[node].spec.log_path)}"
+                    )
+            if waiting and time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"ztunnels not ready after {timeout:.0f}s: {', '.join(sorted(waiting))}"
+                )
+            await asyncio.sleep(0.2)
 
     def start(self, nodes: list[NodePlan]) -> None:
         mount = cgroups.cgroup2_mount()
@@ -123,6 +193,7 @@ class NodeAgents:
             await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
+        await asyncio.gather(*(z.stop() for z in self.ztunnels.values()))
         await asyncio.gather(*(a.stop() for a in self.agents.values()))
 
     def status(self) -> dict[str, Any]:

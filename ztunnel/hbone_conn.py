@@ -156,31 +156,37 @@ class HboneConnection:
 
     def _dispatch(self, event: hbone.Event) -> None:
         if isinstance(event, hbone.ConnectRequested):
-            stream = Stream(self, event.stream_id)
-            self.streams[event.stream_id] = stream
+            new_stream = Stream(self, event.stream_id)
+            self.streams[event.stream_id] = new_stream
             if self.on_connect is not None:
-                task = asyncio.create_task(self.on_connect(stream, event.target, event.headers))
+                task: asyncio.Task[None] = asyncio.ensure_future(
+                    self.on_connect(new_stream, event.target, event.headers)
+                )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        elif isinstance(event, hbone.StreamData):
-            if (stream := self.streams.get(event.stream_id)) is not None:
-                stream._data(event.data)
-        elif isinstance(event, hbone.StreamEnded):
-            if (stream := self.streams.get(event.stream_id)) is not None:
-                stream._ended()
-        elif isinstance(event, hbone.StreamReset):
-            if (stream := self.streams.pop(event.stream_id, None)) is not None:
-                stream._reset()
-        elif isinstance(event, hbone.ConnectResponse):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None and not stream.response.done():
-                stream.response.set_result(event)
-        elif isinstance(event, hbone.WindowOpened):
+            return
+        if isinstance(event, hbone.WindowOpened):
             self._window.set()
-        elif isinstance(event, hbone.BadRequest):
+            return
+        if isinstance(event, hbone.BadRequest):
             log.warning("hbone.bad_request", connection=self.label, reason=event.reason)
-        elif isinstance(event, hbone.ConnectionClosed) and event.error:
-            log.warning("hbone.connection_error", connection=self.label, reason=event.reason)
+            return
+        if isinstance(event, hbone.ConnectionClosed):
+            if event.error:
+                log.warning("hbone.connection_error", connection=self.label, reason=event.reason)
+            return
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        if isinstance(event, hbone.StreamData):
+            stream._data(event.data)
+        elif isinstance(event, hbone.StreamEnded):
+            stream._ended()
+        elif isinstance(event, hbone.StreamReset):
+            self.streams.pop(event.stream_id, None)
+            stream._reset()
+        elif isinstance(event, hbone.ConnectResponse) and not stream.response.done():
+            stream.response.set_result(event)
 
     def close(self) -> None:
         self.proto.close()

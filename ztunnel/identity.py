@@ -63,6 +63,7 @@ class IdentityManager:
         self._certs: dict[str, WorkloadCertificate] = {}
         self._inflight: dict[str, asyncio.Task[WorkloadCertificate]] = {}
         self._contexts: dict[tuple[str, bool], tuple[WorkloadCertificate, ssl.SSLContext]] = {}
+        self._context_identity: dict[int, str] = {}
 
     def known(self) -> dict[str, WorkloadCertificate]:
         return dict(self._certs)
@@ -114,6 +115,23 @@ class IdentityManager:
         ctx = cert.server_context() if server else cert.client_context()
         self._contexts[(identity, server)] = (cert, ctx)
         return ctx
+
+    def server_context_now(self, identity: str) -> ssl.SSLContext | None:
+        """The cached server context of an identity already fetched (for the synchronous
+        SNI callback); None when this node holds no certificate for it."""
+        cert = self._certs.get(identity)
+        if cert is None or self._clock() >= cert.not_after:
+            return None
+        cached = self._contexts.get((identity, True))
+        if cached is not None and cached[0] is cert:
+            return cached[1]
+        ctx = cert.server_context()
+        self._contexts[(identity, True)] = (cert, ctx)
+        self._context_identity[id(ctx)] = identity
+        return ctx
+
+    def identity_of_context(self, ctx: ssl.SSLContext) -> str | None:
+        return self._context_identity.get(id(ctx))
 
     def forget(self, keep: set[str]) -> None:
         """Drop certificates of identities no longer on this node."""

@@ -1,0 +1,201 @@
+"""The ztunnel process: mesh state from the controller, certificates, and the listeners.
+
+Ports (Istio's): 15001 outbound (captured), 15008 inbound HBONE, 15006 inbound plaintext,
+15020 metrics, 15021 readiness, 15000 admin (config dump).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from meshcore import hbone
+from meshcore.configclient import Applied, ConfigClient, NodeCredential
+from ztunnel.identity import IdentityManager
+from ztunnel.inbound import Inbound, transparent_listener
+from ztunnel.outbound import Outbound
+from ztunnel.pool import Pool
+from ztunnel.state import MeshView
+
+log = structlog.get_logger("ztunnel")
+
+
+@dataclass(frozen=True)
+class ZtunnelConfig:
+    node: str
+    controller: str
+    credential: Path
+    trust_domain: str = "cluster.local"
+    host: str = "0.0.0.0"
+    outbound_port: int = 15001
+    inbound_port: int = hbone.HBONE_PORT
+    plaintext_port: int = 15006
+    admin_port: int = 15000
+    metrics_port: int = 15020
+    ready_port: int = 15021
+    admin_socket: Path | None = None
+
+
+class Ztunnel:
+    def __init__(self, config: ZtunnelConfig) -> None:
+        self.config = config
+        self.view = MeshView(config.node)
+        self.client = ConfigClient(
+            config.node,
+            config.controller,
+            NodeCredential.load(config.credential),
+            on_change=self._on_change,
+        )
+        self.identities = IdentityManager(self.client.certificate)
+        self.pool = Pool(self.identities, config.inbound_port)
+        self.outbound = Outbound(config.node, self.view, self.pool)
+        self.inbound = Inbound(config.node, config.trust_domain, self.view, self.identities)
+        self._servers: list[asyncio.Server] = []
+        self._runners: list[web.AppRunner] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.ready = asyncio.Event()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_change(self, _applied: Applied) -> None:
+        self.view.update(self.client.state)
+        local = {w.identity for w in self.view.local_workloads()}
+        self.identities.forget(local)
+        for identity in local:  # fetch before each workload's first connection
+            self._spawn(self._prefetch(identity))
+
+    async def _prefetch(self, identity: str) -> None:
+        try:
+            await self.identities.get(identity)
+        except Exception as err:  # logged; the next change or connection retries
+            log.warning("cert.fetch_failed", identity=identity, error=str(err))
+
+    async def start(self) -> None:
+        c = self.config
+        self._spawn(self.client.run())
+        self._spawn(self.pool.reap())
+        self._servers.append(
+            await asyncio.start_server(
+                self.outbound.handle, c.host, c.outbound_port, reuse_address=True, backlog=1024
+            )
+        )
+        self._servers.append(
+            await asyncio.start_server(
+                self.inbound.handle_hbone,
+                c.host,
+                c.inbound_port,
+                ssl=self.inbound.server_context(),
+                reuse_address=True,
+                backlog=1024,
+                ssl_handshake_timeout=10,
+            )
+        )
+        self._servers.append(
+            await asyncio.start_server(
+                self.inbound.handle_plaintext, sock=transparent_listener(c.host, c.plaintext_port)
+            )
+        )
+        await self._start_http()
+        self._spawn(self._become_ready())
+        log.info("ztunnel.started", node=c.node, controller=c.controller)
+
+    async def _become_ready(self) -> None:
+        await self.client.synced.wait()
+        for w in self.view.local_workloads():
+            await self._prefetch(w.identity)
+        self.ready.set()
+        log.info(
+            "ztunnel.ready",
+            node=self.config.node,
+            version=self.client.version,
+            certificates=len(self.identities.known()),
+        )
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        await self.pool.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.client.close()
+
+    # --- admin, metrics, readiness ------------------------------------------------------
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/healthz/ready", self._ready),
+                web.get("/metrics", self._metrics),
+                web.get("/stats/prometheus", self._metrics),
+                web.get("/config_dump", self._config_dump),
+            ]
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        c = self.config
+        if c.admin_socket is not None:
+            c.admin_socket.parent.mkdir(parents=True, exist_ok=True)
+            c.admin_socket.unlink(missing_ok=True)
+            await web.UnixSite(runner, str(c.admin_socket)).start()
+        for port in (c.admin_port, c.metrics_port, c.ready_port):
+            if port:
+                await web.TCPSite(runner, c.host, port, reuse_address=True).start()
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        if self.ready.is_set():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _config_dump(self, _request: web.Request) -> web.Response:
+        now = dt.datetime.now(dt.UTC)
+        body = {
+            "node": self.config.node,
+            "controller": {"connected": self.client.connected, "version": self.client.version},
+            "workloads": [
+                {
+                    "name": w.name,
+                    "namespace": w.namespace,
+                    "addresses": list(w.addresses),
+                    "node": w.node,
+                    "identity": w.identity,
+                    "enrolled": w.enrolled,
+                    "local": w.node == self.config.node,
+                }
+                for w in sorted(set(self.view.by_ip.values()), key=lambda w: (w.namespace, w.name))
+            ],
+            "services": [
+                {"name": s.name, "namespace": s.namespace, "addresses": list(s.addresses)}
+                for s in sorted(set(self.view.by_vip.values()), key=lambda s: (s.namespace, s.name))
+            ],
+            "policies": [f"{p.metadata.namespace}/{p.metadata.name}" for p in self.view.policies],
+            "peer_authentications": [
+                f"{p.metadata.namespace}/{p.metadata.name}" for p in self.view.peer_authentications
+            ],
+            "certificates": [
+                {
+                    "identity": ident,
+                    "not_after": cert.not_after.isoformat(),
+                    "expires_in_s": int((cert.not_after - now).total_seconds()),
+                }
+                for ident, cert in sorted(self.identities.known().items())
+            ],
+            "pool": self.pool.stats(),
+        }
+        return web.json_response(body)

@@ -1,0 +1,271 @@
+"""15008 (HBONE over mTLS) and 15006 (plaintext steered by the node agent): traffic to this
+node's enrolled workloads. Both authorize, then connect to the pod from the node."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+import time
+
+import structlog
+
+from meshcore import hbone
+from meshcore.identity.certs import CertificateError
+from meshcore.meshstate import Workload
+from meshcore.resources.security import MtlsMode
+from ztunnel import metrics, peerauthn, rbac, tls
+from ztunnel.hbone_conn import HboneConnection, Stream, relay
+from ztunnel.identity import IdentityManager
+from ztunnel.outbound import splice
+from ztunnel.pool import CONNECT_TIMEOUT, identity_from_sni
+from ztunnel.state import MeshView
+
+log = structlog.get_logger("ztunnel.inbound")
+
+ROOT_NAMESPACE = "weft-system"
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class Inbound:
+    def __init__(
+        self, node: str, trust_domain: str, view: MeshView, identities: IdentityManager
+    ) -> None:
+        self.node = node
+        self.trust_domain = trust_domain
+        self.view = view
+        self.identities = identities
+        self._sni_identity: dict[int, str] = {}  # id(SSLObject) -> identity it asked for
+
+    # --- TLS ---------------------------------------------------------------------------
+
+    def server_context(self) -> ssl.SSLContext:
+        """The listener's context: it picks the certificate of the workload the client asked
+        for (SNI) from the ones already fetched for this node's workloads."""
+        base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        base.minimum_version = ssl.TLSVersion.TLSv1_3
+        base.set_alpn_protocols([hbone.ALPN])
+        # Whether to ask for a client certificate is decided from this context, not the one
+        # the SNI callback switches to (that one brings the certificate and trust store).
+        base.verify_mode = ssl.CERT_REQUIRED
+
+        def pick(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+            identity = identity_from_sni(name or "", self.trust_domain)
+            ctx = self.identities.server_context_now(identity or "")
+            if ctx is None:
+                log.warning("inbound.unknown_server_identity", sni=name)
+                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+            sslobj.context = ctx
+            self._sni_identity[id(sslobj)] = identity or ""
+            return None
+
+        base.sni_callback = pick
+        return base
+
+    def _local(self, ip: str) -> Workload | None:
+        w = self.view.by_ip.get(ip)
+        if w is None or w.node != self.node or not w.enrolled:
+            return None
+        return w
+
+    def _authorize(
+        self, dest: Workload, ip: str, port: int, source_ip: str, principal: str | None
+    ) -> rbac.Decision:
+        conn = rbac.Connection(
+            destination_namespace=dest.namespace,
+            destination_name=dest.name,
+            destination_labels=dest.labels,
+            destination_ip=ipaddress.ip_address(ip),
+            destination_port=port,
+            source_ip=ipaddress.ip_address(source_ip),
+            source_principal=principal,
+        )
+        return rbac.evaluate(self.view.policies, conn, root_namespace=ROOT_NAMESPACE)
+
+    # --- 15008 -------------------------------------------------------------------------
+
+    async def handle_hbone(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        try:
+            peer = tls.peer_identity(ssl_object)
+        except CertificateError as err:
+            log.warning("inbound.bad_peer", reason=err.reason)
+            writer.close()
+            return
+        server_identity = self._sni_identity.pop(id(ssl_object), "")
+        log.debug(
+            "inbound.sni",
+            server_identity=server_identity,
+            ctx_identity=self.identities.identity_of_context(ssl_object.context),
+        )
+        proto = hbone.HboneServer()
+        writer.write(proto.initiate())
+
+        async def on_connect(stream: Stream, target: hbone.Target, headers: dict[str, str]) -> None:
+            await self._hbone_stream(stream, target, headers, peer, server_identity)
+
+        conn = HboneConnection(reader, writer, proto, on_connect=on_connect, label=peer)
+        await conn.run()
+
+    async def _hbone_stream(
+        self,
+        stream: Stream,
+        target: hbone.Target,
+        headers: dict[str, str],
+        peer: str,
+        server_identity: str,
+    ) -> None:
+        started = time.monotonic()
+        proto = stream.conn.proto
+        assert isinstance(proto, hbone.HboneServer)
+        dest = self._local(target.ip)
+        source_ip = headers.get("forwarded", "for=").split("for=", 1)[1].split(";")[0] or "0.0.0.0"
+        try:
+            ipaddress.ip_address(source_ip)
+        except ValueError:
+            source_ip = "0.0.0.0"
+        source = self.view.by_ip.get(source_ip)
+        labels = metrics.ConnectionLabels(
+            "destination", source, peer, dest, "", dest.identity if dest else "", "mutual_tls"
+        )
+        if dest is None or dest.identity != server_identity:
+            reason = (
+                f"{target} is not an enrolled workload on {self.node}"
+                if dest is None
+                else f"{target} runs as {dest.identity}, not {server_identity}"
+            )
+            proto.refuse(stream.id, 404 if dest is None else 403, reason)
+            stream.conn.flush()
+            log.warning(
+                "connection.refused", source_principal=peer, target=str(target), reason=reason
+            )
+            return
+        decision = self._authorize(dest, target.ip, target.port, source_ip, peer)
+        if not decision.allowed:
+            proto.refuse(stream.id, 403, decision.reason)
+            stream.conn.flush()
+            metrics.opened(labels)
+            metrics.closed(labels, 0, 0, "UAEX")
+            log.info(
+                "connection.denied",
+                source_principal=peer,
+                destination=dest.name,
+                target=str(target),
+                policy=decision.policy,
+                reason=decision.reason,
+            )
+            return
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(target.ip, target.port), CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as err:
+            proto.refuse(stream.id, 503, f"connecting to {target}: {err or 'timed out'}")
+            stream.conn.flush()
+            metrics.opened(labels)
+            metrics.closed(labels, 0, 0, "UF")
+            return
+        proto.accept(stream.id)
+        stream.conn.flush()
+        metrics.opened(labels)
+        await relay(reader, writer, stream)
+        metrics.closed(labels, stream.bytes_in, stream.bytes_out)
+        log.info(
+            "connection.closed",
+            reporter="destination",
+            source_principal=peer,
+            source_address=source_ip,
+            destination_workload=dest.name,
+            destination_principal=dest.identity,
+            destination=str(target),
+            security="mutual_tls",
+            sent=stream.bytes_in,
+            received=stream.bytes_out,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    # --- 15006 -------------------------------------------------------------------------
+
+    async def handle_plaintext(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        started = time.monotonic()
+        local_ip, local_port = writer.get_extra_info("sockname")[:2]
+        peer_ip = writer.get_extra_info("peername")[0]
+        dest = self._local(local_ip)
+        source = self.view.by_ip.get(peer_ip)
+        labels = metrics.ConnectionLabels(
+            "destination", source, "", dest, "", dest.identity if dest else "", "none"
+        )
+        if dest is None:
+            writer.transport.abort()
+            return
+        mode = peerauthn.effective_mode(
+            self.view.peer_authentications,
+            dest.namespace,
+            dest.labels,
+            local_port,
+            root_namespace=ROOT_NAMESPACE,
+        )
+        if mode is MtlsMode.STRICT:
+            metrics.opened(labels)
+            metrics.closed(labels, 0, 0, "UAEX")
+            log.info(
+                "connection.denied",
+                source_address=peer_ip,
+                destination=dest.name,
+                target=f"{local_ip}:{local_port}",
+                reason="plaintext refused: STRICT mTLS",
+            )
+            writer.transport.abort()
+            return
+        decision = self._authorize(dest, local_ip, local_port, peer_ip, None)
+        if not decision.allowed:
+            metrics.opened(labels)
+            metrics.closed(labels, 0, 0, "UAEX")
+            log.info(
+                "connection.denied",
+                source_address=peer_ip,
+                destination=dest.name,
+                policy=decision.policy,
+                reason=decision.reason,
+            )
+            writer.transport.abort()
+            return
+        try:
+            r2, w2 = await asyncio.wait_for(
+                asyncio.open_connection(local_ip, local_port), CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError):
+            writer.transport.abort()
+            return
+        metrics.opened(labels)
+        sent, received = await splice(reader, writer, r2, w2)
+        metrics.closed(labels, sent, received)
+        log.info(
+            "connection.closed",
+            reporter="destination",
+            source_address=peer_ip,
+            destination_workload=dest.name,
+            destination=f"{local_ip}:{local_port}",
+            security="none",
+            mode=mode.value,
+            sent=sent,
+            received=received,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+
+def transparent_listener(host: str, port: int) -> socket.socket:
+    """15006: IP_TRANSPARENT (accepted sockets carry the pod's address) and no SO_REUSEPORT
+    (bpf_sk_assign refuses reuseport listeners)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

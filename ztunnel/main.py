@@ -1,0 +1,63 @@
+"""`python -m ztunnel run ...`: the node's L4 proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import click
+import structlog
+import uvloop
+
+from meshcore.logs import configure_logging
+from ztunnel.app import Ztunnel, ZtunnelConfig
+
+log = structlog.get_logger("ztunnel")
+
+
+@click.group()
+def cli() -> None:
+    """weft ztunnel."""
+
+
+@cli.command()
+@click.option("--node", required=True)
+@click.option("--controller", required=True, help="host:port of the controller's gRPC.")
+@click.option(
+    "--credential",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The node credential folder (key.pem, cert.pem, roots.pem).",
+)
+@click.option("--trust-domain", default="cluster.local", show_default=True)
+@click.option("--admin-socket", type=click.Path(path_type=Path), default=None)
+def run(
+    node: str, controller: str, credential: Path, trust_domain: str, admin_socket: Path | None
+) -> None:
+    """Carry this node's enrolled pods' connections over mTLS HBONE."""
+    configure_logging()
+    config = ZtunnelConfig(
+        node=node,
+        controller=controller,
+        credential=credential,
+        trust_domain=trust_domain,
+        admin_socket=admin_socket,
+    )
+
+    async def main() -> None:
+        ztunnel = Ztunnel(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await ztunnel.start()
+        await stop.wait()
+        await ztunnel.stop()
+        log.info("ztunnel.stopped", node=node)
+
+    uvloop.run(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,60 @@
+"""What ztunnel knows of the mesh, indexed for the data path: by IP, by VIP, what is local."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from meshcore.meshstate import MeshService, StateValue, TrustBundle, Workload
+from meshcore.resources import ResourceKey
+from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
+
+
+class MeshView:
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.by_ip: dict[str, Workload] = {}
+        self.by_vip: dict[str, MeshService] = {}
+        self.members: dict[tuple[str, str], list[Workload]] = {}
+        self.policies: list[AuthorizationPolicy] = []
+        self.peer_authentications: list[PeerAuthentication] = []
+        self.bundle: TrustBundle | None = None
+
+    def update(self, state: Mapping[ResourceKey, StateValue]) -> None:
+        by_ip: dict[str, Workload] = {}
+        by_vip: dict[str, MeshService] = {}
+        members: dict[tuple[str, str], list[Workload]] = {}
+        policies, peer_auths = [], []
+        for value in state.values():
+            if isinstance(value, Workload):
+                for ip in value.addresses:
+                    by_ip[ip] = value
+                for m in value.services:
+                    members.setdefault((m.namespace, m.name), []).append(value)
+            elif isinstance(value, MeshService):
+                for ip in value.addresses:
+                    by_vip[ip] = value
+            elif isinstance(value, AuthorizationPolicy):
+                policies.append(value)
+            elif isinstance(value, PeerAuthentication):
+                peer_auths.append(value)
+            elif isinstance(value, TrustBundle):
+                self.bundle = value
+        self.by_ip, self.by_vip, self.members = by_ip, by_vip, members
+        self.policies, self.peer_authentications = policies, peer_auths
+
+    def local_workloads(self) -> list[Workload]:
+        return [w for w in self.by_ip.values() if w.node == self.node and w.enrolled]
+
+    def endpoints(self, service: MeshService, port: int) -> list[tuple[Workload, int]]:
+        """Ready endpoints of a service port, as (workload, target port), in random order
+        (connection-level load balancing)."""
+        out = []
+        for w in self.members.get((service.namespace, service.name), []):
+            if not w.ready:
+                continue
+            for m in w.services:
+                if (m.namespace, m.name) == (service.namespace, service.name) and port in m.ports:
+                    out.append((w, m.ports[port]))
+        random.shuffle(out)
+        return out
