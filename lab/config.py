@@ -36,6 +36,7 @@ class LabConfig:
     service_cidr: str = DEFAULT_SERVICE_CIDR
     node_pod_prefix: int = DEFAULT_NODE_POD_PREFIX
     manifests: tuple[str, ...] = field(default_factory=tuple)
+    ztunnel: bool = True  # False: leave 15001/15006 free (capture tests bring their own)
 
     def validate(self) -> None:
         if not _LAB_NAME.match(self.name):

@@ -136,8 +136,9 @@ class LabDaemon:
         await self.control.wait_ready()
         self.agents.start(self.model.nodes)
         await self.agents.wait_ready()
-        self.agents.start_ztunnels(self.model.nodes)
-        await self.agents.wait_ztunnels()
+        if self.record.config.ztunnel:
+            self.agents.start_ztunnels(self.model.nodes)
+            await self.agents.wait_ztunnels()
 
     async def _apply_documents(self, docs: list[Document]) -> list[str]:
         parsed = parse_documents(docs)

@@ -118,6 +118,12 @@ def lab(ctx: click.Context, name: str) -> None:
 @click.option("--pod-cidr", default=LabConfig.pod_cidr, show_default=True)
 @click.option("--service-cidr", default=LabConfig.service_cidr, show_default=True)
 @click.option(
+    "--ztunnel/--no-ztunnel",
+    default=True,
+    show_default=True,
+    help="Run a ztunnel per node (without, enrolled pods' connections fail closed).",
+)
+@click.option(
     "--wait",
     "wait_seconds",
     default=90.0,
@@ -132,6 +138,7 @@ def up(
     underlay_cidr: str,
     pod_cidr: str,
     service_cidr: str,
+    ztunnel: bool,
     wait_seconds: float,
 ) -> None:
     """Create the lab and start its pods."""
@@ -145,6 +152,7 @@ def up(
         pod_cidr=pod_cidr,
         service_cidr=service_cidr,
         manifests=sources,
+        ztunnel=ztunnel,
     )
     try:
         config.validate()

@@ -63,7 +63,6 @@ class IdentityManager:
         self._certs: dict[str, WorkloadCertificate] = {}
         self._inflight: dict[str, asyncio.Task[WorkloadCertificate]] = {}
         self._contexts: dict[tuple[str, bool], tuple[WorkloadCertificate, ssl.SSLContext]] = {}
-        self._context_identity: dict[int, str] = {}
 
     def known(self) -> dict[str, WorkloadCertificate]:
         return dict(self._certs)
@@ -127,11 +126,7 @@ class IdentityManager:
             return cached[1]
         ctx = cert.server_context()
         self._contexts[(identity, True)] = (cert, ctx)
-        self._context_identity[id(ctx)] = identity
         return ctx
-
-    def identity_of_context(self, ctx: ssl.SSLContext) -> str | None:
-        return self._context_identity.get(id(ctx))
 
     def forget(self, keep: set[str]) -> None:
         """Drop certificates of identities no longer on this node."""

@@ -8,6 +8,7 @@ import ipaddress
 import socket
 import ssl
 import time
+import weakref
 
 import structlog
 
@@ -36,7 +37,11 @@ class Inbound:
         self.trust_domain = trust_domain
         self.view = view
         self.identities = identities
-        self._sni_identity: dict[int, str] = {}  # id(SSLObject) -> identity it asked for
+        # SSLObject -> the workload identity its client asked for (SNI), for the CONNECT
+        # checks; weak, so handshakes that fail later leave nothing behind.
+        self._sni_identity: weakref.WeakKeyDictionary[ssl.SSLObject, str] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # --- TLS ---------------------------------------------------------------------------
 
@@ -57,7 +62,7 @@ class Inbound:
                 log.warning("inbound.unknown_server_identity", sni=name)
                 return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
             sslobj.context = ctx
-            self._sni_identity[id(sslobj)] = identity or ""
+            self._sni_identity[sslobj] = identity or ""
             return None
 
         base.sni_callback = pick
@@ -95,12 +100,7 @@ class Inbound:
             log.warning("inbound.bad_peer", reason=err.reason)
             writer.close()
             return
-        server_identity = self._sni_identity.pop(id(ssl_object), "")
-        log.debug(
-            "inbound.sni",
-            server_identity=server_identity,
-            ctx_identity=self.identities.identity_of_context(ssl_object.context),
-        )
+        server_identity = self._sni_identity.pop(ssl_object, "")
         proto = hbone.HboneServer()
         writer.write(proto.initiate())
 

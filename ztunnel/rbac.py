@@ -337,11 +337,18 @@ def policy_key(policy: AuthorizationPolicy) -> str:
 
 @dataclass(frozen=True)
 class PolicyMatcher:
-    """An AuthorizationPolicy compiled for L4 evaluation."""
+    """An AuthorizationPolicy compiled for L4 evaluation.
 
-    policy: AuthorizationPolicy
-    key: str
+    It keeps what it needs of the policy rather than the policy itself, so the memo in
+    `matcher_for` does not keep policies alive.
+    """
+
+    key: str  # namespace/name
+    namespace: str
     action: PolicyAction
+    selector: Mapping[str, str] | None
+    for_waypoint: bool
+    provider: str
     rules: tuple[_CompiledRule, ...]
     l7_fields: tuple[str, ...]  # the HTTP-only fields the policy uses, by Istio name
     note: str  # how L4 evaluation departs from the policy as written; "" when it does not
@@ -373,13 +380,34 @@ class PolicyMatcher:
                     f"{action.value} policy {key}: HTTP fields ({fields}) ignored at L4, "
                     "so it matches more connections than written"
                 )
-        return cls(policy, key, action, rules, l7, "; ".join(notes))
+        return cls(
+            key=key,
+            namespace=policy.metadata.namespace,
+            action=action,
+            selector=dict(policy.selector) if policy.selector is not None else None,
+            for_waypoint=policy.for_waypoint,
+            provider=policy.provider,
+            rules=rules,
+            l7_fields=l7,
+            note="; ".join(notes),
+        )
 
-    def applies_to(self, namespace: str, labels: Mapping[str, str], root_namespace: str) -> bool:
-        """Whether a ztunnel enforces this policy for a workload."""
-        return applies_to(self.policy, namespace, labels, root_namespace=root_namespace)
+    def applies_to(
+        self,
+        namespace: str,
+        labels: Mapping[str, str],
+        *,
+        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+    ) -> bool:
+        """Whether a ztunnel enforces this policy for a workload in `namespace` with `labels`."""
+        if self.for_waypoint:
+            return False
+        if self.namespace != namespace and self.namespace != root_namespace:
+            return False
+        return self.selector is None or selects(self.selector, labels)
 
     def matches(self, conn: Connection) -> bool:
+        """Whether the policy's rules match the connection (applicability aside)."""
         return self._matches(_Facts.of(conn))
 
     def _matches(self, f: _Facts) -> bool:
@@ -392,19 +420,14 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 
 def applies_to(
-    policy: AuthorizationPolicy,
+    policy: AuthorizationPolicy | PolicyMatcher,
     namespace: str,
     labels: Mapping[str, str],
     *,
     root_namespace: str = DEFAULT_ROOT_NAMESPACE,
 ) -> bool:
     """Whether a ztunnel enforces `policy` for a workload in `namespace` with `labels`."""
-    if policy.for_waypoint:
-        return False
-    policy_namespace = policy.metadata.namespace
-    if policy_namespace != namespace and policy_namespace != root_namespace:
-        return False
-    return policy.selector is None or selects(policy.selector, labels)
+    return matcher_for(policy).applies_to(namespace, labels, root_namespace=root_namespace)
 
 
 # Compiled matchers, keyed by the identity of the (immutable) policy object. Policies hold
@@ -459,7 +482,7 @@ def evaluate(
     namespace, labels = conn.destination_namespace, conn.destination_labels
     for item in policies:
         matcher = matcher_for(item)
-        if applies_to(matcher.policy, namespace, labels, root_namespace=root_namespace):
+        if matcher.applies_to(namespace, labels, root_namespace=root_namespace):
             buckets[matcher.action].append(matcher)
     for bucket in buckets.values():
         bucket.sort(key=lambda m: m.key)
@@ -482,7 +505,7 @@ def evaluate(
 
     for m in custom:
         if m._matches(f):
-            provider = f" provider {m.policy.provider!r}" if m.policy.provider else ""
+            provider = f" provider {m.provider!r}" if m.provider else ""
             return decide(
                 False,
                 f"denied by CUSTOM policy {m.key}: ztunnel cannot call extension{provider}, "
@@ -515,7 +538,7 @@ def applicable(
     found = [
         m
         for m in map(matcher_for, policies)
-        if applies_to(m.policy, namespace, labels, root_namespace=root_namespace)
+        if m.applies_to(namespace, labels, root_namespace=root_namespace)
     ]
     return sorted(found, key=lambda m: m.key)
 

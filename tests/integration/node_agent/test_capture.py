@@ -84,7 +84,9 @@ class Listener:
 def mesh_lab() -> Iterator[Lab]:
     lab = Lab(f"weft-cap-{RUN_ID}")
     try:
-        lab.run("up", "--nodes", "2", "--manifests", str(HERE / "manifests.yaml"))
+        # No ztunnel: the tests' own listeners stand in for it on 15001 and 15006.
+        lab.run("up", "--nodes", "2", "--manifests", str(HERE / "manifests.yaml"),
+                "--no-ztunnel")
         yield lab
     finally:
         lab.force_down()
@@ -338,7 +340,7 @@ def test_lab_down_removes_every_pin(tmp_path: Path) -> None:
         '  containers: [{name: main, command: ["sleep", "3600"]}]\n'
     )
     try:
-        lab.run("up", "--nodes", "1", "--manifests", str(manifest))
+        lab.run("up", "--nodes", "1", "--manifests", str(manifest), "--no-ztunnel")
         record = lab.record()
         assert record is not None
         pins = Path("/sys/fs/bpf") / f"weft-{record.lab_id}"
