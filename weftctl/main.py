@@ -7,6 +7,7 @@ import click
 from weftctl.agent_commands import agent
 from weftctl.controller_commands import controller
 from weftctl.lab_commands import lab
+from weftctl.ztunnel_commands import ztunnel_config
 
 
 @click.group()
@@ -18,6 +19,7 @@ def cli() -> None:
 cli.add_command(lab)
 cli.add_command(controller)
 cli.add_command(agent)
+cli.add_command(ztunnel_config)
 
 
 if __name__ == "__main__":

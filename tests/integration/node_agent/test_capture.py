@@ -85,8 +85,7 @@ def mesh_lab() -> Iterator[Lab]:
     lab = Lab(f"weft-cap-{RUN_ID}")
     try:
         # No ztunnel: the tests' own listeners stand in for it on 15001 and 15006.
-        lab.run("up", "--nodes", "2", "--manifests", str(HERE / "manifests.yaml"),
-                "--no-ztunnel")
+        lab.run("up", "--nodes", "2", "--manifests", str(HERE / "manifests.yaml"), "--no-ztunnel")
         yield lab
     finally:
         lab.force_down()

@@ -356,3 +356,22 @@ def test_after_a_ztunnel_restart_new_connections_work_again_and_nothing_leaks(
     )
     assert answer["body"]["pod"] == "web"
     assert mesh.status()["ztunnels"]["node-1"]["restarts"] >= 1
+
+
+def test_ztunnel_config_shows_workloads_and_certificates(mesh: Lab) -> None:
+    from tests.integration.lab.labtools import weftctl
+
+    workloads = json.loads(
+        weftctl(
+            "ztunnel-config", "workloads", "--lab", mesh.name, "--node", "node-2", "-o", "json"
+        ).stdout
+    )
+    web = next(w for w in workloads if w["name"] == "web")
+    assert web["identity"] == SHOP_WEB and web["local"] and web["enrolled"]
+    certs = json.loads(
+        weftctl(
+            "ztunnel-config", "certificates", "--lab", mesh.name, "--node", "node-2", "-o", "json"
+        ).stdout
+    )
+    assert SHOP_WEB in [c["identity"] for c in certs]
+    assert all(c["expires_in_s"] > 20 * 3600 for c in certs)  # 24 h SVIDs, fresh
