@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 
@@ -12,6 +13,16 @@ from tests.conftest import RUN_ID
 from tests.integration.lab.labtools import Lab, leftovers
 
 pytestmark = pytest.mark.e2e
+
+
+def weftctl_metrics(lab: Lab, node: str) -> str:
+    sock = f"/run/weft/labs/{lab.name}/nodes/{node}/ztunnel.sock"
+    return subprocess.run(
+        ["curl", "-s", "--unix-socket", sock, "http://z/metrics"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def test_demo_lab_serves_traffic_through_services_and_goes_away_cleanly() -> None:
@@ -63,6 +74,20 @@ def test_demo_lab_serves_traffic_through_services_and_goes_away_cleanly() -> Non
         )
         assert report["requests"]["failed"] == 0
         assert set(report["responses"]["by_version"]) == {"v1", "v2"}
+        # ... and all of it crossed the mesh: the ztunnels counted it as mutual TLS between
+        # the demo's identities.
+        wanted = (
+            'source_principal="spiffe://cluster.local/ns/demo/sa/frontend"',
+            'destination_principal="spiffe://cluster.local/ns/demo/sa/backend"',
+        )
+        deadline = time.monotonic() + 20
+        while True:  # the frontend's upstream connections are counted when they open
+            metrics = "".join(weftctl_metrics(lab, node) for node in ("node-1", "node-2"))
+            if all(w in metrics for w in wanted) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert all(w in metrics for w in wanted), metrics
+        assert 'connection_security_policy="mutual_tls"' in metrics
         lab_id = status["id"]
     finally:
         lab.force_down()
