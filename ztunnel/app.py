@@ -178,11 +178,17 @@ class Ztunnel:
                     "enrolled": w.enrolled,
                     "local": w.node == self.config.node,
                 }
-                for w in sorted(set(self.view.by_ip.values()), key=lambda w: (w.namespace, w.name))
+                for w in sorted(
+                    {w.key: w for w in self.view.by_ip.values()}.values(),
+                    key=lambda w: (w.namespace, w.name),
+                )
             ],
             "services": [
                 {"name": s.name, "namespace": s.namespace, "addresses": list(s.addresses)}
-                for s in sorted(set(self.view.by_vip.values()), key=lambda s: (s.namespace, s.name))
+                for s in sorted(
+                    {s.key: s for s in self.view.by_vip.values()}.values(),
+                    key=lambda s: (s.namespace, s.name),
+                )
             ],
             "policies": [f"{p.metadata.namespace}/{p.metadata.name}" for p in self.view.policies],
             "peer_authentications": [
