@@ -4,7 +4,9 @@
  * plaintext TCP connection to an enrolled pod is handed to the node ztunnel's inbound
  * plaintext listener (bpf_sk_assign + a mark that routes it to the local stack), so policy and
  * telemetry apply to it; the rest of such a flow follows its socket. With no listener the
- * SYN is dropped: fail closed, never around the mesh.
+ * SYN is dropped: fail closed, never around the mesh. Packets from an enrolled pod that
+ * belong to a socket of the node (ztunnel's connection to the pod, made with the client's
+ * address) are delivered to that socket, wherever the client is.
  *
  * weft_guard (egress of pod veths): a TCP SYN forwarded to an enrolled pod (not sent by a
  * process of the node, such as ztunnel) got past weft_inbound, e.g. after a Service DNAT on
@@ -33,8 +35,16 @@ int weft_inbound(struct __sk_buff *skb)
     struct tcphdr *tcp = (void *)(ip + 1);
     if ((void *)(tcp + 1) > data_end)
         return TC_ACT_OK;
-    __u32 daddr = ip->daddr;
-    if (!weft_enrolled_ips.lookup(&daddr))
+    __u32 daddr = ip->daddr, saddr = ip->saddr;
+    /* The empty asm keeps the compiler from OR-ing the two map pointers together, which
+     * the verifier refuses. */
+    int to_enrolled = weft_enrolled_ips.lookup(&daddr) ? 1 : 0;
+    asm volatile("" : "+r"(to_enrolled));
+    /* From a local enrolled pod: maybe a reply to ztunnel, which connects to pods with the
+     * original client's address as its source (as Istio ambient does). */
+    int from_enrolled = weft_enrolled_ips.lookup(&saddr) ? 1 : 0;
+    asm volatile("" : "+r"(from_enrolled));
+    if (!to_enrolled && !from_enrolled)
         return TC_ACT_OK;
     __u32 zero = 0;
     struct weft_config *cfg = weft_config.lookup(&zero);
@@ -59,9 +69,9 @@ int weft_inbound(struct __sk_buff *skb)
         }
         bpf_sk_release(sk);
     }
-    if (!tcp->syn || tcp->ack)
-        return TC_ACT_OK;  /* mid-flow and not the node's: e.g. a connection from before
-                              enrollment, left undisturbed */
+    if (!to_enrolled || !tcp->syn || tcp->ack)
+        return TC_ACT_OK;  /* not a new connection to an enrolled pod; or mid-flow and not
+                              the node's: e.g. a connection from before enrollment */
 
     tuple.ipv4.daddr = cfg->node_ip;
     tuple.ipv4.dport = bpf_htons(cfg->inbound_port);

@@ -160,7 +160,7 @@ class Inbound:
             return
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(target.ip, target.port), CONNECT_TIMEOUT
+                connect_as(source_ip, target.ip, target.port), CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError) as err:
             proto.refuse(stream.id, 503, f"connecting to {target}: {err or 'timed out'}")
@@ -237,7 +237,7 @@ class Inbound:
             return
         try:
             r2, w2 = await asyncio.wait_for(
-                asyncio.open_connection(local_ip, local_port), CONNECT_TIMEOUT
+                connect_as(peer_ip, local_ip, local_port), CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError):
             writer.transport.abort()
@@ -259,12 +259,36 @@ class Inbound:
         )
 
 
+IP_TRANSPARENT = 19
+
+
+async def connect_as(
+    source_ip: str, ip: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to a local pod with the original client's address as the source, so the app
+    sees its real peer (as Istio ambient does). The node agent's tc program brings the
+    pod's replies back to this socket."""
+    if source_ip in ("", "0.0.0.0"):
+        return await asyncio.open_connection(ip, port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        sock.bind((source_ip, 0))
+        await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
 def transparent_listener(host: str, port: int) -> socket.socket:
     """15006: IP_TRANSPARENT (accepted sockets carry the pod's address) and no SO_REUSEPORT
     (bpf_sk_assign refuses reuseport listeners)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
+    sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
     sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)

@@ -139,6 +139,8 @@ def test_cross_node_traffic_is_mutual_tls_on_the_wire(mesh: Lab) -> None:
     )
     assert answers[0]["status"] == "200" and answers[0]["body"]["pod"] == "web"
     assert answers[0]["body"]["request"]["path"] == f"/{marker}"
+    # The app sees its real peer, the client pod, not a node (as Istio ambient does).
+    assert answers[0]["body"]["client"]["ip"] == pod_ip(mesh, "client")
     assert report["tcp_bytes"] > 0  # the request did cross the underlay ...
     assert not report["marker_seen"]  # ... but never in clear
     # The same capture does see plaintext: an unenrolled client's request crosses in clear.
@@ -150,6 +152,7 @@ def test_cross_node_traffic_is_mutual_tls_on_the_wire(mesh: Lab) -> None:
 def test_same_node_traffic_goes_through_the_mesh_too(mesh: Lab) -> None:
     answer = get(mesh, "client", "shop", pod_ip(mesh, "web-local"))
     assert answer is not None and answer["body"]["pod"] == "web-local"
+    assert answer["body"]["client"]["ip"] == pod_ip(mesh, "client")
     text = metrics(mesh, "node-1")
     assert 'destination_workload="web-local"' in text
     assert 'connection_security_policy="mutual_tls"' in text
@@ -240,6 +243,7 @@ def test_strict_refuses_plaintext_from_an_unenrolled_pod_while_permissive_admits
     web = pod_ip(mesh, "web")
     answer = get(mesh, "plain", "outside", web)  # PERMISSIVE by default: via 15006
     assert answer is not None and answer["body"]["pod"] == "web"
+    assert answer["body"]["client"]["ip"] == pod_ip(mesh, "plain")
     path = apply(
         mesh,
         """
