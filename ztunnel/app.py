@@ -55,7 +55,7 @@ class Ztunnel:
         )
         self.identities = IdentityManager(self.client.certificate)
         self.pool = Pool(self.identities, config.inbound_port)
-        self.outbound = Outbound(config.node, self.view, self.pool)
+        self.outbound = Outbound(config.node, self.view, self.pool, self.client.synced)
         self.inbound = Inbound(config.node, config.trust_domain, self.view, self.identities)
         self._servers: list[asyncio.Server] = []
         self._runners: list[web.AppRunner] = []

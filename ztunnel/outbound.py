@@ -61,14 +61,31 @@ async def splice(
     return counts[0], counts[1]
 
 
+SYNC_WAIT = 5.0
+
+
 class Outbound:
-    def __init__(self, node: str, view: MeshView, pool: Pool) -> None:
+    def __init__(
+        self, node: str, view: MeshView, pool: Pool, synced: asyncio.Event | None = None
+    ) -> None:
         self.node = node
         self.view = view
         self.pool = pool
+        self.synced = synced or asyncio.Event()
+        if synced is None:
+            self.synced.set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         started = time.monotonic()
+        if not self.synced.is_set():
+            # Without the mesh state every destination would look unknown and be passed
+            # through in plaintext: wait for the state, or fail closed.
+            try:
+                await asyncio.wait_for(self.synced.wait(), SYNC_WAIT)
+            except TimeoutError:
+                log.warning("outbound.not_synced", waited=SYNC_WAIT)
+                writer.transport.abort()
+                return
         sock = writer.get_extra_info("socket")
         peer_ip, peer_port = writer.get_extra_info("peername")[:2]
         try:
