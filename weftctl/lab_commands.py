@@ -271,6 +271,11 @@ def _print_hints(ctx: LabContext, status: dict[str, Any]) -> None:
             f"  {prefix} exec {pods[0]['name']} -n {pods[0]['namespace']} -- "
             f"curl -s http://{svc['name']}.{svc['namespace']}:{port}/"
         )
+    if status.get("ztunnels"):
+        lab_flag = "" if ctx.name == "default" else f" --lab {ctx.name}"
+        click.echo(f"  weftctl ztunnel-config workloads{lab_flag} --node node-1   # the mesh")
+        click.echo(f"  weftctl agent{lab_flag} status --node node-1")
+        click.echo(f"  weftctl controller{lab_flag} nodes")
     click.echo(f"  {prefix} down")
 
 
