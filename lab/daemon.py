@@ -21,9 +21,10 @@ import structlog
 import uvloop
 from aiohttp import web
 
+from controller.meshbuilder import is_enrolled
 from lab.addressing import node_plans
 from lab.controlplane import ControlPlane
-from lab.model import ClusterModel
+from lab.model import ClusterModel, PodRecord
 from lab.naming import LabNames
 from lab.nodeagents import NodeAgents
 from lab.objects import cluster_objects, sync_folder
@@ -41,6 +42,8 @@ from meshcore.resources import (
 )
 
 log = structlog.get_logger("lab.daemon")
+
+ENROLL_WAIT = 15.0
 
 
 def errors_json(err: ManifestError | ManifestErrors) -> list[dict[str, str]]:
@@ -65,6 +68,7 @@ class LabDaemon:
         self.model = ClusterModel(node_plans(record.config), record.config.service_cidr)
         self.runtime = LabRuntime(record.config, self.names, paths, self.model)
         self.runtime.on_status_change = self._save_manifests
+        self.runtime.before_containers = self._enroll_first
         self.control = ControlPlane(record.config, self.names, paths)
         self.agents = NodeAgents(self.names, paths, self.control.address)
         self.phase = "Building"
@@ -127,18 +131,42 @@ class LabDaemon:
         self._stop.set()
 
     async def _build(self) -> None:
+        # The mesh comes up before any pod, so that every pod's first connection is already
+        # in the mesh when its namespace is enrolled.
         await self.runtime.build_nodes()
         await self.control.start([n.name for n in self.model.nodes])
-        manifests = [Path(p) for p in self.record.config.manifests]
-        docs = load_documents(manifests) if manifests else []
-        async with self._lock:
-            await self._apply_documents(docs)
         await self.control.wait_ready()
         self.agents.start(self.model.nodes)
         await self.agents.wait_ready()
         if self.record.config.ztunnel:
             self.agents.start_ztunnels(self.model.nodes)
             await self.agents.wait_ztunnels()
+        manifests = [Path(p) for p in self.record.config.manifests]
+        docs = load_documents(manifests) if manifests else []
+        async with self._lock:
+            await self._apply_documents(docs)
+
+    async def _enroll_first(self, records: list[PodRecord]) -> None:
+        """Like a CNI plugin: new pods of enrolled namespaces start their containers only once
+        their node agent has them in the capture maps (or after a timeout, logged)."""
+        self._save_manifests()  # the controller, then the agents, learn of the new pods
+        namespaces = self.model.namespaces()
+        wanted = {
+            (r.node, f"{r.namespace}/{r.name}")
+            for r in records
+            if is_enrolled(r.labels, namespaces.get(r.namespace, {}))
+        }
+        deadline = time.monotonic() + ENROLL_WAIT
+        while wanted and time.monotonic() < deadline:
+            for node in {n for n, _ in wanted}:
+                enrolled = await self.agents.enrolled(node)
+                wanted -= {(node, pod) for pod in enrolled}
+            if wanted:
+                await asyncio.sleep(0.1)
+        if wanted:
+            log.warning(
+                "pods.not_enrolled_in_time", pods=sorted(p for _, p in wanted), waited=ENROLL_WAIT
+            )
 
     async def _apply_documents(self, docs: list[Document]) -> list[str]:
         parsed = parse_documents(docs)
@@ -152,9 +180,16 @@ class LabDaemon:
                 )
         change = self.model.plan_apply([p.resource for p in parsed])
         before = dict(self.model.resources)
-        await self.runtime.apply(change)
+        # Kept before the pods start: the objects written for the controller while they do
+        # (see _enroll_first) must already carry the new namespaces and labels.
+        previous_raw = dict(self._raw)
         for item, doc in zip(parsed, docs, strict=True):
             self._raw[item.resource.key] = doc.raw
+        try:
+            await self.runtime.apply(change)
+        except BaseException:
+            self._raw = previous_raw
+            raise
         self._save_manifests()
         return [
             f"{p.resource.key} {'configured' if p.resource.key in before else 'created'}"

@@ -169,6 +169,21 @@ class NodeAgents:
         except (aiohttp.ClientError, OSError, TimeoutError):
             return False
 
+    async def enrolled(self, node: str) -> set[str]:
+        """`namespace/pod` of the pods the node's agent has in its capture maps."""
+        try:
+            connector = aiohttp.UnixConnector(path=str(self.agent_socket(node)))
+            async with (
+                aiohttp.ClientSession(
+                    connector=connector, timeout=aiohttp.ClientTimeout(total=2)
+                ) as session,
+                session.get("http://agent/debug/status") as resp,
+            ):
+                data = await resp.json()
+                return {e["pod"] for e in data.get("enrolled", [])}
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return set()
+
     async def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         waiting = set(self.agents)

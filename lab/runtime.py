@@ -12,7 +12,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -39,6 +39,9 @@ class PodRuntime:
     cgroup: str
     env: dict[str, str]
     containers: list[Supervised] = field(default_factory=list)
+    # The pod's "pause" process: it holds the pod's namespace and cgroup before any container
+    # runs, so the node agent can enroll the pod before the app's first connection.
+    sandbox: Supervised | None = None
     ready: bool = False
     deleting: bool = False
     probe_task: asyncio.Task[None] | None = None
@@ -74,6 +77,9 @@ class LabRuntime:
         self._sync_task: asyncio.Task[None] | None = None
         # Called after pods' readiness changed (the daemon rewrites the pod objects).
         self.on_status_change: Callable[[], None] | None = None
+        # Awaited between new pods' sandboxes and their containers (the daemon waits there
+        # for the node agents to enroll them, as a CNI plugin runs before the containers).
+        self.before_containers: Callable[[list[PodRecord]], Awaitable[None]] | None = None
 
     # --- cluster ----------------------------------------------------------------------------
 
@@ -117,7 +123,11 @@ class LabRuntime:
                     labels=dict(record.labels),
                 )
         services = list(self.model.services.values())
-        await asyncio.gather(*(self._add_pod(r, services) for r in change.create))
+        created = await asyncio.gather(*(self._create_sandbox(r, services) for r in change.create))
+        if created and self.before_containers is not None:
+            await self.before_containers([rt.record for rt in created])
+        for runtime in created:
+            self._start_containers(runtime)
         if services_changed:
             for runtime in self.pods.values():
                 self._write_hosts(runtime, services)
@@ -132,7 +142,7 @@ class LabRuntime:
 
     # --- pods -------------------------------------------------------------------------------
 
-    async def _add_pod(self, record: PodRecord, services: list[ServiceRecord]) -> None:
+    async def _create_sandbox(self, record: PodRecord, services: list[ServiceRecord]) -> PodRuntime:
         pod_ns = self.names.pod_netns(record.namespace, record.name)
         node = self.nodes[record.node]
         runtime = PodRuntime(
@@ -145,6 +155,23 @@ class LabRuntime:
         self._write_etc(runtime, services)
         await asyncio.to_thread(network.add_pod, self.names, node, pod_ns, record.uid, record.ip)
         cgroups.create(runtime.cgroup)
+        runtime.sandbox = Supervised(
+            ProcessSpec(
+                name=f"{record.namespace}/{record.name}/pause",
+                argv=["sleep", "infinity"],
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                netns=pod_ns,
+                cgroup=f"{runtime.cgroup}/pause",
+                log_path=self.paths.container_log(record.namespace, record.name, "pause"),
+                grace_seconds=0.0,
+            )
+        )
+        runtime.sandbox.start()
+        return runtime
+
+    def _start_containers(self, runtime: PodRuntime) -> None:
+        record = runtime.record
+        pod_ns = runtime.netns
         for container in record.spec.containers:
             env = {
                 "PATH": container_path(os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")),
@@ -227,6 +254,8 @@ class LabRuntime:
         if runtime.probe_task:
             runtime.probe_task.cancel()
         await asyncio.gather(*(c.stop() for c in runtime.containers))
+        if runtime.sandbox is not None:
+            await runtime.sandbox.stop()
         await asyncio.to_thread(cgroups.kill, runtime.cgroup)
         await asyncio.to_thread(cgroups.remove, runtime.cgroup)
         await asyncio.to_thread(network.remove_pod, runtime.netns)
