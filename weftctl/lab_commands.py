@@ -213,8 +213,14 @@ def up(
     _print_hints(ctx, status)
 
 
+BUILD_TIMEOUT = 300.0  # the daemon's own steps (mesh, pods) have timeouts well inside this
+
+
 def _wait_ready(ctx: LabContext, proc: subprocess.Popen[bytes], wait: float) -> dict[str, Any]:
-    deadline = time.monotonic() + wait
+    """Until the lab is built (bounded by BUILD_TIMEOUT), then `wait` more seconds at most for
+    its pods to be ready."""
+    build_deadline = time.monotonic() + BUILD_TIMEOUT
+    deadline: float | None = None
     last_line = ""
     status: dict[str, Any] = {}
     while True:
@@ -251,7 +257,9 @@ def _wait_ready(ctx: LabContext, proc: subprocess.Popen[bytes], wait: float) -> 
             return status
         if status["phase"] in ("Failed", "Terminating"):
             continue  # the daemon is on its way out; the poll above reports it
-        if time.monotonic() > deadline:
+        if status["phase"] == "Ready" and deadline is None:
+            deadline = time.monotonic() + wait
+        if time.monotonic() > (deadline if deadline is not None else build_deadline):
             return status
         time.sleep(0.2)
 
