@@ -13,7 +13,6 @@ import sys
 import time
 from typing import Any
 
-import aiohttp
 import structlog
 
 from controller.ca import CertificateAuthority
@@ -25,6 +24,7 @@ from lab.images import container_path
 from lab.naming import LabNames
 from lab.processes import ProcessSpec, State, Supervised
 from lab.state import LabPaths
+from meshcore.adminclient import get_ok
 from meshcore.resources import RestartPolicy
 
 log = structlog.get_logger("lab.controlplane")
@@ -93,17 +93,7 @@ class ControlPlane:
         log.info("controller.starting", address=self.address)
 
     async def ready(self) -> bool:
-        try:
-            connector = aiohttp.UnixConnector(path=str(self.paths.controller_admin))
-            async with (
-                aiohttp.ClientSession(
-                    connector=connector, timeout=aiohttp.ClientTimeout(total=2)
-                ) as session,
-                session.get("http://controller/ready") as resp,
-            ):
-                return resp.status == 200
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return False
+        return await get_ok(self.paths.controller_admin, "/ready")
 
     async def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

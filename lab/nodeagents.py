@@ -23,6 +23,7 @@ from lab.images import container_path
 from lab.naming import LabNames
 from lab.processes import ProcessSpec, State, Supervised
 from lab.state import LabPaths
+from meshcore.adminclient import get_json, get_ok
 from meshcore.resources import RestartPolicy
 
 log = structlog.get_logger("lab.nodeagents")
@@ -82,25 +83,12 @@ class NodeAgents:
             self.ztunnels[node.name] = proc
             proc.start()
 
-    async def _get_ok(self, sock: Path, path: str) -> bool:
-        try:
-            connector = aiohttp.UnixConnector(path=str(sock))
-            async with (
-                aiohttp.ClientSession(
-                    connector=connector, timeout=aiohttp.ClientTimeout(total=2)
-                ) as session,
-                session.get(f"http://node{path}") as resp,
-            ):
-                return resp.status == 200
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return False
-
     async def wait_ztunnels(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         waiting = set(self.ztunnels)
         while waiting:
             for node in list(waiting):
-                if await self._get_ok(self.ztunnel_socket(node), "/healthz/ready"):
+                if await get_ok(self.ztunnel_socket(node), "/healthz/ready"):
                     waiting.discard(node)
                 elif self.ztunnels[node].status.restarts >= 2:
                     raise RuntimeError(
@@ -157,32 +145,15 @@ class NodeAgents:
             agent.start()
 
     async def ready(self, node: str) -> bool:
-        try:
-            connector = aiohttp.UnixConnector(path=str(self.agent_socket(node)))
-            async with (
-                aiohttp.ClientSession(
-                    connector=connector, timeout=aiohttp.ClientTimeout(total=2)
-                ) as session,
-                session.get("http://agent/ready") as resp,
-            ):
-                return resp.status == 200
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return False
+        return await get_ok(self.agent_socket(node), "/ready")
 
     async def enrolled(self, node: str) -> set[str]:
         """`namespace/pod` of the pods the node's agent has in its capture maps."""
         try:
-            connector = aiohttp.UnixConnector(path=str(self.agent_socket(node)))
-            async with (
-                aiohttp.ClientSession(
-                    connector=connector, timeout=aiohttp.ClientTimeout(total=2)
-                ) as session,
-                session.get("http://agent/debug/status") as resp,
-            ):
-                data = await resp.json()
-                return {e["pod"] for e in data.get("enrolled", [])}
+            data = await get_json(self.agent_socket(node), "/debug/status", timeout=2)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             return set()
+        return {e["pod"] for e in data.get("enrolled", [])}
 
     async def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout

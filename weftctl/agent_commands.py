@@ -5,26 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import click
 
 from lab.config import STATE_ROOT
 from lab.state import LabPaths
+from meshcore.adminclient import get_json
 from weftctl.output import OUTPUT_OPTION, emit, table
-
-
-async def _get(socket_path: str, path: str) -> Any:
-    connector = aiohttp.UnixConnector(path=socket_path)
-    async with (
-        aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=10)
-        ) as session,
-        session.get("http://agent" + path) as resp,
-    ):
-        resp.raise_for_status()
-        return await resp.json()
 
 
 @click.group()
@@ -44,7 +32,7 @@ def status(ctx: click.Context, node: str, output: str) -> None:
     paths: LabPaths = ctx.obj
     sock = paths.root / "nodes" / node / "agent.sock"
     try:
-        data = asyncio.run(_get(str(sock), "/debug/status"))
+        data = asyncio.run(get_json(sock, "/debug/status"))
     except (aiohttp.ClientError, OSError) as err:
         raise click.ClickException(
             f"cannot reach the node agent of {node} at {sock} ({err}); is the lab up?"

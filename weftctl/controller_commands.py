@@ -13,19 +13,16 @@ import click
 
 from lab.config import STATE_ROOT
 from lab.state import LabPaths
+from meshcore.adminclient import get_json
 from weftctl.output import OUTPUT_OPTION, emit, table
 
 
 async def _get(admin: str, path: str) -> Any:
-    if admin.startswith(("http://", "https://")):
-        base, connector = admin.rstrip("/"), None
-    else:
-        base, connector = "http://controller", aiohttp.UnixConnector(path=admin)
+    if not admin.startswith(("http://", "https://")):
+        return await get_json(admin, path)
     async with (
-        aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=10)
-        ) as session,
-        session.get(base + path) as resp,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.get(admin.rstrip("/") + path) as resp,
     ):
         resp.raise_for_status()
         return await resp.json()

@@ -12,26 +12,15 @@ import click
 
 from lab.config import STATE_ROOT
 from lab.state import LabPaths
+from meshcore.adminclient import get_json
 from weftctl.output import OUTPUT_OPTION, emit, table
-
-
-async def _get(socket_path: str) -> Any:
-    connector = aiohttp.UnixConnector(path=socket_path)
-    async with (
-        aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=10)
-        ) as session,
-        session.get("http://ztunnel/config_dump") as resp,
-    ):
-        resp.raise_for_status()
-        return await resp.json()
 
 
 def _dump(lab_name: str, node: str) -> dict[str, Any]:
     paths = LabPaths.for_lab(lab_name, Path(os.environ.get("WEFT_LAB_STATE", STATE_ROOT)))
     sock = paths.root / "nodes" / node / "ztunnel.sock"
     try:
-        data: dict[str, Any] = asyncio.run(_get(str(sock)))
+        data: dict[str, Any] = asyncio.run(get_json(sock, "/config_dump"))
     except (aiohttp.ClientError, OSError) as err:
         raise click.ClickException(
             f"cannot reach the ztunnel of {node} at {sock} ({err}); is the lab up?"
