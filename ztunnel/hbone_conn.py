@@ -16,7 +16,7 @@ from meshcore import hbone
 
 log = structlog.get_logger("ztunnel.hbone")
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 1024 * 1024
 
 
 class StreamClosed(ConnectionError):
@@ -47,16 +47,13 @@ class Stream:
         return chunk
 
     async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
+        while data:
             if self.was_reset or self.conn.proto.closed:
                 raise StreamClosed(f"stream {self.id} is closed")
-            sent = (
-                self.conn.proto.send(self.id, bytes(view)) if self.conn.proto.window(self.id) else 0
-            )
+            sent = self.conn.proto.send(self.id, data) if self.conn.proto.window(self.id) else 0
             if sent:
                 self.bytes_out += sent
-                view = view[sent:]
+                data = data[sent:] if sent < len(data) else b""
                 self.conn.flush()
                 await self.conn.drain()
             else:
