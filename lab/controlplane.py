@@ -8,7 +8,6 @@ the controller's CA (which this module creates first, in the controller's state 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from typing import Any
@@ -20,7 +19,7 @@ from controller.main import write_node_credential
 from lab import cgroups, network
 from lab.addressing import control_plane_ip
 from lab.config import LabConfig
-from lab.images import container_path
+from lab.images import node_process_env
 from lab.naming import LabNames
 from lab.processes import ProcessSpec, State, Supervised
 from lab.state import LabPaths
@@ -76,11 +75,7 @@ class ControlPlane:
                 "--serving-address",
                 self.ip,
             ],
-            env={
-                "PATH": container_path(os.environ.get("PATH", "/usr/bin:/bin")),
-                "PYTHONUNBUFFERED": "1",
-                "HOME": "/root",
-            },
+            env=node_process_env(),
             netns=self.names.control_netns,
             cgroup=f"{self.names.control_cgroup}/controller",
             log_path=self.paths.logs / "controller.log",

@@ -33,6 +33,15 @@ def container_path(host_path: str) -> str:
     return ":".join([bin_dir, *parts])
 
 
+def node_process_env() -> dict[str, str]:
+    """The environment of the lab's node processes (controller, node agent, ztunnel)."""
+    return {
+        "PATH": container_path(os.environ.get("PATH", "/usr/bin:/bin")),
+        "PYTHONUNBUFFERED": "1",
+        "HOME": "/root",
+    }
+
+
 def container_argv(image: str, command: tuple[str, ...], args: tuple[str, ...]) -> list[str]:
     """The argv a container runs: its command, else its image's sample app, plus args."""
     if command:

@@ -8,7 +8,6 @@ Each agent is fed by the lab's controller and pins its maps under
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import structlog
 
 from lab import cgroups
 from lab.addressing import NodePlan
-from lab.images import container_path
+from lab.images import node_process_env
 from lab.naming import LabNames
 from lab.processes import ProcessSpec, State, Supervised
 from lab.state import LabPaths
@@ -67,11 +66,7 @@ class NodeAgents:
                     "--admin-socket",
                     str(self.ztunnel_socket(node.name)),
                 ],
-                env={
-                    "PATH": container_path(os.environ.get("PATH", "/usr/bin:/bin")),
-                    "PYTHONUNBUFFERED": "1",
-                    "HOME": "/root",
-                },
+                env=node_process_env(),
                 netns=self.names.node_netns(node.name),
                 cgroup=f"{self.names.node_system_cgroup(node.name)}/ztunnel",
                 log_path=self.paths.logs / f"{node.name}-ztunnel.log",
@@ -128,11 +123,7 @@ class NodeAgents:
                     "--admin-socket",
                     str(self.agent_socket(node.name)),
                 ],
-                env={
-                    "PATH": container_path(os.environ.get("PATH", "/usr/bin:/bin")),
-                    "PYTHONUNBUFFERED": "1",
-                    "HOME": "/root",
-                },
+                env=node_process_env(),
                 netns=self.names.node_netns(node.name),
                 cgroup=f"{self.names.node_system_cgroup(node.name)}/node-agent",
                 log_path=self.paths.logs / f"{node.name}-node-agent.log",
