@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,22 +80,12 @@ class NodeAgents:
             proc.start()
 
     async def wait_ztunnels(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        waiting = set(self.ztunnels)
-        while waiting:
-            for node in list(waiting):
-                if await get_ok(self.ztunnel_socket(node), "/healthz/ready"):
-                    waiting.discard(node)
-                elif self.ztunnels[node].status.restarts >= 2:
-                    raise RuntimeError(
-                        f"the ztunnel of {node} keeps exiting; its log ends "
-                        f"with:\n{_tail(self.ztunnels[node].spec.log_path)}"
-                    )
-            if waiting and time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"ztunnels not ready after {timeout:.0f}s: {', '.join(sorted(waiting))}"
-                )
-            await asyncio.sleep(0.2)
+        async def ready(node: str) -> bool:
+            return await get_ok(self.ztunnel_socket(node), "/healthz/ready")
+
+        await _wait_all(
+            "ztunnel", self.ztunnels, ready, timeout, keeps_exiting=lambda p: p.status.restarts >= 2
+        )
 
     def start(self, nodes: list[NodePlan]) -> None:
         mount = cgroups.cgroup2_mount()
@@ -147,27 +138,14 @@ class NodeAgents:
         return {e["pod"] for e in data.get("enrolled", [])}
 
     async def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        waiting = set(self.agents)
-        while waiting:
-            for node in list(waiting):
-                if await self.ready(node):
-                    waiting.discard(node)
-                    log.info("node_agent.ready", node=node)
-                elif (
-                    self.agents[node].status.state is State.TERMINATED
-                    and self.agents[node].status.restarts >= 2
-                ):
-                    raise RuntimeError(
-                        f"the node agent of {node} keeps exiting; its log ends with:\n"
-                        + _tail(self.agents[node].spec.log_path)
-                    )
-            if waiting and time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"node agents not ready after {timeout:.0f}s: "
-                    f"{', '.join(sorted(waiting))}; see {self.paths.logs}/"
-                )
-            await asyncio.sleep(0.2)
+        await _wait_all(
+            "node agent",
+            self.agents,
+            self.ready,
+            timeout,
+            keeps_exiting=lambda p: p.status.state is State.TERMINATED and p.status.restarts >= 2,
+            hint=f"; see {self.paths.logs}/",
+        )
 
     async def stop(self) -> None:
         await asyncio.gather(*(z.stop() for z in self.ztunnels.values()))
@@ -184,6 +162,36 @@ class NodeAgents:
             }
             for node, a in self.agents.items()
         }
+
+
+async def _wait_all(
+    what: str,
+    processes: dict[str, Supervised],
+    ready: Callable[[str], Awaitable[bool]],
+    timeout: float,
+    *,
+    keeps_exiting: Callable[[Supervised], bool],
+    hint: str = "",
+) -> None:
+    """Until every node's process answers ready; a process that keeps exiting, or the
+    timeout, is an error (with the end of its log)."""
+    deadline = time.monotonic() + timeout
+    waiting = set(processes)
+    while waiting:
+        for node in list(waiting):
+            if await ready(node):
+                waiting.discard(node)
+                log.info(f"{what.replace(' ', '_')}.ready", node=node)
+            elif keeps_exiting(processes[node]):
+                raise RuntimeError(
+                    f"the {what} of {node} keeps exiting; its log ends with:\n"
+                    + _tail(processes[node].spec.log_path)
+                )
+        if waiting and time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{what}s not ready after {timeout:.0f}s: {', '.join(sorted(waiting))}{hint}"
+            )
+        await asyncio.sleep(0.2)
 
 
 def _tail(path: Path, lines: int = 8) -> str:

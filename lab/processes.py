@@ -28,7 +28,8 @@ from meshcore.resources import RestartPolicy
 
 log = structlog.get_logger("lab.processes")
 
-_ENTER = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
+# sh -c ENTER_CGROUP CGROUP_DIR ARGV...: joins the cgroup, then execs ARGV (one PID).
+ENTER_CGROUP = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
 BACKOFF_START = 0.5
 BACKOFF_MAX = 10.0
 BACKOFF_RESET_AFTER = 10.0  # a run this long counts as healthy: the next backoff starts over
@@ -94,7 +95,7 @@ class Supervised:
             return await asyncio.create_subprocess_exec(
                 "sh",
                 "-c",
-                _ENTER,
+                ENTER_CGROUP,
                 str(cgroup_dir),
                 *self.spec.enter_argv(),
                 *self.spec.argv,

@@ -21,6 +21,7 @@ from lab.images import container_path
 from lab.model import ClusterModel
 from lab.naming import new_lab_id
 from lab.preflight import PreflightError, check_machine
+from lab.processes import ENTER_CGROUP
 from lab.state import LabPaths, LabRecord, daemon_alive, list_labs, teardown
 from meshcore.resources import (
     Document,
@@ -442,7 +443,7 @@ def exec_command(
     argv = [
         "sh",
         "-c",
-        'echo $$ > "$0/cgroup.procs" && exec "$@"',
+        ENTER_CGROUP,
         str(cgroup_path(target["cgroup"])),
         "ip",
         "netns",

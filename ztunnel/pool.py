@@ -68,7 +68,8 @@ class Pool:
             for k, v in self._conns.items()
         ]
 
-    async def get(self, key: PoolKey) -> HboneConnection:
+    def _usable(self, key: PoolKey) -> HboneConnection | None:
+        """An open connection for `key` with room for one more stream."""
         for conn in self._conns.get(key, []):
             if (
                 not conn.closed.is_set()
@@ -76,15 +77,15 @@ class Pool:
                 and conn.proto.can_open_stream
             ):
                 return conn
+        return None
+
+    async def get(self, key: PoolKey) -> HboneConnection:
+        if (conn := self._usable(key)) is not None:
+            return conn
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            for conn in self._conns.get(key, []):
-                if (
-                    not conn.closed.is_set()
-                    and isinstance(conn.proto, hbone.HboneClient)
-                    and conn.proto.can_open_stream
-                ):
-                    return conn
+            if (conn := self._usable(key)) is not None:
+                return conn
             conn = await self._open(key)
             self._conns.setdefault(key, []).append(conn)
             return conn
