@@ -44,6 +44,10 @@ class HboneError(ValueError):
     """A request or response that breaks HBONE's rules."""
 
 
+class StreamGone(ConnectionError):
+    """Data for a stream that is already closed (reset, or ended both ways)."""
+
+
 @dataclass(frozen=True)
 class Target:
     ip: str
@@ -222,36 +226,45 @@ class _Base:
     # --- per stream -------------------------------------------------------------------
 
     def acknowledge(self, stream_id: int, length: int) -> None:
-        """Give flow-control credit back once `length` bytes were delivered onwards."""
-        if length:
-            with contextlib.suppress(h2.exceptions.StreamClosedError):
+        """Give flow-control credit back once `length` bytes were delivered onwards. A no-op
+        on a stream or connection that is already closed (so are `end` and `reset`)."""
+        if length and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.conn.acknowledge_received_data(length, stream_id)
 
     def send(self, stream_id: int, data: bytes) -> int:
-        """Queue as much of `data` as flow control allows; returns how much was queued."""
-        window = min(self.conn.local_flow_control_window(stream_id), len(data))
-        sent = 0
-        max_frame = self.conn.max_outbound_frame_size
-        while sent < window:
-            chunk = data[sent : sent + min(max_frame, window - sent)]
-            self.conn.send_data(stream_id, chunk)
-            sent += len(chunk)
+        """Queue as much of `data` as flow control allows; returns how much was queued.
+        StreamGone if the stream is closed."""
+        if self.closed:
+            raise StreamGone(f"stream {stream_id}: the connection is closed")
+        try:
+            window = min(self.conn.local_flow_control_window(stream_id), len(data))
+            sent = 0
+            max_frame = self.conn.max_outbound_frame_size
+            while sent < window:
+                chunk = data[sent : sent + min(max_frame, window - sent)]
+                self.conn.send_data(stream_id, chunk)
+                sent += len(chunk)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as err:
+            raise StreamGone(f"stream {stream_id}: {err}") from None
         return sent
 
     def window(self, stream_id: int) -> int:
         try:
             return int(self.conn.local_flow_control_window(stream_id))
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             return 0
 
     def end(self, stream_id: int) -> None:
         """Half-close our side of the stream (the TCP FIN)."""
-        with contextlib.suppress(h2.exceptions.StreamClosedError):
-            self.conn.end_stream(stream_id)
+        if not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.end_stream(stream_id)
 
     def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
-        with contextlib.suppress(h2.exceptions.StreamClosedError):
-            self.conn.reset_stream(stream_id, error_code=code)
+        if not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.reset_stream(stream_id, error_code=code)
 
     def close(self, code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
         if not self.closed:

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from meshcore import hbone
 from meshcore.configclient import Applied, ConfigClient, NodeCredential
 from ztunnel.identity import IdentityManager
-from ztunnel.inbound import Inbound, transparent_listener
+from ztunnel.inbound import HANDSHAKE_TIMEOUT, Inbound, transparent_listener
 from ztunnel.outbound import Outbound
 from ztunnel.pool import Pool
 from ztunnel.state import MeshView
@@ -84,25 +84,27 @@ class Ztunnel:
         c = self.config
         self._spawn(self.client.run())
         self._spawn(self.pool.reap())
+        loop = asyncio.get_running_loop()
         self._servers.append(
-            await asyncio.start_server(
-                self.outbound.handle, c.host, c.outbound_port, reuse_address=True, backlog=1024
+            await loop.create_server(
+                self.outbound.protocol, c.host, c.outbound_port, reuse_address=True, backlog=1024
             )
         )
         self._servers.append(
-            await asyncio.start_server(
-                self.inbound.handle_hbone,
+            await loop.create_server(
+                self.inbound.hbone_protocol,
                 c.host,
                 c.inbound_port,
                 ssl=self.inbound.server_context(),
                 reuse_address=True,
                 backlog=1024,
-                ssl_handshake_timeout=10,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
             )
         )
         self._servers.append(
-            await asyncio.start_server(
-                self.inbound.handle_plaintext, sock=transparent_listener(c.host, c.plaintext_port)
+            await loop.create_server(
+                self.inbound.plaintext_protocol,
+                sock=transparent_listener(c.host, c.plaintext_port),
             )
         )
         await self._start_http()

@@ -1,22 +1,29 @@
-"""An HBONE connection over asyncio streams: the I/O around meshcore.hbone.
+"""An HBONE connection as an asyncio protocol: the I/O around meshcore.hbone.
 
-One reader task per TLS connection turns bytes into events and hands each stream its data;
-`Stream` gives a TCP-like async API (read, write with flow control, half-close, abort).
+`HboneConnection` sits on the TLS transport; bytes in become events, each handled in the
+callback that received them. Each CONNECT stream is a `Stream`, a relay end
+(ztunnel.relay): data for a stream goes straight to the other end of its relay, data from
+the other end goes straight into HTTP/2 frames. Flow control is HTTP/2's own: a stream whose
+relay partner cannot keep up stops giving window credit back, and a stream without window
+(or a TLS transport whose buffer is full) pauses its partner's reading.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import cast
 
 import structlog
 
 from meshcore import hbone
+from ztunnel.relay import Relay
 
 log = structlog.get_logger("ztunnel.hbone")
 
-READ_SIZE = 1024 * 1024
+# A TLS transport pauses its writers above this much buffered: enough for a few large
+# frames in flight, so a fast stream does not stop and start on every chunk.
+WRITE_BUFFER_HIGH = 4 * 1024 * 1024
 
 
 class StreamClosed(ConnectionError):
@@ -24,99 +31,251 @@ class StreamClosed(ConnectionError):
 
 
 class Stream:
+    """One CONNECT stream; a relay end once the CONNECT is answered."""
+
     def __init__(self, conn: HboneConnection, stream_id: int) -> None:
         self.conn = conn
         self.id = stream_id
-        self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.relay: Relay | None = None
         self.response: asyncio.Future[hbone.ConnectResponse] = (
             asyncio.get_running_loop().create_future()
         )
+        self.received = 0
+        self.sent = 0
         self.was_reset = False
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self._started = False
+        self._early: list[bytes] = []
+        self._early_eof = False
+        self._pending: list[bytes] = []  # from the partner, waiting for window
+        self._eof_pending = False
+        self._acks_paused = False
+        self._unacked = 0
 
-    async def read(self) -> bytes:
-        """Next chunk; b"" once the peer half-closed; StreamClosed if it was reset."""
-        chunk = await self._chunks.get()
-        if chunk is None:
-            raise StreamClosed(f"stream {self.id} was reset")
-        if chunk:
-            self.bytes_in += len(chunk)
-            self.conn.proto.acknowledge(self.id, len(chunk))
-            self.conn.flush()
-        return chunk
+    # --- events from the connection --------------------------------------------------------
 
-    async def write(self, data: bytes) -> None:
-        while data:
-            if self.was_reset or self.conn.proto.closed:
-                raise StreamClosed(f"stream {self.id} is closed")
-            sent = self.conn.proto.send(self.id, data) if self.conn.proto.window(self.id) else 0
-            if sent:
-                self.bytes_out += sent
-                data = data[sent:] if sent < len(data) else b""
-                self.conn.flush()
-                await self.conn.drain()
-            else:
-                await self.conn.window_opened()
-
-    def end(self) -> None:
-        self.conn.proto.end(self.id)
-        self.conn.flush()
-
-    def abort(self) -> None:
-        self.conn.proto.reset(self.id)
-        self.conn.flush()
-
-    # called by the connection's reader
-    def _data(self, chunk: bytes) -> None:
-        self._chunks.put_nowait(chunk)
+    def _data(self, chunk: bytes, flow_length: int) -> None:
+        if not self._started:
+            self._early.append(chunk)
+            self._unacked += flow_length
+            return
+        self.received += len(chunk)
+        assert self.relay is not None
+        self.relay.other(self).send(chunk)
+        # the partner may have paused us while taking that chunk: then it is acknowledged
+        # only once the partner drains
+        if self._acks_paused:
+            self._unacked += flow_length
+        else:
+            self.conn.proto.acknowledge(self.id, flow_length)
 
     def _ended(self) -> None:
-        self._chunks.put_nowait(b"")
+        if not self._started:
+            self._early_eof = True
+            return
+        assert self.relay is not None
+        self.relay.other(self).send_eof()
 
     def _reset(self) -> None:
         self.was_reset = True
-        self._chunks.put_nowait(None)
         if not self.response.done():
             self.response.set_exception(StreamClosed(f"stream {self.id} was reset"))
+            self.response.exception()  # nobody may be waiting (server side): not an error
+        if self.relay is not None and self._started:
+            self.relay.failed(self)
+
+    def _window_opened(self) -> None:
+        if self._pending or self._eof_pending:
+            self._drain()
+
+    # --- End --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        assert self.relay is not None
+        if self.relay.done.done():
+            return
+        self._started = True
+        if self.was_reset:
+            self.relay.failed(self)
+            return
+        other = self.relay.other(self)
+        for chunk in self._early:
+            self.received += len(chunk)
+            other.send(chunk)
+        self._early.clear()
+        if not self._acks_paused:
+            self.resume_reading()
+        if self._early_eof:
+            other.send_eof()
+
+    def send(self, data: bytes) -> None:
+        if self.was_reset or self.conn.proto.closed:
+            return
+        if self._pending or self.conn.write_paused:
+            self._pending.append(data)
+            self._partner_pause()
+            return
+        try:
+            sent = self.conn.proto.send(self.id, data)
+        except hbone.StreamGone:
+            self._gone()
+            return
+        self.sent += sent
+        if sent < len(data):
+            self._pending.append(data[sent:])
+            self._partner_pause()
+        self.conn.flush()
+
+    def send_eof(self) -> None:
+        if self._pending:
+            self._eof_pending = True
+            return
+        self.conn.proto.end(self.id)
+        self.conn.flush()
+        if self.relay is not None:
+            self.relay.eof_sent()
+
+    def abort(self) -> None:
+        if not self.was_reset:
+            self.was_reset = True
+            self.conn.proto.reset(self.id)
+            self.conn.flush()
+
+    def pause_reading(self) -> None:
+        self._acks_paused = True
+
+    def resume_reading(self) -> None:
+        self._acks_paused = False
+        if self._unacked:
+            self.conn.proto.acknowledge(self.id, self._unacked)
+            self._unacked = 0
+            self.conn.flush()
+
+    def close(self) -> None:
+        self.conn.forget(self)
+
+    # --- flow control ---------------------------------------------------------------------
+
+    def _gone(self) -> None:
+        self._pending.clear()
+        self.was_reset = True
+        if self.relay is not None:
+            self.relay.failed(self)
+
+    def _partner_pause(self) -> None:
+        if self.relay is not None:
+            self.relay.other(self).pause_reading()
+
+    def _drain(self) -> None:
+        """Send what waited for window; once all is out, let the partner read again."""
+        if self.was_reset:
+            self._pending.clear()
+            return
+        while self._pending and not self.conn.write_paused:
+            data = self._pending[0]
+            try:
+                sent = self.conn.proto.send(self.id, data)
+            except hbone.StreamGone:
+                self._gone()
+                return
+            if not sent:
+                break
+            self.sent += sent
+            if sent < len(data):
+                self._pending[0] = data[sent:]
+            else:
+                self._pending.pop(0)
+        self.conn.flush()
+        if self._pending:
+            return
+        if self._eof_pending:
+            self._eof_pending = False
+            self.send_eof()
+        if self.relay is not None:
+            self.relay.other(self).resume_reading()
 
 
-OnConnect = Callable[[Stream, hbone.Target, dict[str, str]], Awaitable[None]]
+OnConnect = Callable[[Stream, hbone.Target, dict[str, str]], None]
 
 
-class HboneConnection:
+class HboneConnection(asyncio.Protocol):
+    """An HBONE connection on a TLS transport. `start()` sends our preface; until then
+    (while the caller checks the peer's identity) what arrives is held."""
+
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
         proto: hbone.HboneClient | hbone.HboneServer,
         *,
         on_connect: OnConnect | None = None,
+        on_made: Callable[[HboneConnection], None] | None = None,
         label: str = "",
     ) -> None:
-        self.reader = reader
-        self.writer = writer
         self.proto = proto
         self.on_connect = on_connect
+        self.on_made = on_made
         self.label = label
+        self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
-        self._window = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
+        self.write_paused = False
         self.last_used = asyncio.get_running_loop().time()
+        self._started = False
+        self._held: list[bytes] = []
+        self._in_receive = False
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        if self.on_made is not None:
+            self.on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._started:
+            self._held.append(data)
+            return
+        self._receive(data)
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done: close, which resets what is still open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.debug("hbone.connection_lost", connection=self.label, error=str(exc))
+        self.proto.closed = True
+        for stream in list(self.streams.values()):
+            stream._reset()
+        self.streams.clear()
+        self.closed.set()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for stream in list(self.streams.values()):
+            stream._window_opened()
+
+    # --- ours ----------------------------------------------------------------------------
+
+    def peer_info(self, name: str) -> object:
+        return self.transport.get_extra_info(name) if self.transport is not None else None
+
+    def start(self) -> None:
+        assert self.transport is not None
+        self._started = True
+        self.transport.write(self.proto.initiate())
+        held, self._held = self._held, []
+        for data in held:
+            self._receive(data)
 
     def flush(self) -> None:
+        if self._in_receive:
+            return  # _receive flushes once at its end
         data = self.proto.data_to_send()
-        if data and not self.writer.is_closing():
-            self.writer.write(data)
-
-    async def drain(self) -> None:
-        with contextlib.suppress(ConnectionError):
-            await self.writer.drain()
-
-    async def window_opened(self) -> None:
-        self._window.clear()
-        await self._window.wait()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def open(self, target: hbone.Target, headers: dict[str, str]) -> Stream:
         assert isinstance(self.proto, hbone.HboneClient)
@@ -131,39 +290,45 @@ class HboneConnection:
         self.streams.pop(stream.id, None)
         self.last_used = asyncio.get_running_loop().time()
 
-    async def run(self) -> None:
-        """Read until the connection ends; then every open stream is reset."""
+    def close(self) -> None:
+        self.proto.close()
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _receive(self, data: bytes) -> None:
+        self._in_receive = True
         try:
-            while not self.proto.closed:
-                data = await self.reader.read(READ_SIZE)
-                if not data:
-                    break
-                for event in self.proto.receive(data):
-                    self._dispatch(event)
-                self.flush()
-        except (ConnectionError, OSError) as err:
-            log.debug("hbone.read_failed", connection=self.label, error=str(err))
+            for event in self.proto.receive(data):
+                self._dispatch(event)
         finally:
-            for stream in list(self.streams.values()):
-                stream._reset()
-            self.streams.clear()
-            self._window.set()
-            self.closed.set()
-            self.writer.close()
+            self._in_receive = False
+        self.flush()
+        if self.proto.closed and self.transport is not None:
+            self.transport.close()
 
     def _dispatch(self, event: hbone.Event) -> None:
+        if isinstance(event, hbone.StreamData):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream._data(event.data, event.flow_controlled_length)
+            return
+        if isinstance(event, hbone.WindowOpened):
+            waiting = (
+                list(self.streams.values())
+                if event.stream_id == 0
+                else [self.streams[event.stream_id]]
+                if event.stream_id in self.streams
+                else []
+            )
+            for s in waiting:
+                s._window_opened()
+            return
         if isinstance(event, hbone.ConnectRequested):
             new_stream = Stream(self, event.stream_id)
             self.streams[event.stream_id] = new_stream
             if self.on_connect is not None:
-                task: asyncio.Task[None] = asyncio.ensure_future(
-                    self.on_connect(new_stream, event.target, event.headers)
-                )
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            return
-        if isinstance(event, hbone.WindowOpened):
-            self._window.set()
+                self.on_connect(new_stream, event.target, event.headers)
             return
         if isinstance(event, hbone.BadRequest):
             log.warning("hbone.bad_request", connection=self.label, reason=event.reason)
@@ -175,53 +340,10 @@ class HboneConnection:
         stream = self.streams.get(event.stream_id)
         if stream is None:
             return
-        if isinstance(event, hbone.StreamData):
-            stream._data(event.data)
-        elif isinstance(event, hbone.StreamEnded):
+        if isinstance(event, hbone.StreamEnded):
             stream._ended()
         elif isinstance(event, hbone.StreamReset):
             self.streams.pop(event.stream_id, None)
             stream._reset()
         elif isinstance(event, hbone.ConnectResponse) and not stream.response.done():
             stream.response.set_result(event)
-
-    def close(self) -> None:
-        self.proto.close()
-        self.flush()
-        self.writer.close()
-
-
-async def relay(
-    tcp_reader: asyncio.StreamReader, tcp_writer: asyncio.StreamWriter, stream: Stream
-) -> None:
-    """Splice a TCP connection and an HBONE stream both ways, half-closes included. A reset
-    on either side resets the other."""
-
-    async def tcp_to_stream() -> None:
-        while data := await tcp_reader.read(READ_SIZE):
-            await stream.write(data)
-        stream.end()
-
-    async def stream_to_tcp() -> None:
-        while data := await stream.read():
-            tcp_writer.write(data)
-            await tcp_writer.drain()
-        if tcp_writer.can_write_eof():
-            tcp_writer.write_eof()
-
-    up = asyncio.create_task(tcp_to_stream())
-    down = asyncio.create_task(stream_to_tcp())
-    try:
-        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-        await asyncio.gather(up, down)
-    except (ConnectionError, OSError, StreamClosed):
-        stream.abort()
-        tcp_writer.transport.abort()
-    finally:
-        up.cancel()
-        down.cancel()
-        stream.conn.forget(stream)
-        tcp_writer.close()

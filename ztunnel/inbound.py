@@ -9,6 +9,8 @@ import socket
 import ssl
 import time
 import weakref
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 
@@ -17,10 +19,10 @@ from meshcore.identity.certs import CertificateError
 from meshcore.meshstate import Workload
 from meshcore.resources.security import MtlsMode
 from ztunnel import metrics, peerauthn, rbac, tls
-from ztunnel.hbone_conn import HboneConnection, Stream, relay
+from ztunnel.hbone_conn import HboneConnection, Stream
 from ztunnel.identity import IdentityManager
-from ztunnel.outbound import splice
 from ztunnel.pool import CONNECT_TIMEOUT, identity_from_sni
+from ztunnel.relay import Relay, TcpLeg
 from ztunnel.state import MeshView
 
 log = structlog.get_logger("ztunnel.inbound")
@@ -42,6 +44,12 @@ class Inbound:
         self._sni_identity: weakref.WeakKeyDictionary[ssl.SSLObject, str] = (
             weakref.WeakKeyDictionary()
         )
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- TLS ---------------------------------------------------------------------------
 
@@ -90,25 +98,43 @@ class Inbound:
 
     # --- 15008 -------------------------------------------------------------------------
 
-    async def handle_hbone(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        ssl_object = writer.get_extra_info("ssl_object")
+    def hbone_protocol(self) -> HboneConnection:
+        """The 15008 listener's protocol factory."""
+        return HboneConnection(hbone.HboneServer(), on_made=self._hbone_accepted)
+
+    def _hbone_accepted(self, conn: HboneConnection) -> None:
+        """TLS is up: check the peer's SVID, then serve its CONNECTs."""
+        ssl_object = conn.peer_info("ssl_object")
+        assert isinstance(ssl_object, ssl.SSLObject) and conn.transport is not None
         try:
             peer = tls.peer_identity(ssl_object)
         except CertificateError as err:
             log.warning("inbound.bad_peer", reason=err.reason)
-            writer.close()
+            conn.transport.close()
             return
         server_identity = self._sni_identity.pop(ssl_object, "")
-        proto = hbone.HboneServer()
-        writer.write(proto.initiate())
+        conn.label = peer
 
-        async def on_connect(stream: Stream, target: hbone.Target, headers: dict[str, str]) -> None:
+        def on_connect(stream: Stream, target: hbone.Target, headers: dict[str, str]) -> None:
+            self._spawn(self._serve_stream(stream, target, headers, peer, server_identity))
+
+        conn.on_connect = on_connect
+        conn.start()
+
+    async def _serve_stream(
+        self,
+        stream: Stream,
+        target: hbone.Target,
+        headers: dict[str, str],
+        peer: str,
+        server_identity: str,
+    ) -> None:
+        try:
             await self._hbone_stream(stream, target, headers, peer, server_identity)
-
-        conn = HboneConnection(reader, writer, proto, on_connect=on_connect, label=peer)
-        await conn.run()
+        except Exception as err:  # one stream's bug must not go unnoticed or hang its client
+            log.exception("inbound.failed_unexpectedly", target=str(target), error=repr(err))
+            stream.abort()
+            stream.conn.forget(stream)
 
     async def _hbone_stream(
         self,
@@ -139,6 +165,7 @@ class Inbound:
             )
             proto.refuse(stream.id, 404 if dest is None else 403, reason)
             stream.conn.flush()
+            stream.conn.forget(stream)
             log.warning(
                 "connection.refused", source_principal=peer, target=str(target), reason=reason
             )
@@ -147,6 +174,7 @@ class Inbound:
         if not decision.allowed:
             proto.refuse(stream.id, 403, decision.reason)
             stream.conn.flush()
+            stream.conn.forget(stream)
             metrics.opened(labels)
             metrics.closed(labels, 0, 0, "UAEX")
             log.info(
@@ -159,20 +187,21 @@ class Inbound:
             )
             return
         try:
-            reader, writer = await asyncio.wait_for(
+            leg = await asyncio.wait_for(
                 connect_as(source_ip, target.ip, target.port), CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError) as err:
             proto.refuse(stream.id, 503, f"connecting to {target}: {err or 'timed out'}")
             stream.conn.flush()
+            stream.conn.forget(stream)
             metrics.opened(labels)
             metrics.closed(labels, 0, 0, "UF")
             return
         proto.accept(stream.id)
         stream.conn.flush()
         metrics.opened(labels)
-        await relay(reader, writer, stream)
-        metrics.closed(labels, stream.bytes_in, stream.bytes_out)
+        await Relay(stream, leg).wait()
+        metrics.closed(labels, stream.received, stream.sent)
         log.info(
             "connection.closed",
             reporter="destination",
@@ -182,26 +211,32 @@ class Inbound:
             destination_principal=dest.identity,
             destination=str(target),
             security="mutual_tls",
-            sent=stream.bytes_in,
-            received=stream.bytes_out,
+            sent=stream.received,
+            received=stream.sent,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
 
     # --- 15006 -------------------------------------------------------------------------
 
-    async def handle_plaintext(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def plaintext_protocol(self) -> TcpLeg:
+        """The 15006 listener's protocol factory."""
+        return TcpLeg(on_made=lambda leg: self._spawn(self.handle_plaintext(leg)))
+
+    async def handle_plaintext(self, leg: TcpLeg) -> None:
         started = time.monotonic()
-        local_ip, local_port = writer.get_extra_info("sockname")[:2]
-        peer_ip = writer.get_extra_info("peername")[0]
+        sockname, peername = leg.extra("sockname"), leg.extra("peername")
+        if not isinstance(sockname, tuple) or not isinstance(peername, tuple):
+            leg.abort()
+            return
+        local_ip, local_port = sockname[:2]
+        peer_ip = peername[0]
         dest = self._local(local_ip)
         source = self.view.by_ip.get(peer_ip)
         labels = metrics.ConnectionLabels(
             "destination", source, "", dest, "", dest.identity if dest else "", "none"
         )
         if dest is None:
-            writer.transport.abort()
+            leg.abort()
             return
         mode = peerauthn.effective_mode(
             self.view.peer_authentications,
@@ -220,7 +255,7 @@ class Inbound:
                 target=f"{local_ip}:{local_port}",
                 reason="plaintext refused: STRICT mTLS",
             )
-            writer.transport.abort()
+            leg.abort()
             return
         decision = self._authorize(dest, local_ip, local_port, peer_ip, None)
         if not decision.allowed:
@@ -233,17 +268,18 @@ class Inbound:
                 policy=decision.policy,
                 reason=decision.reason,
             )
-            writer.transport.abort()
+            leg.abort()
             return
         try:
-            r2, w2 = await asyncio.wait_for(
+            upstream = await asyncio.wait_for(
                 connect_as(peer_ip, local_ip, local_port), CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError):
-            writer.transport.abort()
+            leg.abort()
             return
         metrics.opened(labels)
-        sent, received = await splice(reader, writer, r2, w2)
+        await Relay(leg, upstream).wait()
+        sent, received = upstream.sent, upstream.received
         metrics.closed(labels, sent, received)
         log.info(
             "connection.closed",
@@ -262,25 +298,24 @@ class Inbound:
 IP_TRANSPARENT = 19
 
 
-async def connect_as(
-    source_ip: str, ip: str, port: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def connect_as(source_ip: str, ip: str, port: int) -> TcpLeg:
     """Connect to a local pod with the original client's address as the source, so the app
     sees its real peer (as Istio ambient does). The node agent's tc program brings the
     pod's replies back to this socket."""
+    loop = asyncio.get_running_loop()
     if source_ip in ("", "0.0.0.0"):
-        return await asyncio.open_connection(ip, port)
+        return (await loop.create_connection(TcpLeg, ip, port))[1]
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         sock.bind((source_ip, 0))
-        await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+        await loop.sock_connect(sock, (ip, port))
     except BaseException:
         sock.close()
         raise
-    return await asyncio.open_connection(sock=sock)
+    return (await loop.create_connection(TcpLeg, sock=sock))[1]
 
 
 def transparent_listener(host: str, port: int) -> socket.socket:

@@ -12,14 +12,16 @@ import asyncio
 import socket
 import struct
 import time
+from typing import Any
 
 import structlog
 
 from meshcore import hbone
 from meshcore.meshstate import MeshService, Workload
 from ztunnel import metrics
-from ztunnel.hbone_conn import StreamClosed, relay
+from ztunnel.hbone_conn import StreamClosed
 from ztunnel.pool import CONNECT_TIMEOUT, Pool, PoolKey
+from ztunnel.relay import Relay, TcpLeg, connect_leg
 from ztunnel.state import MeshView
 
 log = structlog.get_logger("ztunnel.outbound")
@@ -27,41 +29,19 @@ log = structlog.get_logger("ztunnel.outbound")
 SO_ORIGINAL_DST = 80
 
 
-def original_destination(sock: socket.socket) -> tuple[str, int]:
+def original_destination(sock: Any) -> tuple[str, int]:
+    """`sock`: anything with getsockopt (uvloop's transports give a PseudoSocket)."""
     raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port, ip = struct.unpack("!2xH4s8x", raw)
     return socket.inet_ntoa(ip), int(port)
 
 
-async def splice(
-    a_reader: asyncio.StreamReader,
-    a_writer: asyncio.StreamWriter,
-    b_reader: asyncio.StreamReader,
-    b_writer: asyncio.StreamWriter,
-) -> tuple[int, int]:
-    """Copy both ways with half-closes; returns (bytes a->b, bytes b->a)."""
-    counts = [0, 0]
-
-    async def copy(r: asyncio.StreamReader, w: asyncio.StreamWriter, i: int) -> None:
-        while data := await r.read(256 * 1024):
-            counts[i] += len(data)
-            w.write(data)
-            await w.drain()
-        if w.can_write_eof():
-            w.write_eof()
-
-    try:
-        await asyncio.gather(copy(a_reader, b_writer, 0), copy(b_reader, a_writer, 1))
-    except (ConnectionError, OSError):
-        a_writer.transport.abort()
-        b_writer.transport.abort()
-    finally:
-        a_writer.close()
-        b_writer.close()
-    return counts[0], counts[1]
-
-
 SYNC_WAIT = 5.0
+
+
+def _peer_ip(leg: TcpLeg) -> str:
+    peer = leg.extra("peername")
+    return str(peer[0]) if isinstance(peer, tuple) else ""
 
 
 class Outbound:
@@ -74,8 +54,26 @@ class Outbound:
         self.synced = synced or asyncio.Event()
         if synced is None:
             self.synced.set()
+        self._tasks: set[asyncio.Future[None]] = set()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def protocol(self) -> TcpLeg:
+        """The listener's protocol factory: each accepted connection is handled in a task
+        until it is relayed."""
+        return TcpLeg(on_made=self._accepted)
+
+    def _accepted(self, leg: TcpLeg) -> None:
+        task = asyncio.ensure_future(self.handle(leg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle(self, leg: TcpLeg) -> None:
+        try:
+            await self._handle(leg)
+        except Exception as err:  # one connection's bug must not go unnoticed or leak
+            log.exception("outbound.failed_unexpectedly", error=repr(err))
+            leg.abort()
+
+    async def _handle(self, leg: TcpLeg) -> None:
         started = time.monotonic()
         if not self.synced.is_set():
             # Without the mesh state every destination would look unknown and be passed
@@ -84,22 +82,27 @@ class Outbound:
                 await asyncio.wait_for(self.synced.wait(), SYNC_WAIT)
             except TimeoutError:
                 log.warning("outbound.not_synced", waited=SYNC_WAIT)
-                writer.transport.abort()
+                leg.abort()
                 return
-        sock = writer.get_extra_info("socket")
-        peer_ip, peer_port = writer.get_extra_info("peername")[:2]
+        sock = leg.extra("socket")  # uvloop gives a socket-like object, not a socket.socket
+        peer = leg.extra("peername")
+        if sock is None or not isinstance(peer, tuple):
+            log.warning("outbound.no_peer", socket=repr(sock), peer=repr(peer))
+            leg.abort()
+            return
+        peer_ip, peer_port = peer[:2]
         try:
             dst_ip, dst_port = original_destination(sock)
         except OSError:
             log.warning("outbound.no_original_destination", client=f"{peer_ip}:{peer_port}")
-            writer.transport.abort()
+            leg.abort()
             return
         source = self.view.by_ip.get(peer_ip)
         if source is None or source.node != self.node or not source.enrolled:
             log.warning(
                 "outbound.unknown_source", client=peer_ip, destination=f"{dst_ip}:{dst_port}"
             )
-            writer.transport.abort()
+            leg.abort()
             return
         service = self.view.by_vip.get(dst_ip)
         if service is not None:
@@ -115,18 +118,18 @@ class Outbound:
                     port=dst_port,
                     source=source.name,
                 )
-                writer.transport.abort()
+                leg.abort()
                 return
-            await self._passthrough(reader, writer, source, dst_ip, dst_port, started)
+            await self._passthrough(leg, source, dst_ip, dst_port, started)
             return
         last_error = ""
         for workload, port in candidates:
             try:
                 if workload.enrolled:
-                    await self._hbone(reader, writer, source, workload, port, service, started)
+                    await self._hbone(leg, source, workload, port, service, started)
                 else:
                     await self._passthrough(
-                        reader, writer, source, workload.addresses[0], port, started, workload
+                        leg, source, workload.addresses[0], port, started, workload
                     )
                 return
             except (ConnectionError, OSError, TimeoutError) as err:
@@ -142,12 +145,11 @@ class Outbound:
             destination=f"{dst_ip}:{dst_port}",
             error=last_error,
         )
-        writer.transport.abort()
+        leg.abort()
 
     async def _hbone(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        leg: TcpLeg,
         source: Workload,
         dest: Workload,
         port: int,
@@ -158,7 +160,7 @@ class Outbound:
         conn = await self.pool.get(key)
         stream = conn.open(
             hbone.Target(dest.addresses[0], port),
-            {"forwarded": f"for={writer.get_extra_info('peername')[0]}"},
+            {"forwarded": f"for={_peer_ip(leg)}"},
         )
         try:
             response = await asyncio.wait_for(stream.response, CONNECT_TIMEOUT)
@@ -189,11 +191,11 @@ class Outbound:
                 status=response.status,
                 reason=reason,
             )
-            writer.transport.abort()  # the client sees a reset, not a hang
+            leg.abort()  # the client sees a reset, not a hang
             return
         metrics.opened(labels)
-        await relay(reader, writer, stream)
-        metrics.closed(labels, stream.bytes_out, stream.bytes_in)
+        await Relay(leg, stream).wait()
+        metrics.closed(labels, stream.sent, stream.received)
         log.info(
             "connection.closed",
             reporter="source",
@@ -203,25 +205,25 @@ class Outbound:
             destination_principal=dest.identity,
             destination=f"{dest.addresses[0]}:{port}",
             security="mutual_tls",
-            sent=stream.bytes_out,
-            received=stream.bytes_in,
+            sent=stream.sent,
+            received=stream.received,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
 
     async def _passthrough(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        leg: TcpLeg,
         source: Workload,
         ip: str,
         port: int,
         started: float,
         dest: Workload | None = None,
     ) -> None:
-        r2, w2 = await asyncio.wait_for(asyncio.open_connection(ip, port), CONNECT_TIMEOUT)
+        upstream = await asyncio.wait_for(connect_leg(ip, port), CONNECT_TIMEOUT)
         labels = metrics.ConnectionLabels("source", source, source.identity, dest, "", "", "none")
         metrics.opened(labels)
-        sent, received = await splice(reader, writer, r2, w2)
+        await Relay(leg, upstream).wait()
+        sent, received = upstream.sent, upstream.received
         metrics.closed(labels, sent, received)
         log.info(
             "connection.closed",

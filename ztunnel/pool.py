@@ -92,8 +92,10 @@ class Pool:
 
     async def _open(self, key: PoolKey) -> HboneConnection:
         ctx = await self.identities.context(key.source_identity, server=False)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
+        label = f"{key.node_address}->{key.destination_identity}"
+        transport, conn = await asyncio.wait_for(
+            asyncio.get_running_loop().create_connection(
+                lambda: HboneConnection(hbone.HboneClient(), label=label),
                 key.node_address,
                 self.port,
                 ssl=ctx,
@@ -101,21 +103,18 @@ class Pool:
             ),
             CONNECT_TIMEOUT,
         )
-        ssl_object = writer.get_extra_info("ssl_object")
         try:
-            peer = tls.peer_identity(ssl_object)
+            peer = tls.peer_identity(transport.get_extra_info("ssl_object"))
         except CertificateError as err:
-            writer.close()
+            transport.close()
             raise ConnectionRefusedError(f"peer at {key.node_address}: {err.reason}") from None
         if peer != key.destination_identity:
-            writer.close()
+            transport.close()
             raise ConnectionRefusedError(
                 f"peer at {key.node_address} is {peer}, not {key.destination_identity}"
             )
-        proto = hbone.HboneClient()
-        writer.write(proto.initiate())
-        conn = HboneConnection(reader, writer, proto, label=f"{key.node_address}->{peer}")
-        task = asyncio.create_task(self._run(key, conn))
+        conn.start()
+        task = asyncio.create_task(self._forget_when_closed(key, conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         log.info(
@@ -123,9 +122,9 @@ class Pool:
         )
         return conn
 
-    async def _run(self, key: PoolKey, conn: HboneConnection) -> None:
+    async def _forget_when_closed(self, key: PoolKey, conn: HboneConnection) -> None:
         try:
-            await conn.run()
+            await conn.closed.wait()
         finally:
             conns = self._conns.get(key, [])
             if conn in conns:
