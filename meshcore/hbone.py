@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import struct
 from dataclasses import dataclass, field
 
 import h2.config
@@ -18,7 +19,9 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hyperframe.frame
+from h2.stream import StreamState
 
 
 # h2 logs every received frame with an eagerly computed repr(frame) (h2/connection.py,
@@ -100,8 +103,11 @@ class ConnectResponse:
 
 @dataclass(frozen=True)
 class StreamData:
+    """Payload for a stream: all or part of a DATA frame. `data` may be a view into the
+    bytes given to `receive`; pass it on (write, join) rather than keeping it."""
+
     stream_id: int
-    data: bytes
+    data: bytes | memoryview
     flow_controlled_length: int
 
 
@@ -154,17 +160,49 @@ def _headers(raw: list[tuple[bytes | str, bytes | str]] | None) -> dict[str, str
     return out
 
 
+# --- the DATA fast path ------------------------------------------------------------------
+#
+# h2 costs several microseconds of Python per DATA frame (frame objects, two state machines,
+# events), and a small request crosses four of them per round trip through the mesh. So DATA
+# frames, the only frames on the hot path, are framed and parsed here, and everything else
+# (preface, SETTINGS, HEADERS/CONTINUATION, WINDOW_UPDATE, RST_STREAM, GOAWAY, PING, DATA that
+# ends a stream or is padded, DATA on a stream in any other state) still goes through h2,
+# frame by frame and in order. h2 stays the single source of truth for flow control: a fast
+# DATA frame debits h2's windows exactly as h2's own send_data/receive_data would. Those are
+# h2 internals; tests/unit/meshcore/test_hbone_fast_path.py pins them, so an h2 release that
+# moves them fails the tests rather than the mesh.
+
+_FRAME_HEADER = struct.Struct(">HBBBL")  # 24-bit length as 16+8 bits, type, flags, stream id
+_DATA, _HEADERS, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x5, 0x9
+_END_STREAM, _END_HEADERS, _PADDED = 0x1, 0x4, 0x8
+_CAN_RECEIVE = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
+_CAN_SEND = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+_JOIN_BELOW = 16 * 1024
+
+
+def data_frame_header(length: int, stream_id: int) -> bytes:
+    return _FRAME_HEADER.pack(length >> 8, length & 0xFF, _DATA, 0, stream_id)
+
+
 @dataclass
 class _Base:
     client_side: bool
     conn: h2.connection.H2Connection = field(init=False)
     closed: bool = field(default=False, init=False)
+    _rx: bytearray = field(default_factory=bytearray, init=False)
+    _preface_left: int = field(default=0, init=False)
+    _in_header_block: bool = field(default=False, init=False)
+    _data_left: int = field(default=0, init=False)  # payload bytes still due in a fast DATA
+    _data_stream: int = field(default=0, init=False)
+    _out: list[bytes | memoryview] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         config = h2.config.H2Configuration(
             client_side=self.client_side, header_encoding=None, validate_inbound_headers=True
         )
         self.conn = h2.connection.H2Connection(config=config)
+        # a server's h2 checks the client's 24-byte preface itself: hand it over as is
+        self._preface_left = 0 if self.client_side else 24
 
     def initiate(self) -> bytes:
         self.conn.initiate_connection()
@@ -178,10 +216,101 @@ class _Base:
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         return self.data_to_send()
 
+    def chunks_to_send(self) -> list[bytes | memoryview]:
+        """What to write to the peer, in order, as a list (for writelines: large payloads
+        stay views of what `send` was given)."""
+        out = self._out
+        if self.conn._data_to_send:
+            out.append(self.conn.data_to_send())
+        self._out = []
+        return out
+
     def data_to_send(self) -> bytes:
-        return bytes(self.conn.data_to_send())
+        return b"".join(self.chunks_to_send())
 
     def receive(self, data: bytes) -> list[Event]:
+        """Bytes from the peer in, events out. A fast DATA frame's payload is handed on as
+        it arrives, as views of `data` (no copy, no waiting for the whole frame); any other
+        frame is gathered whole and given to h2."""
+        if self.closed:
+            return []
+        if not isinstance(data, bytes):
+            data = bytes(data)  # events hold views of it: it must not change under them
+        view = memoryview(data)
+        events: list[Event] = []
+        pos, end = 0, len(data)
+        rx = self._rx
+        if self._preface_left:
+            pos = min(self._preface_left, end)
+            self._preface_left -= pos
+            events += self._h2_receive(data[:pos])
+        while pos < end and not self.closed:
+            if self._data_left:  # inside a fast DATA frame
+                n = min(self._data_left, end - pos)
+                events.append(StreamData(self._data_stream, view[pos : pos + n], n))
+                self._data_left -= n
+                pos += n
+                continue
+            if len(rx) < 9:
+                take = min(9 - len(rx), end - pos)
+                rx += view[pos : pos + take]
+                pos += take
+                if len(rx) < 9:
+                    break
+            high, low, ftype, flags, stream_id = _FRAME_HEADER.unpack_from(rx)
+            length = high << 8 | low
+            if length > self.conn.max_inbound_frame_size:
+                # h2 refuses it (FRAME_SIZE_ERROR) and says so
+                events += self._h2_receive(bytes(rx) + data[pos:])
+                rx.clear()
+                break
+            stream_id &= 0x7FFFFFFF
+            if len(rx) == 9 and self._fast_data(ftype, flags, stream_id):
+                stream = self.conn.streams[stream_id]
+                if not self._consume_window(stream, length):
+                    events.append(self._flow_control_violated(stream_id, length))
+                    break
+                rx.clear()
+                self._data_left, self._data_stream = length, stream_id
+                continue
+            take = min(9 + length - len(rx), end - pos)
+            rx += view[pos : pos + take]
+            pos += take
+            if len(rx) < 9 + length:
+                break
+            frame = bytes(rx)
+            rx.clear()
+            if ftype in (_HEADERS, _PUSH_PROMISE, _CONTINUATION):
+                self._in_header_block = not flags & _END_HEADERS
+            events += self._h2_receive(frame)
+        return events
+
+    def _fast_data(self, ftype: int, flags: int, stream_id: int) -> bool:
+        if ftype != _DATA or flags & (_END_STREAM | _PADDED) or self._in_header_block:
+            return False
+        stream = self.conn.streams.get(stream_id)
+        return stream is not None and stream.state_machine.state in _CAN_RECEIVE
+
+    def _consume_window(self, stream: h2.stream.H2Stream, length: int) -> bool:
+        """Debit both inbound windows for a fast DATA frame, as h2 would; False if the peer
+        sent more than its window."""
+        try:
+            self.conn._inbound_flow_control_window_manager.window_consumed(length)
+            stream._inbound_window_manager.window_consumed(length)
+        except h2.exceptions.FlowControlError:
+            return False
+        return True
+
+    def _flow_control_violated(self, stream_id: int, length: int) -> ConnectionClosed:
+        self.conn.close_connection(error_code=h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
+        self.closed = True
+        return ConnectionClosed(
+            f"protocol error from peer: {length} bytes of DATA on stream {stream_id} "
+            "exceed its flow-control window",
+            error=True,
+        )
+
+    def _h2_receive(self, data: bytes) -> list[Event]:
         if self.closed:
             return []
         try:
@@ -232,21 +361,36 @@ class _Base:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.conn.acknowledge_received_data(length, stream_id)
 
-    def send(self, stream_id: int, data: bytes) -> int:
-        """Queue as much of `data` as flow control allows; returns how much was queued.
-        StreamGone if the stream is closed."""
+    def send(self, stream_id: int, data: bytes | memoryview) -> int:
+        """Queue as much of `data` as flow control allows, as DATA frames; returns how much
+        was queued. StreamGone if the stream can no longer carry data. Large payloads are
+        queued as views of `data`, not copied: hand over bytes that will not change."""
         if self.closed:
             raise StreamGone(f"stream {stream_id}: the connection is closed")
-        try:
-            window = min(self.conn.local_flow_control_window(stream_id), len(data))
-            sent = 0
-            max_frame = self.conn.max_outbound_frame_size
-            while sent < window:
-                chunk = data[sent : sent + min(max_frame, window - sent)]
-                self.conn.send_data(stream_id, chunk)
-                sent += len(chunk)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as err:
-            raise StreamGone(f"stream {stream_id}: {err}") from None
+        stream = self.conn.streams.get(stream_id)
+        if stream is None or stream.state_machine.state not in _CAN_SEND:
+            raise StreamGone(f"stream {stream_id} is closed for sending")
+        window = min(
+            self.conn.outbound_flow_control_window, stream.outbound_flow_control_window, len(data)
+        )
+        if window <= 0:
+            return 0
+        out = self._out
+        if self.conn._data_to_send:  # h2's own frames (a HEADERS, say) go out first
+            out.append(self.conn.data_to_send())
+        max_frame = self.conn.max_outbound_frame_size
+        view = memoryview(data)
+        sent = 0
+        while sent < window:
+            n = min(max_frame, window - sent)
+            if n <= _JOIN_BELOW:  # one small write (one TLS record) for a small payload
+                out.append(b"".join((data_frame_header(n, stream_id), view[sent : sent + n])))
+            else:
+                out.append(data_frame_header(n, stream_id))
+                out.append(view[sent : sent + n])
+            sent += n
+        self.conn.outbound_flow_control_window -= sent
+        stream.outbound_flow_control_window -= sent
         return sent
 
     def window(self, stream_id: int) -> int:

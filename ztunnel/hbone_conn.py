@@ -17,7 +17,7 @@ from typing import cast
 import structlog
 
 from meshcore import hbone
-from ztunnel.relay import Relay
+from ztunnel.relay import Chunk, Relay
 
 log = structlog.get_logger("ztunnel.hbone")
 
@@ -44,16 +44,16 @@ class Stream:
         self.sent = 0
         self.was_reset = False
         self._started = False
-        self._early: list[bytes] = []
+        self._early: list[Chunk] = []
         self._early_eof = False
-        self._pending: list[bytes] = []  # from the partner, waiting for window
+        self._pending: list[Chunk] = []  # from the partner, waiting for window
         self._eof_pending = False
         self._acks_paused = False
         self._unacked = 0
 
     # --- events from the connection --------------------------------------------------------
 
-    def _data(self, chunk: bytes, flow_length: int) -> None:
+    def _data(self, chunk: Chunk, flow_length: int) -> None:
         if not self._started:
             self._early.append(chunk)
             self._unacked += flow_length
@@ -107,7 +107,7 @@ class Stream:
         if self._early_eof:
             other.send_eof()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: Chunk) -> None:
         if self.was_reset or self.conn.proto.closed:
             return
         if self._pending or self.conn.write_paused:
@@ -273,9 +273,12 @@ class HboneConnection(asyncio.Protocol):
     def flush(self) -> None:
         if self._in_receive:
             return  # _receive flushes once at its end
-        data = self.proto.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        chunks = self.proto.chunks_to_send()
+        if chunks and self.transport is not None and not self.transport.is_closing():
+            if len(chunks) == 1:
+                self.transport.write(chunks[0])
+            else:
+                self.transport.writelines(chunks)
 
     def open(self, target: hbone.Target, headers: dict[str, str]) -> Stream:
         assert isinstance(self.proto, hbone.HboneClient)
@@ -312,6 +315,8 @@ class HboneConnection(asyncio.Protocol):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream._data(event.data, event.flow_controlled_length)
+            else:  # a stream we refused or finished: drop it, but give the credit back
+                self.proto.acknowledge(event.stream_id, event.flow_controlled_length)
             return
         if isinstance(event, hbone.WindowOpened):
             waiting = (

@@ -25,6 +25,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol, cast
 
+Chunk = bytes | memoryview  # views into what was received: passed on, never kept
 LINGER_ZERO = struct.pack("ii", 1, 0)  # close() sends an RST
 
 
@@ -33,7 +34,7 @@ class End(Protocol):
     received: int  # bytes this end received from its network peer and passed on
     sent: int  # bytes written out of this end
 
-    def send(self, data: bytes) -> None: ...
+    def send(self, data: Chunk) -> None: ...
     def send_eof(self) -> None: ...
     def abort(self) -> None: ...
     def pause_reading(self) -> None: ...
@@ -162,7 +163,7 @@ class TcpLeg(asyncio.Protocol):
         elif self._want_reading:
             self._set_reading(True)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: Chunk) -> None:
         if self.transport is not None and not self._lost:
             self.sent += len(data)
             self.transport.write(data)
