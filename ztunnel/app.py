@@ -69,6 +69,8 @@ class Ztunnel:
 
     def _on_change(self, _applied: Applied) -> None:
         self.view.update(self.client.state)
+        if self.view.bundle is not None:
+            self.identities.set_roots("".join(self.view.bundle.roots_pem).encode())
         local = {w.identity for w in self.view.local_workloads()}
         self.identities.forget(local)
         for identity in local:  # fetch before each workload's first connection

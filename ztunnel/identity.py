@@ -43,14 +43,22 @@ class WorkloadCertificate:
     def refresh_at(self) -> dt.datetime:
         return self.not_before + (self.not_after - self.not_before) / 2
 
-    def client_context(self) -> ssl.SSLContext:
+    def client_context(self, roots_pem: bytes | None = None) -> ssl.SSLContext:
+        """`roots_pem`: the roots to trust (the mesh's trust bundle); by default the ones
+        that came with the certificate."""
         return tls.context(
-            server=False, key_pem=self.key_pem, chain_pem=self.chain_pem, roots_pem=self.roots_pem
+            server=False,
+            key_pem=self.key_pem,
+            chain_pem=self.chain_pem,
+            roots_pem=roots_pem or self.roots_pem,
         )
 
-    def server_context(self) -> ssl.SSLContext:
+    def server_context(self, roots_pem: bytes | None = None) -> ssl.SSLContext:
         return tls.context(
-            server=True, key_pem=self.key_pem, chain_pem=self.chain_pem, roots_pem=self.roots_pem
+            server=True,
+            key_pem=self.key_pem,
+            chain_pem=self.chain_pem,
+            roots_pem=roots_pem or self.roots_pem,
         )
 
 
@@ -63,6 +71,15 @@ class IdentityManager:
         self._certs: dict[str, WorkloadCertificate] = {}
         self._inflight: dict[str, asyncio.Task[WorkloadCertificate]] = {}
         self._contexts: dict[tuple[str, bool], tuple[WorkloadCertificate, ssl.SSLContext]] = {}
+        self._roots: bytes | None = None  # the trust bundle, once the controller sent one
+
+    def set_roots(self, roots_pem: bytes) -> None:
+        """Trust these roots from now on (the controller's trust bundle, e.g. with a new root
+        added for a rotation). New connections use them; open ones carry on."""
+        if roots_pem and roots_pem != self._roots:
+            self._roots = roots_pem
+            self._contexts.clear()
+            log.info("trust_bundle.updated", roots=roots_pem.count(b"BEGIN CERTIFICATE"))
 
     def known(self) -> dict[str, WorkloadCertificate]:
         return dict(self._certs)
@@ -111,7 +128,7 @@ class IdentityManager:
         cached = self._contexts.get((identity, server))
         if cached is not None and cached[0] is cert:
             return cached[1]
-        ctx = cert.server_context() if server else cert.client_context()
+        ctx = cert.server_context(self._roots) if server else cert.client_context(self._roots)
         self._contexts[(identity, server)] = (cert, ctx)
         return ctx
 
@@ -124,7 +141,7 @@ class IdentityManager:
         cached = self._contexts.get((identity, True))
         if cached is not None and cached[0] is cert:
             return cached[1]
-        ctx = cert.server_context()
+        ctx = cert.server_context(self._roots)
         self._contexts[(identity, True)] = (cert, ctx)
         return ctx
 

@@ -1,6 +1,6 @@
 """ztunnel against a stunnel pair and against no mesh, in one run (not a test).
 
-    .venv/bin/python scripts/bench/ztunnel_vs_stunnel.py [--seconds 5] [--rate 200]
+    .venv/bin/python scripts/bench/ztunnel_vs_stunnel.py [--seconds 5] [--rate 200] [--rounds 3]
 
 A two-node lab. Pod to pod across the two nodes, three ways:
   - none:    unenrolled pods, plain TCP;
@@ -10,13 +10,17 @@ A two-node lab. Pod to pod across the two nodes, three ways:
 Measured for each: bulk throughput (iperf3, one stream), request latency p50/p99 at a fixed
 rate over kept-alive connections (load client against the HTTP echo), new connections per
 second (a new connection per request), and proxy CPU seconds per Gbit during the iperf3 run.
-Reported with ratios weft/stunnel. Every loop is bounded; the lab is removed at the end.
+The three ways take turns, round after round (--rounds), and each figure is the median over
+the rounds: single runs of a latency test on a shared 2-core machine drift by tens of
+microseconds. Reported with ratios weft/stunnel, from the medians. Every loop is bounded;
+the lab is removed at the end.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,9 +88,7 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def measure(
-    ns: str, host: str, iperf_port: int, http_port: int, proxies: list[int], seconds: int, rate: int
-) -> dict[str, float]:
+def bulk(ns: str, host: str, port: int, proxies: list[int], seconds: int) -> dict[str, float]:
     cpu_before = cpu_seconds(proxies)
     iperf = json.loads(
         in_pod(
@@ -96,7 +98,7 @@ def measure(
             "-c",
             host,
             "-p",
-            str(iperf_port),
+            str(port),
             "-t",
             str(seconds),
             "-J",
@@ -104,10 +106,15 @@ def measure(
         )
     )
     cpu_used = cpu_seconds(proxies) - cpu_before
-    bits = iperf["end"]["sum_received"]["bits_per_second"]
     gbits_moved = iperf["end"]["sum_received"]["bytes"] * 8 / 1e9
-    url = f"http://{host}:{http_port}/"
-    lat = json.loads(
+    return {
+        "throughput_gbps": round(iperf["end"]["sum_received"]["bits_per_second"] / 1e9, 3),
+        "proxy_cpu_s_per_gbit": round(cpu_used / gbits_moved, 3) if proxies else 0.0,
+    }
+
+
+def load(ns: str, url: str, *args: str) -> dict[str, Any]:
+    return json.loads(
         in_pod(
             ns,
             "client",
@@ -115,45 +122,35 @@ def measure(
             "-m",
             "sample_apps.load_client",
             url,
-            "--rate",
-            str(rate),
-            "--count",
-            str(rate * seconds),
-            "--duration",
-            str(seconds + 30),
-            "-o",
-            "json",
-            timeout=seconds + 60,
-        )
-    )
-    conns = json.loads(
-        in_pod(
-            ns,
-            "client",
-            sys.executable,
-            "-m",
-            "sample_apps.load_client",
-            url,
-            "--count",
-            "1500",
-            "--concurrency",
-            "8",
-            "--new-connections",
-            "--duration",
-            "60",
+            *args,
             "-o",
             "json",
             timeout=120,
         )
     )
-    return {
-        "throughput_gbps": round(bits / 1e9, 3),
-        "latency_p50_ms": lat["latency_ms"]["p50"],
-        "latency_p99_ms": lat["latency_ms"]["p99"],
-        "new_connections_per_s": round(conns["rate_achieved"], 1),
-        "proxy_cpu_s_per_gbit": round(cpu_used / gbits_moved, 3) if proxies else 0.0,
-        "failed": lat["requests"]["failed"] + conns["requests"]["failed"],
-    }
+
+
+def latency(ns: str, url: str, seconds: int, rate: int) -> dict[str, Any]:
+    return load(
+        ns,
+        url,
+        "--rate",
+        str(rate),
+        "--count",
+        str(rate * seconds),
+        "--duration",
+        str(seconds + 30),
+    )
+
+
+def new_connections(ns: str, url: str) -> dict[str, Any]:
+    return load(
+        ns, url, "--count", "1500", "--concurrency", "8", "--new-connections", "--duration", "60"
+    )
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
 
 
 def stunnel_configs(folder: Path, server_ip: str) -> tuple[Path, Path]:
@@ -192,7 +189,8 @@ def stunnel_configs(folder: Path, server_ip: str) -> tuple[Path, Path]:
 @click.command()
 @click.option("--seconds", default=5, show_default=True)
 @click.option("--rate", default=200, show_default=True, help="Requests/s for the latency run.")
-def main(seconds: int, rate: int) -> None:
+@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds; medians kept.")
+def main(seconds: int, rate: int, rounds: int) -> None:
     results: dict[str, Any] = {}
     stunnels: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as tmp:
@@ -203,10 +201,6 @@ def main(seconds: int, rate: int) -> None:
             status = json.loads(lab("status", "-o", "json").stdout)
             pods = {(p["namespace"], p["name"]): p for p in status["pods"]}
             ztunnels = [z["pid"] for z in status["ztunnels"].values()]
-            time.sleep(1)
-            results["none"] = measure(
-                "plain", pods[("plain", "server")]["ip"], 5201, 8080, [], seconds, rate
-            )
             client_conf, server_conf = stunnel_configs(folder, pods[("plain", "server")]["ip"])
             for pod, conf in (("server", server_conf), ("client", client_conf)):
                 stunnels.append(
@@ -224,12 +218,38 @@ def main(seconds: int, rate: int) -> None:
                     )
                 )
             time.sleep(1)
-            results["stunnel"] = measure(
-                "plain", "127.0.0.1", 15201, 18080, [p.pid for p in stunnels], seconds, rate
-            )
-            results["weft"] = measure(
-                "mesh", pods[("mesh", "server")]["ip"], 5201, 8080, ztunnels, seconds, rate
-            )
+            # (namespace, host, iperf port, http port, proxy pids) for each way
+            ways = {
+                "none": ("plain", pods[("plain", "server")]["ip"], 5201, 8080, []),
+                "stunnel": ("plain", "127.0.0.1", 15201, 18080, [p.pid for p in stunnels]),
+                "weft": ("mesh", pods[("mesh", "server")]["ip"], 5201, 8080, ztunnels),
+            }
+            rounds_seen: dict[str, list[dict[str, Any]]] = {way: [] for way in ways}
+            # interleaved rounds: drift in the machine's speed hits all three ways alike
+            for _ in range(rounds):
+                for way, (ns, host, iperf_port, http_port, proxies) in ways.items():
+                    url = f"http://{host}:{http_port}/"
+                    lat = latency(ns, url, seconds, rate)
+                    conns = new_connections(ns, url)
+                    rounds_seen[way].append(
+                        {
+                            **bulk(ns, host, iperf_port, proxies, seconds),
+                            "latency_p50_ms": lat["latency_ms"]["p50"],
+                            "latency_p99_ms": lat["latency_ms"]["p99"],
+                            "new_connections_per_s": round(conns["rate_achieved"], 1),
+                            "failed": lat["requests"]["failed"] + conns["requests"]["failed"],
+                        }
+                    )
+            for way, seen in rounds_seen.items():
+                results[way] = {
+                    key: (
+                        sum(r[key] for r in seen)
+                        if key == "failed"
+                        else median([r[key] for r in seen])
+                    )
+                    for key in seen[0]
+                }
+                results[way]["rounds"] = seen
         finally:
             for p in stunnels:
                 p.terminate()
