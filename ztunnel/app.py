@@ -207,5 +207,6 @@ class Ztunnel:
                 for ident, cert in sorted(self.identities.known().items())
             ],
             "pool": self.pool.stats(),
+            "inbound": self.inbound.stats(),
         }
         return web.json_response(body)

@@ -45,6 +45,15 @@ class Inbound:
             weakref.WeakKeyDictionary()
         )
         self._tasks: set[asyncio.Future[None]] = set()
+        self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
+
+    def stats(self) -> list[dict[str, object]]:
+        """Open HBONE connections from other nodes, with their open streams."""
+        return [
+            {"peer": c.label, "streams": len(c.streams)}
+            for c in self._connections
+            if not c.closed.is_set()
+        ]
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -114,6 +123,7 @@ class Inbound:
             return
         server_identity = self._sni_identity.pop(ssl_object, "")
         conn.label = peer
+        self._connections.add(conn)
 
         def on_connect(stream: Stream, target: hbone.Target, headers: dict[str, str]) -> None:
             self._spawn(self._serve_stream(stream, target, headers, peer, server_identity))

@@ -379,3 +379,29 @@ def test_ztunnel_config_shows_workloads_and_certificates(mesh: Lab) -> None:
     )
     assert SHOP_WEB in [c["identity"] for c in certs]
     assert all(c["expires_in_s"] > 20 * 3600 for c in certs)  # 24 h SVIDs, fresh
+
+
+def test_finished_connections_leave_no_open_streams_behind(mesh: Lab) -> None:
+    """Many short connections across nodes, then both ends' HBONE connections carry no
+    stream: every relay released its stream (no leak per connection)."""
+    from tests.integration.lab.labtools import weftctl
+
+    web = pod_ip(mesh, "web")
+    for _ in range(20):
+        assert get(mesh, "client", "shop", web) is not None
+
+    def dump(node: str) -> dict:  # type: ignore[type-arg]
+        return json.loads(
+            weftctl("ztunnel-config", "all", "--lab", mesh.name, "--node", node).stdout
+        )
+
+    def quiet() -> bool:
+        source, destination = dump("node-1"), dump("node-2")
+        return (
+            bool(source["pool"])
+            and all(p["streams"] == 0 for p in source["pool"])
+            and bool(destination["inbound"])
+            and all(c["streams"] == 0 for c in destination["inbound"])
+        )
+
+    eventually(quiet, timeout=10, what="HBONE streams to be released")
