@@ -86,6 +86,7 @@ class Ztunnel:
         c = self.config
         self._spawn(self.client.run())
         self._spawn(self.pool.reap())
+        self._spawn(self.inbound.reap())
         loop = asyncio.get_running_loop()
         self._servers.append(
             await loop.create_server(

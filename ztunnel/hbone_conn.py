@@ -11,8 +11,10 @@ relay partner cannot keep up stops giving window credit back, and a stream witho
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import structlog
 
@@ -24,6 +26,22 @@ log = structlog.get_logger("ztunnel.hbone")
 # A TLS transport pauses its writers above this much buffered: enough for a few large
 # frames in flight, so a fast stream does not stop and start on every chunk.
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024
+
+
+# A peer node that vanishes (crash, power loss) sends no FIN: without keepalives its HBONE
+# connections, and every stream on them, would stay open forever. Dead after ~60 s.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 30, 10, 3
+
+
+def enable_keepalive(sock: Any) -> None:
+    """`sock`: a socket or uvloop's socket-like object (anything with setsockopt)."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 class StreamClosed(ConnectionError):
@@ -228,6 +246,7 @@ class HboneConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        enable_keepalive(self.transport.get_extra_info("socket"))
         if self.on_made is not None:
             self.on_made(self)
 
@@ -330,6 +349,7 @@ class HboneConnection(asyncio.Protocol):
                 s._window_opened()
             return
         if isinstance(event, hbone.ConnectRequested):
+            self.last_used = asyncio.get_running_loop().time()
             new_stream = Stream(self, event.stream_id)
             self.streams[event.stream_id] = new_stream
             if self.on_connect is not None:

@@ -29,6 +29,7 @@ log = structlog.get_logger("ztunnel.inbound")
 
 ROOT_NAMESPACE = "weft-system"
 HANDSHAKE_TIMEOUT = 10.0
+INBOUND_IDLE_TIMEOUT = 300.0
 
 
 class Inbound:
@@ -46,6 +47,17 @@ class Inbound:
         )
         self._tasks: set[asyncio.Future[None]] = set()
         self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
+
+    async def reap(self, idle_timeout: float = INBOUND_IDLE_TIMEOUT) -> None:
+        """Close inbound HBONE connections that carried no stream for `idle_timeout` (the
+        client closes its idle ones sooner; this is for clients that do not); forever."""
+        while True:
+            await asyncio.sleep(idle_timeout / 4)
+            now = asyncio.get_running_loop().time()
+            for conn in list(self._connections):
+                if not conn.streams and now - conn.last_used > idle_timeout:
+                    log.info("inbound.idle_closed", peer=conn.label)
+                    conn.close()
 
     def stats(self) -> list[dict[str, object]]:
         """Open HBONE connections from other nodes, with their open streams."""

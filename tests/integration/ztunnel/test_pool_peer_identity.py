@@ -6,6 +6,7 @@ certificate for the asked-for name at all: the connection is refused with the re
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from controller.ca import CertificateAuthority
 from meshcore import hbone
 from meshcore.api import mesh_pb2 as pb
 from meshcore.identity.spiffe import SpiffeId
+from ztunnel.hbone_conn import KEEPALIVE_IDLE_S
 from ztunnel.identity import IdentityManager
 from ztunnel.inbound import Inbound
 from ztunnel.pool import Pool, PoolKey
@@ -54,7 +56,7 @@ def run(body: Callable[[], Awaitable[None]]) -> None:
 
 async def inbound_server(
     ca: CertificateAuthority, holds: str, roots: bytes | None = None
-) -> tuple[asyncio.Server, int]:
+) -> tuple[asyncio.Server, int, Inbound]:
     """A real 15008 listener that holds a certificate for `holds` only (and trusts `roots`,
     when given, as the controller's trust bundle)."""
     identities = IdentityManager(fetcher(ca))
@@ -65,14 +67,14 @@ async def inbound_server(
     server = await asyncio.get_running_loop().create_server(
         inbound.hbone_protocol, "127.0.0.1", 0, ssl=inbound.server_context()
     )
-    return server, server.sockets[0].getsockname()[1]
+    return server, server.sockets[0].getsockname()[1], inbound
 
 
 def test_a_peer_proving_the_expected_identity_is_connected(tmp_path: Path) -> None:
     ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local")
 
     async def body() -> None:
-        server, port = await inbound_server(ca, WEB)
+        server, port, _ = await inbound_server(ca, WEB)
         pool = Pool(IdentityManager(fetcher(ca)), port=port)
         conn = await pool.get(PoolKey(CLIENT, "127.0.0.1", WEB))
         assert not conn.closed.is_set()
@@ -104,7 +106,7 @@ def test_a_peer_with_a_certificate_from_a_foreign_ca_is_refused(tmp_path: Path) 
     foreign = CertificateAuthority.load_or_create(tmp_path / "foreign", "cluster.local")
 
     async def body() -> None:
-        server, port = await inbound_server(foreign, WEB)
+        server, port, _ = await inbound_server(foreign, WEB)
         pool = Pool(IdentityManager(fetcher(ca)), port=port)
         with pytest.raises(ssl.SSLCertVerificationError):
             await pool.get(PoolKey(CLIENT, "127.0.0.1", WEB))
@@ -117,7 +119,7 @@ def test_a_node_without_the_asked_for_identity_refuses_the_handshake(tmp_path: P
     ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local")
 
     async def body() -> None:
-        server, port = await inbound_server(ca, WEB)  # holds web, is asked for db
+        server, port, _ = await inbound_server(ca, WEB)  # holds web, is asked for db
         pool = Pool(IdentityManager(fetcher(ca)), port=port)
         # the server aborts the handshake with unrecognized_name (seen as a reset)
         with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -134,7 +136,7 @@ def test_a_client_with_a_foreign_certificate_cannot_open_streams(tmp_path: Path)
     foreign = CertificateAuthority.load_or_create(tmp_path / "foreign", "cluster.local")
 
     async def body() -> None:
-        server, port = await inbound_server(ca, WEB)
+        server, port, _ = await inbound_server(ca, WEB)
         # a client whose own certificate is foreign, but which trusts the mesh's root
         foreign_ids = IdentityManager(fetcher(foreign))
         cert = await foreign_ids.get(CLIENT)
@@ -164,7 +166,7 @@ def test_a_root_added_to_the_trust_bundle_is_trusted_for_new_connections(tmp_pat
     both = "".join(old.trust_bundle + new.trust_bundle).encode()
 
     async def body() -> None:
-        server, port = await inbound_server(new, WEB, roots=both)
+        server, port, _ = await inbound_server(new, WEB, roots=both)
         client_ids = IdentityManager(fetcher(old))
         pool = Pool(client_ids, port=port)
         with pytest.raises(ssl.SSLCertVerificationError):
@@ -173,6 +175,32 @@ def test_a_root_added_to_the_trust_bundle_is_trusted_for_new_connections(tmp_pat
         conn = await pool.get(PoolKey(CLIENT, "127.0.0.1", WEB))
         assert not conn.closed.is_set()
         await pool.close()
+        server.close()
+
+    run(body)
+
+
+def test_hbone_connections_keep_alive_and_idle_ones_are_closed_by_the_server(
+    tmp_path: Path,
+) -> None:
+    """A peer that vanishes without a FIN is found by TCP keepalives; a peer that keeps an
+    unused connection open forever has it closed by the accepting side."""
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local")
+
+    async def body() -> None:
+        server, port, inbound = await inbound_server(ca, WEB)
+        pool = Pool(IdentityManager(fetcher(ca)), port=port)
+        conn = await pool.get(PoolKey(CLIENT, "127.0.0.1", WEB))
+        assert conn.transport is not None
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE_S
+        await asyncio.sleep(0.1)
+        assert [c["streams"] for c in inbound.stats()] == [0]
+        reaper = asyncio.ensure_future(inbound.reap(idle_timeout=0.2))
+        await asyncio.wait_for(conn.closed.wait(), 5)  # closed by the server, seen here
+        reaper.cancel()
+        assert inbound.stats() == []
         server.close()
 
     run(body)
