@@ -104,7 +104,6 @@ class TcpLeg(asyncio.Protocol):
         self._early: list[bytes] = []
         self._early_eof = False
         self._lost = False
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -131,8 +130,6 @@ class TcpLeg(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        if not self.lost.done():
-            self.lost.set_result(None)
         if self.relay is not None:
             self.relay.failed(self)  # no-op once the relay finished normally
 
