@@ -132,12 +132,9 @@ class Stream:
             self._pending.append(data)
             self._partner_pause()
             return
-        try:
-            sent = self.conn.proto.send(self.id, data)
-        except hbone.StreamGone:
-            self._gone()
+        sent = self._frame(data)
+        if sent is None:
             return
-        self.sent += sent
         if sent < len(data):
             self._pending.append(data[sent:])
             self._partner_pause()
@@ -173,6 +170,17 @@ class Stream:
 
     # --- flow control ---------------------------------------------------------------------
 
+    def _frame(self, data: Chunk) -> int | None:
+        """Frame as much of `data` as the window allows; how much that was, or None if the
+        stream is gone (its relay has then failed)."""
+        try:
+            sent = self.conn.proto.send(self.id, data)
+        except hbone.StreamGone:
+            self._gone()
+            return None
+        self.sent += sent
+        return sent
+
     def _gone(self) -> None:
         self._pending.clear()
         self.was_reset = True
@@ -190,14 +198,11 @@ class Stream:
             return
         while self._pending and not self.conn.write_paused:
             data = self._pending[0]
-            try:
-                sent = self.conn.proto.send(self.id, data)
-            except hbone.StreamGone:
-                self._gone()
+            sent = self._frame(data)
+            if sent is None:
                 return
             if not sent:
                 break
-            self.sent += sent
             if sent < len(data):
                 self._pending[0] = data[sent:]
             else:
@@ -273,6 +278,10 @@ class HboneConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._windows_opened()
+
+    def _windows_opened(self) -> None:
+        """Every stream may send again (connection window, or the TLS buffer drained)."""
         for stream in list(self.streams.values()):
             stream._window_opened()
 
@@ -338,15 +347,10 @@ class HboneConnection(asyncio.Protocol):
                 self.proto.acknowledge(event.stream_id, event.flow_controlled_length)
             return
         if isinstance(event, hbone.WindowOpened):
-            waiting = (
-                list(self.streams.values())
-                if event.stream_id == 0
-                else [self.streams[event.stream_id]]
-                if event.stream_id in self.streams
-                else []
-            )
-            for s in waiting:
-                s._window_opened()
+            if event.stream_id == 0:
+                self._windows_opened()
+            elif (opened := self.streams.get(event.stream_id)) is not None:
+                opened._window_opened()
             return
         if isinstance(event, hbone.ConnectRequested):
             self.last_used = asyncio.get_running_loop().time()

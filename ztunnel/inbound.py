@@ -9,8 +9,6 @@ import socket
 import ssl
 import time
 import weakref
-from collections.abc import Coroutine
-from typing import Any
 
 import structlog
 
@@ -22,7 +20,7 @@ from ztunnel import metrics, peerauthn, rbac, tls
 from ztunnel.hbone_conn import HboneConnection, Stream
 from ztunnel.identity import IdentityManager
 from ztunnel.pool import CONNECT_TIMEOUT, identity_from_sni
-from ztunnel.relay import Relay, TcpLeg
+from ztunnel.relay import Relay, SetupTasks, TcpLeg
 from ztunnel.state import MeshView
 
 log = structlog.get_logger("ztunnel.inbound")
@@ -45,7 +43,7 @@ class Inbound:
         self._sni_identity: weakref.WeakKeyDictionary[ssl.SSLObject, str] = (
             weakref.WeakKeyDictionary()
         )
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._setups = SetupTasks("inbound.failed_unexpectedly")
         self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
 
     async def reap(self, idle_timeout: float = INBOUND_IDLE_TIMEOUT) -> None:
@@ -66,11 +64,6 @@ class Inbound:
             for c in self._connections
             if not c.closed.is_set()
         ]
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # --- TLS ---------------------------------------------------------------------------
 
@@ -138,25 +131,18 @@ class Inbound:
         self._connections.add(conn)
 
         def on_connect(stream: Stream, target: hbone.Target, headers: dict[str, str]) -> None:
-            self._spawn(self._serve_stream(stream, target, headers, peer, server_identity))
+            def reset() -> None:
+                stream.abort()
+                stream.conn.forget(stream)
+
+            self._setups.spawn(
+                self._hbone_stream(stream, target, headers, peer, server_identity),
+                reset,
+                target=str(target),
+            )
 
         conn.on_connect = on_connect
         conn.start()
-
-    async def _serve_stream(
-        self,
-        stream: Stream,
-        target: hbone.Target,
-        headers: dict[str, str],
-        peer: str,
-        server_identity: str,
-    ) -> None:
-        try:
-            await self._hbone_stream(stream, target, headers, peer, server_identity)
-        except Exception as err:  # one stream's bug must not go unnoticed or hang its client
-            log.exception("inbound.failed_unexpectedly", target=str(target), error=repr(err))
-            stream.abort()
-            stream.conn.forget(stream)
 
     async def _hbone_stream(
         self,
@@ -242,7 +228,7 @@ class Inbound:
 
     def plaintext_protocol(self) -> TcpLeg:
         """The 15006 listener's protocol factory."""
-        return TcpLeg(on_made=lambda leg: self._spawn(self.handle_plaintext(leg)))
+        return TcpLeg(on_made=lambda leg: self._setups.spawn(self.handle_plaintext(leg), leg.abort))
 
     async def handle_plaintext(self, leg: TcpLeg) -> None:
         started = time.monotonic()

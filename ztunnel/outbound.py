@@ -21,7 +21,7 @@ from meshcore.meshstate import MeshService, Workload
 from ztunnel import metrics
 from ztunnel.hbone_conn import StreamClosed
 from ztunnel.pool import CONNECT_TIMEOUT, Pool, PoolKey
-from ztunnel.relay import Relay, TcpLeg, connect_leg
+from ztunnel.relay import Relay, SetupTasks, TcpLeg, connect_leg
 from ztunnel.state import MeshView
 
 log = structlog.get_logger("ztunnel.outbound")
@@ -54,26 +54,14 @@ class Outbound:
         self.synced = synced or asyncio.Event()
         if synced is None:
             self.synced.set()
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._setups = SetupTasks("outbound.failed_unexpectedly")
 
     def protocol(self) -> TcpLeg:
         """The listener's protocol factory: each accepted connection is handled in a task
         until it is relayed."""
-        return TcpLeg(on_made=self._accepted)
-
-    def _accepted(self, leg: TcpLeg) -> None:
-        task = asyncio.ensure_future(self.handle(leg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        return TcpLeg(on_made=lambda leg: self._setups.spawn(self.handle(leg), leg.abort))
 
     async def handle(self, leg: TcpLeg) -> None:
-        try:
-            await self._handle(leg)
-        except Exception as err:  # one connection's bug must not go unnoticed or leak
-            log.exception("outbound.failed_unexpectedly", error=repr(err))
-            leg.abort()
-
-    async def _handle(self, leg: TcpLeg) -> None:
         started = time.monotonic()
         if not self.synced.is_set():
             # Without the mesh state every destination would look unknown and be passed

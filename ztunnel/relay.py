@@ -22,8 +22,12 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import Callable
-from typing import Protocol, cast
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, cast
+
+import structlog
+
+log = structlog.get_logger("ztunnel.relay")
 
 Chunk = bytes | memoryview  # views into what was received: passed on, never kept
 LINGER_ZERO = struct.pack("ii", 1, 0)  # close() sends an RST
@@ -207,6 +211,32 @@ class TcpLeg(asyncio.Protocol):
 
     def extra(self, name: str) -> object:
         return self.transport.get_extra_info(name) if self.transport is not None else None
+
+
+class SetupTasks:
+    """The tasks that set connections up (policy, connect, CONNECT) before they are relayed:
+    kept referenced until done. One that fails with a bug is logged and resets its
+    connection, which is never left hanging."""
+
+    def __init__(self, event: str) -> None:
+        self._event = event
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def spawn(
+        self, setup: Coroutine[Any, Any, None], reset: Callable[[], None], **context: str
+    ) -> None:
+        task = asyncio.ensure_future(self._guarded(setup, reset, context))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(
+        self, setup: Coroutine[Any, Any, None], reset: Callable[[], None], context: dict[str, str]
+    ) -> None:
+        try:
+            await setup
+        except Exception as err:
+            log.exception(self._event, error=repr(err), **context)
+            reset()
 
 
 async def connect_leg(host: str, port: int) -> TcpLeg:
