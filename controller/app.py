@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import Gauge
 
 from controller.ca import CertificateAuthority
 from controller.distribution import StateLog
@@ -24,6 +24,7 @@ from controller.meshbuilder import MeshBuilder
 from controller.server import MAX_MESSAGE, ControllerService
 from controller.sources import Source
 from controller.store import ResourceStore
+from meshcore import adminserver
 from meshcore.meshstate import TrustBundle, Workload
 
 log = structlog.get_logger("controller")
@@ -156,34 +157,27 @@ class Controller:
     # --- HTTP: readiness, metrics, admin ------------------------------------------------------
 
     async def _start_http(self) -> None:
-        admin = web.Application()
-        admin.add_routes(
-            [
-                web.get("/debug/nodes", self._nodes),
-                web.get("/debug/problems", self._problems),
-                web.get("/debug/state", self._state),
-                web.get("/ready", self._ready),
-                web.get("/metrics", self._metrics),
-            ]
+        c = self.config
+        routes = [
+            web.get("/debug/nodes", self._nodes),
+            web.get("/debug/problems", self._problems),
+            web.get("/debug/state", self._state),
+            web.get("/ready", self._ready),
+            web.get("/metrics", adminserver.metrics),
+        ]
+        self._runners.append(
+            await adminserver.serve(
+                routes,
+                socket=c.admin_socket,
+                host=c.http_host,
+                ports=[c.admin_port, c.metrics_port, c.ready_port],
+            )
         )
-        runner = web.AppRunner(admin, access_log=None)
-        await runner.setup()
-        self._runners.append(runner)
-        if self.config.admin_socket is not None:
-            self.config.admin_socket.parent.mkdir(parents=True, exist_ok=True)
-            self.config.admin_socket.unlink(missing_ok=True)
-            await web.UnixSite(runner, str(self.config.admin_socket)).start()
-        for port in (self.config.admin_port, self.config.metrics_port, self.config.ready_port):
-            if port:
-                await web.TCPSite(runner, self.config.http_host, port, reuse_address=True).start()
 
     async def _ready(self, _request: web.Request) -> web.Response:
         if self.synced.is_set() and self._server is not None:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not synced with the source yet\n")
-
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _nodes(self, _request: web.Request) -> web.Response:
         connected = [s.as_dict() | {"connected": True} for s in self.service.sessions]

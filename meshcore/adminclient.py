@@ -1,4 +1,5 @@
-"""GET a weft process's admin API over its unix socket (controller, node agent, ztunnel)."""
+"""GET a weft process's admin API over its unix socket (controller, node agent, ztunnel).
+The server side is meshcore.adminserver."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from typing import Any
 import aiohttp
 
 
+def _session(socket_path: str | Path, timeout: float) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(path=str(socket_path)),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+    )
+
+
 async def get_json(socket_path: str | Path, path: str, timeout: float = 10) -> Any:
     """The JSON at `path`; raises aiohttp.ClientError or OSError when it cannot be had."""
-    connector = aiohttp.UnixConnector(path=str(socket_path))
-    async with (
-        aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as session,
-        session.get(f"http://weft{path}") as resp,
-    ):
+    async with _session(socket_path, timeout) as session, session.get(f"http://weft{path}") as resp:
         resp.raise_for_status()
         return await resp.json()
 
@@ -24,11 +26,8 @@ async def get_json(socket_path: str | Path, path: str, timeout: float = 10) -> A
 async def get_ok(socket_path: str | Path, path: str, timeout: float = 2) -> bool:
     """Does `path` answer 200 (a readiness check)? False on any failure."""
     try:
-        connector = aiohttp.UnixConnector(path=str(socket_path))
         async with (
-            aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as session,
+            _session(socket_path, timeout) as session,
             session.get(f"http://weft{path}") as resp,
         ):
             return resp.status == 200

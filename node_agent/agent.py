@@ -16,10 +16,11 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from prometheus_client import Counter, Gauge
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from meshcore import adminserver
 from meshcore.configclient import ConfigClient, NodeCredential
 from node_agent import pods, reconcile, tc
 from node_agent.maps import Maps
@@ -188,25 +189,17 @@ class NodeAgent:
     # --- admin, readiness, metrics ---------------------------------------------------------
 
     async def _start_http(self) -> None:
-        app = web.Application()
-        app.add_routes(
-            [
-                web.get("/ready", self._ready),
-                web.get("/metrics", self._metrics),
-                web.get("/debug/status", self._status),
-            ]
+        c = self.config
+        routes = [
+            web.get("/ready", self._ready),
+            web.get("/metrics", adminserver.metrics),
+            web.get("/debug/status", self._status),
+        ]
+        self._runners.append(
+            await adminserver.serve(
+                routes, socket=c.admin_socket, host=c.http_host, ports=[c.http_port]
+            )
         )
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        self._runners.append(runner)
-        if self.config.admin_socket is not None:
-            self.config.admin_socket.parent.mkdir(parents=True, exist_ok=True)
-            self.config.admin_socket.unlink(missing_ok=True)
-            await web.UnixSite(runner, str(self.config.admin_socket)).start()
-        if self.config.http_port:
-            await web.TCPSite(
-                runner, self.config.http_host, self.config.http_port, reuse_address=True
-            ).start()
 
     async def stop(self) -> None:
         for runner in self._runners:
@@ -216,9 +209,6 @@ class NodeAgent:
         if self.ready:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not synced with the controller yet\n")
-
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def status(self) -> dict[str, Any]:
         assert self.maps is not None

@@ -14,9 +14,8 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from meshcore import hbone
+from meshcore import adminserver, hbone
 from meshcore.configclient import Applied, ConfigClient, NodeCredential
 from ztunnel.identity import IdentityManager
 from ztunnel.inbound import HANDSHAKE_TIMEOUT, Inbound, transparent_listener
@@ -139,34 +138,26 @@ class Ztunnel:
     # --- admin, metrics, readiness ------------------------------------------------------
 
     async def _start_http(self) -> None:
-        app = web.Application()
-        app.add_routes(
-            [
-                web.get("/healthz/ready", self._ready),
-                web.get("/metrics", self._metrics),
-                web.get("/stats/prometheus", self._metrics),
-                web.get("/config_dump", self._config_dump),
-            ]
-        )
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        self._runners.append(runner)
         c = self.config
-        if c.admin_socket is not None:
-            c.admin_socket.parent.mkdir(parents=True, exist_ok=True)
-            c.admin_socket.unlink(missing_ok=True)
-            await web.UnixSite(runner, str(c.admin_socket)).start()
-        for port in (c.admin_port, c.metrics_port, c.ready_port):
-            if port:
-                await web.TCPSite(runner, c.host, port, reuse_address=True).start()
+        routes = [
+            web.get("/healthz/ready", self._ready),
+            web.get("/metrics", adminserver.metrics),
+            web.get("/stats/prometheus", adminserver.metrics),
+            web.get("/config_dump", self._config_dump),
+        ]
+        self._runners.append(
+            await adminserver.serve(
+                routes,
+                socket=c.admin_socket,
+                host=c.host,
+                ports=[c.admin_port, c.metrics_port, c.ready_port],
+            )
+        )
 
     async def _ready(self, _request: web.Request) -> web.Response:
         if self.ready.is_set():
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready\n")
-
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _config_dump(self, _request: web.Request) -> web.Response:
         now = dt.datetime.now(dt.UTC)
