@@ -29,7 +29,7 @@ from meshcore.identity.certs import key_to_pem, make_csr, new_private_key
 from meshcore.identity.spiffe import SpiffeId
 from ztunnel import tls
 from ztunnel.hbone_conn import HboneConnection, Stream
-from ztunnel.relay import Relay, TcpLeg, connect_leg
+from ztunnel.relay import LINGER_ZERO, Relay, TcpLeg, connect_leg
 
 Runner = Callable[[Callable[["Tunnel"], Awaitable[None]]], None]
 ServerHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -159,6 +159,12 @@ async def tcp_server(handler: ServerHandler) -> tuple[asyncio.Server, hbone.Targ
     return server, hbone.Target("127.0.0.1", server.sockets[0].getsockname()[1])
 
 
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close like a crashing app: an RST, not a FIN."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+    writer.transport.abort()
+
+
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while data := await reader.read(65536):
         writer.write(data)
@@ -207,15 +213,11 @@ def test_half_close_lets_the_other_direction_finish(in_tunnel: Runner) -> None:
 
 def test_a_reset_from_the_server_resets_the_client(in_tunnel: Runner) -> None:
     async def body(tunnel: Tunnel) -> None:
-        async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def crash(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.read(1)
-            sock = writer.get_extra_info("socket")
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-            )
-            writer.transport.abort()
+            reset(writer)
 
-        server, target = await tcp_server(reset)
+        server, target = await tcp_server(crash)
         reader, writer, relay = await tunnel.open(target)
         writer.write(b"x")
         with pytest.raises(ConnectionResetError):
@@ -243,10 +245,7 @@ def test_a_reset_from_the_client_resets_the_server(in_tunnel: Runner) -> None:
         _, writer, relay = await tunnel.open(target)
         writer.write(b"x")
         await asyncio.sleep(0.05)
-        writer.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-        )
-        writer.transport.abort()
+        reset(writer)
         assert await asyncio.wait_for(seen, 5) is ConnectionResetError
         assert await asyncio.wait_for(relay.done, 5) is True
         server.close()
@@ -336,10 +335,7 @@ def test_one_reset_stream_leaves_its_neighbours_alone(in_tunnel: Runner) -> None
         server, target = await tcp_server(echo)
         _, w1, relay1 = await tunnel.open(target)
         r2, w2, _ = await tunnel.open(target)
-        w1.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-        )
-        w1.transport.abort()
+        reset(w1)
         assert await asyncio.wait_for(relay1.done, 5) is True
         w2.write(b"still here")
         assert await asyncio.wait_for(r2.readexactly(10), 5) == b"still here"

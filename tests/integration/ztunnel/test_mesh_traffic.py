@@ -269,6 +269,18 @@ def _node_netns(lab: Lab, node: str) -> str:
     return next(n["netns"] for n in lab.status()["nodes"] if n["name"] == node)
 
 
+def _python_in_node(
+    lab: Lab, node: str, code: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run Python `code` in a node's network namespace (on the underlay, like a peer)."""
+    return subprocess.run(
+        ["nsenter", f"--net=/run/netns/{_node_netns(lab, node)}", "--", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_a_certificate_from_a_foreign_ca_is_refused(mesh: Lab, tmp_path: Path) -> None:
     from controller.ca import CertificateAuthority
     from meshcore.identity.certs import key_to_pem, make_csr, new_private_key
@@ -297,19 +309,7 @@ try:
 except (ssl.SSLError, ConnectionError, OSError) as e:
     print("refused", type(e).__name__)
 """
-    proc = subprocess.run(
-        [
-            "nsenter",
-            f"--net=/run/netns/{_node_netns(mesh, 'node-1')}",
-            "--",
-            sys.executable,
-            "-c",
-            code,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = _python_in_node(mesh, "node-1", code, timeout=30)
     assert proc.stdout.startswith(("refused", "closed")), proc.stdout + proc.stderr
     assert get(mesh, "client", "shop", pod_ip(mesh, "web")) is not None  # others unharmed
 
@@ -326,19 +326,7 @@ for payload in (b"\\x16\\x03\\x01garbage" * 100, b"\\x00" * 70000, b"GET / HTTP/
     except ConnectionError:
         print("closed")
 """
-    proc = subprocess.run(
-        [
-            "nsenter",
-            f"--net=/run/netns/{_node_netns(mesh, 'node-1')}",
-            "--",
-            sys.executable,
-            "-c",
-            code,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _python_in_node(mesh, "node-1", code, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert all(line in ("closed", "answered") for line in proc.stdout.split())
     assert get(mesh, "client", "shop", pod_ip(mesh, "web")) is not None

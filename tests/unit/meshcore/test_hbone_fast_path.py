@@ -15,41 +15,14 @@ from meshcore.hbone import (
     CONNECTION_WINDOW,
     STREAM_WINDOW,
     ConnectionClosed,
-    ConnectRequested,
     HboneClient,
-    HboneServer,
     StreamData,
     StreamEnded,
     StreamGone,
     Target,
     data_frame_header,
 )
-
-
-def pump(a, b) -> tuple[list, list]:
-    got_a, got_b = [], []
-    for _ in range(50):
-        out_a, out_b = a.data_to_send(), b.data_to_send()
-        if not out_a and not out_b:
-            break
-        if out_a:
-            got_b += b.receive(bytes(out_a))
-        if out_b:
-            got_a += a.receive(bytes(out_b))
-    return got_a, got_b
-
-
-def open_stream() -> tuple[HboneClient, HboneServer, int]:
-    client, server = HboneClient(), HboneServer()
-    server.receive(client.initiate())
-    client.receive(server.initiate())
-    pump(client, server)
-    sid = client.connect(Target("10.0.0.1", 80))
-    _, at_server = pump(client, server)
-    [req] = [e for e in at_server if isinstance(e, ConnectRequested)]
-    server.accept(req.stream_id)
-    pump(client, server)
-    return client, server, sid
+from tests.hbone_pairs import open_stream, pump
 
 
 def test_a_fast_data_frame_is_byte_for_byte_what_hyperframe_serializes() -> None:

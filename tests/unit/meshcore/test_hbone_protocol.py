@@ -9,7 +9,6 @@ from meshcore.hbone import (
     ConnectionClosed,
     ConnectRequested,
     ConnectResponse,
-    HboneClient,
     HboneError,
     HboneServer,
     StreamData,
@@ -18,28 +17,7 @@ from meshcore.hbone import (
     Target,
     parse_authority,
 )
-
-
-def pump(a, b) -> tuple[list, list]:
-    """Move bytes both ways until quiet; returns (events at a, events at b)."""
-    got_a, got_b = [], []
-    for _ in range(20):
-        out_a, out_b = a.data_to_send(), b.data_to_send()
-        if not out_a and not out_b:
-            break
-        if out_a:
-            got_b += b.receive(out_a)
-        if out_b:
-            got_a += a.receive(out_b)
-    return got_a, got_b
-
-
-def connected() -> tuple[HboneClient, HboneServer]:
-    client, server = HboneClient(), HboneServer()
-    server.receive(client.initiate())
-    client.receive(server.initiate())
-    pump(client, server)
-    return client, server
+from tests.hbone_pairs import connected, open_stream, pump
 
 
 @pytest.mark.parametrize(
@@ -166,24 +144,14 @@ def test_an_oversized_frame_closes_the_connection() -> None:
 
 
 def test_a_reset_stream_reaches_the_other_side() -> None:
-    client, server = connected()
-    sid = client.connect(Target("10.0.0.1", 80))
-    _, at_server = pump(client, server)
-    [req] = [e for e in at_server if isinstance(e, ConnectRequested)]
-    server.accept(req.stream_id)
-    pump(client, server)
-    server.reset(req.stream_id)
+    client, server, sid = open_stream()
+    server.reset(sid)
     at_client, _ = pump(client, server)
     assert [e.stream_id for e in at_client if isinstance(e, StreamReset)] == [sid]
 
 
 def test_flow_control_limits_sends_until_data_is_acknowledged() -> None:
-    client, server = connected()
-    sid = client.connect(Target("10.0.0.1", 80))
-    _, at_server = pump(client, server)
-    [req] = [e for e in at_server if isinstance(e, ConnectRequested)]
-    server.accept(req.stream_id)
-    pump(client, server)
+    client, server, sid = open_stream()
     window = client.window(sid)
     assert window >= 4 * 1024 * 1024 - 1  # large windows: full speed on one stream
     payload = b"x" * (window + 1000)
@@ -193,7 +161,7 @@ def test_flow_control_limits_sends_until_data_is_acknowledged() -> None:
     received = sum(e.flow_controlled_length for e in at_server if isinstance(e, StreamData))
     assert received == window
     assert client.window(sid) == 0
-    server.acknowledge(req.stream_id, received)
+    server.acknowledge(sid, received)
     pump(client, server)
     assert client.window(sid) > 0
     assert client.send(sid, payload[sent:]) == 1000
