@@ -51,33 +51,50 @@ class NodeAgents:
 
     def start_ztunnels(self, nodes: list[NodePlan]) -> None:
         for node in nodes:
-            spec = ProcessSpec(
-                name=f"{node.name}/ztunnel",
-                argv=[
-                    sys.executable,
-                    "-m",
-                    "ztunnel",
-                    "run",
-                    "--node",
-                    node.name,
-                    "--controller",
-                    self.controller,
-                    "--credential",
-                    str(self.paths.node_credential(node.name)),
-                    "--admin-socket",
-                    str(self.ztunnel_socket(node.name)),
-                ],
-                env=node_process_env(),
-                netns=self.names.node_netns(node.name),
-                cgroup=f"{self.names.node_system_cgroup(node.name)}/ztunnel",
-                log_path=self.paths.logs / f"{node.name}-ztunnel.log",
-                restart=RestartPolicy.ALWAYS,
+            self.ztunnels[node.name] = self._start_on_node(
+                node,
+                "ztunnel",
+                "ztunnel",
+                ["--admin-socket", str(self.ztunnel_socket(node.name))],
                 grace_seconds=3.0,
-                host_mounts=True,
             )
-            proc = Supervised(spec)
-            self.ztunnels[node.name] = proc
-            proc.start()
+
+    def _start_on_node(
+        self,
+        node: NodePlan,
+        component: str,
+        module: str,
+        args: list[str],
+        grace_seconds: float,
+    ) -> Supervised:
+        """One of a node's own processes: in the node's namespace and system cgroup, with
+        the node's credential for the controller, always restarted."""
+        spec = ProcessSpec(
+            name=f"{node.name}/{component}",
+            argv=[
+                sys.executable,
+                "-m",
+                module,
+                "run",
+                "--node",
+                node.name,
+                "--controller",
+                self.controller,
+                "--credential",
+                str(self.paths.node_credential(node.name)),
+                *args,
+            ],
+            env=node_process_env(),
+            netns=self.names.node_netns(node.name),
+            cgroup=f"{self.names.node_system_cgroup(node.name)}/{component}",
+            log_path=self.paths.logs / f"{node.name}-{component}.log",
+            restart=RestartPolicy.ALWAYS,
+            grace_seconds=grace_seconds,
+            host_mounts=True,
+        )
+        proc = Supervised(spec)
+        proc.start()
+        return proc
 
     async def wait_ztunnels(self, timeout: float = 60) -> None:
         async def ready(node: str) -> bool:
@@ -90,21 +107,13 @@ class NodeAgents:
     def start(self, nodes: list[NodePlan]) -> None:
         mount = cgroups.cgroup2_mount()
         for node in nodes:
-            spec = ProcessSpec(
-                name=f"{node.name}/node-agent",
-                argv=[
-                    sys.executable,
-                    "-m",
-                    "node_agent",
-                    "run",
-                    "--node",
-                    node.name,
+            self.agents[node.name] = self._start_on_node(
+                node,
+                "node-agent",
+                "node_agent",
+                [
                     "--node-ip",
                     node.underlay_ip,
-                    "--controller",
-                    self.controller,
-                    "--credential",
-                    str(self.paths.node_credential(node.name)),
                     "--pin-dir",
                     str(pin_dir(self.names, node.name)),
                     "--pods-cgroup",
@@ -114,17 +123,8 @@ class NodeAgents:
                     "--admin-socket",
                     str(self.agent_socket(node.name)),
                 ],
-                env=node_process_env(),
-                netns=self.names.node_netns(node.name),
-                cgroup=f"{self.names.node_system_cgroup(node.name)}/node-agent",
-                log_path=self.paths.logs / f"{node.name}-node-agent.log",
-                restart=RestartPolicy.ALWAYS,
                 grace_seconds=5.0,
-                host_mounts=True,
             )
-            agent = Supervised(spec)
-            self.agents[node.name] = agent
-            agent.start()
 
     async def ready(self, node: str) -> bool:
         return await get_ok(self.agent_socket(node), "/ready")
