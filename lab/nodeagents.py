@@ -44,10 +44,10 @@ class NodeAgents:
         self.ztunnels: dict[str, Supervised] = {}
 
     def agent_socket(self, node: str) -> Path:
-        return self.paths.root / "nodes" / node / "agent.sock"
+        return self.paths.agent_socket(node)
 
     def ztunnel_socket(self, node: str) -> Path:
-        return self.paths.root / "nodes" / node / "ztunnel.sock"
+        return self.paths.ztunnel_socket(node)
 
     def start_ztunnels(self, nodes: list[NodePlan]) -> None:
         for node in nodes:

@@ -62,6 +62,14 @@ class LabPaths:
         """key.pem, cert.pem and roots.pem a node uses to talk to the controller."""
         return self.root / "nodes" / node / "credential"
 
+    def agent_socket(self, node: str) -> Path:
+        """The node agent's admin API."""
+        return self.root / "nodes" / node / "agent.sock"
+
+    def ztunnel_socket(self, node: str) -> Path:
+        """The ztunnel's admin API."""
+        return self.root / "nodes" / node / "ztunnel.sock"
+
     def container_log(self, namespace: str, pod: str, container: str) -> Path:
         return self.logs / f"{namespace}_{pod}_{container}.log"
 

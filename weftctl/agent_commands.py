@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
-import aiohttp
 import click
 
 from lab.config import STATE_ROOT
 from lab.state import LabPaths
 from meshcore.adminclient import get_json
+from weftctl.admin import fetch
 from weftctl.output import OUTPUT_OPTION, emit, table
 
 
@@ -30,13 +29,8 @@ def agent(ctx: click.Context, lab_name: str) -> None:
 def status(ctx: click.Context, node: str, output: str) -> None:
     """Enrolled pods, programs and what the maps hold, for one node."""
     paths: LabPaths = ctx.obj
-    sock = paths.root / "nodes" / node / "agent.sock"
-    try:
-        data = asyncio.run(get_json(sock, "/debug/status"))
-    except (aiohttp.ClientError, OSError) as err:
-        raise click.ClickException(
-            f"cannot reach the node agent of {node} at {sock} ({err}); is the lab up?"
-        ) from None
+    sock = paths.agent_socket(node)
+    data = fetch(get_json(sock, "/debug/status"), f"the node agent of {node}", sock)
     if emit(data, output):
         return
     ctl = data["controller"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ import click
 from lab.config import STATE_ROOT
 from lab.state import LabPaths
 from meshcore.adminclient import get_json
+from weftctl.admin import fetch
 from weftctl.output import OUTPUT_OPTION, emit, table
 
 
@@ -30,12 +30,7 @@ async def _get(admin: str, path: str) -> Any:
 
 def _fetch(ctx: click.Context, path: str) -> Any:
     admin: str = ctx.obj
-    try:
-        return asyncio.run(_get(admin, path))
-    except (aiohttp.ClientError, OSError) as err:
-        raise click.ClickException(
-            f"cannot reach the controller's admin API at {admin} ({err}); is the lab up?"
-        ) from None
+    return fetch(_get(admin, path), "the controller's admin API", admin)
 
 
 @click.group()

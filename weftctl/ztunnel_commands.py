@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import click
 
 from lab.config import STATE_ROOT
 from lab.state import LabPaths
 from meshcore.adminclient import get_json
+from weftctl.admin import fetch
 from weftctl.output import OUTPUT_OPTION, emit, table
 
 
 def _dump(lab_name: str, node: str) -> dict[str, Any]:
     paths = LabPaths.for_lab(lab_name, Path(os.environ.get("WEFT_LAB_STATE", STATE_ROOT)))
-    sock = paths.root / "nodes" / node / "ztunnel.sock"
-    try:
-        data: dict[str, Any] = asyncio.run(get_json(sock, "/config_dump"))
-    except (aiohttp.ClientError, OSError) as err:
-        raise click.ClickException(
-            f"cannot reach the ztunnel of {node} at {sock} ({err}); is the lab up?"
-        ) from None
+    sock = paths.ztunnel_socket(node)
+    data: dict[str, Any] = fetch(get_json(sock, "/config_dump"), f"the ztunnel of {node}", sock)
     return data
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import click
 
+from lab.state import LabPaths
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CLIENT = r"""
@@ -93,7 +95,7 @@ def set_enrolled(folder: Path, enrolled: bool) -> None:
 
 
 def wait_agent(enrolled: bool) -> None:
-    sock = Path("/run/weft/labs") / LAB / "nodes" / "node-1" / "agent.sock"
+    sock = LabPaths.for_lab(LAB).agent_socket("node-1")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         out = subprocess.run(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.state import LabPaths
 from tests.conftest import RUN_ID
 from tests.integration.lab.labtools import Lab, leftovers
 
@@ -71,7 +72,7 @@ def pod_ip(lab: Lab, name: str) -> str:
 
 
 def metrics(lab: Lab, node: str) -> str:
-    sock = Path("/run/weft/labs") / lab.name / "nodes" / node / "ztunnel.sock"
+    sock = LabPaths.for_lab(lab.name).ztunnel_socket(node)
     return subprocess.run(
         ["curl", "-s", "--unix-socket", str(sock), "http://z/metrics"],
         capture_output=True,
