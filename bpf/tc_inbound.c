@@ -22,18 +22,30 @@
 
 #define TCP_LISTEN_STATE 10 /* BPF_TCP_LISTEN */
 
-int weft_inbound(struct __sk_buff *skb)
+/* The TCP header of an IPv4 packet without IP options (and its IP header in *ip), bounds
+ * checked for the verifier; NULL for anything else, which both programs let pass. */
+static __always_inline struct tcphdr *ipv4_tcp(struct __sk_buff *skb, struct iphdr **ip)
 {
     void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-        return TC_ACT_OK;
-    struct iphdr *ip = (void *)(eth + 1);
-    if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5)
-        return TC_ACT_OK;
-    struct tcphdr *tcp = (void *)(ip + 1);
+        return NULL;
+    struct iphdr *iph = (void *)(eth + 1);
+    if ((void *)(iph + 1) > data_end || iph->protocol != IPPROTO_TCP || iph->ihl != 5)
+        return NULL;
+    struct tcphdr *tcp = (void *)(iph + 1);
     if ((void *)(tcp + 1) > data_end)
+        return NULL;
+    *ip = iph;
+    return tcp;
+}
+
+int weft_inbound(struct __sk_buff *skb)
+{
+    struct iphdr *ip;
+    struct tcphdr *tcp = ipv4_tcp(skb, &ip);
+    if (!tcp)
         return TC_ACT_OK;
     __u32 daddr = ip->daddr, saddr = ip->saddr;
     /* The empty asm keeps the compiler from OR-ing the two map pointers together, which
@@ -94,16 +106,9 @@ int weft_guard(struct __sk_buff *skb)
 {
     if (skb->sk)
         return TC_ACT_OK;  /* sent by a process of this node (ztunnel, a probe) */
-    void *data = (void *)(long)skb->data;
-    void *data_end = (void *)(long)skb->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-        return TC_ACT_OK;
-    struct iphdr *ip = (void *)(eth + 1);
-    if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5)
-        return TC_ACT_OK;
-    struct tcphdr *tcp = (void *)(ip + 1);
-    if ((void *)(tcp + 1) > data_end)
+    struct iphdr *ip;
+    struct tcphdr *tcp = ipv4_tcp(skb, &ip);
+    if (!tcp)
         return TC_ACT_OK;
     __u32 daddr = ip->daddr;
     if (tcp->syn && !tcp->ack && weft_enrolled_ips.lookup(&daddr))
