@@ -15,28 +15,13 @@ from meshcore.api.convert import key_to_proto, to_proto
 from meshcore.configclient import apply_update
 from meshcore.meshstate import MeshService, ServicePort, StateValue, TrustBundle, Workload
 from meshcore.resources import ResourceKey
+from tests.shop_workloads import wl
 
 State = dict[ResourceKey, StateValue]
 BUNDLE = TrustBundle("cluster.local", ("root-pem",))
 CART_SVC = MeshService(
     "cart", "shop", "cart.shop.svc.cluster.local", ("10.96.0.20",), (ServicePort("http", 80),)
 )
-
-
-def wl(name: str, ip: str = "10.244.1.1") -> Workload:
-    return Workload(
-        uid=f"shop/{name}",
-        name=name,
-        namespace="shop",
-        service_account="default",
-        identity="spiffe://cluster.local/ns/shop/sa/default",
-        node="node-a",
-        node_address="192.168.50.11",
-        addresses=(ip,),
-        labels={"app": name},
-        enrolled=True,
-        ready=True,
-    )
 
 
 def key(name: str) -> ResourceKey:

@@ -9,28 +9,13 @@ import pytest
 from controller.distribution import StateLog, Update
 from meshcore.api import mesh_pb2 as pb
 from meshcore.api.convert import from_proto, key_from_proto
-from meshcore.meshstate import MeshService, ServicePort, StateValue, TrustBundle, Workload
+from meshcore.meshstate import MeshService, ServicePort, StateValue, TrustBundle
 from meshcore.resources import ResourceKey
+from tests.shop_workloads import wl
 
 EPOCH = "epoch-a"
 BUNDLE = TrustBundle("cluster.local", ("root-pem",))
 State = dict[ResourceKey, StateValue]
-
-
-def wl(name: str, ip: str = "10.244.1.1", *, ready: bool = True) -> Workload:
-    return Workload(
-        uid=f"shop/{name}",
-        name=name,
-        namespace="shop",
-        service_account="default",
-        identity="spiffe://cluster.local/ns/shop/sa/default",
-        node="node-a",
-        node_address="192.168.50.11",
-        addresses=(ip,),
-        labels={"app": name},
-        enrolled=True,
-        ready=ready,
-    )
 
 
 def state(*values: StateValue) -> State:
