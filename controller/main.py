@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from pathlib import Path
 
 import click
@@ -15,6 +14,7 @@ from controller.app import Controller, ControllerConfig
 from controller.ca import CertificateAuthority
 from controller.sources import LocalSource
 from meshcore.logs import configure_logging
+from meshcore.signals import run_until_stopped, stop_requested
 
 log = structlog.get_logger("controller")
 
@@ -96,16 +96,10 @@ def run(
 
     async def main() -> None:
         controller = Controller(config, LocalSource(source_dir))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_requested()
         await controller.start()
         follower = asyncio.create_task(controller.run())
-        await asyncio.wait(
-            {follower, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
-        )
-        follower.cancel()
+        await run_until_stopped(follower, stop)
         if follower.done() and not follower.cancelled() and follower.exception():
             log.error("controller.source_failed", error=str(follower.exception()))
         await controller.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 
 import click
@@ -11,6 +10,7 @@ import structlog
 import uvloop
 
 from meshcore.logs import configure_logging
+from meshcore.signals import run_until_stopped, stop_requested
 from node_agent.agent import AgentConfig, NodeAgent
 from node_agent.programs import KernelFeatureError, check_kernel
 
@@ -99,15 +99,7 @@ def run(
         except KernelFeatureError as err:
             log.error("agent.kernel_feature_missing", error=str(err))
             return 2
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        runner = asyncio.create_task(agent.run())
-        await asyncio.wait(
-            {runner, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
-        )
-        runner.cancel()
+        await run_until_stopped(asyncio.create_task(agent.run()), stop_requested())
         await agent.stop()
         # Programs and pinned maps stay: capture goes on until the lab or node is torn down.
         log.info("agent.stopped", node=node)

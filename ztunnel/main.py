@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 
 import click
@@ -11,6 +9,7 @@ import structlog
 import uvloop
 
 from meshcore.logs import configure_logging
+from meshcore.signals import stop_requested
 from ztunnel.app import Ztunnel, ZtunnelConfig
 
 log = structlog.get_logger("ztunnel")
@@ -47,10 +46,7 @@ def run(
 
     async def main() -> None:
         ztunnel = Ztunnel(config)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_requested()
         await ztunnel.start()
         await stop.wait()
         await ztunnel.stop()
