@@ -9,6 +9,7 @@ import click
 import structlog
 import uvloop
 
+from meshcore import nodeoptions
 from meshcore.logs import configure_logging
 from meshcore.signals import run_until_stopped, stop_requested
 from node_agent.agent import AgentConfig, NodeAgent
@@ -25,13 +26,8 @@ def cli() -> None:
 @cli.command()
 @click.option("--node", required=True, help="This node's name (spec.nodeName of its pods).")
 @click.option("--node-ip", required=True, help="This node's own address.")
-@click.option("--controller", required=True, help="host:port of the controller's gRPC.")
-@click.option(
-    "--credential",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Folder with key.pem, cert.pem, roots.pem.",
-)
+@nodeoptions.CONTROLLER
+@nodeoptions.CREDENTIAL
 @click.option(
     "--pin-dir",
     required=True,
@@ -50,7 +46,7 @@ def cli() -> None:
     type=click.Path(path_type=Path),
     help="The cgroup v2 subtree where ztunnel runs.",
 )
-@click.option("--admin-socket", type=click.Path(path_type=Path), default=None)
+@nodeoptions.ADMIN_SOCKET
 @click.option(
     "--http-port", default=15024, show_default=True, help="Readiness, metrics and admin (0: off)."
 )

@@ -8,6 +8,7 @@ import click
 import structlog
 import uvloop
 
+from meshcore import nodeoptions
 from meshcore.logs import configure_logging
 from meshcore.signals import stop_requested
 from ztunnel.app import Ztunnel, ZtunnelConfig
@@ -22,15 +23,10 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--node", required=True)
-@click.option("--controller", required=True, help="host:port of the controller's gRPC.")
-@click.option(
-    "--credential",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="The node credential folder (key.pem, cert.pem, roots.pem).",
-)
+@nodeoptions.CONTROLLER
+@nodeoptions.CREDENTIAL
 @click.option("--trust-domain", default="cluster.local", show_default=True)
-@click.option("--admin-socket", type=click.Path(path_type=Path), default=None)
+@nodeoptions.ADMIN_SOCKET
 def run(
     node: str, controller: str, credential: Path, trust_domain: str, admin_socket: Path | None
 ) -> None:
