@@ -18,14 +18,9 @@ from meshcore.resources import (
     HTTPRouteRule,
     Listener,
     ManifestError,
-    ManifestErrors,
     ObjectMeta,
     ParentRef,
-    Parsed,
-    Resource,
     ResourceKey,
-    documents_from_text,
-    parse_documents,
 )
 from meshcore.resources.gateway import (
     AddressType,
@@ -59,25 +54,14 @@ from meshcore.resources.gateway import (
     URLRewrite,
     parse_duration,
 )
+from tests.manifest_parsing import ManifestParser
 
 SOURCE = "routes.yaml"
 GW_API = "gateway.networking.k8s.io/v1"
 
 
-def parse(text: str) -> list[Parsed]:
-    return parse_documents(documents_from_text(textwrap.dedent(text), SOURCE))
-
-
-def parse_one(text: str) -> Resource:
-    (parsed,) = parse(text)
-    return parsed.resource
-
-
-def only_error(text: str) -> ManifestError:
-    with pytest.raises(ManifestErrors) as caught:
-        parse(text)
-    (error,) = caught.value.errors
-    return error
+_parser = ManifestParser(SOURCE)
+parse, parse_one, only_error = _parser.parse, _parser.parse_one, _parser.only_error
 
 
 def manifest(kind: str, spec: str, *, api: str = GW_API, name: str = "r") -> str:

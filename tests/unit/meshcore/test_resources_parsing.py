@@ -18,10 +18,8 @@ from meshcore.resources import (
     ManifestErrors,
     Namespace,
     ObjectMeta,
-    Parsed,
     Pod,
     PodSpec,
-    Resource,
     ResourceKey,
     RestartPolicy,
     Service,
@@ -29,7 +27,6 @@ from meshcore.resources import (
     ServicePort,
     documents_from_text,
     load_documents,
-    parse_documents,
     parse_resource,
 )
 from meshcore.resources.names import (
@@ -40,24 +37,13 @@ from meshcore.resources.names import (
     check_label_value,
     check_port_name,
 )
+from tests.manifest_parsing import ManifestParser
 
 SOURCE = "app.yaml"
 
 
-def parse(text: str, source: str = SOURCE) -> list[Parsed]:
-    return parse_documents(documents_from_text(textwrap.dedent(text), source))
-
-
-def parse_one(text: str) -> Resource:
-    (parsed,) = parse(text)
-    return parsed.resource
-
-
-def only_error(text: str, source: str = SOURCE) -> ManifestError:
-    with pytest.raises(ManifestErrors) as caught:
-        parse(text, source)
-    (error,) = caught.value.errors
-    return error
+_parser = ManifestParser(SOURCE)
+parse, parse_one, only_error = _parser.parse, _parser.parse_one, _parser.only_error
 
 
 def pod_with(spec: str, *, name: str = "web", namespace: str = "") -> str:

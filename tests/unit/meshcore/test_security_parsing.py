@@ -15,39 +15,23 @@ from meshcore.resources import (
     AuthorizationPolicy,
     Condition,
     ManifestError,
-    ManifestErrors,
     MtlsMode,
     ObjectMeta,
     Operation,
-    Parsed,
     PeerAuthentication,
     PolicyAction,
-    Resource,
     ResourceKey,
     Rule,
     Source,
-    documents_from_text,
-    parse_documents,
 )
 from meshcore.resources.security import PolicyTargetRef, TargetKind, parse_ip_block
+from tests.manifest_parsing import ManifestParser
 
 SOURCE = "policy.yaml"
 
 
-def parse(text: str) -> list[Parsed]:
-    return parse_documents(documents_from_text(textwrap.dedent(text), SOURCE))
-
-
-def parse_one(text: str) -> Resource:
-    (parsed,) = parse(text)
-    return parsed.resource
-
-
-def only_error(text: str) -> ManifestError:
-    with pytest.raises(ManifestErrors) as caught:
-        parse(text)
-    (error,) = caught.value.errors
-    return error
+_parser = ManifestParser(SOURCE)
+parse, parse_one, only_error = _parser.parse, _parser.parse_one, _parser.only_error
 
 
 def policy(
