@@ -7,6 +7,7 @@ from typing import Any
 
 from meshcore.api import mesh_pb2 as pb
 from meshcore.api.errors import ConversionError
+from meshcore.ports import parse_port
 from meshcore.resources import ObjectMeta
 from meshcore.resources.security import (
     AuthorizationPolicy,
@@ -129,20 +130,27 @@ def policy_from_proto(msg: pb.Resource) -> AuthorizationPolicy | PeerAuthenticat
                     operations=tuple(
                         Operation(
                             **{f: tuple(getattr(o, f)) for f in _OPERATION_STRINGS},
-                            ports=tuple(int(x) for x in o.ports),
-                            not_ports=tuple(int(x) for x in o.not_ports),
+                            ports=tuple(parse_port(x) for x in o.ports),
+                            not_ports=tuple(parse_port(x) for x in o.not_ports),
                         )
                         for o in r.operations
                     ),
-                    conditions=tuple(
-                        Condition(c.key, tuple(c.values), tuple(c.not_values)) for c in r.conditions
-                    ),
+                    conditions=tuple(_condition(c) for c in r.conditions),
                 )
                 for r in a.rules
             ),
         )
     except ValueError as err:
         raise ConversionError(f"{body} {msg.key.namespace}/{msg.key.name}: {err}") from None
+
+
+def _condition(c: pb.Condition) -> Condition:
+    """Port conditions are checked here, at the edge, so the node's policy engine can read
+    them as numbers without checking again."""
+    if c.key == "destination.port":
+        for value in (*c.values, *c.not_values):
+            parse_port(value)
+    return Condition(c.key, tuple(c.values), tuple(c.not_values))
 
 
 def _source(**fields: Any) -> Source:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
+from meshcore.ports import PortError, parse_port
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.fields import Fields
 from meshcore.resources.names import (
@@ -524,9 +525,12 @@ def _parse_service_port(raw: object, path: str, ignored: list[str]) -> ServicePo
         target = raw_target
     elif isinstance(raw_target, str):
         if raw_target.isascii() and raw_target.isdigit():
-            target = int(raw_target)
-            if not 1 <= target <= 65535:
-                raise f.fail("targetPort", f"must be between 1 and 65535, got {target}")
+            try:
+                target = parse_port(raw_target)
+            except PortError:
+                raise f.fail(
+                    "targetPort", f"must be between 1 and 65535, got {int(raw_target)}"
+                ) from None
         else:
             check_port_name(raw_target, f.sub("targetPort"))
             target = raw_target

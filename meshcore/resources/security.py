@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from meshcore import ports
 from meshcore.resources.core import ObjectMeta, ResourceKey, parse_metadata
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.fields import Fields
@@ -334,9 +335,10 @@ _PREFIX_BITS = re.compile(r"0|[1-9][0-9]{0,2}")
 
 
 def parse_port(value: str, field: str) -> int:
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:
-        raise ManifestError(f"{value!r} is not a port number (1 to 65535)", field=field)
-    return int(value)
+    try:
+        return ports.parse_port(value)
+    except ports.PortError:
+        raise ManifestError(f"{value!r} is not a port number (1 to 65535)", field=field) from None
 
 
 def _ip_blocks(f: Fields, name: str) -> tuple[IPNetwork, ...]:

@@ -333,9 +333,20 @@ def test_a_bad_ip_block_in_a_policy_is_refused_naming_the_policy(block: str):
     assert "shop/cart-rules" in refused(message)
 
 
-def test_a_port_that_is_not_a_number_is_refused_naming_the_policy():
+@pytest.mark.parametrize("port", ["http", "0", "65536", " 80", "\u00b2", "\uff18\uff10"])
+def test_a_port_that_is_not_a_number_is_refused_naming_the_policy(port: str):
     message = _policy("cart-rules")
-    message.authorization_policy.rules[0].operations[0].ports.append("http")
+    message.authorization_policy.rules[0].operations[0].ports.append(port)
+    assert "shop/cart-rules" in refused(message)
+    assert repr(port) in refused(message)
+
+
+@pytest.mark.parametrize("port", ["http", "0", "\uff18\uff10"])
+def test_a_port_condition_that_is_not_a_number_is_refused_naming_the_policy(port: str):
+    message = _policy("cart-rules")
+    message.authorization_policy.rules[0].conditions.append(
+        pb.Condition(key="destination.port", values=["80"], not_values=[port])
+    )
     assert "shop/cart-rules" in refused(message)
 
 

@@ -875,6 +875,22 @@ BAD_MANIFESTS = [
         f"{AP}: spec.rules[0].to[0].operation.ports[0]: '-1' is not a port number (1 to 65535)",
     ),
     (
+        "a port in superscript digits",
+        rule("to: [{operation: {ports: ['\u00b2']}}]"),
+        f"{AP}: spec.rules[0].to[0].operation.ports[0]: '\u00b2' is not a port number (1 to 65535)",
+    ),
+    (
+        "a port in fullwidth digits",
+        rule("to: [{operation: {notPorts: ['\uff18\uff10']}}]"),
+        f"{AP}: spec.rules[0].to[0].operation.notPorts[0]: '\uff18\uff10' is not a port number "
+        "(1 to 65535)",
+    ),
+    (
+        "a destination.port condition in Arabic-Indic digits",
+        rule("when: [{key: destination.port, values: ['\u0668\u0660']}]"),
+        f"{AP}: spec.rules[0].when[0].values[0]: '\u0668\u0660' is not a port number (1 to 65535)",
+    ),
+    (
         "a port as a boolean",
         rule("to: [{operation: {ports: [true]}}]"),
         f"{AP}: spec.rules[0].to[0].operation.ports[0]: expected a string, got boolean",
