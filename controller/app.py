@@ -7,6 +7,7 @@ socket and 15000) that `weftctl controller ...` reads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from controller.distribution import StateLog
 from controller.meshbuilder import MeshBuilder
 from controller.server import MAX_MESSAGE, ControllerService
 from controller.sources import Source
-from controller.store import ResourceStore
+from controller.store import Problem, ResourceStore
 from meshcore import adminserver
 from meshcore.meshstate import TrustBundle, Workload
 
@@ -74,6 +75,15 @@ class Controller:
     def workloads(self) -> list[Workload]:
         return [v for v in self.state.values.values() if isinstance(v, Workload)]
 
+    def problems(self) -> list[Problem]:
+        """Resources refused by the store (invalid manifests) or by the mesh builder (valid,
+        but they cannot become mesh state or be enforced), each named with its source."""
+        built = [
+            dataclasses.replace(p, source=self.store.source_of(key))
+            for key, p in self.builder.problems().items()
+        ]
+        return self.store.problems() + built
+
     def bundle(self) -> TrustBundle:
         return TrustBundle(self.config.trust_domain, tuple(self.ca.trust_bundle))
 
@@ -109,7 +119,7 @@ class Controller:
     def recompute(self) -> None:
         state = self.builder.build(self.store.resources(), self.bundle())
         delta = self.state.update(state)
-        CONFIG_ERRORS.set(len(self.store.problems()))
+        CONFIG_ERRORS.set(len(self.problems()))
         if delta is not None:
             STATE_VERSION.set(delta.version)
             STATE_RESOURCES.set(len(state))
@@ -204,7 +214,7 @@ class Controller:
                         "keeps_last_good": p.keeps_last_good,
                         "since": p.since,
                     }
-                    for p in self.store.problems()
+                    for p in self.problems()
                 ]
             }
         )

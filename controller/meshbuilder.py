@@ -1,18 +1,30 @@
 """Resources in, mesh state out: enrollment, service membership, waypoints, identities.
 
-Pure. A build reuses the previous build's values for pods whose inputs (the pod object, its
-namespace's labels, the services of its namespace) are the same objects as last time, so a
-one-pod change costs one workload, not a pass over the whole cluster.
+Pure but for the clock that dates problems. A build reuses the previous build's values for
+pods whose inputs (the pod object, its namespace's labels, the services of its namespace) are
+the same objects as last time, so a one-pod change costs one workload, not a pass over the
+whole cluster.
+
+Every resource is built inside its own error boundary: one that cannot be turned into mesh
+state (a bad annotation, or a bug met by one object only) becomes a `Problem`, its last good
+value stays in force (or it is left out if it never had one), and the rest of the mesh is
+built as usual. Resources that are built but enforced nowhere (an AuthorizationPolicy with
+targetRefs while there are no waypoints) are reported the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import structlog
 
+from controller.store import Problem
 from meshcore.identity.spiffe import workload_id
 from meshcore.meshstate import (
     CLUSTER_DOMAIN,
@@ -29,6 +41,7 @@ from meshcore.meshstate import (
     Waypoint,
     Workload,
 )
+from meshcore.ports import PortError, parse_port_list
 from meshcore.resources import Namespace, Pod, Resource, ResourceKey, Service
 from meshcore.resources.gateway import AddressType, Gateway
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
@@ -37,6 +50,23 @@ log = structlog.get_logger("controller.meshbuilder")
 
 USE_WAYPOINT_NAMESPACE_LABEL = "weft.dev/use-waypoint-namespace"
 _HASH_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<hash>[a-z0-9]+)-[a-z0-9]{5}$")
+
+NO_ENFORCEMENT_POINT = (
+    "targetRefs policies are enforced by waypoints, which weft does not run yet: this policy "
+    "is enforced nowhere; use a selector (or no selector for the whole namespace) to have "
+    "ztunnel enforce it"
+)
+
+_V = TypeVar("_V", bound=StateValue)
+
+
+class BuildError(Exception):
+    """A valid resource that cannot be turned into mesh state: says which field and why."""
+
+    def __init__(self, reason: str, *, field: str = "") -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(f"{field}: {reason}" if field else reason)
 
 
 def is_enrolled(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> bool:
@@ -74,18 +104,15 @@ def workload_name(pod: Pod) -> str:
 
 def excluded_ports(pod: Pod) -> tuple[int, ...]:
     """Ports from the pod's `weft.dev/exclude-outbound-ports` annotation ("5432,6379");
-    entries that are not port numbers are skipped and logged."""
+    BuildError naming the annotation when it is not a list of port numbers."""
     text = pod.metadata.annotations.get(EXCLUDE_OUTBOUND_PORTS_ANNOTATION, "")
-    ports = set()
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.isdigit() and 1 <= int(item) <= 65535:
-            ports.add(int(item))
-        else:
-            log.warning("workload.bad_excluded_port", pod=str(pod.key), value=item)
-    return tuple(sorted(ports))
+    try:
+        return parse_port_list(text)
+    except PortError as err:
+        raise BuildError(
+            f'{err}; expected comma-separated port numbers such as "5432,6379"',
+            field=f"metadata.annotations[{EXCLUDE_OUTBOUND_PORTS_ANNOTATION}]",
+        ) from None
 
 
 def _target_port(pod: Pod, target: int | str) -> int | None:
@@ -109,9 +136,17 @@ class _PodInputs:
 
 
 class MeshBuilder:
-    def __init__(self, trust_domain: str) -> None:
+    def __init__(self, trust_domain: str, clock: Callable[[], float] = time.time) -> None:
         self.trust_domain = trust_domain
+        self._clock = clock
         self._cache: dict[ResourceKey, tuple[_PodInputs, Workload]] = {}
+        self._built: dict[ResourceKey, StateValue] = {}
+        self._problems: dict[ResourceKey, Problem] = {}
+
+    def problems(self) -> dict[ResourceKey, Problem]:
+        """What the last build could not turn into mesh state, or built but cannot enforce,
+        by resource (their `source` is left to the caller, which knows where it came from)."""
+        return dict(sorted(self._problems.items()))
 
     def build(
         self, resources: Mapping[ResourceKey, Resource], bundle: TrustBundle
@@ -121,6 +156,7 @@ class MeshBuilder:
         services_by_ns: dict[str, list[Service]] = {}
         state: dict[ResourceKey, StateValue] = {bundle.key: bundle}
         gateways: list[Gateway] = []
+        problems: dict[ResourceKey, Problem] = {}
         for r in resources.values():
             if isinstance(r, Namespace):
                 namespaces[r.metadata.name] = r.metadata.labels
@@ -130,35 +166,33 @@ class MeshBuilder:
                 services_by_ns.setdefault(r.metadata.namespace, []).append(r)
             elif isinstance(r, AuthorizationPolicy | PeerAuthentication):
                 state[r.key] = r
+                if isinstance(r, AuthorizationPolicy) and r.for_waypoint:
+                    self._report(problems, r.key, "spec.targetRefs", NO_ENFORCEMENT_POINT, False)
             elif isinstance(r, Gateway):
                 gateways.append(r)
 
         for ns, services in services_by_ns.items():
             ns_labels = namespaces.get(ns, {})
             for svc in services:
-                mesh_svc = MeshService(
-                    name=svc.metadata.name,
-                    namespace=ns,
-                    hostname=f"{svc.metadata.name}.{ns}.svc.{CLUSTER_DOMAIN}",
-                    addresses=(svc.cluster_ip,) if svc.cluster_ip else (),
-                    ports=tuple(ServicePort(p.name, p.port, p.protocol) for p in svc.ports),
-                    waypoint=waypoint_for(ns, svc.metadata.labels, ns_labels),
+                mesh_svc = self._guarded(
+                    problems,
+                    svc.key,
+                    ResourceKey(MeshService.kind, ns, svc.metadata.name),
+                    functools.partial(self._service, svc, ns_labels),
                 )
-                state[mesh_svc.key] = mesh_svc
+                if mesh_svc is not None:
+                    state[mesh_svc.key] = mesh_svc
 
         for gw in gateways:
             if gw.is_waypoint:
-                wp = Waypoint(
-                    gw.metadata.name,
-                    gw.metadata.namespace,
-                    # Nodes take IPs only: an unset value or a hostname would make them refuse it.
-                    tuple(
-                        a.value
-                        for a in gw.addresses
-                        if a.value and a.type is AddressType.IP_ADDRESS
-                    ),
+                wp = self._guarded(
+                    problems,
+                    gw.key,
+                    ResourceKey(Waypoint.kind, gw.metadata.namespace, gw.metadata.name),
+                    functools.partial(self._waypoint, gw),
                 )
-                state[wp.key] = wp
+                if wp is not None:
+                    state[wp.key] = wp
 
         cache: dict[ResourceKey, tuple[_PodInputs, Workload]] = {}
         for pod in pods:
@@ -175,13 +209,90 @@ class MeshBuilder:
             )
             cached = self._cache.get(pod.key)
             if cached is not None and cached[0] == inputs:
-                workload = cached[1]
-            else:
-                workload = self._workload(pod, ns_labels, services)
-            cache[pod.key] = (inputs, workload)
+                cache[pod.key] = cached
+                state[cached[1].key] = cached[1]
+                continue
+            workload = self._guarded(
+                problems,
+                pod.key,
+                ResourceKey(Workload.kind, ns, pod.metadata.name),
+                functools.partial(self._workload, pod, ns_labels, services),
+            )
+            if workload is None:
+                continue
+            if pod.key not in problems:
+                cache[pod.key] = (inputs, workload)
+            elif cached is not None:
+                # The last good workload was kept: it stays cached under its own inputs, so
+                # the bad pod is tried (and reported) again next time, not taken as built.
+                cache[pod.key] = cached
             state[workload.key] = workload
         self._cache = cache
+        self._built = state
+        self._problems = problems
         return state
+
+    def _guarded(
+        self,
+        problems: dict[ResourceKey, Problem],
+        resource: ResourceKey,
+        value_key: ResourceKey,
+        build: Callable[[], _V],
+    ) -> _V | None:
+        """`build()`, or, when it fails, the value last built for `value_key` (None if there
+        is none) with the failure reported as a problem of `resource`."""
+        try:
+            return build()
+        except BuildError as err:
+            field, reason = err.field, err.reason
+        except Exception as err:  # the boundary: one resource must never stop the mesh
+            log.exception("resource.build_failed", resource=str(resource))
+            field, reason = "", f"cannot be built into mesh state ({type(err).__name__}: {err})"
+        last_good = self._built.get(value_key)
+        self._report(problems, resource, field, reason, last_good is not None)
+        return cast(_V | None, last_good)
+
+    def _report(
+        self,
+        problems: dict[ResourceKey, Problem],
+        resource: ResourceKey,
+        field: str,
+        reason: str,
+        keeps_last_good: bool,
+    ) -> None:
+        old = self._problems.get(resource)
+        if old is not None and (old.field, old.reason) == (field, reason):
+            problem = dataclasses.replace(old, keeps_last_good=keeps_last_good)
+        else:
+            problem = Problem("", str(resource), field, reason, keeps_last_good, self._clock())
+            log.warning(
+                "resource.invalid",
+                resource=str(resource),
+                field=field,
+                reason=reason,
+                keeps_last_good=keeps_last_good,
+            )
+        problems[resource] = problem
+
+    def _service(self, svc: Service, ns_labels: Mapping[str, str]) -> MeshService:
+        ns = svc.metadata.namespace
+        return MeshService(
+            name=svc.metadata.name,
+            namespace=ns,
+            hostname=f"{svc.metadata.name}.{ns}.svc.{CLUSTER_DOMAIN}",
+            addresses=(svc.cluster_ip,) if svc.cluster_ip else (),
+            ports=tuple(ServicePort(p.name, p.port, p.protocol) for p in svc.ports),
+            waypoint=waypoint_for(ns, svc.metadata.labels, ns_labels),
+        )
+
+    @staticmethod
+    def _waypoint(gw: Gateway) -> Waypoint:
+        return Waypoint(
+            gw.metadata.name,
+            gw.metadata.namespace,
+            # Nodes take IPs only: an unset value or a hostname would make them refuse it.
+            tuple(a.value for a in gw.addresses if a.value and a.type is AddressType.IP_ADDRESS),
+        )
 
     def _workload(
         self, pod: Pod, ns_labels: Mapping[str, str], services: list[Service]

@@ -114,17 +114,3 @@ class LocalSource:
             changes = await asyncio.to_thread(self.poll)
             if changes:
                 yield changes
-
-
-class MemorySource:
-    """Changes pushed by code (benchmarks, tests that drive the controller directly)."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[list[SourceChange]] = asyncio.Queue()
-
-    def push(self, changes: list[SourceChange]) -> None:
-        self._queue.put_nowait(changes)
-
-    async def batches(self) -> AsyncIterator[list[SourceChange]]:
-        while True:
-            yield await self._queue.get()

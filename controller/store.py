@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import structlog
 
 from meshcore.resources import Document, ManifestError, Resource, ResourceKey, parse_resource
-from meshcore.resources.errors import ManifestErrors
 
 log = structlog.get_logger("controller.store")
 
@@ -156,6 +155,10 @@ class ResourceStore:
             self._merged = merged
         return self._merged
 
+    def source_of(self, key: ResourceKey) -> str:
+        """The source whose definition of `key` is in force ("" when none defines it)."""
+        return next((s for s in sorted(self._by_source) if key in self._by_source[s]), "")
+
     def problems(self) -> list[Problem]:
         found = [p for source in sorted(self._problems) for p in self._problems[source]]
         owner: dict[ResourceKey, str] = {}
@@ -175,7 +178,3 @@ class ResourceStore:
                 else:
                     owner[key] = source
         return found
-
-
-def errors_of(err: ManifestError | ManifestErrors) -> list[ManifestError]:
-    return err.errors if isinstance(err, ManifestErrors) else [err]

@@ -647,3 +647,128 @@ def test_a_new_pod_object_at_the_address_of_a_dropped_one_is_not_taken_for_it():
         pod = Pod(meta, spec, status)
         state = builder.build({pod.key: pod}, BUNDLE)
         assert workload(state, "shop", "cart-1").addresses == (f"10.244.1.{i}",)
+
+
+# --- error boundary: one bad resource is a problem, the rest of the mesh is built -------------
+
+EXCLUDE = "weft.dev/exclude-outbound-ports"
+CART_1 = ResourceKey("Pod", "shop", "cart-1")
+
+
+def annotated(pod: Resource, *, exclude: str) -> Pod:
+    assert isinstance(pod, Pod)
+    meta = dataclasses.replace(pod.metadata, annotations={EXCLUDE: exclude})
+    return dataclasses.replace(pod, metadata=meta)
+
+
+def test_a_pod_excludes_the_ports_of_its_annotation():
+    resources = parse(CLUSTER)
+    resources[CART_1] = annotated(resources[CART_1], exclude=" 6379, 5432,6379")
+    builder = MeshBuilder(TRUST_DOMAIN)
+    assert workloads(builder.build(resources, BUNDLE))["cart-1"].excluded_ports == (5432, 6379)
+    assert builder.problems() == {}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["\u00b2", "\uff18\uff10\uff18\uff10", "5432,\u0668\u0660", "0", "65536", "http", "80,,443"],
+)
+def test_a_bad_port_annotation_is_a_problem_and_the_rest_of_the_mesh_is_built(bad: str):
+    resources = parse(CLUSTER)
+    resources[CART_1] = annotated(resources[CART_1], exclude=bad)
+    builder = MeshBuilder(TRUST_DOMAIN, clock=lambda: 1000.0)
+    state = builder.build(resources, BUNDLE)
+    assert workloads(state).keys() == {"cart-2", "ledger-1"}  # never built: left out
+    assert of_kind(state, "Service") == {
+        ResourceKey("Service", "shop", "cart"),
+        ResourceKey("Service", "bank", "ledger"),
+    }
+    problem = builder.problems()[CART_1]
+    assert problem.resource == "Pod shop/cart-1"
+    assert problem.field == f"metadata.annotations[{EXCLUDE}]"
+    assert "is not a port number" in problem.reason
+    assert not problem.keeps_last_good
+    assert problem.since == 1000.0
+
+
+def test_a_pod_whose_annotation_turns_bad_keeps_its_last_good_workload_until_fixed(built):
+    builder, resources, before = built
+    resources[CART_1] = annotated(resources[CART_1], exclude="\u00b2")
+    after = workloads(builder.build(resources, BUNDLE))
+    assert after["cart-1"] is before["cart-1"]
+    assert builder.problems()[CART_1].keeps_last_good
+    # Built again, still bad: still reported (it is not taken from the cache as good).
+    resources[CART_1] = annotated(resources[CART_1], exclude="\u00b2,80")
+    after = workloads(builder.build(resources, BUNDLE))
+    assert after["cart-1"] is before["cart-1"]
+    assert CART_1 in builder.problems()
+    assert workloads(builder.build(dict(resources), BUNDLE))["cart-1"] is before["cart-1"]
+    assert CART_1 in builder.problems()
+    resources[CART_1] = annotated(resources[CART_1], exclude="80")
+    fixed = workloads(builder.build(resources, BUNDLE))
+    assert fixed["cart-1"].excluded_ports == (80,)
+    assert builder.problems() == {}
+
+
+def test_a_problem_keeps_the_time_it_was_first_seen():
+    now = [1000.0]
+    builder = MeshBuilder(TRUST_DOMAIN, clock=lambda: now[0])
+    resources = parse(CLUSTER)
+    resources[CART_1] = annotated(resources[CART_1], exclude="x")
+    builder.build(resources, BUNDLE)
+    now[0] = 2000.0
+    resources[CART_1] = annotated(resources[CART_1], exclude="x")
+    builder.build(resources, BUNDLE)
+    assert builder.problems()[CART_1].since == 1000.0
+    resources[CART_1] = annotated(resources[CART_1], exclude="y")
+    builder.build(resources, BUNDLE)
+    assert builder.problems()[CART_1].since == 2000.0  # another problem
+
+
+def test_any_error_building_one_resource_is_a_problem_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    import controller.meshbuilder as meshbuilder
+
+    real = meshbuilder.waypoint_for
+
+    def failing_for_ledger(namespace: str, own: dict[str, str], ns: dict[str, str]) -> str:
+        if own.get("app") == "ledger" or namespace == "bank":
+            raise RuntimeError("boom")
+        return real(namespace, own, ns)
+
+    monkeypatch.setattr(meshbuilder, "waypoint_for", failing_for_ledger)
+    builder = MeshBuilder(TRUST_DOMAIN)
+    state = builder.build(parse(CLUSTER), BUNDLE)
+    assert workloads(state).keys() == {"cart-1", "cart-2"}
+    assert of_kind(state, "Service") == {ResourceKey("Service", "shop", "cart")}
+    problems = builder.problems()
+    assert problems.keys() == {
+        ResourceKey("Pod", "bank", "ledger-1"),
+        ResourceKey("Service", "bank", "ledger"),
+    }
+    assert all("RuntimeError: boom" in p.reason for p in problems.values())
+
+
+TARGET_REFS = """
+apiVersion: security.weft.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: via-waypoint, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: cart}]
+  action: DENY
+  rules: [{from: [{source: {namespaces: [bank]}}]}]
+"""
+
+
+def test_a_target_refs_policy_is_reported_as_enforced_nowhere_until_waypoints_exist():
+    resources = parse(POLICIES + "---\n" + TARGET_REFS)
+    builder = MeshBuilder(TRUST_DOMAIN)
+    state = builder.build(resources, BUNDLE)
+    key = ResourceKey("AuthorizationPolicy", "shop", "via-waypoint")
+    assert state[key] is resources[key]  # still sent: the data plane knows it exists
+    assert builder.problems().keys() == {key}
+    problem = builder.problems()[key]
+    assert problem.field == "spec.targetRefs"
+    assert "enforced nowhere" in problem.reason
+    assert "selector" in problem.reason  # says what to do instead
