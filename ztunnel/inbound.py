@@ -4,30 +4,40 @@ node's enrolled workloads. Both authorize, then connect to the pod from the node
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import ssl
 import time
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
 from meshcore import hbone
 from meshcore.identity.certs import CertificateError
-from meshcore.meshstate import Workload
-from meshcore.resources.security import MtlsMode
-from ztunnel import metrics, peerauthn, rbac, tls
+from ztunnel import admission, metrics, tls
+from ztunnel.admission import Admission, Attempt, Listener, Verdict
 from ztunnel.hbone_conn import HboneConnection, Stream
 from ztunnel.identity import IdentityManager
+from ztunnel.metrics import ConnectionLabels
 from ztunnel.pool import CONNECT_TIMEOUT, identity_from_sni
-from ztunnel.relay import Relay, SetupTasks, TcpLeg
+from ztunnel.relay import End, Relay, SetupTasks, TcpLeg
 from ztunnel.state import MeshView
 
 log = structlog.get_logger("ztunnel.inbound")
 
-ROOT_NAMESPACE = "weft-system"
 HANDSHAKE_TIMEOUT = 10.0
 INBOUND_IDLE_TIMEOUT = 300.0
+
+
+@dataclass(eq=False)
+class OpenConnection:
+    """An admitted inbound connection being relayed: what it was admitted on, so a policy
+    change can decide it again, and how to end it."""
+
+    attempt: Attempt
+    admission: Admission
+    close: Callable[[], None]
 
 
 class Inbound:
@@ -45,6 +55,8 @@ class Inbound:
         )
         self._setups = SetupTasks("inbound.failed_unexpectedly")
         self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
+        self._open: set[OpenConnection] = set()
+        view.on_update.append(self.recheck)  # policy changes reach open connections too
 
     async def reap(self, idle_timeout: float = INBOUND_IDLE_TIMEOUT) -> None:
         """Close inbound HBONE connections that carried no stream for `idle_timeout` (the
@@ -64,6 +76,83 @@ class Inbound:
             for c in self._connections
             if not c.closed.is_set()
         ]
+
+    def admit(self, attempt: Attempt) -> Admission:
+        return admission.admit(attempt, self.view, trust_domain=self.trust_domain)
+
+    def recheck(self) -> int:
+        """Decide every open inbound connection again (policy or workloads changed) and close
+        those policy now denies, as Istio's ztunnel does; how many were closed."""
+        closed = 0
+        for conn in list(self._open):
+            verdict = self.admit(conn.attempt)
+            if verdict.allowed or not verdict.by_policy:
+                continue
+            self._open.discard(conn)
+            closed += 1
+            metrics.CLOSED_BY_POLICY.labels(conn.attempt.listener.value).inc()
+            log.info(
+                "connection.closed_by_policy",
+                listener=conn.attempt.listener.value,
+                source_principal=conn.attempt.peer_identity or "",
+                source_address=conn.admission.source_ip,
+                destination=f"{conn.attempt.target_ip}:{conn.attempt.target_port}",
+                policy=verdict.decision.policy if verdict.decision else None,
+                reason=verdict.reason,
+            )
+            conn.close()
+        return closed
+
+    def _refused(self, attempt: Attempt, verdict: Admission, labels: ConnectionLabels) -> None:
+        """Count and log a refusal. Policy refusals count as connections (Istio's UAEX)."""
+        metrics.REFUSED.labels(attempt.listener.value, verdict.verdict.value).inc()
+        if verdict.by_policy:
+            metrics.opened(labels)
+            metrics.closed(labels, 0, 0, "UAEX")
+        self._audit(attempt, verdict)
+        log.info(
+            "connection.denied" if verdict.by_policy else "connection.refused",
+            listener=attempt.listener.value,
+            source_principal=attempt.peer_identity or "",
+            source_address=verdict.source_ip or attempt.peer_address,
+            destination=verdict.destination.name if verdict.destination else "",
+            target=f"{attempt.target_ip}:{attempt.target_port}",
+            policy=verdict.decision.policy if verdict.decision else None,
+            reason=verdict.reason,
+        )
+
+    def _audit(self, attempt: Attempt, verdict: Admission) -> None:
+        """AUDIT policies never decide; each match is one log line (and a count)."""
+        if verdict.decision is None or not verdict.decision.audit:
+            return
+        for policy in verdict.decision.audit:
+            metrics.AUDITED.labels(policy).inc()
+        log.info(
+            "connection.audited",
+            listener=attempt.listener.value,
+            policies=list(verdict.decision.audit),
+            allowed=verdict.allowed,
+            source_principal=attempt.peer_identity or "",
+            source_address=verdict.source_ip,
+            destination=verdict.destination.name if verdict.destination else "",
+            target=f"{attempt.target_ip}:{attempt.target_port}",
+        )
+
+    async def _relay(self, attempt: Attempt, verdict: Admission, a: End, b: TcpLeg) -> Relay:
+        """Relay an admitted connection, registered for re-checks while it is open."""
+        relay = Relay(a, b)
+
+        def close() -> None:
+            b.abort()  # an RST to the pod
+            relay.failed(b)  # and a reset of the other end (stream or client)
+
+        entry = OpenConnection(attempt, verdict, close)
+        self._open.add(entry)
+        try:
+            await relay.wait()
+        finally:
+            self._open.discard(entry)
+        return relay
 
     # --- TLS ---------------------------------------------------------------------------
 
@@ -90,26 +179,6 @@ class Inbound:
         base.sni_callback = pick
         return base
 
-    def _local(self, ip: str) -> Workload | None:
-        w = self.view.by_ip.get(ip)
-        if w is None or w.node != self.node or not w.enrolled:
-            return None
-        return w
-
-    def _authorize(
-        self, dest: Workload, ip: str, port: int, source_ip: str, principal: str | None
-    ) -> rbac.Decision:
-        conn = rbac.Connection(
-            destination_namespace=dest.namespace,
-            destination_name=dest.name,
-            destination_labels=dest.labels,
-            destination_ip=ipaddress.ip_address(ip),
-            destination_port=port,
-            source_ip=ipaddress.ip_address(source_ip),
-            source_principal=principal,
-        )
-        return rbac.evaluate(self.view.policies, conn, root_namespace=ROOT_NAMESPACE)
-
     # --- 15008 -------------------------------------------------------------------------
 
     def hbone_protocol(self) -> HboneConnection:
@@ -122,107 +191,134 @@ class Inbound:
         assert isinstance(ssl_object, ssl.SSLObject) and conn.transport is not None
         try:
             peer = tls.peer_identity(ssl_object)
-        except CertificateError as err:
-            log.warning("inbound.bad_peer", reason=err.reason)
+        except (CertificateError, ValueError) as err:
+            log.warning("inbound.bad_peer", reason=str(err))
+            metrics.REFUSED.labels(Listener.HBONE.value, Verdict.BAD_PEER.value).inc()
+            conn.transport.close()
+            return
+        refusal = admission.peer_refusal(peer, self.trust_domain)
+        if refusal is not None:
+            log.warning("inbound.bad_peer", peer=peer, reason=refusal)
+            metrics.REFUSED.labels(Listener.HBONE.value, Verdict.BAD_PEER.value).inc()
             conn.transport.close()
             return
         server_identity = self._sni_identity.pop(ssl_object, "")
+        peername = conn.peer_info("peername")
+        peer_address = str(peername[0]) if isinstance(peername, tuple) else ""
         conn.label = peer
         self._connections.add(conn)
 
         def on_connect(stream: Stream, target: hbone.Target, headers: dict[str, str]) -> None:
+            attempt = Attempt(
+                Listener.HBONE,
+                target.ip,
+                target.port,
+                peer_address,
+                peer,
+                server_identity,
+                headers.get("forwarded"),
+            )
+
             def reset() -> None:
                 stream.abort()
                 stream.conn.forget(stream)
 
-            self._setups.spawn(
-                self._hbone_stream(stream, target, headers, peer, server_identity),
-                reset,
-                target=str(target),
-            )
+            self._setups.spawn(self._hbone_stream(stream, attempt), reset, target=str(target))
 
         conn.on_connect = on_connect
         conn.start()
 
-    async def _hbone_stream(
-        self,
-        stream: Stream,
-        target: hbone.Target,
-        headers: dict[str, str],
-        peer: str,
-        server_identity: str,
-    ) -> None:
+    async def _hbone_stream(self, stream: Stream, attempt: Attempt) -> None:
         started = time.monotonic()
         proto = stream.conn.proto
         assert isinstance(proto, hbone.HboneServer)
-        dest = self._local(target.ip)
-        source_ip = headers.get("forwarded", "for=").split("for=", 1)[1].split(";")[0] or "0.0.0.0"
-        try:
-            ipaddress.ip_address(source_ip)
-        except ValueError:
-            source_ip = "0.0.0.0"
-        source = self.view.by_ip.get(source_ip)
-        labels = metrics.ConnectionLabels(
-            "destination", source, peer, dest, "", dest.identity if dest else "", "mutual_tls"
-        )
-        if dest is None or dest.identity != server_identity:
-            reason = (
-                f"{target} is not an enrolled workload on {self.node}"
-                if dest is None
-                else f"{target} runs as {dest.identity}, not {server_identity}"
-            )
-            proto.refuse(stream.id, 404 if dest is None else 403, reason)
-            stream.conn.flush()
-            stream.conn.forget(stream)
+        verdict = self.admit(attempt)
+        dest = verdict.destination
+        peer = attempt.peer_identity or ""
+        if attempt.forwarded is not None and verdict.source is None and verdict.source_ip:
+            metrics.UNTRUSTED_FORWARDED.inc()
             log.warning(
-                "connection.refused", source_principal=peer, target=str(target), reason=reason
-            )
-            return
-        decision = self._authorize(dest, target.ip, target.port, source_ip, peer)
-        if not decision.allowed:
-            proto.refuse(stream.id, 403, decision.reason)
-            stream.conn.flush()
-            stream.conn.forget(stream)
-            metrics.opened(labels)
-            metrics.closed(labels, 0, 0, "UAEX")
-            log.info(
-                "connection.denied",
+                "inbound.forwarded_untrusted",
                 source_principal=peer,
-                destination=dest.name,
-                target=str(target),
-                policy=decision.policy,
-                reason=decision.reason,
+                peer_address=attempt.peer_address,
+                forwarded=attempt.forwarded[:100],
             )
+        labels = ConnectionLabels(
+            "destination",
+            verdict.source,
+            peer,
+            dest,
+            "",
+            dest.identity if dest else "",
+            "mutual_tls",
+        )
+        if not verdict.allowed:
+            self._refuse(stream, verdict.status, verdict.peer_reason)
+            self._refused(attempt, verdict, labels)
             return
+        self._audit(attempt, verdict)
+        target = f"{attempt.target_ip}:{attempt.target_port}"
         try:
             leg = await asyncio.wait_for(
-                connect_as(source_ip, target.ip, target.port), CONNECT_TIMEOUT
+                connect_as(
+                    verdict.source_ip if verdict.bind_source else "",
+                    attempt.target_ip,
+                    attempt.target_port,
+                ),
+                CONNECT_TIMEOUT,
             )
         except (OSError, TimeoutError) as err:
-            proto.refuse(stream.id, 503, f"connecting to {target}: {err or 'timed out'}")
-            stream.conn.flush()
-            stream.conn.forget(stream)
+            # The peer learns only that it failed, not whether the port is open.
+            self._refuse(stream, 503, admission.PEER_REASONS[503])
             metrics.opened(labels)
             metrics.closed(labels, 0, 0, "UF")
+            log.info(
+                "connection.failed",
+                target=target,
+                source_principal=peer,
+                error=str(err) or "timed out",
+            )
             return
-        proto.accept(stream.id)
+        accepted = not stream.was_reset and not proto.closed
+        if accepted:
+            try:
+                proto.accept(stream.id)
+            except BaseException:
+                leg.abort()
+                raise
+        if not accepted:
+            # reset, or the connection went away, while we were connecting: never leave
+            # the pod-side socket behind
+            leg.abort()
+            stream.conn.forget(stream)
+            return
         stream.conn.flush()
         metrics.opened(labels)
-        await Relay(stream, leg).wait()
+        await self._relay(attempt, verdict, stream, leg)
         metrics.closed(labels, stream.received, stream.sent)
+        assert dest is not None
         log.info(
             "connection.closed",
             reporter="destination",
             source_principal=peer,
-            source_address=source_ip,
+            source_address=verdict.source_ip,
             destination_workload=dest.name,
             destination_principal=dest.identity,
-            destination=str(target),
+            destination=target,
             security="mutual_tls",
             sent=stream.received,
             received=stream.sent,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
+
+    @staticmethod
+    def _refuse(stream: Stream, status: int, reason: str) -> None:
+        proto = stream.conn.proto
+        assert isinstance(proto, hbone.HboneServer)
+        if not stream.was_reset and not proto.closed:
+            proto.refuse(stream.id, status, reason)
+            stream.conn.flush()
+        stream.conn.forget(stream)
 
     # --- 15006 -------------------------------------------------------------------------
 
@@ -236,67 +332,39 @@ class Inbound:
         if not isinstance(sockname, tuple) or not isinstance(peername, tuple):
             leg.abort()
             return
-        local_ip, local_port = sockname[:2]
-        peer_ip = peername[0]
-        dest = self._local(local_ip)
-        source = self.view.by_ip.get(peer_ip)
-        labels = metrics.ConnectionLabels(
-            "destination", source, "", dest, "", dest.identity if dest else "", "none"
+        attempt = Attempt(Listener.PLAINTEXT, sockname[0], sockname[1], peername[0])
+        verdict = self.admit(attempt)
+        dest = verdict.destination
+        labels = ConnectionLabels(
+            "destination", verdict.source, "", dest, "", dest.identity if dest else "", "none"
         )
-        if dest is None:
+        if not verdict.allowed:
+            self._refused(attempt, verdict, labels)
             leg.abort()
             return
-        mode = peerauthn.effective_mode(
-            self.view.peer_authentications,
-            dest.namespace,
-            dest.labels,
-            local_port,
-            root_namespace=ROOT_NAMESPACE,
-        )
-        if mode is MtlsMode.STRICT:
-            metrics.opened(labels)
-            metrics.closed(labels, 0, 0, "UAEX")
-            log.info(
-                "connection.denied",
-                source_address=peer_ip,
-                destination=dest.name,
-                target=f"{local_ip}:{local_port}",
-                reason="plaintext refused: STRICT mTLS",
-            )
-            leg.abort()
-            return
-        decision = self._authorize(dest, local_ip, local_port, peer_ip, None)
-        if not decision.allowed:
-            metrics.opened(labels)
-            metrics.closed(labels, 0, 0, "UAEX")
-            log.info(
-                "connection.denied",
-                source_address=peer_ip,
-                destination=dest.name,
-                policy=decision.policy,
-                reason=decision.reason,
-            )
-            leg.abort()
-            return
+        self._audit(attempt, verdict)
+        target = f"{attempt.target_ip}:{attempt.target_port}"
         try:
             upstream = await asyncio.wait_for(
-                connect_as(peer_ip, local_ip, local_port), CONNECT_TIMEOUT
+                connect_as(attempt.peer_address, attempt.target_ip, attempt.target_port),
+                CONNECT_TIMEOUT,
             )
         except (OSError, TimeoutError):
             leg.abort()
             return
         metrics.opened(labels)
-        await Relay(leg, upstream).wait()
+        await self._relay(attempt, verdict, leg, upstream)
         sent, received = upstream.sent, upstream.received
         metrics.closed(labels, sent, received)
+        assert dest is not None
         log.info(
             "connection.closed",
             reporter="destination",
-            source_address=peer_ip,
+            source_address=attempt.peer_address,
             destination_workload=dest.name,
-            destination=f"{local_ip}:{local_port}",
+            destination=target,
             security="none",
-            mode=mode.value,
+            mode=verdict.mode.value if verdict.mode else "",
             sent=sent,
             received=received,
             duration_ms=round((time.monotonic() - started) * 1000, 1),

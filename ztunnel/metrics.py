@@ -62,3 +62,26 @@ def closed(labels: ConnectionLabels, sent: int, received: int, flags: str = "-")
     CLOSED.labels(**values).inc()
     SENT.labels(**values).inc(sent)
     RECEIVED.labels(**values).inc(received)
+
+
+# --- inbound admission (weft's own) --------------------------------------------------------
+
+REFUSED = Counter(
+    "weft_ztunnel_inbound_refused",
+    "Inbound connections or streams refused at admission, by listener and why.",
+    ("listener", "verdict"),
+)
+CLOSED_BY_POLICY = Counter(
+    "weft_ztunnel_connections_closed_by_policy",
+    "Open inbound connections closed because a policy change now denies them.",
+    ("listener",),
+)
+UNTRUSTED_FORWARDED = Counter(
+    "weft_ztunnel_forwarded_untrusted",
+    "HBONE CONNECTs whose forwarded address the peer's certificate does not vouch for.",
+)
+AUDITED = Counter(
+    "weft_ztunnel_connections_audited",
+    "Inbound connections that matched an AUDIT AuthorizationPolicy.",
+    ("policy",),
+)

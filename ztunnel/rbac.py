@@ -69,7 +69,9 @@ class Connection:
     """An inbound connection to a workload, as the destination's ztunnel sees it.
 
     `source_principal` is the peer's SPIFFE ID (`spiffe://cluster.local/ns/foo/sa/bar`) from
-    its verified certificate, or None for plaintext. `source_namespace` is derived from it.
+    its verified certificate, or None for plaintext. `source_namespace` is derived from it,
+    and only for an identity of `trust_domain` when that is given: `namespaces: [foo]` means
+    namespace foo of this mesh, not a namespace of the same name in another trust domain.
     """
 
     destination_namespace: str
@@ -79,6 +81,7 @@ class Connection:
     destination_port: int
     source_ip: IPAddress
     source_principal: str | None = None
+    trust_domain: str | None = None
     source_namespace: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -87,7 +90,8 @@ class Connection:
         if self.source_principal is not None:
             # Raises IdentityError (a ValueError) for a string that is not a SPIFFE ID.
             spiffe_id = SpiffeId.parse(self.source_principal)
-            object.__setattr__(self, "source_namespace", spiffe_id.namespace)
+            if self.trust_domain is None or spiffe_id.trust_domain == self.trust_domain:
+                object.__setattr__(self, "source_namespace", spiffe_id.namespace)
 
     @classmethod
     def build(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from meshcore.meshstate import MeshService, StateValue, TrustBundle, Workload
 from meshcore.resources import ResourceKey
@@ -19,6 +19,8 @@ class MeshView:
         self.policies: list[AuthorizationPolicy] = []
         self.peer_authentications: list[PeerAuthentication] = []
         self.bundle: TrustBundle | None = None
+        # called after each update: what was decided on the old view is decided again
+        self.on_update: list[Callable[[], object]] = []
 
     def update(self, state: Mapping[ResourceKey, StateValue]) -> None:
         by_ip: dict[str, Workload] = {}
@@ -42,6 +44,8 @@ class MeshView:
                 self.bundle = value
         self.by_ip, self.by_vip, self.members = by_ip, by_vip, members
         self.policies, self.peer_authentications = policies, peer_auths
+        for callback in self.on_update:
+            callback()
 
     def local_workloads(self) -> list[Workload]:
         return [w for w in self.by_ip.values() if w.node == self.node and w.enrolled]
