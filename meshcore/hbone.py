@@ -4,6 +4,13 @@ Bytes in (`receive`), events out, bytes to send out (`data_to_send`), as h2 itse
 the asyncio code in ztunnel (and later the waypoint) only moves bytes. One class for each
 end. A peer that sends garbage, an oversized frame or a malformed CONNECT gets a clear
 error event naming what was wrong; the connection is closed, never the process.
+
+What one peer can make us hold or do is bounded here, in bytes and in time, as hardened
+HTTP/2 servers do since CVE-2023-44487 (rapid reset) and CVE-2024-27316 (CONTINUATION
+flood): see "Limits" below. Going past one gives a `LimitExceeded` event, then (for the
+connection-wide ones) GOAWAY ENHANCE_YOUR_CALM and `ConnectionClosed`. Limits that need a
+clock take it from `clock` (monotonic seconds); the I/O layer calls `expire()` at
+`next_deadline()` so a peer that goes silent mid-way is caught too.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import h2.config
@@ -22,6 +31,8 @@ import h2.settings
 import h2.stream
 import hyperframe.frame
 from h2.stream import StreamState
+
+from meshcore.ports import PortError, parse_port
 
 
 # h2 logs every received frame with an eagerly computed repr(frame) (h2/connection.py,
@@ -41,6 +52,34 @@ STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024  # what we accept; h2 rejects larger frames as a protocol error
 MAX_CONCURRENT_STREAMS = 1000
+
+# --- Limits (per connection) --------------------------------------------------------------
+# A header block (HEADERS + CONTINUATION) may hold this many bytes, and must end within this
+# many seconds of its first frame (CVE-2024-27316: 1 MiB CONTINUATIONs held 63 MiB each). A
+# CONNECT's headers are a few hundred bytes.
+MAX_HEADER_BLOCK = 64 * 1024
+HEADER_BLOCK_TIMEOUT_S = 10.0
+# The client's preface and first SETTINGS must arrive this soon after TLS is up.
+PREFACE_TIMEOUT_S = 10.0
+# CONNECTs received but not yet accepted or refused (a stream the peer resets while we set it
+# up still counts: the setup work goes on). Past it a new CONNECT is refused (REFUSED_STREAM).
+MAX_PENDING_SETUP = 128
+# Streams reset by the peer (RST_STREAM), or refused by us for a limit or a bad request, per
+# window (CVE-2023-44487, rapid reset). Past it: GOAWAY ENHANCE_YOUR_CALM.
+MAX_RESETS = 1000
+RESET_WINDOW_S = 10.0
+# PING and SETTINGS frames whose ACKs are queued while the peer reads nothing (the I/O layer
+# calls `output_drained()` once what was queued has gone out).
+MAX_PENDING_ACKS = 1000
+
+# `LimitExceeded.limit` values (the metric's `limit` label)
+LIMIT_FRAME_SIZE = "frame_size"
+LIMIT_HEADER_BLOCK_SIZE = "header_block_size"
+LIMIT_HEADER_BLOCK_TIME = "header_block_time"
+LIMIT_PREFACE_TIME = "preface_time"
+LIMIT_PENDING_SETUP = "pending_setup"
+LIMIT_RESETS = "resets"
+LIMIT_PENDING_ACKS = "pending_acks"
 
 
 class HboneError(ValueError):
@@ -71,9 +110,11 @@ def parse_authority(authority: str) -> Target:
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise HboneError(f"CONNECT authority {authority!r}: {host!r} is not an IP") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise HboneError(f"CONNECT authority {authority!r}: bad port {port_text!r}")
-    return Target(str(ip), int(port_text))
+    try:
+        port = parse_port(port_text)  # ASCII digits only (not fullwidth, not superscripts)
+    except PortError:
+        raise HboneError(f"CONNECT authority {authority!r}: bad port {port_text!r}") from None
+    return Target(str(ip), port)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -139,9 +180,20 @@ class ConnectionClosed:
     error: bool = False
 
 
+@dataclass(frozen=True)
+class LimitExceeded:
+    """The peer went past one of the limits above. `stream_id` 0: the connection is being
+    closed (a `ConnectionClosed` follows); otherwise only that stream was refused."""
+
+    limit: str
+    detail: str
+    stream_id: int = 0
+
+
 Event = (
     ConnectRequested
     | BadRequest
+    | LimitExceeded
     | ConnectResponse
     | StreamData
     | StreamEnded
@@ -151,13 +203,21 @@ Event = (
 )
 
 
-def _headers(raw: list[tuple[bytes | str, bytes | str]] | None) -> dict[str, str]:
+def _headers(
+    raw: list[tuple[bytes | str, bytes | str]] | None, errors: str = "strict"
+) -> dict[str, str]:
+    """Header names and values as text; UnicodeDecodeError for non-UTF-8 unless `errors`."""
     out: dict[str, str] = {}
     for name, value in raw or []:
-        n = name.decode() if isinstance(name, bytes) else name
-        v = value.decode() if isinstance(value, bytes) else value
+        n = name.decode("utf-8", errors) if isinstance(name, bytes) else name
+        v = value.decode("utf-8", errors) if isinstance(value, bytes) else value
         out[n.lower()] = v
     return out
+
+
+def _header_text(text: str) -> str:
+    """Printable ASCII for a header value we send (a reason may quote what the peer sent)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:200]).strip()
 
 
 # --- the DATA fast path ------------------------------------------------------------------
@@ -173,8 +233,10 @@ def _headers(raw: list[tuple[bytes | str, bytes | str]] | None) -> dict[str, str
 # moves them fails the tests rather than the mesh.
 
 _FRAME_HEADER = struct.Struct(">HBBBL")  # 24-bit length as 16+8 bits, type, flags, stream id
-_DATA, _HEADERS, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x5, 0x9
-_END_STREAM, _END_HEADERS, _PADDED = 0x1, 0x4, 0x8
+_DATA, _HEADERS, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x3, 0x4
+_PUSH_PROMISE, _PING, _CONTINUATION = 0x5, 0x6, 0x9
+_END_STREAM, _ACK, _END_HEADERS, _PADDED = 0x1, 0x1, 0x4, 0x8
+_HEADER_BLOCK = (_HEADERS, _PUSH_PROMISE, _CONTINUATION)
 _CAN_RECEIVE = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
 _CAN_SEND = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 _JOIN_BELOW = 16 * 1024
@@ -187,14 +249,20 @@ def data_frame_header(length: int, stream_id: int) -> bytes:
 @dataclass
 class _Base:
     client_side: bool
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     conn: h2.connection.H2Connection = field(init=False)
     closed: bool = field(default=False, init=False)
     _rx: bytearray = field(default_factory=bytearray, init=False)
     _preface_left: int = field(default=0, init=False)
     _in_header_block: bool = field(default=False, init=False)
+    _block_bytes: int = field(default=0, init=False)  # of the header block under way
     _data_left: int = field(default=0, init=False)  # payload bytes still due in a fast DATA
     _data_stream: int = field(default=0, init=False)
     _out: list[bytes | memoryview] = field(default_factory=list, init=False)
+    # one deadline at a time: the preface's, then each unfinished header block's
+    _deadline: float = field(default=0.0, init=False)
+    _deadline_limit: str = field(default="", init=False)
+    _acks_pending: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         config = h2.config.H2Configuration(
@@ -214,6 +282,9 @@ class _Base:
             }
         )
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        if not self.client_side:
+            self._deadline = self.clock() + PREFACE_TIMEOUT_S
+            self._deadline_limit = LIMIT_PREFACE_TIME
         return self.data_to_send()
 
     def chunks_to_send(self) -> list[bytes | memoryview]:
@@ -228,6 +299,89 @@ class _Base:
     def data_to_send(self) -> bytes:
         return b"".join(self.chunks_to_send())
 
+    # --- limits in time and in what we queue -------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When `expire()` must next be called (`clock` time), or None."""
+        return self._deadline if self._deadline and not self.closed else None
+
+    def expire(self) -> list[Event]:
+        """Check the timed limits (the preface, an unfinished header block) against `clock`."""
+        if self.closed or not self._deadline or self.clock() < self._deadline:
+            return []
+        if self._deadline_limit == LIMIT_PREFACE_TIME:
+            detail = f"no HTTP/2 preface and SETTINGS within {PREFACE_TIMEOUT_S:g} s"
+        else:
+            detail = f"a header block unfinished after {HEADER_BLOCK_TIMEOUT_S:g} s"
+        return self._limit_close(self._deadline_limit, detail)
+
+    def output_drained(self) -> None:
+        """Everything handed out by `chunks_to_send` has been written: the ACKs we queued for
+        the peer's PINGs and SETTINGS are gone."""
+        self._acks_pending = 0
+
+    def _limit_close(
+        self, limit: str, detail: str, code: int = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    ) -> list[Event]:
+        """GOAWAY (`code`, with `detail` as debug data) and close: nothing more is read."""
+        if not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.close_connection(
+                    error_code=code, additional_data=_header_text(detail).encode()
+                )
+            self.closed = True
+        self._rx.clear()
+        return [
+            LimitExceeded(limit, detail),
+            ConnectionClosed(f"limit {limit} exceeded: {detail}", error=True),
+        ]
+
+    def _frame_limits(self, length: int, ftype: int, flags: int) -> list[Event]:
+        """Checked as each frame's 9-byte header arrives, before its payload is waited for."""
+        if length > self.conn.max_inbound_frame_size:
+            return self._limit_close(
+                LIMIT_FRAME_SIZE,
+                f"a {length}-byte frame, above the {self.conn.max_inbound_frame_size} bytes "
+                "allowed",
+                h2.errors.ErrorCodes.FRAME_SIZE_ERROR,
+            )
+        if ftype in _HEADER_BLOCK:
+            size = length + (self._block_bytes if ftype == _CONTINUATION else 0)
+            if size > MAX_HEADER_BLOCK:
+                return self._limit_close(
+                    LIMIT_HEADER_BLOCK_SIZE,
+                    f"a header block of {size} bytes or more, above {MAX_HEADER_BLOCK}",
+                )
+        elif ftype in (_PING, _SETTINGS) and not flags & _ACK:
+            self._acks_pending += 1
+            if self._acks_pending > MAX_PENDING_ACKS:
+                return self._limit_close(
+                    LIMIT_PENDING_ACKS,
+                    f"more than {MAX_PENDING_ACKS} PING/SETTINGS unacknowledged while the "
+                    "peer reads nothing",
+                )
+        elif ftype == _RST_STREAM:
+            return self._stream_reset_by_peer()
+        return []
+
+    def _stream_reset_by_peer(self) -> list[Event]:
+        return []
+
+    def _header_block_frame(self, ftype: int, flags: int, length: int) -> None:
+        """A whole HEADERS/PUSH_PROMISE/CONTINUATION frame is going to h2: track the block."""
+        self._in_header_block = not flags & _END_HEADERS
+        if not self._in_header_block:
+            self._block_bytes = 0
+            if self._deadline_limit == LIMIT_HEADER_BLOCK_TIME:
+                self._deadline = 0.0
+        elif ftype != _CONTINUATION:  # a block starts: it has HEADER_BLOCK_TIMEOUT_S to end
+            self._block_bytes = length
+            if not self._deadline:
+                self._deadline = self.clock() + HEADER_BLOCK_TIMEOUT_S
+                self._deadline_limit = LIMIT_HEADER_BLOCK_TIME
+        else:
+            self._block_bytes += length
+
     def receive(self, data: bytes) -> list[Event]:
         """Bytes from the peer in, events out. A fast DATA frame's payload is handed on as
         it arrives, as views of `data` (no copy, no waiting for the whole frame); any other
@@ -238,6 +392,10 @@ class _Base:
             data = bytes(data)  # events hold views of it: it must not change under them
         view = memoryview(data)
         events: list[Event] = []
+        if self._deadline:
+            events = self.expire()
+            if self.closed:
+                return events
         pos, end = 0, len(data)
         rx = self._rx
         if self._preface_left:
@@ -259,20 +417,20 @@ class _Base:
                     break
             high, low, ftype, flags, stream_id = _FRAME_HEADER.unpack_from(rx)
             length = high << 8 | low
-            if length > self.conn.max_inbound_frame_size:
-                # h2 refuses it (FRAME_SIZE_ERROR) and says so
-                events += self._h2_receive(bytes(rx) + data[pos:])
-                rx.clear()
-                break
             stream_id &= 0x7FFFFFFF
-            if len(rx) == 9 and self._fast_data(ftype, flags, stream_id):
-                stream = self.conn.streams[stream_id]
-                if not self._consume_window(stream, length):
-                    events.append(self._flow_control_violated(stream_id, length))
-                    break
-                rx.clear()
-                self._data_left, self._data_stream = length, stream_id
-                continue
+            if len(rx) == 9:
+                if length > self.conn.max_inbound_frame_size or ftype != _DATA:
+                    events += self._frame_limits(length, ftype, flags)
+                    if self.closed:
+                        break
+                elif self._fast_data(flags, stream_id):
+                    stream = self.conn.streams[stream_id]
+                    if not self._consume_window(stream, length):
+                        events.append(self._flow_control_violated(stream_id, length))
+                        break
+                    rx.clear()
+                    self._data_left, self._data_stream = length, stream_id
+                    continue
             take = min(9 + length - len(rx), end - pos)
             rx += view[pos : pos + take]
             pos += take
@@ -280,13 +438,16 @@ class _Base:
                 break
             frame = bytes(rx)
             rx.clear()
-            if ftype in (_HEADERS, _PUSH_PROMISE, _CONTINUATION):
-                self._in_header_block = not flags & _END_HEADERS
+            if ftype in _HEADER_BLOCK:
+                self._header_block_frame(ftype, flags, length)
+            elif ftype == _SETTINGS and self._deadline_limit == LIMIT_PREFACE_TIME:
+                self._deadline, self._deadline_limit = 0.0, ""  # the client's preface is in
             events += self._h2_receive(frame)
         return events
 
-    def _fast_data(self, ftype: int, flags: int, stream_id: int) -> bool:
-        if ftype != _DATA or flags & (_END_STREAM | _PADDED) or self._in_header_block:
+    def _fast_data(self, flags: int, stream_id: int) -> bool:
+        """A DATA frame's header: can its payload bypass h2?"""
+        if flags & (_END_STREAM | _PADDED) or self._in_header_block:
             return False
         stream = self.conn.streams.get(stream_id)
         return stream is not None and stream.state_machine.state in _CAN_RECEIVE
@@ -315,11 +476,20 @@ class _Base:
             return []
         try:
             raw_events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as err:
+        except h2.exceptions.ProtocolError as err:  # h2 has queued its GOAWAY
             self.closed = True
             return [
                 ConnectionClosed(
                     f"protocol error from peer: {type(err).__name__}: {err}", error=True
+                )
+            ]
+        except (ValueError, KeyError, IndexError, AssertionError) as err:
+            # h2 tripping over input it did not expect: the peer's fault, not the process's
+            self.close(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return [
+                ConnectionClosed(
+                    f"protocol error from peer (h2 raised {type(err).__name__}: {err})",
+                    error=True,
                 )
             ]
         events: list[Event] = []
@@ -410,51 +580,131 @@ class _Base:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.conn.reset_stream(stream_id, error_code=code)
 
+    def forget(self, stream_id: int) -> None:
+        """The I/O layer is done with the stream (whatever state it is in)."""
+
     def close(self, code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
         if not self.closed:
-            self.conn.close_connection(error_code=code)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.close_connection(error_code=code)
             self.closed = True
+
+    # --- for tests and the config dump ---------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of the peer's held here until a frame is whole (at most a frame)."""
+        return len(self._rx)
+
+    @property
+    def queued(self) -> int:
+        """Bytes waiting in `chunks_to_send`."""
+        return sum(len(c) for c in self._out) + len(self.conn._data_to_send)
 
 
 class HboneServer(_Base):
-    """The accepting end (ztunnel's 15008, a waypoint)."""
+    """The accepting end (ztunnel's 15008, a waypoint).
 
-    def __init__(self) -> None:
-        super().__init__(client_side=False)
+    Every CONNECT it reports (`ConnectRequested`) is pending setup until `accept`, `refuse`,
+    `reset` or `forget` is called for it, even if the peer resets it meanwhile; at most
+    MAX_PENDING_SETUP are, and past that a new CONNECT is refused at once."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(client_side=False, clock=clock)
+        self.pending_setup: set[int] = set()
+        self._resets = 0
+        self._resets_since = 0.0
 
     def _translate(self, ev: h2.events.Event) -> list[Event]:
         if isinstance(ev, h2.events.RequestReceived):
             assert ev.stream_id is not None
-            headers = _headers(ev.headers)  # type: ignore[arg-type]
+            try:
+                headers = _headers(ev.headers)  # type: ignore[arg-type]
+            except UnicodeDecodeError:
+                return self._bad(ev.stream_id, "a header name or value is not UTF-8", 400)
             method = headers.get(":method")
             if method != "CONNECT":
-                return [self._bad(ev.stream_id, f"method {method!r} is not CONNECT", 405)]
+                return self._bad(ev.stream_id, f"method {method!r} is not CONNECT", 405)
             if ":path" in headers or ":scheme" in headers:
-                return [self._bad(ev.stream_id, "CONNECT must not carry :path or :scheme", 400)]
+                return self._bad(ev.stream_id, "CONNECT must not carry :path or :scheme", 400)
             try:
                 target = parse_authority(headers.get(":authority", ""))
             except HboneError as err:
-                return [self._bad(ev.stream_id, str(err), 400)]
+                return self._bad(ev.stream_id, str(err), 400)
+            if len(self.pending_setup) >= MAX_PENDING_SETUP:
+                self.reset(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                limited: list[Event] = [
+                    LimitExceeded(
+                        LIMIT_PENDING_SETUP,
+                        f"{MAX_PENDING_SETUP} CONNECTs already being set up",
+                        ev.stream_id,
+                    )
+                ]
+                return limited + self._count_reset()
+            self.pending_setup.add(ev.stream_id)
             return [ConnectRequested(ev.stream_id, target, headers)]
         return super()._translate(ev)
 
-    def _bad(self, stream_id: int, reason: str, status: int) -> BadRequest:
+    def _bad(self, stream_id: int, reason: str, status: int) -> list[Event]:
         self.refuse(stream_id, status, reason)
-        return BadRequest(stream_id, reason)
+        return [BadRequest(stream_id, reason), *self._count_reset()]
 
-    def accept(self, stream_id: int) -> None:
-        self.conn.send_headers(stream_id, [(":status", "200")])
+    def _stream_reset_by_peer(self) -> list[Event]:
+        return self._count_reset()
 
-    def refuse(self, stream_id: int, status: int, reason: str) -> None:
-        """Answer a CONNECT with an error status and end the stream."""
+    def _count_reset(self) -> list[Event]:
+        """One more stream that ended before it carried anything (reset by the peer, or
+        refused by us for a limit or a bad request): past MAX_RESETS per RESET_WINDOW_S the
+        peer is flooding us with them (rapid reset)."""
+        now = self.clock()
+        if now - self._resets_since > RESET_WINDOW_S:
+            self._resets_since, self._resets = now, 0
+        self._resets += 1
+        if self._resets <= MAX_RESETS:
+            return []
+        return self._limit_close(
+            LIMIT_RESETS,
+            f"more than {MAX_RESETS} streams reset or refused within {RESET_WINDOW_S:g} s",
+        )
+
+    def accept(self, stream_id: int) -> bool:
+        """Answer a CONNECT with 200. False (and nothing sent) if the stream was reset or
+        the connection is closed meanwhile: then close whatever was opened for it."""
+        self.pending_setup.discard(stream_id)
+        if self.closed:
+            return False
+        try:
+            self.conn.send_headers(stream_id, [(":status", "200")])
+        except h2.exceptions.ProtocolError:
+            return False
+        return True
+
+    def refuse(self, stream_id: int, status: int, reason: str) -> bool:
+        """Answer a CONNECT with an error status and end the stream; it then stops counting
+        against the peer's concurrency, and data still arriving on it only returns credit.
+        False if the stream was reset or the connection is closed meanwhile."""
+        self.pending_setup.discard(stream_id)
+        if self.closed:
+            return False
         try:
             self.conn.send_headers(
                 stream_id,
-                [(":status", str(status)), ("weft-reason", reason[:200])],
+                [(":status", str(status)), ("weft-reason", _header_text(reason))],
                 end_stream=True,
             )
         except h2.exceptions.ProtocolError:
             self.reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return False
+        # the request side may still be open: close it too (RFC 9113 8.1, NO_ERROR)
+        self.reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        return True
+
+    def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        self.pending_setup.discard(stream_id)
+        super().reset(stream_id, code)
+
+    def forget(self, stream_id: int) -> None:
+        self.pending_setup.discard(stream_id)
 
 
 class HboneClient(_Base):
@@ -479,9 +729,9 @@ class HboneClient(_Base):
     def _translate(self, ev: h2.events.Event) -> list[Event]:
         if isinstance(ev, h2.events.ResponseReceived):
             assert ev.stream_id is not None
-            headers = _headers(ev.headers)  # type: ignore[arg-type]
+            headers = _headers(ev.headers, errors="replace")  # type: ignore[arg-type]
             status_text = headers.get(":status", "0")
-            status = int(status_text) if status_text.isdigit() else 0
+            status = int(status_text) if status_text.isascii() and status_text.isdigit() else 0
             return [ConnectResponse(ev.stream_id, status, headers)]
         return super()._translate(ev)
 
