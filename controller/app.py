@@ -1,7 +1,8 @@
 """The controller process: source -> store -> mesh state -> versioned log -> gRPC to nodes.
 
-Also serves readiness (15021), Prometheus metrics (15014) and an admin API (JSON over a unix
-socket and 15000) that `weftctl controller ...` reads.
+Also serves readiness (15021, `/ready` only), Prometheus metrics (15014, `/metrics` only) and
+an admin API (JSON over a unix socket and localhost:15000) that `weftctl controller ...` reads.
+The admin API shows the whole mesh state: it is never on an address a pod can reach.
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ class ControllerConfig:
     state_dir: Path = Path("/var/lib/weft/controller")
     plugin_ca_dir: Path | None = None
     grpc_listen: str = "0.0.0.0:15012"
-    http_host: str = "0.0.0.0"
-    admin_port: int = 15000
-    metrics_port: int = 15014
-    ready_port: int = 15021
-    admin_socket: Path | None = None
+    # host:port ("" is off), see meshcore.adminserver.parse_addr.
+    admin_addr: str = "127.0.0.1:15000"  # /debug/*, with readiness and metrics
+    metrics_addr: str = "0.0.0.0:15014"  # /metrics only
+    readiness_addr: str = "0.0.0.0:15021"  # /ready only
+    admin_socket: Path | None = None  # the admin routes, for weftctl and the lab
     serving_addresses: tuple[str, ...] = field(default_factory=tuple)
     extra_roots: tuple[Path, ...] = field(default_factory=tuple)
 
@@ -168,20 +169,21 @@ class Controller:
 
     async def _start_http(self) -> None:
         c = self.config
-        routes = [
+        ready = web.get("/ready", self._ready)
+        metrics = web.get("/metrics", adminserver.metrics)
+        admin = (
             web.get("/debug/nodes", self._nodes),
             web.get("/debug/problems", self._problems),
             web.get("/debug/state", self._state),
-            web.get("/ready", self._ready),
-            web.get("/metrics", adminserver.metrics),
-        ]
-        self._runners.append(
-            await adminserver.serve(
-                routes,
-                socket=c.admin_socket,
-                host=c.http_host,
-                ports=[c.admin_port, c.metrics_port, c.ready_port],
-            )
+            ready,
+            metrics,
+        )
+        self._runners += await adminserver.serve(
+            [
+                adminserver.Listener("admin", admin, c.admin_addr, c.admin_socket),
+                adminserver.Listener("metrics", (metrics,), c.metrics_addr),
+                adminserver.Listener("readiness", (ready,), c.readiness_addr),
+            ]
         )
 
     async def _ready(self, _request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ import uvloop
 from controller.app import Controller, ControllerConfig
 from controller.ca import CertificateAuthority
 from controller.sources import LocalSource
+from meshcore import nodeoptions
 from meshcore.logs import configure_logging
 from meshcore.signals import run_until_stopped, stop_requested
 
@@ -45,11 +46,10 @@ def cli() -> None:
     help="Folder with ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem.",
 )
 @click.option("--grpc-listen", default="0.0.0.0:15012", show_default=True)
-@click.option("--http-host", default="0.0.0.0", show_default=True)
-@click.option("--admin-port", default=15000, show_default=True)
-@click.option("--metrics-port", default=15014, show_default=True)
-@click.option("--ready-port", default=15021, show_default=True)
-@click.option("--admin-socket", type=click.Path(path_type=Path), default=None)
+@nodeoptions.admin_addr(ControllerConfig.admin_addr)
+@nodeoptions.metrics_addr(ControllerConfig.metrics_addr)
+@nodeoptions.readiness_addr(ControllerConfig.readiness_addr)
+@nodeoptions.ADMIN_SOCKET
 @click.option(
     "--extra-root",
     "extra_roots",
@@ -70,10 +70,9 @@ def run(
     trust_domain: str,
     plugin_ca: Path | None,
     grpc_listen: str,
-    http_host: str,
-    admin_port: int,
-    metrics_port: int,
-    ready_port: int,
+    admin_addr: str,
+    metrics_addr: str,
+    readiness_addr: str,
     admin_socket: Path | None,
     extra_roots: tuple[Path, ...],
     serving_addresses: tuple[str, ...],
@@ -85,10 +84,9 @@ def run(
         state_dir=state_dir,
         plugin_ca_dir=plugin_ca,
         grpc_listen=grpc_listen,
-        http_host=http_host,
-        admin_port=admin_port,
-        metrics_port=metrics_port,
-        ready_port=ready_port,
+        admin_addr=admin_addr,
+        metrics_addr=metrics_addr,
+        readiness_addr=readiness_addr,
         admin_socket=admin_socket,
         serving_addresses=serving_addresses,
         extra_roots=extra_roots,

@@ -17,7 +17,7 @@ import structlog
 from controller.ca import CertificateAuthority
 from controller.main import write_node_credential
 from lab import cgroups, network
-from lab.addressing import control_plane_ip
+from lab.addressing import control_plane_ip, node_plans
 from lab.config import LabConfig
 from lab.images import node_process_env
 from lab.naming import LabNames
@@ -46,7 +46,11 @@ class ControlPlane:
 
     async def start(self, nodes: list[str]) -> None:
         await asyncio.to_thread(
-            network.build_control_plane, self.names, self.ip, self.config.underlay_cidr
+            network.build_control_plane,
+            self.names,
+            self.ip,
+            self.config.underlay_cidr,
+            node_plans(self.config),
         )
         cgroups.create(self.names.control_cgroup)
         ca = await asyncio.to_thread(

@@ -104,8 +104,11 @@ def build_node(
     netns.write_sysctl(ns, "net.ipv4.ip_forward", "1")
 
 
-def build_control_plane(names: LabNames, ip: str, underlay_cidr: str) -> None:
-    """A namespace on the underlay for the controller, reachable from every node."""
+def build_control_plane(
+    names: LabNames, ip: str, underlay_cidr: str, nodes: list[NodePlan]
+) -> None:
+    """A namespace on the underlay for the controller, reachable from every node and, as a
+    cluster's control plane is, from every pod (routes to each node's pod CIDR)."""
     ns = names.control_netns
     netns.create(ns)
     prefix = ipaddress.IPv4Network(underlay_cidr).prefixlen
@@ -120,6 +123,8 @@ def build_control_plane(names: LabNames, ip: str, underlay_cidr: str) -> None:
         _up(ipr, "lo")
         idx = _up(ipr, names.NODE_IFNAME)
         ipr.addr("add", index=idx, address=ip, prefixlen=prefix)
+        for node in nodes:
+            ipr.route("add", dst=node.pod_cidr, gateway=node.underlay_ip, oif=idx)
 
     _in(names.underlay_netns, underlay_side)
     _in(ns, control_side)

@@ -1,30 +1,116 @@
-"""The HTTP side of a weft process (admin, readiness, metrics): one aiohttp app served on a
-unix socket (for weftctl and the lab) and on TCP ports. The client is meshcore.adminclient."""
+"""The HTTP side of a weft process (admin, readiness, metrics), as Istio splits it: each job
+is its own listener with only its own routes, bound to the narrowest address the job allows.
+
+- admin (config dumps, debug state): the unix socket (weftctl, the lab) and localhost only;
+- metrics: `/metrics` and nothing else, where a scraper reaches it;
+- readiness: the readiness path and nothing else, where a prober reaches it.
+
+The client is meshcore.adminclient.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+log = structlog.get_logger("adminserver")
 
-async def serve(
-    routes: Iterable[web.RouteDef], *, socket: Path | None, host: str, ports: Iterable[int]
-) -> web.AppRunner:
-    """Start serving `routes`; ports of 0 are skipped. Call `cleanup()` on the result to stop."""
+
+class AddressError(ValueError):
+    """A listener address setting that is not `host:port`."""
+
+    def __init__(self, setting: str, value: str, reason: str) -> None:
+        super().__init__(f"{setting}: {value!r}: {reason} (want host:port, e.g. 127.0.0.1:15000)")
+        self.setting = setting
+        self.value = value
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_addr(value: str, setting: str = "address") -> Address | None:
+    """`127.0.0.1:15000`, `[::1]:15000`, `0.0.0.0:15020` -> Address; `""` or port 0 -> None
+    (the listener is off). The host must be an IP address: a listener says where it binds."""
+    if not value:
+        return None
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise AddressError(setting, value, "no host")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise AddressError(setting, value, "an IPv6 address goes in brackets, [::1]:15000")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise AddressError(setting, value, f"{host!r} is not an IP address") from None
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise AddressError(setting, value, f"{port_text!r} is not a port")
+    port = int(port_text)
+    return Address(host, port) if port else None
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One HTTP listener: its job (for logs), the routes the job needs, and where it binds.
+    `addr` is a setting as parse_addr reads it (`""` or port 0: no TCP listener); `socket`
+    is a unix socket serving the same routes."""
+
+    job: str
+    routes: tuple[web.RouteDef, ...]
+    addr: str = ""
+    socket: Path | None = None
+
+
+async def serve(listeners: Iterable[Listener]) -> list[web.AppRunner]:
+    """Start every listener, each with only its own routes (anything else is a 404). Call
+    `cleanup()` on each runner returned to stop."""
+    runners: list[web.AppRunner] = []
+    try:
+        for listener in listeners:
+            runners.append(await _serve_one(listener))
+    except BaseException:
+        for runner in runners:
+            await runner.cleanup()
+        raise
+    return runners
+
+
+async def _serve_one(listener: Listener) -> web.AppRunner:
+    addr = parse_addr(listener.addr, f"{listener.job}_addr")
     app = web.Application()
-    app.add_routes(routes)
+    app.add_routes(listener.routes)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    if socket is not None:
-        socket.parent.mkdir(parents=True, exist_ok=True)
-        socket.unlink(missing_ok=True)
-        await web.UnixSite(runner, str(socket)).start()
-    for port in ports:
-        if port:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+    try:
+        if listener.socket is not None:
+            listener.socket.parent.mkdir(parents=True, exist_ok=True)
+            listener.socket.unlink(missing_ok=True)
+            await web.UnixSite(runner, str(listener.socket)).start()
+        if addr is not None:
+            await web.TCPSite(runner, addr.host, addr.port, reuse_address=True).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info(
+        "http.listening",
+        job=listener.job,
+        addr=str(addr) if addr else None,
+        socket=str(listener.socket) if listener.socket else None,
+        paths=sorted({r.path for r in listener.routes}),
+    )
     return runner
 
 

@@ -1,11 +1,18 @@
 """Command-line options every node process (node agent, ztunnel) takes the same way: how it
-reaches the controller, the credential it does so with, and its admin socket."""
+reaches the controller, the credential it does so with, its admin socket, and where its HTTP
+listeners bind (the controller takes these last ones too)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+
+from meshcore.adminserver import AddressError, parse_addr
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 CONTROLLER = click.option("--controller", required=True, help="host:port of the controller's gRPC.")
 CREDENTIAL = click.option(
@@ -14,4 +21,41 @@ CREDENTIAL = click.option(
     type=click.Path(path_type=Path),
     help="The node credential folder (key.pem, cert.pem, roots.pem).",
 )
-ADMIN_SOCKET = click.option("--admin-socket", type=click.Path(path_type=Path), default=None)
+ADMIN_SOCKET = click.option(
+    "--admin-socket",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Unix socket for the admin API (what weftctl and the lab read).",
+)
+
+
+class ListenAddress(click.ParamType):
+    """`host:port` of a listener, with an IP address for host; "" (or port 0) is off."""
+
+    name = "host:port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            parse_addr(text, param.name if param and param.name else "address")
+        except AddressError as err:
+            self.fail(str(err), param, ctx)
+        return text
+
+
+def _listener(flag: str, what: str) -> Callable[[str], Callable[[F], F]]:
+    def option(default: str) -> Callable[[F], F]:
+        return click.option(
+            flag, type=ListenAddress(), default=default, show_default=True, help=f'{what} "": off.'
+        )
+
+    return option
+
+
+admin_addr = _listener(
+    "--admin-addr",
+    "host:port of the admin API (config and state dumps, readiness, metrics). Keep it on "
+    "localhost: pods reach their node's other addresses.",
+)
+metrics_addr = _listener("--metrics-addr", "host:port serving /metrics and nothing else.")
+readiness_addr = _listener("--readiness-addr", "host:port serving readiness and nothing else.")

@@ -47,9 +47,10 @@ class AgentConfig:
     pods_cgroup: Path
     system_cgroup: Path
     gateway_ip: str = "169.254.1.1"
-    admin_socket: Path | None = None
-    http_host: str = "0.0.0.0"
-    http_port: int = 15024
+    admin_socket: Path | None = None  # the admin routes, for weftctl and the lab
+    # host:port ("" is off), see meshcore.adminserver.parse_addr.
+    admin_addr: str = "127.0.0.1:15024"  # /debug/status, with readiness and metrics
+    metrics_addr: str = "0.0.0.0:15014"  # /metrics only (Istio's CNI agent's port)
     excluded_ports: frozenset[int] = field(default_factory=frozenset)
     underlay_device: str = "eth0"
 
@@ -189,16 +190,16 @@ class NodeAgent:
     # --- admin, readiness, metrics ---------------------------------------------------------
 
     async def _start_http(self) -> None:
+        """Admin (pod status, maps, programs) on the unix socket and localhost only: pods
+        reach their node's addresses, and must not read the mesh's state there."""
         c = self.config
-        routes = [
-            web.get("/ready", self._ready),
-            web.get("/metrics", adminserver.metrics),
-            web.get("/debug/status", self._status),
-        ]
-        self._runners.append(
-            await adminserver.serve(
-                routes, socket=c.admin_socket, host=c.http_host, ports=[c.http_port]
-            )
+        metrics = web.get("/metrics", adminserver.metrics)
+        admin = (web.get("/debug/status", self._status), web.get("/ready", self._ready), metrics)
+        self._runners += await adminserver.serve(
+            [
+                adminserver.Listener("admin", admin, c.admin_addr, c.admin_socket),
+                adminserver.Listener("metrics", (metrics,), c.metrics_addr),
+            ]
         )
 
     async def stop(self) -> None:

@@ -47,9 +47,8 @@ def cli() -> None:
     help="The cgroup v2 subtree where ztunnel runs.",
 )
 @nodeoptions.ADMIN_SOCKET
-@click.option(
-    "--http-port", default=15024, show_default=True, help="Readiness, metrics and admin (0: off)."
-)
+@nodeoptions.admin_addr(AgentConfig.admin_addr)
+@nodeoptions.metrics_addr(AgentConfig.metrics_addr)
 @click.option(
     "--exclude-port",
     "excluded",
@@ -66,7 +65,8 @@ def run(
     pods_cgroup: Path,
     system_cgroup: Path,
     admin_socket: Path | None,
-    http_port: int,
+    admin_addr: str,
+    metrics_addr: str,
     excluded: tuple[int, ...],
 ) -> None:
     """Load (or adopt) the eBPF programs and keep this node's pods enrolled."""
@@ -84,7 +84,8 @@ def run(
         pods_cgroup=pods_cgroup,
         system_cgroup=system_cgroup,
         admin_socket=admin_socket,
-        http_port=http_port,
+        admin_addr=admin_addr,
+        metrics_addr=metrics_addr,
         excluded_ports=frozenset(excluded),
     )
 

@@ -45,7 +45,8 @@ def _fetch(ctx: click.Context, path: str) -> Any:
 @click.option(
     "--admin",
     default=None,
-    help="The controller's admin API instead: a unix socket path or http://host:15000.",
+    help="The controller's admin API instead: a unix socket path, or http://127.0.0.1:15000 "
+    "from the controller's own host (the admin API listens on localhost only).",
 )
 @click.pass_context
 def controller(ctx: click.Context, lab_name: str, admin: str | None) -> None:

@@ -1,7 +1,10 @@
 """The ztunnel process: mesh state from the controller, certificates, and the listeners.
 
 Ports (Istio's): 15001 outbound (captured), 15008 inbound HBONE, 15006 inbound plaintext,
-15020 metrics, 15021 readiness, 15000 admin (config dump).
+15020 metrics, 15021 readiness, 15000 admin (config dump). Each HTTP listener binds the
+narrowest address its job allows, as Istio's ztunnel does: admin on localhost (and the unix
+socket) only; 15020 serves metrics only and 15021 readiness only, so a pod that reaches its
+node's addresses finds no configuration there.
 """
 
 from __future__ import annotations
@@ -32,14 +35,17 @@ class ZtunnelConfig:
     controller: str
     credential: Path
     trust_domain: str = "cluster.local"
-    host: str = "0.0.0.0"
+    # The data listeners take every address: pods reach 15001 at their gateway, other nodes
+    # reach 15008 at this node's address, and 15006 is reached by steering.
+    data_host: str = "0.0.0.0"
     outbound_port: int = 15001
     inbound_port: int = hbone.HBONE_PORT
     plaintext_port: int = 15006
-    admin_port: int = 15000
-    metrics_port: int = 15020
-    ready_port: int = 15021
-    admin_socket: Path | None = None
+    # host:port ("" is off), see meshcore.adminserver.parse_addr.
+    admin_addr: str = "127.0.0.1:15000"  # /config_dump, with readiness and metrics
+    metrics_addr: str = "0.0.0.0:15020"  # /metrics (/stats/prometheus) only
+    readiness_addr: str = "0.0.0.0:15021"  # /healthz/ready only
+    admin_socket: Path | None = None  # the admin routes, for weftctl and the lab
 
 
 class Ztunnel:
@@ -89,13 +95,17 @@ class Ztunnel:
         loop = asyncio.get_running_loop()
         self._servers.append(
             await loop.create_server(
-                self.outbound.protocol, c.host, c.outbound_port, reuse_address=True, backlog=1024
+                self.outbound.protocol,
+                c.data_host,
+                c.outbound_port,
+                reuse_address=True,
+                backlog=1024,
             )
         )
         self._servers.append(
             await loop.create_server(
                 self.inbound.hbone_protocol,
-                c.host,
+                c.data_host,
                 c.inbound_port,
                 ssl=self.inbound.server_context(),
                 reuse_address=True,
@@ -106,7 +116,7 @@ class Ztunnel:
         self._servers.append(
             await loop.create_server(
                 self.inbound.plaintext_protocol,
-                sock=transparent_listener(c.host, c.plaintext_port),
+                sock=transparent_listener(c.data_host, c.plaintext_port),
             )
         )
         await self._start_http()
@@ -139,19 +149,18 @@ class Ztunnel:
 
     async def _start_http(self) -> None:
         c = self.config
-        routes = [
-            web.get("/healthz/ready", self._ready),
+        ready = web.get("/healthz/ready", self._ready)
+        metrics = (
             web.get("/metrics", adminserver.metrics),
             web.get("/stats/prometheus", adminserver.metrics),
-            web.get("/config_dump", self._config_dump),
-        ]
-        self._runners.append(
-            await adminserver.serve(
-                routes,
-                socket=c.admin_socket,
-                host=c.host,
-                ports=[c.admin_port, c.metrics_port, c.ready_port],
-            )
+        )
+        admin = (web.get("/config_dump", self._config_dump), ready, *metrics)
+        self._runners += await adminserver.serve(
+            [
+                adminserver.Listener("admin", admin, c.admin_addr, c.admin_socket),
+                adminserver.Listener("metrics", metrics, c.metrics_addr),
+                adminserver.Listener("readiness", (ready,), c.readiness_addr),
+            ]
         )
 
     async def _ready(self, _request: web.Request) -> web.Response:

@@ -27,8 +27,18 @@ def cli() -> None:
 @nodeoptions.CREDENTIAL
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @nodeoptions.ADMIN_SOCKET
+@nodeoptions.admin_addr(ZtunnelConfig.admin_addr)
+@nodeoptions.metrics_addr(ZtunnelConfig.metrics_addr)
+@nodeoptions.readiness_addr(ZtunnelConfig.readiness_addr)
 def run(
-    node: str, controller: str, credential: Path, trust_domain: str, admin_socket: Path | None
+    node: str,
+    controller: str,
+    credential: Path,
+    trust_domain: str,
+    admin_socket: Path | None,
+    admin_addr: str,
+    metrics_addr: str,
+    readiness_addr: str,
 ) -> None:
     """Carry this node's enrolled pods' connections over mTLS HBONE."""
     configure_logging()
@@ -38,6 +48,9 @@ def run(
         credential=credential,
         trust_domain=trust_domain,
         admin_socket=admin_socket,
+        admin_addr=admin_addr,
+        metrics_addr=metrics_addr,
+        readiness_addr=readiness_addr,
     )
 
     async def main() -> None:
