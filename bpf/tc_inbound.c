@@ -9,8 +9,14 @@
  * address) are delivered to that socket, wherever the client is.
  *
  * weft_guard (egress of pod veths): a TCP SYN forwarded to an enrolled pod (not sent by a
- * process of the node, such as ztunnel) got past weft_inbound, e.g. after a Service DNAT on
- * this node; drop it rather than let plaintext reach the pod.
+ * process of the node, such as ztunnel) got past steering; drop it rather than let
+ * plaintext reach the pod. (A Service DNAT on this node happens after tc ingress: the node
+ * agent's nftables rule steers those connections, see node_agent/nft.py; the guard is what
+ * stays when that cannot, e.g. with no listener.)
+ *
+ * Both read IPv4 headers of any length (IP options) and drop an IPv4 TCP packet to an
+ * enrolled pod that they cannot read (bad header length, truncated, a fragment) rather than
+ * let it pass unexamined.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -21,33 +27,70 @@
 #include "weft_maps.h"
 
 #define TCP_LISTEN_STATE 10 /* BPF_TCP_LISTEN */
+#ifndef IP_MF
+#define IP_MF 0x2000      /* more fragments */
+#define IP_OFFSET 0x1fff  /* fragment offset */
+#endif
 
-/* The TCP header of an IPv4 packet without IP options (and its IP header in *ip), bounds
- * checked for the verifier; NULL for anything else, which both programs let pass. */
-static __always_inline struct tcphdr *ipv4_tcp(struct __sk_buff *skb, struct iphdr **ip)
+/* What read_tcp4 found. */
+#define PKT_OTHER 0   /* not IPv4 TCP (or too short to tell where it goes): let it pass */
+#define PKT_TCP 1     /* IPv4 TCP, all of struct tcp4 read */
+#define PKT_BROKEN 2  /* IPv4 TCP whose TCP header cannot be read: only the addresses are */
+
+/* The fields of an IPv4 TCP packet the programs act on, in network order. */
+struct tcp4 {
+    __u32 saddr;
+    __u32 daddr;
+    __u16 sport;
+    __u16 dport;
+    __u8 syn;
+    __u8 ack;
+};
+
+/* Read an IPv4 TCP packet's addresses, ports and flags, whatever its IP header length
+ * (ihl 5..15: IP options are skipped, not refused). Copied out with bpf_skb_load_bytes,
+ * which checks every read against the packet (also when the headers are not in the linear
+ * part), so the verifier needs no bound on the variable TCP offset. */
+static __always_inline int read_tcp4(struct __sk_buff *skb, struct tcp4 *p)
 {
-    void *data = (void *)(long)skb->data;
-    void *data_end = (void *)(long)skb->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-        return NULL;
-    struct iphdr *iph = (void *)(eth + 1);
-    if ((void *)(iph + 1) > data_end || iph->protocol != IPPROTO_TCP || iph->ihl != 5)
-        return NULL;
-    struct tcphdr *tcp = (void *)(iph + 1);
-    if ((void *)(tcp + 1) > data_end)
-        return NULL;
-    *ip = iph;
-    return tcp;
+    if (skb->protocol != bpf_htons(ETH_P_IP))
+        return PKT_OTHER;
+    struct iphdr ip;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+        return PKT_OTHER;  /* no destination to judge by; the IP layer drops it anyway */
+    if (ip.protocol != IPPROTO_TCP)
+        return PKT_OTHER;
+    p->saddr = ip.saddr;
+    p->daddr = ip.daddr;
+    __u32 ihl = ip.ihl;
+    if (ip.version != 4 || ihl < 5)
+        return PKT_BROKEN;
+    /* A fragment: only the first holds the TCP header, maybe not all of it, and TCP sends
+     * with DF; none is examined, so none is let through to an enrolled pod. */
+    if (ip.frag_off & bpf_htons(IP_MF | IP_OFFSET))
+        return PKT_BROKEN;
+    __u32 l4 = ihl * 4;
+    __u32 tot_len = bpf_ntohs(ip.tot_len);
+    /* tot_len 0 is what a GRO packet above 64 KiB (BIG TCP) carries */
+    if (tot_len && tot_len < l4 + sizeof(struct tcphdr))
+        return PKT_BROKEN;
+    struct tcphdr tcp;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN + l4, &tcp, sizeof(tcp)) < 0)
+        return PKT_BROKEN;
+    p->sport = tcp.source;
+    p->dport = tcp.dest;
+    p->syn = tcp.syn;
+    p->ack = tcp.ack;
+    return PKT_TCP;
 }
 
 int weft_inbound(struct __sk_buff *skb)
 {
-    struct iphdr *ip;
-    struct tcphdr *tcp = ipv4_tcp(skb, &ip);
-    if (!tcp)
+    struct tcp4 p = {};
+    int kind = read_tcp4(skb, &p);
+    if (kind == PKT_OTHER)
         return TC_ACT_OK;
-    __u32 daddr = ip->daddr, saddr = ip->saddr;
+    __u32 daddr = p.daddr, saddr = p.saddr;
     /* The empty asm keeps the compiler from OR-ing the two map pointers together, which
      * the verifier refuses. */
     int to_enrolled = weft_enrolled_ips.lookup(&daddr) ? 1 : 0;
@@ -58,16 +101,18 @@ int weft_inbound(struct __sk_buff *skb)
     asm volatile("" : "+r"(from_enrolled));
     if (!to_enrolled && !from_enrolled)
         return TC_ACT_OK;
+    if (kind == PKT_BROKEN)
+        return to_enrolled ? TC_ACT_SHOT : TC_ACT_OK;
     __u32 zero = 0;
     struct weft_config *cfg = weft_config.lookup(&zero);
     if (!cfg || !cfg->inbound_port)
         return TC_ACT_SHOT;
 
     struct bpf_sock_tuple tuple = {};
-    tuple.ipv4.saddr = ip->saddr;
-    tuple.ipv4.daddr = ip->daddr;
-    tuple.ipv4.sport = tcp->source;
-    tuple.ipv4.dport = tcp->dest;
+    tuple.ipv4.saddr = p.saddr;
+    tuple.ipv4.daddr = p.daddr;
+    tuple.ipv4.sport = p.sport;
+    tuple.ipv4.dport = p.dport;
     struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4),
                                              BPF_F_CURRENT_NETNS, 0);
     if (sk) {
@@ -81,7 +126,7 @@ int weft_inbound(struct __sk_buff *skb)
         }
         bpf_sk_release(sk);
     }
-    if (!to_enrolled || !tcp->syn || tcp->ack)
+    if (!to_enrolled || !p.syn || p.ack)
         return TC_ACT_OK;  /* not a new connection to an enrolled pod; or mid-flow and not
                               the node's: e.g. a connection from before enrollment */
 
@@ -102,16 +147,25 @@ int weft_inbound(struct __sk_buff *skb)
     return TC_ACT_OK;
 }
 
+/* The guard's verdict on a packet not sent by the node (tested on its own, as test runs
+ * always carry a socket). */
+static __always_inline int guard_packet(struct __sk_buff *skb)
+{
+    struct tcp4 p = {};
+    int kind = read_tcp4(skb, &p);
+    if (kind == PKT_OTHER)
+        return TC_ACT_OK;
+    __u32 daddr = p.daddr;
+    if (!weft_enrolled_ips.lookup(&daddr))
+        return TC_ACT_OK;
+    if (kind == PKT_BROKEN || (p.syn && !p.ack))
+        return TC_ACT_SHOT;
+    return TC_ACT_OK;
+}
+
 int weft_guard(struct __sk_buff *skb)
 {
     if (skb->sk)
         return TC_ACT_OK;  /* sent by a process of this node (ztunnel, a probe) */
-    struct iphdr *ip;
-    struct tcphdr *tcp = ipv4_tcp(skb, &ip);
-    if (!tcp)
-        return TC_ACT_OK;
-    __u32 daddr = ip->daddr;
-    if (tcp->syn && !tcp->ack && weft_enrolled_ips.lookup(&daddr))
-        return TC_ACT_SHOT;
-    return TC_ACT_OK;
+    return guard_packet(skb);
 }
