@@ -167,7 +167,7 @@ class Inbound:
         base.verify_mode = ssl.CERT_REQUIRED
 
         def pick(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
-            identity = identity_from_sni(name or "", self.trust_domain)
+            identity = identity_from_sni(name or "", self.trust_domain, self.identities.known())
             ctx = self.identities.server_context_now(identity or "")
             if ctx is None:
                 log.warning("inbound.unknown_server_identity", sni=name)
