@@ -6,17 +6,26 @@ callback that received them. Each CONNECT stream is a `Stream`, a relay end
 the other end goes straight into HTTP/2 frames. Flow control is HTTP/2's own: a stream whose
 relay partner cannot keep up stops giving window credit back, and a stream without window
 (or a TLS transport whose buffer is full) pauses its partner's reading.
+
+A stream's lifecycle is a `StreamState`, moved only by `transition()` (a table, tested
+without I/O). The protocol limits live in meshcore.hbone; here they are only acted on:
+each `LimitExceeded` is counted (`weft_hbone_limit_exceeded_total{limit=...}`) and logged,
+the timed ones are checked by a timer at the protocol's `next_deadline()`, and a connection
+closed for an error is aborted if its GOAWAY cannot be delivered within CLOSE_GRACE_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 import structlog
+from prometheus_client import Counter
 
 from meshcore import hbone
 from ztunnel.relay import Chunk, Relay
@@ -26,6 +35,73 @@ log = structlog.get_logger("ztunnel.hbone")
 # A TLS transport pauses its writers above this much buffered: enough for a few large
 # frames in flight, so a fast stream does not stop and start on every chunk.
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024
+# Streams stop writing above WRITE_BUFFER_HIGH, so only replies the peer provokes (ACKs,
+# RST_STREAMs for frames on closed streams) can pile up past it: a peer that makes us queue
+# this much while reading nothing is cut off.
+WRITE_BUFFER_LIMIT = 4 * WRITE_BUFFER_HIGH
+LIMIT_WRITE_BUFFER = "write_buffer"
+# A connection closed for an error gets this long to send its GOAWAY, then is aborted (a
+# peer that reads nothing would otherwise keep it, and its buffers, forever).
+CLOSE_GRACE_S = 2.0
+
+LIMIT_EXCEEDED = Counter(
+    "weft_hbone_limit_exceeded",
+    "HBONE connections or streams cut off for going past a limit (meshcore.hbone, the "
+    "15008 listener).",
+    ("limit",),
+)
+
+
+def limit_exceeded(limit: str, **fields: object) -> None:
+    """Count and log one limit gone past."""
+    LIMIT_EXCEEDED.labels(limit=limit).inc()
+    log.warning("hbone.limit_exceeded", limit=limit, **fields)
+
+
+class StreamState(enum.Enum):
+    PENDING_SETUP = "pending_setup"  # no relay started: what arrives is held
+    OPEN = "open"
+    HALF_CLOSED_LOCAL = "half_closed_local"  # we sent our end of stream (the TCP FIN)
+    HALF_CLOSED_REMOTE = "half_closed_remote"  # the peer's end of stream was passed on
+    CLOSED = "closed"  # both ends of stream: done cleanly
+    RESET = "reset"  # reset by either side, or its connection went
+
+
+class StreamEvent(enum.Enum):
+    START = "start"  # the relay started: held data is passed on
+    LOCAL_EOF = "local_eof"
+    REMOTE_EOF = "remote_eof"
+    RESET = "reset"
+
+
+class StreamStateError(RuntimeError):
+    """A stream event its state does not allow: a bug in the caller, not the peer."""
+
+
+_S, _E = StreamState, StreamEvent
+TRANSITIONS: dict[tuple[StreamState, StreamEvent], StreamState] = {
+    (_S.PENDING_SETUP, _E.START): _S.OPEN,
+    (_S.PENDING_SETUP, _E.RESET): _S.RESET,
+    (_S.OPEN, _E.LOCAL_EOF): _S.HALF_CLOSED_LOCAL,
+    (_S.OPEN, _E.REMOTE_EOF): _S.HALF_CLOSED_REMOTE,
+    (_S.OPEN, _E.RESET): _S.RESET,
+    (_S.HALF_CLOSED_LOCAL, _E.REMOTE_EOF): _S.CLOSED,
+    (_S.HALF_CLOSED_LOCAL, _E.RESET): _S.RESET,
+    (_S.HALF_CLOSED_REMOTE, _E.LOCAL_EOF): _S.CLOSED,
+    (_S.HALF_CLOSED_REMOTE, _E.RESET): _S.RESET,
+    (_S.CLOSED, _E.RESET): _S.CLOSED,  # a reset after both ends of stream changes nothing
+    (_S.RESET, _E.RESET): _S.RESET,
+}
+
+
+def transition(state: StreamState, event: StreamEvent) -> StreamState:
+    try:
+        return TRANSITIONS[state, event]
+    except KeyError:
+        raise StreamStateError(f"stream event {event.value} in state {state.value}") from None
+
+
+_RESET = StreamState.RESET
 
 
 # A peer node that vanishes (crash, power loss) sends no FIN: without keepalives its HBONE
@@ -60,21 +136,30 @@ class Stream:
         )
         self.received = 0
         self.sent = 0
-        self.was_reset = False
-        self._started = False
-        self._early: list[Chunk] = []
+        self.state = StreamState.PENDING_SETUP
+        self._early: list[Chunk] = []  # held while PENDING_SETUP
         self._early_eof = False
         self._pending: list[Chunk] = []  # from the partner, waiting for window
         self._eof_pending = False
         self._acks_paused = False
         self._unacked = 0
 
+    @property
+    def was_reset(self) -> bool:
+        return self.state is _RESET
+
+    def _move(self, event: StreamEvent) -> None:
+        self.state = transition(self.state, event)
+
     # --- events from the connection --------------------------------------------------------
 
     def _data(self, chunk: Chunk, flow_length: int) -> None:
-        if not self._started:
+        if self.state is StreamState.PENDING_SETUP:
             self._early.append(chunk)
             self._unacked += flow_length
+            return
+        if self.state is _RESET:  # a reset we sent is still on its way: drop, credit back
+            self.conn.proto.acknowledge(self.id, flow_length)
             return
         self.received += len(chunk)
         assert self.relay is not None
@@ -87,18 +172,21 @@ class Stream:
             self.conn.proto.acknowledge(self.id, flow_length)
 
     def _ended(self) -> None:
-        if not self._started:
+        if self.state is StreamState.PENDING_SETUP:
             self._early_eof = True
             return
+        if self.state not in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL):
+            return
+        self._move(StreamEvent.REMOTE_EOF)
         assert self.relay is not None
         self.relay.other(self).send_eof()
 
     def _reset(self) -> None:
-        self.was_reset = True
+        self._move(StreamEvent.RESET)
         if not self.response.done():
             self.response.set_exception(StreamClosed(f"stream {self.id} was reset"))
             self.response.exception()  # nobody may be waiting (server side): not an error
-        if self.relay is not None and self._started:
+        if self.relay is not None and self.state is _RESET:
             self.relay.failed(self)
 
     def _window_opened(self) -> None:
@@ -111,10 +199,10 @@ class Stream:
         assert self.relay is not None
         if self.relay.done.done():
             return
-        self._started = True
-        if self.was_reset:
+        if self.state is _RESET:
             self.relay.failed(self)
             return
+        self._move(StreamEvent.START)
         other = self.relay.other(self)
         for chunk in self._early:
             self.received += len(chunk)
@@ -123,10 +211,14 @@ class Stream:
         if not self._acks_paused:
             self.resume_reading()
         if self._early_eof:
-            other.send_eof()
+            self._early_eof = False
+            self._ended()
+        if self._eof_pending and not self._pending:  # the partner ended before we started
+            self._eof_pending = False
+            self.send_eof()
 
     def send(self, data: Chunk) -> None:
-        if self.was_reset or self.conn.proto.closed:
+        if self.state is _RESET or self.conn.proto.closed:
             return
         if self._pending or self.conn.write_paused:
             self._pending.append(data)
@@ -141,17 +233,20 @@ class Stream:
         self.conn.flush()
 
     def send_eof(self) -> None:
-        if self._pending:
+        if self._pending or self.state is StreamState.PENDING_SETUP:
             self._eof_pending = True
             return
+        if self.state not in (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE):
+            return  # reset, or already ended
+        self._move(StreamEvent.LOCAL_EOF)
         self.conn.proto.end(self.id)
         self.conn.flush()
         if self.relay is not None:
             self.relay.eof_sent()
 
     def abort(self) -> None:
-        if not self.was_reset:
-            self.was_reset = True
+        if self.state is not _RESET:
+            self._move(StreamEvent.RESET)
             self.conn.proto.reset(self.id)
             self.conn.flush()
 
@@ -183,7 +278,7 @@ class Stream:
 
     def _gone(self) -> None:
         self._pending.clear()
-        self.was_reset = True
+        self._move(StreamEvent.RESET)
         if self.relay is not None:
             self.relay.failed(self)
 
@@ -193,7 +288,7 @@ class Stream:
 
     def _drain(self) -> None:
         """Send what waited for window; once all is out, let the partner read again."""
-        if self.was_reset:
+        if self.state is _RESET:
             self._pending.clear()
             return
         while self._pending and not self.conn.write_paused:
@@ -244,6 +339,9 @@ class HboneConnection(asyncio.Protocol):
         self._started = False
         self._held: list[bytes] = []
         self._in_receive = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._grace: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -268,6 +366,10 @@ class HboneConnection(asyncio.Protocol):
         if exc is not None:
             log.debug("hbone.connection_lost", connection=self.label, error=str(exc))
         self.proto.closed = True
+        for handle in (self._timer, self._grace):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._grace = None
         for stream in list(self.streams.values()):
             stream._reset()
         self.streams.clear()
@@ -297,6 +399,7 @@ class HboneConnection(asyncio.Protocol):
         held, self._held = self._held, []
         for data in held:
             self._receive(data)
+        self._arm_timer()
 
     def flush(self) -> None:
         if self._in_receive:
@@ -318,14 +421,34 @@ class HboneConnection(asyncio.Protocol):
         return stream
 
     def forget(self, stream: Stream) -> None:
+        """The stream is done with (answered and relayed, refused, or failed): it leaves
+        the connection, and credit for data it held back goes back to the peer."""
         self.streams.pop(stream.id, None)
+        self.proto.forget(stream.id)
+        stream._early.clear()
+        if stream._unacked:
+            self.proto.acknowledge(stream.id, stream._unacked)
+            stream._unacked = 0
+            self.flush()
         self.last_used = asyncio.get_running_loop().time()
 
     def close(self) -> None:
         self.proto.close()
         self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close after what is queued (the GOAWAY) is written, or abort after CLOSE_GRACE_S
+        if the peer reads nothing."""
+        if self.transport is None or self._grace is not None or self.closed.is_set():
+            return
+        self.transport.close()
+        self._grace = asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self._abort)
+
+    def _abort(self) -> None:
+        self._grace = None
+        if self.transport is not None and not self.closed.is_set():
+            self.transport.abort()
 
     def _receive(self, data: bytes) -> None:
         self._in_receive = True
@@ -334,9 +457,46 @@ class HboneConnection(asyncio.Protocol):
                 self._dispatch(event)
         finally:
             self._in_receive = False
+        self._after_events()
+
+    def _after_events(self) -> None:
         self.flush()
-        if self.proto.closed and self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not self.proto.closed:
+            buffered = transport.get_write_buffer_size()
+            if not buffered:
+                self.proto.output_drained()
+            elif buffered > WRITE_BUFFER_LIMIT:
+                limit_exceeded(LIMIT_WRITE_BUFFER, connection=self.label, buffered=buffered)
+                self.proto.closed = True
+                transport.abort()
+                return
+        if self.proto.closed:
+            self._close_transport()
+        elif self.proto.next_deadline() != self._timer_at:
+            self._arm_timer()
+
+    # --- the protocol's timed limits ----------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.proto.next_deadline()
+        self._timer_at = deadline or 0.0
+        if deadline is not None and not self.closed.is_set():
+            delay = max(0.0, deadline - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._timer, self._timer_at = None, 0.0
+        self._in_receive = True
+        try:
+            for event in self.proto.expire():
+                self._dispatch(event)
+        finally:
+            self._in_receive = False
+        self._after_events()
 
     def _dispatch(self, event: hbone.Event) -> None:
         if isinstance(event, hbone.StreamData):
@@ -365,6 +525,11 @@ class HboneConnection(asyncio.Protocol):
         if isinstance(event, hbone.ConnectionClosed):
             if event.error:
                 log.warning("hbone.connection_error", connection=self.label, reason=event.reason)
+            return
+        if isinstance(event, hbone.LimitExceeded):
+            limit_exceeded(
+                event.limit, connection=self.label, detail=event.detail, stream=event.stream_id
+            )
             return
         stream = self.streams.get(event.stream_id)
         if stream is None:
