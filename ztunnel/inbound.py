@@ -219,8 +219,9 @@ class Inbound:
                 headers.get("forwarded"),
             )
 
-            def reset() -> None:
+            def reset() -> None:  # setup failed with a bug: the stream is reset, never left
                 stream.abort()
+                stream.conn.proto.reset(stream.id)  # no-op if done; frees its setup slot
                 stream.conn.forget(stream)
 
             self._setups.spawn(self._hbone_stream(stream, attempt), reset, target=str(target))
@@ -279,13 +280,11 @@ class Inbound:
                 error=str(err) or "timed out",
             )
             return
-        accepted = not stream.was_reset and not proto.closed
-        if accepted:
-            try:
-                proto.accept(stream.id)
-            except BaseException:
-                leg.abort()
-                raise
+        try:
+            accepted = proto.accept(stream.id)  # False: reset or closed meanwhile
+        except BaseException:
+            leg.abort()
+            raise
         if not accepted:
             # reset, or the connection went away, while we were connecting: never leave
             # the pod-side socket behind
@@ -315,8 +314,8 @@ class Inbound:
     def _refuse(stream: Stream, status: int, reason: str) -> None:
         proto = stream.conn.proto
         assert isinstance(proto, hbone.HboneServer)
-        if not stream.was_reset and not proto.closed:
-            proto.refuse(stream.id, status, reason)
+        # always answered (or found reset): either way its setup slot is released
+        if proto.refuse(stream.id, status, reason):
             stream.conn.flush()
         stream.conn.forget(stream)
 

@@ -94,8 +94,9 @@ class Target:
     async def start(self) -> int:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.open += 1
-            self.peers.append(writer.get_extra_info("peername")[0])
             try:
+                peer = writer.get_extra_info("peername")  # None: reset before we got here
+                self.peers.append(peer[0] if peer else "")
                 while data := await reader.read(65536):
                     writer.write(data)
             except ConnectionError:
