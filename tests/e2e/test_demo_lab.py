@@ -36,9 +36,11 @@ def test_demo_lab_serves_traffic_through_services_and_goes_away_cleanly() -> Non
         assert all(p["ready"] for p in status["pods"]), status["pods"]
         assert all(a["state"] == "Running" for a in status["node_agents"].values())
 
-        # The traffic pod's load client reports successful requests to the frontend.
+        # The traffic pod's load client reports successful requests to the frontend, and
+        # nothing failed from its start: a new user's first look shows no failures.
         deadline = time.monotonic() + 20
         interim: dict = {}
+        events: list[dict] = []
         while time.monotonic() < deadline:
             lines = lab.run("logs", "traffic", "-n", "demo").stdout.splitlines()
             events = [json.loads(line) for line in lines if line.startswith("{")]
@@ -47,6 +49,9 @@ def test_demo_lab_serves_traffic_through_services_and_goes_away_cleanly() -> Non
                 break
             time.sleep(1)
         assert interim.get("succeeded", 0) >= 4, interim
+        assert [e for e in events if e["event"] == "load.request_failed"] == []
+        interims = [e for e in events if e["event"] == "load.interim"]
+        assert all(e["failed"] == 0 for e in interims), interims
 
         # frontend -> backend through the Service, both by name; backend is v1 and v2.
         answer = json.loads(
