@@ -14,9 +14,8 @@
 /* An enrolled pod, keyed by the cookie of its network namespace. */
 struct weft_pod {
     __u32 ip;        /* the pod's IPv4 address, network order */
-    __u32 flags;     /* WEFT_POD_* */
+    __u32 flags;     /* reserved, 0 (kept so that pinned maps keep their layout) */
 };
-#define WEFT_POD_STRICT 1
 
 /* An original destination, as the app asked for it. */
 struct weft_dst {
@@ -49,7 +48,7 @@ struct weft_config {
 
 /* An enrolled pod, keyed by its IP: what the inbound (tc) path checks. */
 struct weft_pod_ip {
-    __u32 flags;     /* WEFT_POD_* */
+    __u32 flags;     /* reserved, 0; mTLS modes are ztunnel's (per port, from policy) */
 };
 
 #define PINNED(name) WEFT_PIN_DIR "/" name

@@ -11,7 +11,6 @@ import socket
 import struct
 
 MAP_NAMES = ("enrolled", "enrolled_ips", "excluded_ports", "dst_by_cookie", "dst_by_peer", "config")
-WEFT_POD_STRICT = 1
 
 
 class Pod(ctypes.Structure):

@@ -23,10 +23,6 @@ def _socket_netns_cookie() -> int:
     return int(struct.unpack("=Q", raw)[0])
 
 
-def own_netns_cookie() -> int:
-    return _socket_netns_cookie()
-
-
 def pod_cgroup(pods_cgroup: Path, uid: str) -> Path | None:
     for name in (f"pod-{uid}", f"pod{uid.replace('-', '_')}", f"pod{uid}"):
         candidate = pods_cgroup / name

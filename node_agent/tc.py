@@ -8,7 +8,6 @@ replaces others in place (same handle and priority: no gap).
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -21,13 +20,6 @@ INGRESS = "ffff:fff2"
 EGRESS = "ffff:fff3"
 STEER_TABLE = 15006
 FILTER_PRIO = 1
-
-
-@dataclass(frozen=True)
-class Attachment:
-    device: str
-    direction: str  # "ingress" | "egress"
-    program: str
 
 
 def _attr(msg: Any, name: str) -> Any:

@@ -144,12 +144,6 @@ def test_map_names_are_the_pinned_names_in_the_header() -> None:
     assert sorted(m.MAP_NAMES) == sorted(pinned)
 
 
-def test_strict_flag_matches_the_header() -> None:
-    found = re.search(r"#define\s+WEFT_POD_STRICT\s+(\d+)", HEADER.read_text())
-    assert found is not None
-    assert int(found.group(1)) == m.WEFT_POD_STRICT
-
-
 # --- byte order ---------------------------------------------------------------------------
 
 
