@@ -23,10 +23,11 @@ from prometheus_client import Gauge
 from controller.ca import CertificateAuthority
 from controller.distribution import StateLog
 from controller.meshbuilder import MeshBuilder
-from controller.server import MAX_MESSAGE, ControllerService
+from controller.server import ControllerService
 from controller.sources import Source
 from controller.store import Problem, ResourceStore
 from meshcore import adminserver
+from meshcore.api import limits
 from meshcore.meshstate import TrustBundle, Workload
 
 log = structlog.get_logger("controller")
@@ -155,8 +156,8 @@ class Controller:
         )
         self._server = grpc.aio.server(
             options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", limits.STATE_MESSAGE_MAX),
+                ("grpc.max_receive_message_length", limits.NODE_MESSAGE_MAX),
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ]

@@ -18,6 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from controller.ca import CertificateAuthority
 from controller.distribution import StateLog, Update
+from meshcore.api import limits
 from meshcore.api import mesh_pb2 as pb
 from meshcore.identity.certs import CertificateError
 from meshcore.identity.spiffe import SpiffeId
@@ -26,7 +27,6 @@ from meshcore.meshstate import Workload
 log = structlog.get_logger("controller.server")
 
 SERVICE = "weft.mesh.v1.MeshConfig"
-MAX_MESSAGE = 256 * 1024 * 1024
 
 # Istio's names where Istio has one, so dashboards carry over.
 CONNECTED = Gauge("pilot_xds", "Nodes connected to the controller's config stream.")
@@ -166,6 +166,19 @@ class ControllerService:
                 changed = self._changed
                 update = self.state.since(epoch, version)
                 if update is not None:
+                    if len(update.payload) > limits.STATE_MESSAGE_MAX:
+                        log.error(
+                            "state.too_large",
+                            node=node,
+                            version=update.version,
+                            bytes=len(update.payload),
+                            limit=limits.STATE_MESSAGE_MAX,
+                        )
+                        await context.abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the mesh state update is {len(update.payload)} bytes, over the "
+                            f"{limits.STATE_MESSAGE_MAX} bytes a node accepts",
+                        )
                     yield update.payload
                     self._sent(session, update)
                     epoch, version = self.state.epoch, update.version

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import structlog
 
+from meshcore.api import limits
 from meshcore.api import mesh_pb2 as pb
 from meshcore.api.convert import ConversionError, from_proto, key_from_proto
 from meshcore.meshstate import StateValue
@@ -28,7 +29,6 @@ log = structlog.get_logger("configclient")
 
 SERVICE = "weft.mesh.v1.MeshConfig"
 CONTROLLER_NAME = "weft-controller"  # the DNS SAN of the controller's serving certificate
-MAX_MESSAGE = 256 * 1024 * 1024
 BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
 
@@ -137,8 +137,8 @@ class ConfigClient:
             creds,
             options=[
                 ("grpc.ssl_target_name_override", self.server_name),
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.max_receive_message_length", limits.STATE_MESSAGE_MAX),
+                ("grpc.max_send_message_length", limits.NODE_MESSAGE_MAX),
                 ("grpc.keepalive_time_ms", 20_000),
             ],
         )
