@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from meshcore.hbone import ALPN
-from meshcore.identity.certs import CertificateError, load_certificate, spiffe_id_of
+from meshcore.identity.certs import CertificateError, spiffe_id_of
 
 
 @contextmanager
@@ -53,7 +53,3 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
 
     cert = x509.load_der_x509_certificate(der)
     return str(spiffe_id_of(cert))
-
-
-def identity_of_pem(cert_pem: bytes) -> str:
-    return str(spiffe_id_of(load_certificate(cert_pem)))
