@@ -269,6 +269,17 @@ class _Base:
             client_side=self.client_side, header_encoding=None, validate_inbound_headers=True
         )
         self.conn = h2.connection.H2Connection(config=config)
+        # h2 enforces 100 streams until the peer ACKs our SETTINGS, but a peer may open as
+        # many as we advertise once it has read them (before we see its ACK): start there.
+        self.conn.local_settings = h2.settings.Settings(
+            client=self.client_side,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: (
+                    self.conn.local_settings.max_header_list_size or MAX_HEADER_BLOCK
+                ),
+            },
+        )
         # a server's h2 checks the client's 24-byte preface itself: hand it over as is
         self._preface_left = 0 if self.client_side else 24
 

@@ -22,6 +22,7 @@ from meshcore import adminserver, hbone
 from meshcore.configclient import Applied, ConfigClient, NodeCredential
 from ztunnel.identity import IdentityManager
 from ztunnel.inbound import HANDSHAKE_TIMEOUT, Inbound, transparent_listener
+from ztunnel.listeners import serve_hbone
 from ztunnel.outbound import Outbound
 from ztunnel.pool import Pool
 from ztunnel.state import MeshView
@@ -62,7 +63,7 @@ class Ztunnel:
         self.pool = Pool(self.identities, config.inbound_port)
         self.outbound = Outbound(config.node, self.view, self.pool, self.client.synced)
         self.inbound = Inbound(config.node, config.trust_domain, self.view, self.identities)
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.AbstractServer] = []
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
@@ -102,15 +103,13 @@ class Ztunnel:
                 backlog=1024,
             )
         )
-        self._servers.append(
-            await loop.create_server(
+        self._servers.append(  # handshakes bounded per source and in total
+            await serve_hbone(
                 self.inbound.hbone_protocol,
                 c.data_host,
                 c.inbound_port,
-                ssl=self.inbound.server_context(),
-                reuse_address=True,
-                backlog=1024,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                self.inbound.server_context(),
+                handshake_timeout=HANDSHAKE_TIMEOUT,
             )
         )
         self._servers.append(

@@ -52,10 +52,23 @@ LIMIT_EXCEEDED = Counter(
 )
 
 
+# A flood that trips a limit thousands of times a second must not become a log flood: one
+# line per limit per LIMIT_LOG_INTERVAL_S, saying how many were not logged (the counter
+# counts them all).
+LIMIT_LOG_INTERVAL_S = 1.0
+_last_logged: dict[str, tuple[float, int]] = {}  # limit -> (when last logged, not logged since)
+
+
 def limit_exceeded(limit: str, **fields: object) -> None:
     """Count and log one limit gone past."""
     LIMIT_EXCEEDED.labels(limit=limit).inc()
-    log.warning("hbone.limit_exceeded", limit=limit, **fields)
+    now = time.monotonic()
+    last, unlogged = _last_logged.get(limit, (-LIMIT_LOG_INTERVAL_S, 0))
+    if now - last < LIMIT_LOG_INTERVAL_S:
+        _last_logged[limit] = (last, unlogged + 1)
+        return
+    _last_logged[limit] = (now, 0)
+    log.warning("hbone.limit_exceeded", limit=limit, not_logged_before=unlogged, **fields)
 
 
 class StreamState(enum.Enum):

@@ -381,3 +381,16 @@ def test_a_frame_on_stream_zero_that_needs_a_stream_closes_both_parsers() -> Non
     # and once closed, a CONNECT is not answered either: the connection is over for both
     client.connect(Target("10.0.0.1", 80))
     assert server.receive(client.data_to_send()) == []
+
+
+def test_a_burst_of_connects_before_our_settings_are_acked_is_not_a_connection_error() -> None:
+    """h2 alone would allow 100 streams until the client ACKs our SETTINGS; a client may
+    open up to what we advertise as soon as it has read them."""
+    client, server = HboneClient(), HboneServer()
+    server.receive(client.initiate())
+    client.receive(server.initiate())  # the client has our SETTINGS; we have no ACK yet
+    for _ in range(hbone.MAX_PENDING_SETUP):
+        client.connect(Target("10.0.0.1", 80))
+    events = server.receive(client.data_to_send())
+    assert not server.closed
+    assert sum(isinstance(e, ConnectRequested) for e in events) == hbone.MAX_PENDING_SETUP
