@@ -198,3 +198,49 @@ def test_rapid_reset_leaves_no_socket_behind_and_others_keep_working(
         timeout=20,
         what=f"node-2's ztunnel to release its sockets (had {before} fds)",
     )
+
+
+def ztunnel_rss_mb(lab: Lab, node: str) -> float:
+    pid = lab.status()["ztunnels"][node]["pid"]
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize(
+    ("flood", "expect"),
+    [
+        (("ping-flood", "-", "200000"), ("goaway 11", "closed")),  # never reads the PONGs
+        (("continuation", "{web}:8080", "64"), ("goaway", "closed")),  # a header block of 64 MiB
+        (("oversized-frame", "-", "10"), ("goaway 6", "closed")),  # FRAME_SIZE_ERROR at once
+        (("silent", "-", "3000"), ("opened",)),  # TCP connections that never start TLS
+    ],
+    ids=["ping-flood", "continuation", "oversized-frame", "silent-connections"],
+)
+def test_floods_on_15008_are_cut_off_and_the_ztunnel_gives_back_what_they_took(
+    mesh: Lab, tmp_path: Path, flood: tuple[str, ...], expect: tuple[str, ...]
+) -> None:
+    web = pod_ip(mesh, "web")
+    assert get(mesh, "client", "shop", web) is not None
+    time.sleep(1)
+    fds, rss = ztunnel_fds(mesh, "node-2"), ztunnel_rss_mb(mesh, "node-2")
+    attacker = Attacker(mesh, SHOP_CLIENT, tmp_path)
+    mode, target, arg = flood
+    ended = attacker.run(mode, target.format(web=web), arg, timeout=120)
+    assert ended.startswith(expect), ended
+    if mode == "oversized-frame":
+        assert float(ended.split()[-1]) < 5, "the connection was held open waiting for 16 MiB"
+    if mode == "silent":
+        opened, closed = int(ended.split()[1]), int(ended.split()[3])
+        # beyond the per-source handshake cap connections are closed at once; the rest
+        # within the handshake timeout
+        assert closed >= opened - 10, ended
+    assert get(mesh, "client", "shop", web) is not None  # a bystander is served
+    eventually(
+        lambda: ztunnel_fds(mesh, "node-2") <= fds + 5,
+        timeout=20,
+        what=f"node-2's ztunnel to release its sockets (had {fds})",
+    )
+    grown = ztunnel_rss_mb(mesh, "node-2") - rss
+    assert grown < 40, f"node-2's ztunnel kept {grown:.0f} MB after the flood"
