@@ -1,9 +1,11 @@
 """Overhead of eBPF capture alone (not a test), measured in one run.
 
     .venv/bin/python scripts/bench/capture_overhead.py [--connections 3000] [--rounds 3]
+    .venv/bin/python scripts/bench/capture_overhead.py --smoke   # tiny counts, for CI
 
-A one-node lab with one pod. A listener in the node's namespace (in the node's system
-cgroup, like ztunnel) accepts and closes connections on 15001. From the pod, a client makes
+A one-node lab with one pod and no ztunnel (`lab up --no-ztunnel`): in its place, a listener
+in the node's namespace (in the node's system cgroup, like ztunnel) accepts and closes
+connections on 15001, so capture is measured without a proxy. From the pod, a client makes
 --connections sequential connects (connect, read EOF, close) and times each:
   - detached: the pod is not enrolled, it connects to the listener directly (169.254.1.1:15001);
   - attached: the pod is enrolled, it connects to another pod's address and the programs send
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import click
 
+from lab.cgroups import cgroup2_mount
 from lab.state import LabPaths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +52,12 @@ print(json.dumps({"rate": count / total, "p50_us": lat[len(lat) // 2] * 1e6,
 LISTENER = r"""
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 15001)); s.listen(1024)
+try:
+    s.bind(("0.0.0.0", 15001))
+except OSError as err:
+    print(f"cannot listen on 15001 in the node: {err}", flush=True)
+    sys.exit(1)
+s.listen(1024)
 print("listening", flush=True)
 while True:
     c, _ = s.accept(); c.close()
@@ -112,16 +120,22 @@ def wait_agent(enrolled: bool) -> None:
 @click.command()
 @click.option("--connections", default=3000, show_default=True)
 @click.option("--rounds", default=3, show_default=True)
-def main(connections: int, rounds: int) -> None:
+@click.option("--smoke", is_flag=True, help="Tiny counts: checks the benchmark runs, no figures.")
+def main(connections: int, rounds: int, smoke: bool) -> None:
+    if smoke:
+        connections, rounds = 20, 1
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as tmp:
         folder = Path(tmp)
         (folder / "bench.yaml").write_text(MANIFEST.format(labels="{}"))
         listener = None
         try:
-            weftctl("up", "--nodes", "1", "--manifests", str(folder / "bench.yaml"))
+            # No ztunnel: the bench's own listener takes its port (15001).
+            weftctl("up", "--nodes", "1", "--no-ztunnel", "--manifests", str(folder / "bench.yaml"))
             status = json.loads(weftctl("status", "-o", "json").stdout)
+            click.echo(f"lab {LAB} (id {status['id']}) up", err=True)
             node_ns = status["nodes"][0]["netns"]
-            cgroup = Path("/sys/fs/cgroup/unified") / f"weft-{status['id']}/node-1/system/bench"
+            # In the lab's cgroup tree, so `lab down` removes it (and kills what is left in it).
+            cgroup = cgroup2_mount() / f"weft-{status['id']}/node-1/system/bench"
             cgroup.mkdir(parents=True, exist_ok=True)
             listener = subprocess.Popen(
                 [
@@ -140,7 +154,9 @@ def main(connections: int, rounds: int) -> None:
                 text=True,
             )
             assert listener.stdout is not None
-            listener.stdout.readline()
+            said = listener.stdout.readline().strip()
+            if said != "listening":
+                raise SystemExit(f"the bench listener did not start: {said or 'no output'}")
             target_ip = next(p["ip"] for p in status["pods"] if p["name"] == "target")
             results: dict[str, list[dict[str, float]]] = {"detached": [], "attached": []}
             for _ in range(rounds):
@@ -186,7 +202,11 @@ def main(connections: int, rounds: int) -> None:
         finally:
             if listener is not None:
                 listener.terminate()
-                listener.wait(5)
+                try:
+                    listener.wait(5)
+                except subprocess.TimeoutExpired:
+                    listener.kill()
+                    listener.wait()
             weftctl("down", check=False)
 
 

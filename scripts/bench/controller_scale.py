@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench/controller_scale.py [--pods 10000] [--services 1000]
         [--nodes 100] [--changes 20] [--workers 2] [--csrs 500]
+    .venv/bin/python scripts/bench/controller_scale.py --smoke   # tiny counts, for CI
 
 A real controller process watches a folder of Kubernetes YAML (one file per pod and per
 service, as the lab writes them). 100 real node clients (mutual TLS, the same ConfigClient
@@ -229,14 +230,23 @@ def metric(port: int, name: str) -> float:
 @click.option("--changes", default=20, show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--csrs", default=500, show_default=True)
-def main(pods: int, services: int, nodes: int, changes: int, workers: int, csrs: int) -> None:
+@click.option("--smoke", is_flag=True, help="Tiny counts: checks the benchmark runs, no figures.")
+def main(
+    pods: int, services: int, nodes: int, changes: int, workers: int, csrs: int, smoke: bool
+) -> None:
+    if smoke:
+        pods, services, nodes, changes, workers, csrs = 40, 20, 2, 2, 1, 8
     from controller.ca import CertificateAuthority
     from controller.main import write_node_credential
     from meshcore.logs import configure_logging
 
     configure_logging(json_output=True, level=40)
     tmp = Path(tempfile.mkdtemp(prefix="weft-bench-controller-"))
+    click.echo(f"working in {tmp}", err=True)
     proc = None
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    procs: list[Any] = []
     try:
         source, state, creds = tmp / "source", tmp / "state", tmp / "creds"
         t0 = time.monotonic()
@@ -271,10 +281,9 @@ def main(pods: int, services: int, nodes: int, changes: int, workers: int, csrs:
             stderr=subprocess.DEVNULL,
             cwd=ROOT,
         )
-        ctx = mp.get_context("spawn")
-        results, stop = ctx.Queue(), ctx.Event()
+        results = ctx.Queue()
         shards = [names[i::workers] for i in range(workers)]
-        procs = [
+        procs += [
             ctx.Process(
                 target=worker,
                 args=(
@@ -365,6 +374,12 @@ def main(pods: int, services: int, nodes: int, changes: int, workers: int, csrs:
             f"{report['controller_peak_rss_mib']} MiB (< 1024)"
         )
     finally:
+        stop.set()
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
         if proc is not None:
             proc.terminate()
             try:

@@ -1,6 +1,7 @@
 """Time `weftctl lab up` and `lab down` for a few cluster sizes (not a test).
 
-    .venv/bin/python scripts/bench/lab_updown.py [--pods 20] [--nodes 2 5] [--runs 3]
+    .venv/bin/python scripts/bench/lab_updown.py [--pods 20] [--nodes 2 --nodes 5] [--runs 3]
+    .venv/bin/python scripts/bench/lab_updown.py --smoke   # tiny counts, for CI
 
 Each run brings a lab up with N nodes and a Deployment of --pods sample HTTP servers
 (spread over the nodes, each ready only once its port accepts), then takes it down, and
@@ -10,6 +11,7 @@ checks that nothing with the lab's id is left. Prints median and worst times per
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -18,6 +20,8 @@ import time
 from pathlib import Path
 
 import click
+
+from lab.state import LabPaths, LabRecord
 
 MANIFEST = """
 apiVersion: v1
@@ -60,7 +64,10 @@ def weftctl(*args: str) -> float:
 @click.option("--pods", default=20, show_default=True)
 @click.option("--nodes", "node_counts", multiple=True, type=int, default=(2, 5), show_default=True)
 @click.option("--runs", default=3, show_default=True)
-def main(pods: int, node_counts: tuple[int, ...], runs: int) -> None:
+@click.option("--smoke", is_flag=True, help="Tiny counts: checks the benchmark runs, no figures.")
+def main(pods: int, node_counts: tuple[int, ...], runs: int, smoke: bool) -> None:
+    if smoke:
+        pods, node_counts, runs = 2, (1,), 1
     results = []
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as tmp:
         manifest = Path(tmp) / "web.yaml"
@@ -68,7 +75,7 @@ def main(pods: int, node_counts: tuple[int, ...], runs: int) -> None:
         for nodes in node_counts:
             ups, downs = [], []
             for run in range(runs):
-                name = f"weft-bench-{nodes}n-{run}"
+                name = f"weft-bench-{os.getpid() % 10000}-{nodes}n-{run}"
                 try:
                     ups.append(
                         weftctl(
@@ -82,6 +89,9 @@ def main(pods: int, node_counts: tuple[int, ...], runs: int) -> None:
                             str(manifest),
                         )
                     )
+                    record = LabRecord.load(LabPaths.for_lab(name))
+                    lab_id = record.lab_id if record else "?"
+                    click.echo(f"lab {name} (id {lab_id}) up", err=True)
                 finally:
                     downs.append(weftctl("lab", "--name", name, "down"))
             row = {

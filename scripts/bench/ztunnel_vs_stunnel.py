@@ -1,6 +1,7 @@
 """ztunnel against a stunnel pair and against no mesh, in one run (not a test).
 
     .venv/bin/python scripts/bench/ztunnel_vs_stunnel.py [--seconds 5] [--rate 200] [--rounds 3]
+    .venv/bin/python scripts/bench/ztunnel_vs_stunnel.py --smoke   # tiny counts, for CI
 
 A two-node lab. Pod to pod across the two nodes, three ways:
   - none:    unenrolled pods, plain TCP;
@@ -143,9 +144,17 @@ def latency(ns: str, url: str, seconds: int, rate: int) -> dict[str, Any]:
     )
 
 
-def new_connections(ns: str, url: str) -> dict[str, Any]:
+def new_connections(ns: str, url: str, count: int) -> dict[str, Any]:
     return load(
-        ns, url, "--count", "1500", "--concurrency", "8", "--new-connections", "--duration", "60"
+        ns,
+        url,
+        "--count",
+        str(count),
+        "--concurrency",
+        "8",
+        "--new-connections",
+        "--duration",
+        "60",
     )
 
 
@@ -190,7 +199,11 @@ def stunnel_configs(folder: Path, server_ip: str) -> tuple[Path, Path]:
 @click.option("--seconds", default=5, show_default=True)
 @click.option("--rate", default=200, show_default=True, help="Requests/s for the latency run.")
 @click.option("--rounds", default=3, show_default=True, help="Interleaved rounds; medians kept.")
-def main(seconds: int, rate: int, rounds: int) -> None:
+@click.option("--connections", default=1500, show_default=True, help="For new connections/s.")
+@click.option("--smoke", is_flag=True, help="Tiny counts: checks the benchmark runs, no figures.")
+def main(seconds: int, rate: int, rounds: int, connections: int, smoke: bool) -> None:
+    if smoke:
+        seconds, rate, rounds, connections = 1, 20, 1, 40
     results: dict[str, Any] = {}
     stunnels: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as tmp:
@@ -199,6 +212,7 @@ def main(seconds: int, rate: int, rounds: int) -> None:
         try:
             lab("up", "--nodes", "2", "--manifests", str(folder / "bench.yaml"))
             status = json.loads(lab("status", "-o", "json").stdout)
+            click.echo(f"lab {LAB} (id {status['id']}) up", err=True)
             pods = {(p["namespace"], p["name"]): p for p in status["pods"]}
             ztunnels = [z["pid"] for z in status["ztunnels"].values()]
             client_conf, server_conf = stunnel_configs(folder, pods[("plain", "server")]["ip"])
@@ -230,7 +244,7 @@ def main(seconds: int, rate: int, rounds: int) -> None:
                 for way, (ns, host, iperf_port, http_port, proxies) in ways.items():
                     url = f"http://{host}:{http_port}/"
                     lat = latency(ns, url, seconds, rate)
-                    conns = new_connections(ns, url)
+                    conns = new_connections(ns, url, connections)
                     rounds_seen[way].append(
                         {
                             **bulk(ns, host, iperf_port, proxies, seconds),
@@ -253,7 +267,11 @@ def main(seconds: int, rate: int, rounds: int) -> None:
         finally:
             for p in stunnels:
                 p.terminate()
-                p.wait(5)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
             lab("down", check=False)
     w, s, n = results["weft"], results["stunnel"], results["none"]
     results["ratios"] = {
