@@ -68,7 +68,9 @@ PLUGIN_CHAIN_FILE = "cert-chain.pem"
 
 ROOT_TTL = dt.timedelta(days=3650)
 WORKLOAD_TTL = dt.timedelta(hours=24)
-NODE_CREDENTIAL_TTL = dt.timedelta(days=365)
+# Short-lived: a node renews its credential at half life over its authenticated channel
+# (`renew_node_credential`); one that is no longer renewed stops working within a day.
+NODE_CREDENTIAL_TTL = dt.timedelta(hours=24)
 SERVING_TTL = dt.timedelta(days=90)
 CLOCK_SKEW = dt.timedelta(minutes=1)
 _CANARY_TTL = dt.timedelta(minutes=5)
@@ -375,6 +377,53 @@ class CertificateAuthority:
         )
         self._log_signed("node", identity, cert, now)
         return key_to_pem(key), cert_to_pem(cert) + self._chain_pem()
+
+    def renew_node_credential(
+        self, csr_pem: bytes, node: str, ttl: dt.timedelta = NODE_CREDENTIAL_TTL
+    ) -> IssuedCertificate:
+        """A new credential for `node` (already authenticated by its current one) from a CSR
+        for its own node identity, with a key the node made (it never leaves the node)."""
+        wanted = node_id(self.trust_domain, node)
+        identity: SpiffeId | None = None
+        try:
+            csr = _load_csr(csr_pem)
+            identity = self._requested_identity(csr)
+            if identity != wanted:
+                raise CertificateError(
+                    f"node {node!r} may renew only its own credential ({wanted}), "
+                    f"not ask for {identity}"
+                )
+            _check_not_ca_request(csr)
+            public_key = _leaf_key(csr.public_key())
+            now = self._clock()
+            not_after = self._not_after(now, ttl)
+        except CertificateError as err:
+            _log.warning(
+                "cert.refused",
+                kind="node",
+                identity=str(identity) if identity else None,
+                reason=err.reason,
+            )
+            raise
+        cert = self._issue(
+            public_key,
+            [x509.UniformResourceIdentifier(str(wanted))],
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+            now,
+            not_after,
+        )
+        self._log_signed("node", wanted, cert, now)
+        return IssuedCertificate(
+            cert_pem=cert_to_pem(cert),
+            chain_pem=self._chain_pem(),
+            spiffe_id=wanted,
+            not_after=cert.not_valid_after_utc,
+        )
+
+    def requested_identity(self, csr_pem: bytes) -> SpiffeId:
+        """The one identity a well-formed, correctly signed CSR asks for in this trust domain;
+        CertificateError otherwise. Says which signing method the request is for."""
+        return self._requested_identity(_load_csr(csr_pem))
 
     def verify_node_credential(
         self,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import click
@@ -14,6 +13,7 @@ from controller.app import Controller, ControllerConfig
 from controller.ca import CertificateAuthority
 from controller.sources import LocalSource
 from meshcore import nodeoptions
+from meshcore.configclient import NodeCredential
 from meshcore.logs import configure_logging
 from meshcore.signals import run_until_stopped, stop_requested
 
@@ -124,18 +124,10 @@ def issue_node_credential(state_dir: Path, trust_domain: str, node: str, out: Pa
 
 
 def write_node_credential(ca: CertificateAuthority, node: str, out: Path) -> None:
+    """A new credential for `node` in `out` (key.pem, cert.pem, roots.pem: 0600, folder 0700),
+    valid for NODE_CREDENTIAL_TTL; the node renews it from then on."""
     key_pem, cert_pem = ca.issue_node_credential(node)
-    out.mkdir(parents=True, exist_ok=True)
-    os.chmod(out, 0o700)
-    for name, data in (
-        ("key.pem", key_pem),
-        ("cert.pem", cert_pem),
-        ("roots.pem", "".join(ca.trust_bundle).encode()),
-    ):
-        path = out / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+    NodeCredential(key_pem, cert_pem, "".join(ca.trust_bundle).encode()).save(out)
 
 
 if __name__ == "__main__":

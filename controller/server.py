@@ -8,6 +8,7 @@ what the node says about itself.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from controller.ca import CertificateAuthority
 from controller.distribution import StateLog, Update
 from meshcore.api import limits
 from meshcore.api import mesh_pb2 as pb
-from meshcore.identity.certs import CertificateError
+from meshcore.identity.certs import CertificateError, load_chain
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.meshstate import Workload
 
@@ -64,15 +65,25 @@ class NodeSession:
         }
 
 
-def _node_of(context: grpc.aio.ServicerContext, ca: CertificateAuthority) -> str | None:
+@dataclass(frozen=True)
+class Caller:
+    """A node authenticated by its credential, and when that credential stops being valid."""
+
+    node: str
+    not_after: dt.datetime
+
+
+def _caller(context: grpc.aio.ServicerContext, ca: CertificateAuthority) -> Caller | None:
     certs = context.auth_context().get("x509_pem_cert") or []
     if not certs:
         return None
     try:
-        return ca.verify_node_credential(certs[0])
+        node = ca.verify_node_credential(certs[0])
+        not_after = load_chain(certs[0])[0].not_valid_after_utc
     except CertificateError as err:
         log.warning("node.refused", peer=context.peer(), reason=err.reason)
         return None
+    return Caller(node, not_after)
 
 
 class ControllerService:
@@ -129,13 +140,14 @@ class ControllerService:
     async def subscribe(
         self, requests: AsyncIterator[pb.SubscribeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        node = _node_of(context, self.ca)
-        if node is None:
+        caller = _caller(context, self.ca)
+        if caller is None:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "a valid node credential (client certificate) is required",
             )
             return
+        node = caller.node
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream opens with Hello")
@@ -183,8 +195,21 @@ class ControllerService:
                     self._sent(session, update)
                     epoch, version = self.state.epoch, update.version
                 waiter = asyncio.ensure_future(changed.wait())
-                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {waiter, reader},
+                    timeout=_seconds_until(caller.not_after),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 waiter.cancel()
+                if _seconds_until(caller.not_after) <= 0:
+                    # TLS checked the credential once, at the handshake: the stream must not
+                    # outlive it, or an expired (no longer renewed) node would stay served.
+                    log.info("node.credential_expired", node=node)
+                    await context.abort(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        f"the node credential expired at {caller.not_after.isoformat()}; "
+                        "reconnect with the renewed one",
+                    )
         finally:
             reader.cancel()
             self.sessions.remove(session)
@@ -231,17 +256,21 @@ class ControllerService:
     ) -> pb.CertificateResponse:
         CSR_COUNT.inc()
         await self.synced.wait()
-        node = _node_of(context, self.ca)
-        if node is None:
+        caller = _caller(context, self.ca)
+        if caller is None:
             CSR_REFUSED.labels("unauthenticated").inc()
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "a valid node credential (client certificate) is required",
             )
-        assert node is not None  # abort() above raised otherwise
-        allowed = self._identities_on(node)
+        assert caller is not None  # abort() above raised otherwise
+        node = caller.node
+        csr = request.csr_pem.encode()
         try:
-            issued = self.ca.sign_workload(request.csr_pem.encode(), allowed)
+            if _asks_for_a_node_identity(self.ca, csr):
+                issued = self.ca.renew_node_credential(csr, node)
+            else:
+                issued = self.ca.sign_workload(csr, self._identities_on(node))
         except CertificateError as err:
             reason = err.reason
             if reason.startswith("not permitted") or "not permitted" in reason:
@@ -261,6 +290,19 @@ class ControllerService:
             cert_chain_pem=[issued.cert_pem.decode(), *_split_pem(issued.chain_pem)],
             roots_pem=list(self.ca.trust_bundle),
         )
+
+
+def _asks_for_a_node_identity(ca: CertificateAuthority, csr: bytes) -> bool:
+    """Whether a CSR renews the caller's node credential (else it is for a workload). A CSR
+    that cannot be read goes the workload way, which refuses it saying why."""
+    try:
+        return ca.requested_identity(csr).node_name is not None
+    except CertificateError:
+        return False
+
+
+def _seconds_until(when: dt.datetime) -> float:
+    return (when - dt.datetime.now(dt.UTC)).total_seconds()
 
 
 def _split_pem(chain: bytes) -> list[str]:

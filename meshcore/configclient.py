@@ -11,17 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import fcntl
+import os
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import structlog
+from cryptography import x509
 
 from meshcore.api import limits
 from meshcore.api import mesh_pb2 as pb
 from meshcore.api.convert import ConversionError, from_proto, key_from_proto
+from meshcore.identity.certs import (
+    CertificateError,
+    key_to_pem,
+    load_chain,
+    load_private_key,
+    make_csr,
+    new_private_key,
+    public_keys_match,
+    spiffe_id_of,
+)
+from meshcore.identity.spiffe import SpiffeId
 from meshcore.meshstate import StateValue
 from meshcore.resources import ResourceKey
 
@@ -31,21 +46,98 @@ SERVICE = "weft.mesh.v1.MeshConfig"
 CONTROLLER_NAME = "weft-controller"  # the DNS SAN of the controller's serving certificate
 BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
+RENEWAL_RETRY = 30.0  # seconds between attempts to renew the node credential
 
 
 @dataclass(frozen=True)
 class NodeCredential:
+    """The key and client certificate a node presents to the controller, and the roots it
+    trusts the controller by. Short-lived: the node renews it at half life
+    (`ConfigClient.renew_credential`), and keeps the renewed one in its folder, if it came
+    from one, for the node's next start."""
+
     key_pem: bytes
-    cert_pem: bytes
+    cert_pem: bytes  # the leaf, then its chain
     roots_pem: bytes
+    folder: Path | None = field(default=None, compare=False)
 
     @classmethod
     def load(cls, folder: Path) -> NodeCredential:
-        return cls(
-            (folder / "key.pem").read_bytes(),
-            (folder / "cert.pem").read_bytes(),
-            (folder / "roots.pem").read_bytes(),
-        )
+        """key.pem, cert.pem and roots.pem from `folder`; CertificateError when the key is
+        not the certificate's (the folder is written under a lock, so this is not a race)."""
+        with _locked(folder, fcntl.LOCK_SH):
+            credential = cls(
+                (folder / "key.pem").read_bytes(),
+                (folder / "cert.pem").read_bytes(),
+                (folder / "roots.pem").read_bytes(),
+                folder,
+            )
+        credential.check()
+        return credential
+
+    def save(self, folder: Path) -> None:
+        """Write the three files (0600, folder 0700), each replaced atomically, all three
+        under the folder's lock: two processes of one node may renew at once."""
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        with _locked(folder, fcntl.LOCK_EX):
+            for name, data in (
+                ("key.pem", self.key_pem),
+                ("cert.pem", self.cert_pem),
+                ("roots.pem", self.roots_pem),
+            ):
+                _write_atomically(folder / name, data)
+
+    def check(self) -> None:
+        leaf = self.leaf
+        if not public_keys_match(leaf, load_private_key(self.key_pem)):
+            raise CertificateError("key.pem is not the key of cert.pem", source=str(self.folder))
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return load_chain(self.cert_pem)[0]
+
+    @property
+    def identity(self) -> SpiffeId:
+        return spiffe_id_of(self.leaf)
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.leaf.not_valid_after_utc
+
+    def refresh_at(self) -> dt.datetime:
+        """Half way through its lifetime, as workload certificates are renewed."""
+        before, after = self.leaf.not_valid_before_utc, self.leaf.not_valid_after_utc
+        return before + (after - before) / 2
+
+
+@contextlib.contextmanager
+def _locked(folder: Path, operation: int) -> Iterator[None]:
+    try:
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield  # a read-only folder (a mounted secret): nobody writes it, nothing to lock
+        return
+    try:
+        fcntl.flock(fd, operation)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -123,8 +215,10 @@ class ConfigClient:
         self.synced = asyncio.Event()
         self.connected = False
         self.updates = 0
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: grpc.aio.Channel | None = None  # for unary calls
+        self._outbox: asyncio.Queue[pb.SubscribeRequest | None] | None = None
         self._version_event = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _open_channel(self) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(
@@ -150,21 +244,34 @@ class ConfigClient:
                 await event.wait()
 
     async def run(self) -> None:
-        """Stay subscribed until cancelled, reconnecting with backoff."""
+        """Stay subscribed until cancelled, reconnecting with backoff; renew the node
+        credential before it expires."""
+        renewal = asyncio.create_task(self._keep_credential_fresh())
+        try:
+            await self._stay_subscribed()
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+
+    async def _stay_subscribed(self) -> None:
         backoff = BACKOFF_START
         while True:
+            credential = self.credential
             try:
                 await self._subscribe_once()
                 backoff = BACKOFF_START
             except grpc.aio.AioRpcError as err:
+                renewed = self.credential is not credential
                 log.warning(
                     "controller.stream_failed",
                     node=self.node,
                     target=self.target,
                     code=err.code().name,
                     details=err.details(),
+                    credential_renewed=renewed,
                 )
-                if err.code() in (
+                if not renewed and err.code() in (
                     grpc.StatusCode.UNAUTHENTICATED,
                     grpc.StatusCode.PERMISSION_DENIED,
                 ):
@@ -175,10 +282,10 @@ class ConfigClient:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _subscribe_once(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-        self._channel = self._open_channel()
-        outbox: asyncio.Queue[pb.SubscribeRequest] = asyncio.Queue()
+        """One Subscribe stream, on a channel of its own (made with the credential of the
+        moment), until it fails or is ended to reconnect with a renewed credential."""
+        channel = self._open_channel()
+        outbox: asyncio.Queue[pb.SubscribeRequest | None] = asyncio.Queue()
         outbox.put_nowait(
             pb.SubscribeRequest(
                 hello=pb.Hello(node=self.node, epoch=self.epoch, version=self.version)
@@ -186,19 +293,26 @@ class ConfigClient:
         )
 
         async def requests() -> AsyncIterator[pb.SubscribeRequest]:
-            while True:
-                yield await outbox.get()
+            while (request := await outbox.get()) is not None:
+                yield request
 
-        call = self._channel.stream_stream(
-            f"/{SERVICE}/Subscribe",
-            request_serializer=pb.SubscribeRequest.SerializeToString,
-            response_deserializer=pb.StateUpdate.FromString,
-        )(requests())
-        async for update in call:
-            self.connected = True
-            self._handle(update, outbox)
+        self._outbox = outbox
+        try:
+            call = channel.stream_stream(
+                f"/{SERVICE}/Subscribe",
+                request_serializer=pb.SubscribeRequest.SerializeToString,
+                response_deserializer=pb.StateUpdate.FromString,
+            )(requests())
+            async for update in call:
+                self.connected = True
+                self._handle(update, outbox)
+        finally:
+            self._outbox = None
+            await channel.close()
 
-    def _handle(self, update: pb.StateUpdate, outbox: asyncio.Queue[pb.SubscribeRequest]) -> None:
+    def _handle(
+        self, update: pb.StateUpdate, outbox: asyncio.Queue[pb.SubscribeRequest | None]
+    ) -> None:
         self.state, applied = apply_update(self.state, update, self.validate)
         self.epoch, self.version = update.epoch, update.version
         self.updates += 1
@@ -236,7 +350,75 @@ class ConfigClient:
         )
         return response
 
+    # --- the node credential -------------------------------------------------------------
+
+    async def _keep_credential_fresh(self) -> None:
+        """Renew the credential from half its lifetime on, retrying until it works."""
+        while True:
+            wait = (self.credential.refresh_at() - _utc_now()).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 3600))  # looked at again hourly: clocks jump
+                continue
+            try:
+                await self.renew_credential()
+            except (grpc.aio.AioRpcError, CertificateError, OSError) as err:
+                log.warning(
+                    "credential.renewal_failed",
+                    node=self.node,
+                    reason=err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err),
+                    expires=self.credential.not_after.isoformat(),
+                )
+                await asyncio.sleep(RENEWAL_RETRY * random.uniform(0.8, 1.2))
+
+    async def renew_credential(self, timeout: float = 10) -> NodeCredential:
+        """A new key and a certificate for it from the controller, asked for with the current
+        credential; used from then on (the config stream reconnects with it) and saved to
+        the credential's folder for the next start."""
+        key = new_private_key()
+        reply = await self.certificate(make_csr(key, self.credential.identity), timeout)
+        renewed = NodeCredential(
+            key_to_pem(key),
+            "".join(reply.cert_chain_pem).encode(),
+            "".join(reply.roots_pem).encode() or self.credential.roots_pem,
+            self.credential.folder,
+        )
+        renewed.check()
+        if renewed.identity != self.credential.identity:
+            raise CertificateError(
+                f"the controller renewed {self.credential.identity} as {renewed.identity}"
+            )
+        if renewed.folder is not None:
+            try:
+                await asyncio.to_thread(renewed.save, renewed.folder)
+            except OSError as err:
+                log.warning("credential.not_saved", folder=str(renewed.folder), reason=str(err))
+        self.credential = renewed
+        old, self._channel = self._channel, None
+        if old is not None:
+            self._close_later(old)
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)  # end the stream; it reconnects with the new one
+        log.info(
+            "credential.renewed",
+            node=self.node,
+            identity=str(renewed.identity),
+            not_after=renewed.not_after.isoformat(),
+        )
+        return renewed
+
+    def _close_later(self, channel: grpc.aio.Channel) -> None:
+        """Close a channel once the calls on it are done (or in 15 s)."""
+        task = asyncio.create_task(channel.close(grace=15))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     async def close(self) -> None:
+        for task in list(self._closing):
+            task.cancel()
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
