@@ -21,6 +21,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -215,6 +216,36 @@ def _headers(
     return out
 
 
+_PSEUDO_REQUEST_HEADERS = frozenset((b":method", b":authority", b":path", b":scheme", b":protocol"))
+_CONNECTION_HEADERS = frozenset(
+    (b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te")
+)
+
+
+def _request_problem(raw: list[tuple[bytes, bytes]]) -> str | None:
+    """What makes a request's header list malformed (RFC 9113 8.2, 8.3), or None."""
+    seen: set[bytes] = set()
+    regular = False
+    for name, _value in raw:
+        if not name:
+            return "an empty header name"
+        if name != name.lower():
+            return f"header name {name!r} is not lowercase"
+        if name.startswith(b":"):
+            if regular:
+                return f"pseudo-header {name!r} after a regular header"
+            if name not in _PSEUDO_REQUEST_HEADERS:
+                return f"unknown pseudo-header {name!r}"
+            if name in seen:
+                return f"pseudo-header {name!r} twice"
+            seen.add(name)
+        else:
+            regular = True
+            if name in _CONNECTION_HEADERS:
+                return f"connection-specific header {name!r}"
+    return None
+
+
 def _header_text(text: str) -> str:
     """Printable ASCII for a header value we send (a reason may quote what the peer sent)."""
     return "".join(c if " " <= c <= "~" else "?" for c in text[:200]).strip()
@@ -265,8 +296,12 @@ class _Base:
     _acks_pending: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
+        # A server checks a request's headers itself (`_request_problem`): h2 makes a
+        # malformed request a connection error, RFC 9113 8.1.1 a stream error (our 400).
         config = h2.config.H2Configuration(
-            client_side=self.client_side, header_encoding=None, validate_inbound_headers=True
+            client_side=self.client_side,
+            header_encoding=None,
+            validate_inbound_headers=self.client_side,
         )
         self.conn = h2.connection.H2Connection(config=config)
         # h2 enforces 100 streams until the peer ACKs our SETTINGS, but a peer may open as
@@ -629,6 +664,9 @@ class HboneServer(_Base):
     def _translate(self, ev: h2.events.Event) -> list[Event]:
         if isinstance(ev, h2.events.RequestReceived):
             assert ev.stream_id is not None
+            raw = cast(list[tuple[bytes, bytes]], ev.headers or [])
+            if problem := _request_problem(raw):
+                return self._bad(ev.stream_id, f"malformed request: {problem}", 400)
             try:
                 headers = _headers(ev.headers)  # type: ignore[arg-type]
             except UnicodeDecodeError:

@@ -394,3 +394,44 @@ def test_a_burst_of_connects_before_our_settings_are_acked_is_not_a_connection_e
     events = server.receive(client.data_to_send())
     assert not server.closed
     assert sum(isinstance(e, ConnectRequested) for e in events) == hbone.MAX_PENDING_SETUP
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ([(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":path", "/")], ":path"),
+        ([(":method", "CONNECT")], "not <ip>:<port>"),  # no :authority
+        ([(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":bogus", "x")], "unknown"),
+        ([(":method", "CONNECT"), ("x", "1"), (":authority", "10.0.0.1:80")], "after a regular"),
+        ([(":method", "CONNECT"), (":method", "CONNECT"), (":authority", "1.2.3.4:5")], "twice"),
+        ([(":method", "CONNECT"), (":authority", "10.0.0.1:80"), ("Upper", "x")], "lowercase"),
+        (
+            [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), ("connection", "x")],
+            "connection",
+        ),
+    ],
+)
+def test_a_malformed_request_is_a_400_on_its_stream_not_a_connection_error(
+    headers: list[tuple[str, str]], why: str
+) -> None:
+    _client, server = pair()
+    block = hpack.Encoder().encode(headers)
+    frame = hyperframe.frame.HeadersFrame(1, block, flags=["END_HEADERS"]).serialize()
+    events = server.receive(frame)
+    assert any(isinstance(e, BadRequest) and why in e.reason for e in events), events
+    assert not server.closed
+    assert responses(server.data_to_send()) == {1: "400"}
+
+
+def responses(wire: bytes) -> dict[int, str]:
+    """:status of each response in `wire`, by stream (the server's first header blocks)."""
+    decoder = hpack.Decoder()
+    out = {}
+    view = memoryview(wire)
+    while len(view) >= 9:
+        frame, length = hyperframe.frame.Frame.parse_frame_header(view[:9])
+        frame.parse_body(view[9 : 9 + length])
+        if isinstance(frame, hyperframe.frame.HeadersFrame):
+            out[frame.stream_id] = dict(decoder.decode(frame.data))[":status"]
+        view = view[9 + length :]
+    return out
