@@ -103,6 +103,19 @@ class IssuedCertificate:
         return self.cert_pem + self.chain_pem
 
 
+_WORKLOAD_USAGES = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+_NODE_USAGES = (ExtendedKeyUsageOID.CLIENT_AUTH,)
+
+
+@dataclass(frozen=True, slots=True)
+class _Grant:
+    """What a permitted request gets: its kind (for logs), key usages and lifetime."""
+
+    kind: str
+    usages: tuple[x509.ObjectIdentifier, ...]
+    ttl: dt.timedelta
+
+
 def create_root(
     trust_domain: str, *, now: dt.datetime, ttl: dt.timedelta = ROOT_TTL
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -325,38 +338,23 @@ class CertificateAuthority:
         ttl: dt.timedelta = WORKLOAD_TTL,
     ) -> IssuedCertificate:
         """An SVID for the one identity `csr_pem` asks for, if `allowed_ids` permits it."""
-        identity: SpiffeId | None = None
-        try:
-            csr = _load_csr(csr_pem)
-            identity = self._requested_identity(csr)
-            _check_not_ca_request(csr)
-            public_key = _leaf_key(csr.public_key())
-            if not _permitted(identity, allowed_ids):
-                raise CertificateError(f"identity {identity} is not permitted")
-            now = self._clock()
-            not_after = self._not_after(now, ttl)
-        except CertificateError as err:
-            _log.warning(
-                "cert.refused",
-                kind="workload",
-                identity=str(identity) if identity else None,
-                reason=err.reason,
-            )
-            raise
-        cert = self._issue(
-            public_key,
-            [x509.UniformResourceIdentifier(str(identity))],
-            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-            now,
-            not_after,
+        return self._sign(
+            csr_pem, lambda identity: self._workload_grant(identity, allowed_ids, ttl)
         )
-        self._log_signed("workload", identity, cert, now)
-        return IssuedCertificate(
-            cert_pem=cert_to_pem(cert),
-            chain_pem=self._chain_pem(),
-            spiffe_id=identity,
-            not_after=cert.not_valid_after_utc,
-        )
+
+    def sign_for_node(
+        self, csr_pem: bytes, node: str, allowed_ids: AllowedIds
+    ) -> IssuedCertificate:
+        """What a node may ask for with its credential: an SVID for a workload identity that
+        `allowed_ids` permits, or, for a CSR naming the node's own identity, its renewed
+        credential. The CSR is read once."""
+
+        def grant(identity: SpiffeId) -> _Grant:
+            if identity.node_name is not None:
+                return self._node_grant(identity, node, NODE_CREDENTIAL_TTL)
+            return self._workload_grant(identity, allowed_ids, WORKLOAD_TTL)
+
+        return self._sign(csr_pem, grant)
 
     def issue_node_credential(
         self, node: str, ttl: dt.timedelta = NODE_CREDENTIAL_TTL
@@ -383,47 +381,7 @@ class CertificateAuthority:
     ) -> IssuedCertificate:
         """A new credential for `node` (already authenticated by its current one) from a CSR
         for its own node identity, with a key the node made (it never leaves the node)."""
-        wanted = node_id(self.trust_domain, node)
-        identity: SpiffeId | None = None
-        try:
-            csr = _load_csr(csr_pem)
-            identity = self._requested_identity(csr)
-            if identity != wanted:
-                raise CertificateError(
-                    f"node {node!r} may renew only its own credential ({wanted}), "
-                    f"not ask for {identity}"
-                )
-            _check_not_ca_request(csr)
-            public_key = _leaf_key(csr.public_key())
-            now = self._clock()
-            not_after = self._not_after(now, ttl)
-        except CertificateError as err:
-            _log.warning(
-                "cert.refused",
-                kind="node",
-                identity=str(identity) if identity else None,
-                reason=err.reason,
-            )
-            raise
-        cert = self._issue(
-            public_key,
-            [x509.UniformResourceIdentifier(str(wanted))],
-            [ExtendedKeyUsageOID.CLIENT_AUTH],
-            now,
-            not_after,
-        )
-        self._log_signed("node", wanted, cert, now)
-        return IssuedCertificate(
-            cert_pem=cert_to_pem(cert),
-            chain_pem=self._chain_pem(),
-            spiffe_id=wanted,
-            not_after=cert.not_valid_after_utc,
-        )
-
-    def requested_identity(self, csr_pem: bytes) -> SpiffeId:
-        """The one identity a well-formed, correctly signed CSR asks for in this trust domain;
-        CertificateError otherwise. Says which signing method the request is for."""
-        return self._requested_identity(_load_csr(csr_pem))
+        return self._sign(csr_pem, lambda identity: self._node_grant(identity, node, ttl))
 
     def verify_node_credential(
         self,
@@ -493,6 +451,58 @@ class CertificateAuthority:
         return key_to_pem(key), cert_to_pem(cert) + self._chain_pem()
 
     # --- internals ------------------------------------------------------------------------
+
+    def _workload_grant(
+        self, identity: SpiffeId, allowed_ids: AllowedIds, ttl: dt.timedelta
+    ) -> _Grant:
+        if not _permitted(identity, allowed_ids):
+            raise CertificateError(f"identity {identity} is not permitted")
+        return _Grant(
+            "workload", (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH), ttl
+        )
+
+    def _node_grant(self, identity: SpiffeId, node: str, ttl: dt.timedelta) -> _Grant:
+        wanted = node_id(self.trust_domain, node)
+        if identity != wanted:
+            raise CertificateError(
+                f"node {node!r} may renew only its own credential ({wanted}), "
+                f"not ask for {identity}"
+            )
+        return _Grant("node", _NODE_USAGES, ttl)
+
+    def _sign(self, csr_pem: bytes, grant: Callable[[SpiffeId], _Grant]) -> IssuedCertificate:
+        """A leaf for the one identity a CSR asks for, as `grant` allows (or refuses)."""
+        identity: SpiffeId | None = None
+        try:
+            csr = _load_csr(csr_pem)
+            identity = self._requested_identity(csr)
+            _check_not_ca_request(csr)
+            public_key = _leaf_key(csr.public_key())
+            granted = grant(identity)
+            now = self._clock()
+            not_after = self._not_after(now, granted.ttl)
+        except CertificateError as err:
+            _log.warning(
+                "cert.refused",
+                kind="node" if identity is not None and identity.node_name else "workload",
+                identity=str(identity) if identity else None,
+                reason=err.reason,
+            )
+            raise
+        cert = self._issue(
+            public_key,
+            [x509.UniformResourceIdentifier(str(identity))],
+            list(granted.usages),
+            now,
+            not_after,
+        )
+        self._log_signed(granted.kind, identity, cert, now)
+        return IssuedCertificate(
+            cert_pem=cert_to_pem(cert),
+            chain_pem=self._chain_pem(),
+            spiffe_id=identity,
+            not_after=cert.not_valid_after_utc,
+        )
 
     def _chain_pem(self) -> bytes:
         return b"".join(cert_to_pem(c) for c in self._chain_certs())

@@ -265,12 +265,11 @@ class ControllerService:
             )
         assert caller is not None  # abort() above raised otherwise
         node = caller.node
-        csr = request.csr_pem.encode()
         try:
-            if _asks_for_a_node_identity(self.ca, csr):
-                issued = self.ca.renew_node_credential(csr, node)
-            else:
-                issued = self.ca.sign_workload(csr, self._identities_on(node))
+            # A workload's SVID, or (a CSR for the node's own identity) its renewed credential.
+            issued = self.ca.sign_for_node(
+                request.csr_pem.encode(), node, self._identities_on(node)
+            )
         except CertificateError as err:
             reason = err.reason
             if reason.startswith("not permitted") or "not permitted" in reason:
@@ -290,15 +289,6 @@ class ControllerService:
             cert_chain_pem=[issued.cert_pem.decode(), *_split_pem(issued.chain_pem)],
             roots_pem=list(self.ca.trust_bundle),
         )
-
-
-def _asks_for_a_node_identity(ca: CertificateAuthority, csr: bytes) -> bool:
-    """Whether a CSR renews the caller's node credential (else it is for a workload). A CSR
-    that cannot be read goes the workload way, which refuses it saying why."""
-    try:
-        return ca.requested_identity(csr).node_name is not None
-    except CertificateError:
-        return False
 
 
 def _seconds_until(when: dt.datetime) -> float:

@@ -84,14 +84,21 @@ def test_a_renewal_asking_for_a_ca_is_refused(ca: CertificateAuthority) -> None:
         ca.renew_node_credential(csr.public_bytes(serialization.Encoding.PEM), "node-1")
 
 
-def test_the_requested_identity_tells_renewals_from_workload_requests(
+def test_a_nodes_request_is_a_workload_svid_or_its_own_renewed_credential(
     ca: CertificateAuthority,
 ) -> None:
-    key = new_private_key()
-    assert ca.requested_identity(make_csr(key, node_id(TD, "n"))).node_name == "n"
-    assert ca.requested_identity(make_csr(key, workload_id(TD, "a", "b"))).node_name is None
-    with pytest.raises(CertificateError):
-        ca.requested_identity(b"garbage")
+    web = workload_id(TD, "shop", "web")
+    svid = ca.sign_for_node(make_csr(new_private_key(), web), "node-1", {web})
+    usages = load_certificate(svid.cert_pem).extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage
+    )
+    assert svid.spiffe_id == web and len(list(usages.value)) == 2
+    renewed = ca.sign_for_node(make_csr(new_private_key(), node_id(TD, "node-1")), "node-1", {web})
+    assert ca.verify_node_credential(renewed.cert_pem) == "node-1"
+    with pytest.raises(CertificateError, match="may renew only its own credential"):
+        ca.sign_for_node(make_csr(new_private_key(), node_id(TD, "node-2")), "node-1", {web})
+    with pytest.raises(CertificateError, match="is not permitted"):
+        ca.sign_for_node(make_csr(new_private_key(), workload_id(TD, "a", "b")), "node-1", {web})
 
 
 # --- the node's side: NodeCredential ----------------------------------------------------------
