@@ -109,3 +109,22 @@ def test_a_listener_that_cannot_bind_stops_the_ones_started(tmp_path: Path) -> N
     # The first listener was cleaned up: nothing answers on its socket any more.
     with pytest.raises((aiohttp.ClientError, OSError)):
         asyncio.run(_get(tmp_path / "a.sock", "/x"))
+
+
+def test_a_bad_listener_address_is_refused_at_the_command_line() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from meshcore import nodeoptions
+
+    @click.command()
+    @nodeoptions.admin_addr("127.0.0.1:15000")
+    def run(admin_addr: str) -> None:
+        click.echo(admin_addr)
+
+    runner = CliRunner()
+    assert runner.invoke(run, []).output == "127.0.0.1:15000\n"
+    assert runner.invoke(run, ["--admin-addr", ""]).output == "\n"
+    bad = runner.invoke(run, ["--admin-addr", "localhost:15000"])
+    assert bad.exit_code == 2
+    assert "admin_addr: 'localhost:15000': 'localhost' is not an IP address" in bad.output
