@@ -23,6 +23,7 @@ from prometheus_client import Gauge
 from controller.ca import CertificateAuthority
 from controller.distribution import StateLog
 from controller.meshbuilder import MeshBuilder
+from controller.revocation import REVOKED_NODES_FILE, RevokedNodes
 from controller.server import ControllerService
 from controller.sources import Source
 from controller.store import Problem, ResourceStore
@@ -68,7 +69,12 @@ class Controller:
         self.store = ResourceStore()
         self.builder = MeshBuilder(config.trust_domain)
         self.state = StateLog()
-        self.service = ControllerService(self.state, self.ca, self.workloads)
+        self.service = ControllerService(
+            self.state,
+            self.ca,
+            self.workloads,
+            RevokedNodes(config.state_dir / REVOKED_NODES_FILE),
+        )
         self.synced = asyncio.Event()
         self.grpc_port = 0
         self._runners: list[web.AppRunner] = []

@@ -11,6 +11,7 @@ import uvloop
 
 from controller.app import Controller, ControllerConfig
 from controller.ca import CertificateAuthority
+from controller.revocation import REVOKED_NODES_FILE, revoke
 from controller.sources import LocalSource
 from meshcore import nodeoptions
 from meshcore.configclient import NodeCredential
@@ -121,6 +122,16 @@ def issue_node_credential(state_dir: Path, trust_domain: str, node: str, out: Pa
     ca = CertificateAuthority.load_or_create(state_dir / "ca", trust_domain)
     write_node_credential(ca, node, out)
     click.echo(f"wrote {out}/key.pem, cert.pem, roots.pem for node {node}")
+
+
+@cli.command("revoke-node")
+@click.option("--state-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--node", required=True)
+def revoke_node(state_dir: Path, node: str) -> None:
+    """Stop serving a node whatever credential it presents, and stop renewing its credential
+    (takes effect on a running controller within seconds)."""
+    revoke(state_dir / REVOKED_NODES_FILE, node)
+    click.echo(f"revoked node {node} (listed in {state_dir / REVOKED_NODES_FILE})")
 
 
 def write_node_credential(ca: CertificateAuthority, node: str, out: Path) -> None:

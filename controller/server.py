@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
 from dataclasses import dataclass, field
 
 import grpc
@@ -19,6 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from controller.ca import CertificateAuthority
 from controller.distribution import StateLog, Update
+from controller.revocation import REVOCATION_CHECK
 from meshcore.api import limits
 from meshcore.api import mesh_pb2 as pb
 from meshcore.identity.certs import CertificateError, load_chain
@@ -88,10 +89,15 @@ def _caller(context: grpc.aio.ServicerContext, ca: CertificateAuthority) -> Call
 
 class ControllerService:
     def __init__(
-        self, state: StateLog, ca: CertificateAuthority, workloads: Callable[[], list[Workload]]
+        self,
+        state: StateLog,
+        ca: CertificateAuthority,
+        workloads: Callable[[], list[Workload]],
+        revoked: Container[str] = frozenset(),
     ) -> None:
         self.state = state
         self.ca = ca
+        self.revoked = revoked
         self._workloads = workloads
         self._identity_index: tuple[int, dict[str, frozenset[SpiffeId]]] = (-1, {})
         self._changed = asyncio.Event()
@@ -148,6 +154,9 @@ class ControllerService:
             )
             return
         node = caller.node
+        if node in self.revoked:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, _revoked(node))
+            return
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream opens with Hello")
@@ -197,10 +206,13 @@ class ControllerService:
                 waiter = asyncio.ensure_future(changed.wait())
                 await asyncio.wait(
                     {waiter, reader},
-                    timeout=_seconds_until(caller.not_after),
+                    timeout=min(_seconds_until(caller.not_after), REVOCATION_CHECK),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 waiter.cancel()
+                if node in self.revoked:
+                    log.info("node.revoked", node=node)
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, _revoked(node))
                 if _seconds_until(caller.not_after) <= 0:
                     # TLS checked the credential once, at the handshake: the stream must not
                     # outlive it, or an expired (no longer renewed) node would stay served.
@@ -265,6 +277,9 @@ class ControllerService:
             )
         assert caller is not None  # abort() above raised otherwise
         node = caller.node
+        if node in self.revoked:
+            CSR_REFUSED.labels("revoked").inc()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, _revoked(node))
         try:
             # A workload's SVID, or (a CSR for the node's own identity) its renewed credential.
             issued = self.ca.sign_for_node(
@@ -289,6 +304,10 @@ class ControllerService:
             cert_chain_pem=[issued.cert_pem.decode(), *_split_pem(issued.chain_pem)],
             roots_pem=list(self.ca.trust_bundle),
         )
+
+
+def _revoked(node: str) -> str:
+    return f"node {node!r} is revoked (revoked-nodes in the controller's state folder)"
 
 
 def _seconds_until(when: dt.datetime) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import subprocess
+import sys
 import time
 
 import grpc
@@ -145,5 +147,33 @@ def test_a_node_renews_a_short_lived_credential_before_it_expires_and_is_never_c
             assert NodeCredential.load(credential.folder) == renewed
         finally:
             await stop_client(client, task)
+
+    asyncio.run(scenario())
+
+
+def test_a_revoked_node_is_cut_off_and_cannot_renew_while_others_are_served(
+    controller: ControllerProcess,
+) -> None:
+    async def scenario() -> None:
+        one, t1 = await subscribed("node-1", controller.target, controller.credential("node-1"))
+        two, t2 = await subscribed("node-2", controller.target, controller.credential("node-2"))
+        try:
+            revoke = ["revoke-node", "--state-dir", str(controller.state), "--node", "node-1"]
+            subprocess.run(
+                [sys.executable, "-m", "controller", *revoke],
+                check=True,
+                capture_output=True,
+            )
+            await until(lambda: not one.connected, timeout=15, what="node-1 cut off")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await one.renew_credential()
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "node 'node-1' is revoked" in (refused.value.details() or "")
+            await change_web1(controller, two, "after-revocation")  # node-2 still served
+            await asyncio.sleep(1)
+            assert not one.connected  # and node-1 does not get back in
+        finally:
+            await stop_client(one, t1)
+            await stop_client(two, t2)
 
     asyncio.run(scenario())
