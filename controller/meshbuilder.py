@@ -246,8 +246,10 @@ class MeshBuilder:
         except BuildError as err:
             field, reason = err.field, err.reason
         except Exception as err:  # the boundary: one resource must never stop the mesh
-            log.exception("resource.build_failed", resource=str(resource))
             field, reason = "", f"cannot be built into mesh state ({type(err).__name__}: {err})"
+            old = self._problems.get(resource)
+            if old is None or old.reason != reason:  # once, not at every build
+                log.exception("resource.build_failed", resource=str(resource))
         last_good = self._built.get(value_key)
         self._report(problems, resource, field, reason, last_good is not None)
         return cast(_V | None, last_good)
