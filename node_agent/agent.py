@@ -22,7 +22,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from meshcore import adminserver
 from meshcore.configclient import ConfigClient, NodeCredential
-from node_agent import pods, reconcile, tc
+from node_agent import nft, pods, reconcile, tc
 from node_agent.maps import Maps
 from node_agent.programs import CGROUP_PROGRAMS, KernelFeatureError, Programs, attached
 
@@ -70,6 +70,7 @@ class NodeAgent:
         )
         self.ready = False
         self.tc_done: dict[str, str] = {}  # "device/direction" -> what was done
+        self.dnat_steering: dict[str, Any] = {"table": nft.TABLE, "current": False}
         self.last_plan: dict[str, Any] = {}
         self._dirty = asyncio.Event()
         self._runners: list[web.AppRunner] = []
@@ -102,6 +103,20 @@ class NodeAgent:
             what = tc.ensure_filter(ipr, index, tc.INGRESS, fd, name)
             self.tc_done[f"{self.config.underlay_device}/ingress"] = what
         self.attach_pod_devices()
+        self.steer_after_dnat()
+
+    def steer_after_dnat(self) -> None:
+        """The nftables table that steers Service connections DNATed to a pod enrolled
+        here (node_agent/nft.py), for the addresses in the pinned enrolled_ips map."""
+        assert self.maps is not None
+        ips = self.maps.read_enrolled_ips()
+        try:
+            nft.apply(nft.render(ips, STEER_MARK, INBOUND_PLAINTEXT_PORT))
+        except (nft.NftError, OSError) as err:  # retried on the next reconcile
+            log.error("nft.apply_failed", node=self.config.node, error=str(err))
+            self.dnat_steering = {"table": nft.TABLE, "current": False, "error": str(err)}
+            return
+        self.dnat_steering = {"table": nft.TABLE, "current": True, "enrolled_ips": len(ips)}
 
     def attach_pod_devices(self) -> None:
         with IPRoute() as ipr:
@@ -167,8 +182,12 @@ class NodeAgent:
         )
         PENDING.set(len(plan.pending))
         if plan.empty:
+            if not self.dnat_steering["current"]:
+                await asyncio.to_thread(self.steer_after_dnat)
             return
         self.maps.apply(plan)
+        if plan.ips_put or plan.ips_delete or not self.dnat_steering["current"]:
+            await asyncio.to_thread(self.steer_after_dnat)
         RECONCILES.inc()
         ENROLLED.set(len(self.maps.read_enrolled()))
         for cookie in plan.enroll:
@@ -273,6 +292,7 @@ class NodeAgent:
                 {"device": k.split("/")[0], "direction": k.split("/")[1], "action": v}
                 for k, v in sorted(self.tc_done.items())
             ],
+            "dnat_steering": self.dnat_steering,
         }
 
     async def _status(self, _request: web.Request) -> web.Response:

@@ -117,6 +117,8 @@ def check_kernel() -> None:
         log.warning("kernel.no_btf", detail="no /sys/kernel/btf/vmlinux; continuing")
     if shutil.which("bpftool") is None:
         raise KernelFeatureError("bpftool is not installed (Debian package bpftool)")
+    if shutil.which("nft") is None:
+        raise KernelFeatureError("nft is not installed (Debian package nftables)")
     try:
         import bcc  # noqa: F401
     except ImportError as err:

@@ -297,11 +297,13 @@ def test_the_node_itself_reaches_an_enrolled_pod_directly(
     assert len(inbound["node-2"].records()) == before
 
 
-def test_plaintext_that_got_past_steering_is_dropped_before_the_pod(
+def test_plaintext_through_a_service_dnat_on_the_node_is_steered_or_else_dropped(
     mesh_lab: Lab, inbound: dict[str, Listener]
 ) -> None:
-    """A same-node Service DNAT happens after tc ingress; the egress guard drops the SYN."""
-    steered_before = len(inbound["node-1"].records())
+    """A same-node Service DNAT happens after tc ingress: the agent's nftables rule steers
+    the connection to the inbound listener, which sees the endpoint as its own address (the
+    client still sees the VIP); with no listener, the egress guard drops the SYN."""
+    outsider, client = pod(mesh_lab, "plain", "outsider"), pod(mesh_lab, "mesh", "client")
     manifest = (
         "apiVersion: v1\nkind: Service\nmetadata: {name: enrolled, namespace: mesh}\n"
         "spec:\n  selector: {app: client}\n  ports: [{port: 80, targetPort: 8080}]\n"
@@ -311,19 +313,27 @@ def test_plaintext_that_got_past_steering_is_dropped_before_the_pod(
     try:
         mesh_lab.run("apply", "-f", str(path))
         vip = next(s["vip"] for s in mesh_lab.status()["services"] if s["name"] == "enrolled")
-        code = (
-            f"import socket\ntry:\n    socket.create_connection(('{vip}', 80), timeout=2)\n"
-            "except TimeoutError:\n    print('dropped')\n"
-            "except OSError as e:\n    print(type(e).__name__)\n"
-        )
         deadline = time.monotonic() + 10
         while True:  # until the service has its endpoint
-            out = mesh_lab.python("outsider", "plain", code).stdout.strip()
-            if out != "ConnectionRefusedError" or time.monotonic() > deadline:
+            proc = connect(mesh_lab, "plain", "outsider", vip, 80, check=False)
+            if "ConnectionRefusedError" not in proc.stderr or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
-        assert out == "dropped"
-        assert len(inbound["node-1"].records()) == steered_before  # not steered either
+        assert proc.stdout.split() == [f"{vip}:80", "captured", f"{client['ip']}:8080"], proc.stderr
+        record = inbound["node-1"].records()[-1]
+        assert record["orig"] == f"{client['ip']}:8080"
+        assert record["peer"].split(":")[0] == outsider["ip"]
+
+        inbound["node-1"].stop()
+        try:
+            code = (
+                f"import socket\ntry:\n    socket.create_connection(('{vip}', 80), timeout=2)\n"
+                "except TimeoutError:\n    print('dropped')\n"
+                "except OSError as e:\n    print(type(e).__name__)\n"
+            )
+            assert mesh_lab.python("outsider", "plain", code).stdout.strip() == "dropped"
+        finally:
+            inbound["node-1"] = Listener(mesh_lab, "node-1", 15006)
     finally:
         mesh_lab.run("delete", "-f", str(path), check=False)
         path.unlink(missing_ok=True)
