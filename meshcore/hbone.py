@@ -291,9 +291,10 @@ class _Base:
     _data_stream: int = field(default=0, init=False)
     _out: list[bytes | memoryview] = field(default_factory=list, init=False)
     # one deadline at a time: the preface's, then each unfinished header block's
-    _deadline: float = field(default=0.0, init=False)
+    deadline: float = field(default=0.0, init=False)  # `clock` time; 0.0: none
     _deadline_limit: str = field(default="", init=False)
-    _acks_pending: int = field(default=0, init=False)
+    # PING/SETTINGS received since the I/O layer last said our output drained (their ACKs)
+    acks_pending: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         # A server checks a request's headers itself (`_request_problem`): h2 makes a
@@ -329,7 +330,7 @@ class _Base:
         )
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         if not self.client_side:
-            self._deadline = self.clock() + PREFACE_TIMEOUT_S
+            self.deadline = self.clock() + PREFACE_TIMEOUT_S
             self._deadline_limit = LIMIT_PREFACE_TIME
         return self.data_to_send()
 
@@ -349,11 +350,11 @@ class _Base:
 
     def next_deadline(self) -> float | None:
         """When `expire()` must next be called (`clock` time), or None."""
-        return self._deadline if self._deadline and not self.closed else None
+        return self.deadline if self.deadline and not self.closed else None
 
     def expire(self) -> list[Event]:
         """Check the timed limits (the preface, an unfinished header block) against `clock`."""
-        if self.closed or not self._deadline or self.clock() < self._deadline:
+        if self.closed or not self.deadline or self.clock() < self.deadline:
             return []
         if self._deadline_limit == LIMIT_PREFACE_TIME:
             detail = f"no HTTP/2 preface and SETTINGS within {PREFACE_TIMEOUT_S:g} s"
@@ -364,7 +365,7 @@ class _Base:
     def output_drained(self) -> None:
         """Everything handed out by `chunks_to_send` has been written: the ACKs we queued for
         the peer's PINGs and SETTINGS are gone."""
-        self._acks_pending = 0
+        self.acks_pending = 0
 
     def _limit_close(
         self, limit: str, detail: str, code: int = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
@@ -399,8 +400,8 @@ class _Base:
                     f"a header block of {size} bytes or more, above {MAX_HEADER_BLOCK}",
                 )
         elif ftype in (_PING, _SETTINGS) and not flags & _ACK:
-            self._acks_pending += 1
-            if self._acks_pending > MAX_PENDING_ACKS:
+            self.acks_pending += 1
+            if self.acks_pending > MAX_PENDING_ACKS:
                 return self._limit_close(
                     LIMIT_PENDING_ACKS,
                     f"more than {MAX_PENDING_ACKS} PING/SETTINGS unacknowledged while the "
@@ -419,11 +420,11 @@ class _Base:
         if not self._in_header_block:
             self._block_bytes = 0
             if self._deadline_limit == LIMIT_HEADER_BLOCK_TIME:
-                self._deadline = 0.0
+                self.deadline = 0.0
         elif ftype != _CONTINUATION:  # a block starts: it has HEADER_BLOCK_TIMEOUT_S to end
             self._block_bytes = length
-            if not self._deadline:
-                self._deadline = self.clock() + HEADER_BLOCK_TIMEOUT_S
+            if not self.deadline:
+                self.deadline = self.clock() + HEADER_BLOCK_TIMEOUT_S
                 self._deadline_limit = LIMIT_HEADER_BLOCK_TIME
         else:
             self._block_bytes += length
@@ -438,7 +439,7 @@ class _Base:
             data = bytes(data)  # events hold views of it: it must not change under them
         view = memoryview(data)
         events: list[Event] = []
-        if self._deadline:
+        if self.deadline:
             events = self.expire()
             if self.closed:
                 return events
@@ -487,7 +488,7 @@ class _Base:
             if ftype in _HEADER_BLOCK:
                 self._header_block_frame(ftype, flags, length)
             elif ftype == _SETTINGS and self._deadline_limit == LIMIT_PREFACE_TIME:
-                self._deadline, self._deadline_limit = 0.0, ""  # the client's preface is in
+                self.deadline, self._deadline_limit = 0.0, ""  # the client's preface is in
             events += self._h2_receive(frame)
         return events
 
