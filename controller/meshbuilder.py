@@ -212,14 +212,17 @@ class MeshBuilder:
                 cache[pod.key] = cached
                 state[cached[1].key] = cached[1]
                 continue
+            ignored: list[BuildError] = []
             workload = self._guarded(
                 problems,
                 pod.key,
                 ResourceKey(Workload.kind, ns, pod.metadata.name),
-                functools.partial(self._workload, pod, ns_labels, services),
+                functools.partial(self._workload, pod, ns_labels, services, ignored),
             )
             if workload is None:
                 continue
+            for err in ignored:  # built without it (fails closed: more captured, not less)
+                self._report(problems, pod.key, err.field, f"{err.reason}; ignored", False)
             if pod.key not in problems:
                 cache[pod.key] = (inputs, workload)
             elif cached is not None:
@@ -297,9 +300,20 @@ class MeshBuilder:
         )
 
     def _workload(
-        self, pod: Pod, ns_labels: Mapping[str, str], services: list[Service]
+        self,
+        pod: Pod,
+        ns_labels: Mapping[str, str],
+        services: list[Service],
+        ignored: list[BuildError],
     ) -> Workload:
+        """The pod's workload. A bad annotation that only narrows capture is left out and
+        added to `ignored`: the pod is still enrolled, every outbound port captured."""
         ns = pod.metadata.namespace
+        try:
+            excluded = excluded_ports(pod)
+        except BuildError as err:
+            excluded = ()
+            ignored.append(err)
         memberships = []
         for svc in services:
             if not svc.selector or any(
@@ -327,5 +341,5 @@ class MeshBuilder:
             waypoint=waypoint_for(ns, pod.metadata.labels, ns_labels),
             workload_name=workload_name(pod),
             services=tuple(sorted(memberships, key=lambda m: (m.namespace, m.name))),
-            excluded_ports=excluded_ports(pod),
+            excluded_ports=excluded,
         )

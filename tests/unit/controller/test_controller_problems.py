@@ -63,7 +63,8 @@ def test_a_bad_pod_annotation_is_a_problem_named_with_its_file_and_the_mesh_goes
     ctl.recompute()  # raised ValueError (int("\u00b2")) before: the controller crash-looped
     good = ctl.state.values[ResourceKey("Workload", "shop", "good")]
     assert isinstance(good, Workload) and good.excluded_ports == (5432,)
-    assert ResourceKey("Workload", "shop", "bad") not in ctl.state.values
+    bad_workload = ctl.state.values[ResourceKey("Workload", "shop", "bad")]
+    assert isinstance(bad_workload, Workload) and bad_workload.excluded_ports == ()
     by_resource = {p.resource: p for p in ctl.problems()}
     assert by_resource.keys() == {"Pod shop/bad", "AuthorizationPolicy shop/via-waypoint"}
     bad = by_resource["Pod shop/bad"]

@@ -678,7 +678,10 @@ def test_a_bad_port_annotation_is_a_problem_and_the_rest_of_the_mesh_is_built(ba
     resources[CART_1] = annotated(resources[CART_1], exclude=bad)
     builder = MeshBuilder(TRUST_DOMAIN, clock=lambda: 1000.0)
     state = builder.build(resources, BUNDLE)
-    assert workloads(state).keys() == {"cart-2", "ledger-1"}  # never built: left out
+    # built without the annotation: still in the mesh, every outbound port captured
+    assert workloads(state).keys() == {"cart-1", "cart-2", "ledger-1"}
+    assert workloads(state)["cart-1"].excluded_ports == ()
+    assert workloads(state)["cart-1"].enrolled
     assert of_kind(state, "Service") == {
         ResourceKey("Service", "shop", "cart"),
         ResourceKey("Service", "bank", "ledger"),
@@ -686,23 +689,25 @@ def test_a_bad_port_annotation_is_a_problem_and_the_rest_of_the_mesh_is_built(ba
     problem = builder.problems()[CART_1]
     assert problem.resource == "Pod shop/cart-1"
     assert problem.field == f"metadata.annotations[{EXCLUDE}]"
-    assert "is not a port number" in problem.reason
+    assert "is not a port number" in problem.reason and problem.reason.endswith("; ignored")
     assert not problem.keeps_last_good
     assert problem.since == 1000.0
 
 
-def test_a_pod_whose_annotation_turns_bad_keeps_its_last_good_workload_until_fixed(built):
+def test_a_pod_whose_annotation_turns_bad_is_captured_on_every_port_until_fixed(built):
+    """The annotation only narrows capture: a bad one is ignored (fail closed), not a reason
+    to leave the pod's traffic outside the mesh."""
     builder, resources, before = built
     resources[CART_1] = annotated(resources[CART_1], exclude="\u00b2")
     after = workloads(builder.build(resources, BUNDLE))
-    assert after["cart-1"] is before["cart-1"]
-    assert builder.problems()[CART_1].keeps_last_good
+    assert after["cart-1"].excluded_ports == () and after["cart-1"].enrolled
+    assert not builder.problems()[CART_1].keeps_last_good
     # Built again, still bad: still reported (it is not taken from the cache as good).
     resources[CART_1] = annotated(resources[CART_1], exclude="\u00b2,80")
     after = workloads(builder.build(resources, BUNDLE))
-    assert after["cart-1"] is before["cart-1"]
+    assert after["cart-1"].excluded_ports == ()
     assert CART_1 in builder.problems()
-    assert workloads(builder.build(dict(resources), BUNDLE))["cart-1"] is before["cart-1"]
+    assert workloads(builder.build(dict(resources), BUNDLE))["cart-1"].excluded_ports == ()
     assert CART_1 in builder.problems()
     resources[CART_1] = annotated(resources[CART_1], exclude="80")
     fixed = workloads(builder.build(resources, BUNDLE))
