@@ -697,7 +697,7 @@ def test_a_bad_port_annotation_is_a_problem_and_the_rest_of_the_mesh_is_built(ba
 def test_a_pod_whose_annotation_turns_bad_is_captured_on_every_port_until_fixed(built):
     """The annotation only narrows capture: a bad one is ignored (fail closed), not a reason
     to leave the pod's traffic outside the mesh."""
-    builder, resources, before = built
+    builder, resources, _ = built
     resources[CART_1] = annotated(resources[CART_1], exclude="\u00b2")
     after = workloads(builder.build(resources, BUNDLE))
     assert after["cart-1"].excluded_ports == () and after["cart-1"].enrolled
