@@ -19,6 +19,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from meshcore.ports import PortError, parse_port
+
 log = structlog.get_logger("adminserver")
 
 
@@ -56,10 +58,13 @@ def parse_addr(value: str, setting: str = "address") -> Address | None:
         ipaddress.ip_address(host)
     except ValueError:
         raise AddressError(setting, value, f"{host!r} is not an IP address") from None
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise AddressError(setting, value, f"{port_text!r} is not a port")
-    port = int(port_text)
-    return Address(host, port) if port else None
+    if port_text == "0":
+        return None  # off
+    try:
+        port = parse_port(port_text)
+    except PortError as err:
+        raise AddressError(setting, value, str(err)) from None
+    return Address(host, port)
 
 
 @dataclass(frozen=True)

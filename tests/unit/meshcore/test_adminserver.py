@@ -36,6 +36,11 @@ def test_parse_addr(value: str, want: Address | None) -> None:
         ("localhost:15000", "admin_addr: 'localhost:15000': 'localhost' is not an IP address"),
         ("127.0.0.1:http", "admin_addr: '127.0.0.1:http': 'http' is not a port"),
         ("127.0.0.1:70000", "admin_addr: '127.0.0.1:70000': '70000' is not a port"),
+        ("127.0.0.1:\u00b2", "admin_addr: '127.0.0.1:\u00b2': '\u00b2' is not a port"),
+        (
+            "127.0.0.1:\uff18\uff10",
+            "admin_addr: '127.0.0.1:\uff18\uff10': '\uff18\uff10' is not a port",
+        ),
         ("::1:15000", "admin_addr: '::1:15000': an IPv6 address goes in brackets"),
     ],
 )
