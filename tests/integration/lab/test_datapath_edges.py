@@ -6,6 +6,8 @@ ztunnel (PERMISSIVE: answered and counted; STRICT: refused), as it does without 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ import pytest
 
 from lab.state import LabPaths
 from tests.conftest import RUN_ID
-from tests.integration.lab.labtools import Lab, leftovers
+from tests.integration.lab.labtools import Lab, leftovers, weftctl
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +221,28 @@ def test_strict_refuses_an_unenrolled_pods_connections_through_a_service(
 ) -> None:
     results = requests(lab, vip(lab, "web"), count=20, port=80, options=options)
     assert not {"web-1", "web-2"} & set(results), results
+
+
+def test_service_steering_goes_on_while_the_agent_restarts(lab: Lab) -> None:
+    """The table outlives the agent, as the programs and maps do; the restarted one keeps it."""
+    service = vip(lab, "web")
+    agent = lab.status()["node_agents"]["node-1"]
+    os.kill(agent["pid"], signal.SIGKILL)
+    results = requests(lab, service, count=20, port=80)
+    assert len(results) == 20 and set(results) <= {"web-1", "web-2"}, results
+
+    def back() -> bool:
+        now = lab.status()["node_agents"]["node-1"]
+        if now["pid"] in (None, agent["pid"]) or now["restarts"] <= agent["restarts"]:
+            return False
+        status = weftctl(
+            "agent", "--lab", lab.name, "status", "--node", "node-1", "-o", "json", check=False
+        )
+        if status.returncode != 0:  # not answering yet
+            return False
+        data = json.loads(status.stdout)
+        return bool(data["ready"] and data["dnat_steering"]["current"])
+
+    eventually(back, timeout=30, what="the agent to come back and reconcile")
+    results = requests(lab, service, count=20, port=80)
+    assert len(results) == 20 and set(results) <= {"web-1", "web-2"}, results
