@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import hashlib
 import re
 from collections.abc import Iterable
@@ -95,6 +96,53 @@ class PoolKey:
     destination_identity: str
 
 
+class Pooled(enum.Enum):
+    """What a pooled connection is good for, from facts read off it (`pooled_state`)."""
+
+    ACTIVE = "active"  # carrying streams, room for more: usable
+    IDLE = "idle"  # no stream: usable; closed once idle for IDLE_TIMEOUT
+    FULL = "full"  # at the peer's SETTINGS_MAX_CONCURRENT_STREAMS: wait or dial another
+    DRAINING = "draining"  # the peer sent GOAWAY (or we did): its streams finish, no new ones
+    CLOSED = "closed"  # the transport is gone: forget it
+
+
+def pooled_state(
+    *,
+    transport_closed: bool,
+    protocol_closed: bool,
+    open_streams: int,
+    max_streams: int,
+) -> Pooled:
+    """The state of a pooled connection; pure, so every case is a row in a test table."""
+    if transport_closed:
+        return Pooled.CLOSED
+    if protocol_closed:
+        return Pooled.DRAINING
+    if open_streams >= max_streams:
+        return Pooled.FULL
+    return Pooled.ACTIVE if open_streams else Pooled.IDLE
+
+
+USABLE = frozenset({Pooled.ACTIVE, Pooled.IDLE})
+
+
+def reapable(state: Pooled, idle_for: float, idle_timeout: float = IDLE_TIMEOUT) -> bool:
+    """Close it now? An idle connection past its timeout, or a draining one with no streams
+    left (GOAWAY received: it will never carry another)."""
+    return (state is Pooled.IDLE and idle_for > idle_timeout) or state is Pooled.DRAINING
+
+
+def state_of(conn: HboneConnection) -> Pooled:
+    proto = conn.proto
+    assert isinstance(proto, hbone.HboneClient)
+    return pooled_state(
+        transport_closed=conn.closed.is_set(),
+        protocol_closed=proto.closed,
+        open_streams=proto.open_streams,
+        max_streams=int(proto.conn.remote_settings.max_concurrent_streams),
+    )
+
+
 class Pool:
     def __init__(self, identities: IdentityManager, port: int = hbone.HBONE_PORT) -> None:
         self.identities = identities
@@ -111,6 +159,7 @@ class Pool:
                 "destination": k.destination_identity,
                 "connections": len(v),
                 "streams": sum(len(c.streams) for c in v),
+                "states": sorted(state_of(c).value for c in v),
             }
             for k, v in self._conns.items()
         ]
@@ -118,11 +167,7 @@ class Pool:
     def _usable(self, key: PoolKey) -> HboneConnection | None:
         """An open connection for `key` with room for one more stream."""
         for conn in self._conns.get(key, []):
-            if (
-                not conn.closed.is_set()
-                and isinstance(conn.proto, hbone.HboneClient)
-                and conn.proto.can_open_stream
-            ):
+            if state_of(conn) in USABLE:
                 return conn
         return None
 
@@ -200,7 +245,7 @@ class Pool:
             now = asyncio.get_running_loop().time()
             for conns in list(self._conns.values()):
                 for conn in list(conns):
-                    if not conn.streams and now - conn.last_used > IDLE_TIMEOUT:
+                    if not conn.streams and reapable(state_of(conn), now - conn.last_used):
                         conn.close()
 
     async def close(self) -> None:
