@@ -112,8 +112,9 @@ class NodeAgent:
         ips = self.maps.read_enrolled_ips()
         try:
             nft.apply(nft.render(ips, STEER_MARK, INBOUND_PLAINTEXT_PORT))
-        except (nft.NftError, OSError) as err:  # retried on the next reconcile
-            log.error("nft.apply_failed", node=self.config.node, error=str(err))
+        except (nft.NftError, OSError) as err:  # retried on every reconcile, logged once
+            if self.dnat_steering.get("error") != str(err):
+                log.error("nft.apply_failed", node=self.config.node, error=str(err))
             self.dnat_steering = {"table": nft.TABLE, "current": False, "error": str(err)}
             return
         self.dnat_steering = {"table": nft.TABLE, "current": True, "enrolled_ips": len(ips)}
