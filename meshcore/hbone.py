@@ -78,6 +78,7 @@ LIMIT_FRAME_SIZE = "frame_size"
 LIMIT_HEADER_BLOCK_SIZE = "header_block_size"
 LIMIT_HEADER_BLOCK_TIME = "header_block_time"
 LIMIT_PREFACE_TIME = "preface_time"
+LIMIT_STREAMS = "streams"  # past SETTINGS_MAX_CONCURRENT_STREAMS: that stream refused
 LIMIT_PENDING_SETUP = "pending_setup"
 LIMIT_RESETS = "resets"
 LIMIT_PENDING_ACKS = "pending_acks"
@@ -277,6 +278,23 @@ def data_frame_header(length: int, stream_id: int) -> bytes:
     return _FRAME_HEADER.pack(length >> 8, length & 0xFF, _DATA, 0, stream_id)
 
 
+class _StreamLimitHeadroom(h2.settings.Settings):
+    """Our settings, as h2 enforces them on a server. h2 makes a stream past
+    SETTINGS_MAX_CONCURRENT_STREAMS a connection error (a GOAWAY for every stream of the
+    peer's); RFC 9113 5.1.2 allows a stream error. So h2 gets headroom, and HboneServer
+    refuses that one stream itself (REFUSED_STREAM). The value sent to the peer is not this
+    (h2 sends what `update_settings` was given)."""
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        advertised = int(h2.settings.Settings.max_concurrent_streams.fget(self))  # type: ignore[attr-defined]
+        return advertised + MAX_PENDING_SETUP
+
+    @max_concurrent_streams.setter
+    def max_concurrent_streams(self, value: int) -> None:
+        self[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = value
+
+
 @dataclass
 class _Base:
     client_side: bool
@@ -307,7 +325,8 @@ class _Base:
         self.conn = h2.connection.H2Connection(config=config)
         # h2 enforces 100 streams until the peer ACKs our SETTINGS, but a peer may open as
         # many as we advertise once it has read them (before we see its ACK): start there.
-        self.conn.local_settings = h2.settings.Settings(
+        settings = h2.settings.Settings if self.client_side else _StreamLimitHeadroom
+        self.conn.local_settings = settings(
             client=self.client_side,
             initial_values={
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
@@ -681,6 +700,16 @@ class HboneServer(_Base):
                 target = parse_authority(headers.get(":authority", ""))
             except HboneError as err:
                 return self._bad(ev.stream_id, str(err), 400)
+            if self.conn.open_inbound_streams > MAX_CONCURRENT_STREAMS:  # this one included
+                self.reset(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                over: list[Event] = [
+                    LimitExceeded(
+                        LIMIT_STREAMS,
+                        f"{MAX_CONCURRENT_STREAMS} streams already open (SETTINGS)",
+                        ev.stream_id,
+                    )
+                ]
+                return over + self._count_reset()
             if len(self.pending_setup) >= MAX_PENDING_SETUP:
                 self.reset(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 limited: list[Event] = [

@@ -435,3 +435,46 @@ def responses(wire: bytes) -> dict[int, str]:
             out[frame.stream_id] = dict(decoder.decode(frame.data))[":status"]
         view = view[9 + length :]
     return out
+
+
+def test_a_stream_past_max_concurrent_streams_is_refused_alone() -> None:
+    """RFC 9113 5.1.2: a stream error (REFUSED_STREAM), not a GOAWAY for the streams
+    already open, which live on."""
+    client, server = pair()
+    accepted = []
+    while len(accepted) < hbone.MAX_CONCURRENT_STREAMS:
+        for _ in range(min(100, hbone.MAX_CONCURRENT_STREAMS - len(accepted))):
+            client.conn.send_headers(
+                client.conn.get_next_available_stream_id(),
+                [(":method", "CONNECT"), (":authority", "10.0.0.1:80")],
+            )
+        _, at_server = pump(client, server)
+        for e in at_server:
+            if isinstance(e, ConnectRequested):
+                assert server.accept(e.stream_id)
+                accepted.append(e.stream_id)
+        pump(client, server)
+    # a client that ignores the limit it was told (h2's own would not send this)
+    extra = client.conn.highest_outbound_stream_id + 2
+    block = client.conn.encoder.encode([(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    frame = hyperframe.frame.HeadersFrame(extra, block, flags=["END_HEADERS"])
+    assert limits(server.receive(frame.serialize())) == [hbone.LIMIT_STREAMS]
+    assert resets(server.data_to_send()) == {extra: h2.errors.ErrorCodes.REFUSED_STREAM}
+    assert not server.closed
+    client.send(accepted[0], b"still here")
+    _, at_server = pump(client, server)
+    assert [bytes(e.data) for e in at_server if isinstance(e, StreamData)] == [b"still here"]
+    assert goaway(server) is None
+
+
+def resets(wire: bytes) -> dict[int, int]:
+    """The error code of each RST_STREAM in `wire`, by stream."""
+    out = {}
+    view = memoryview(wire)
+    while len(view) >= 9:
+        frame, length = hyperframe.frame.Frame.parse_frame_header(view[:9])
+        frame.parse_body(view[9 : 9 + length])
+        if isinstance(frame, hyperframe.frame.RstStreamFrame):
+            out[frame.stream_id] = frame.error_code
+        view = view[9 + length :]
+    return out
