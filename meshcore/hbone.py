@@ -65,8 +65,9 @@ PREFACE_TIMEOUT_S = 10.0
 # CONNECTs received but not yet accepted or refused (a stream the peer resets while we set it
 # up still counts: the setup work goes on). Past it a new CONNECT is refused (REFUSED_STREAM).
 MAX_PENDING_SETUP = 128
-# Streams reset by the peer (RST_STREAM), or refused by us for a limit or a bad request, per
-# window (CVE-2023-44487, rapid reset). Past it: GOAWAY ENHANCE_YOUR_CALM.
+# Streams reset by the peer before we answered them (RST_STREAM while pending setup), or
+# refused by us for a limit or a bad request, per window (CVE-2023-44487, rapid reset).
+# Past it: GOAWAY ENHANCE_YOUR_CALM.
 MAX_RESETS = 1000
 RESET_WINDOW_S = 10.0
 # PING and SETTINGS frames whose ACKs are queued while the peer reads nothing (the I/O layer
@@ -402,7 +403,7 @@ class _Base:
             ConnectionClosed(f"limit {limit} exceeded: {detail}", error=True),
         ]
 
-    def _frame_limits(self, length: int, ftype: int, flags: int) -> list[Event]:
+    def _frame_limits(self, length: int, ftype: int, flags: int, stream_id: int) -> list[Event]:
         """Checked as each frame's 9-byte header arrives, before its payload is waited for."""
         if length > self.conn.max_inbound_frame_size:
             return self._limit_close(
@@ -427,10 +428,10 @@ class _Base:
                     "peer reads nothing",
                 )
         elif ftype == _RST_STREAM:
-            return self._stream_reset_by_peer()
+            return self._stream_reset_by_peer(stream_id)
         return []
 
-    def _stream_reset_by_peer(self) -> list[Event]:
+    def _stream_reset_by_peer(self, stream_id: int) -> list[Event]:
         return []
 
     def _header_block_frame(self, ftype: int, flags: int, length: int) -> None:
@@ -486,7 +487,7 @@ class _Base:
             stream_id &= 0x7FFFFFFF
             if len(rx) == 9:
                 if length > self.conn.max_inbound_frame_size or ftype != _DATA:
-                    events += self._frame_limits(length, ftype, flags)
+                    events += self._frame_limits(length, ftype, flags, stream_id)
                     if self.closed:
                         break
                 elif self._fast_data(flags, stream_id):
@@ -728,13 +729,17 @@ class HboneServer(_Base):
         self.refuse(stream_id, status, reason)
         return [BadRequest(stream_id, reason), *self._count_reset()]
 
-    def _stream_reset_by_peer(self) -> list[Event]:
-        return self._count_reset()
+    def _stream_reset_by_peer(self, stream_id: int) -> list[Event]:
+        # Only a stream reset before we answered it counts (hyper's "pending accept reset
+        # streams"): that is the rapid reset attack, HEADERS then RST_STREAM, each leaving
+        # us a setup to do. Apps that reset their connections after using them reset
+        # answered streams, at any rate a busy client may have.
+        return self._count_reset() if stream_id in self.pending_setup else []
 
     def _count_reset(self) -> list[Event]:
-        """One more stream that ended before it carried anything (reset by the peer, or
-        refused by us for a limit or a bad request): past MAX_RESETS per RESET_WINDOW_S the
-        peer is flooding us with them (rapid reset)."""
+        """One more stream that ended before it carried anything (reset by the peer before
+        our answer, or refused by us for a limit or a bad request): past MAX_RESETS per
+        RESET_WINDOW_S the peer is flooding us with them (rapid reset)."""
         now = self.clock()
         if now - self._resets_since > RESET_WINDOW_S:
             self._resets_since, self._resets = now, 0

@@ -197,6 +197,23 @@ def test_resets_spread_over_time_are_fine() -> None:
     assert not server.closed
 
 
+def test_a_busy_client_whose_apps_reset_their_connections_is_not_cut_off() -> None:
+    """Resets of answered streams (an app's RST after using its connection) do not count:
+    only streams reset before we answered them do (that is the attack)."""
+    client, server = pair()
+    for _ in range(3 * hbone.MAX_RESETS):
+        sid = client.connect(Target("10.0.0.1", 80))
+        _, at_server = pump(client, server)
+        [req] = [e for e in at_server if isinstance(e, ConnectRequested)]
+        assert server.accept(req.stream_id)
+        pump(client, server)
+        client.send(sid, b"request")
+        client.reset(sid)
+        _, at_server = pump(client, server)
+        server.output_drained()
+    assert not server.closed and not limits(at_server)
+
+
 # --- streams pending setup -------------------------------------------------------------
 
 
