@@ -476,7 +476,8 @@ class _Base:
                 self._data_left -= n
                 pos += n
                 continue
-            if len(rx) < 9:
+            new_header = len(rx) < 9  # else its payload is still being gathered
+            if new_header:
                 take = min(9 - len(rx), end - pos)
                 rx += view[pos : pos + take]
                 pos += take
@@ -485,7 +486,7 @@ class _Base:
             high, low, ftype, flags, stream_id = _FRAME_HEADER.unpack_from(rx)
             length = high << 8 | low
             stream_id &= 0x7FFFFFFF
-            if len(rx) == 9:
+            if new_header:  # looked at once, as soon as it is whole
                 if length > self.conn.max_inbound_frame_size or ftype != _DATA:
                     events += self._frame_limits(length, ftype, flags, stream_id)
                     if self.closed:

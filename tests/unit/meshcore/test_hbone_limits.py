@@ -495,3 +495,16 @@ def resets(wire: bytes) -> dict[int, int]:
             out[frame.stream_id] = frame.error_code
         view = view[9 + length :]
     return out
+
+
+def test_a_frame_header_is_counted_once_even_when_its_payload_comes_later() -> None:
+    """Records may end right after a frame header: its limits are checked once, not again
+    each time more of its payload arrives."""
+    _client, server = pair()
+    server.output_drained()
+    ping = hyperframe.frame.PingFrame(0, b"12345678").serialize()
+    for _ in range(hbone.MAX_PENDING_ACKS):
+        server.receive(ping[:9])
+        server.receive(ping[9:13])
+        server.receive(ping[13:])
+    assert not server.closed and server.acks_pending == hbone.MAX_PENDING_ACKS
