@@ -23,9 +23,12 @@ from ztunnel.relay import LINGER_ZERO
 
 log = structlog.get_logger("ztunnel.listeners")
 
-# TLS handshakes under way at once: from one source address, and in total.
-MAX_HANDSHAKES_PER_IP = 32
-MAX_HANDSHAKES = 256
+# TLS handshakes under way at once: from one source address, and in total. A handshake
+# takes a few milliseconds, so a node's pool opening connections for many identities at
+# once stays well below; one holds ~60 KB until done or timed out, so a flood holds at most
+# ~4 MB per source and ~30 MB in all.
+MAX_HANDSHAKES_PER_IP = 64
+MAX_HANDSHAKES = 512
 HANDSHAKE_TIMEOUT_S = 10.0
 BACKLOG = 1024
 
