@@ -72,7 +72,6 @@ def rapid_reset(
     sock: ssl.SSLSocket, conn: h2.connection.H2Connection, target: str, count: int
 ) -> str:
     sock.settimeout(2)
-    ended = "open"
     for i in range(count):
         stream_id = conn.get_next_available_stream_id()
         conn.send_headers(stream_id, [(":method", "CONNECT"), (":authority", target)])
@@ -96,7 +95,7 @@ def rapid_reset(
                 return "closed"
             finally:
                 sock.settimeout(2)
-    return ended
+    return ended(sock, conn, 3)  # the server's GOAWAY may still be on its way
 
 
 def ended(sock: ssl.SSLSocket, conn: h2.connection.H2Connection, wait: float) -> str:
