@@ -31,7 +31,7 @@ from prometheus_client import REGISTRY
 
 from meshcore import hbone
 from tests.integration.ztunnel.test_hbone_relay_io import _contexts
-from ztunnel import listeners
+from ztunnel import hbone_conn, listeners
 from ztunnel.hbone_conn import CLOSE_GRACE_S, LIMIT_WRITE_BUFFER, HboneConnection, Stream
 from ztunnel.relay import Relay, connect_leg
 
@@ -62,6 +62,7 @@ class Mesh:
     connections: list[HboneConnection] = field(default_factory=list)
     hold: asyncio.Event = field(default_factory=asyncio.Event)  # setups wait for it if clear
     answered: list[bool] = field(default_factory=list)
+    server_sndbuf: int = 0  # a small kernel send buffer at the server: its own buffer fills
 
     async def bystander(self) -> HboneConnection:
         loop = asyncio.get_running_loop()
@@ -165,7 +166,14 @@ async def serving(folder: Path, **listener_args: float) -> AsyncIterator[Mesh]:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
+        peer = conn.peer_info("peername")
+        assert isinstance(peer, tuple)
+        conn.label = peer[0]  # the client's address, to tell the attacker's apart
         mesh.connections.append(conn)
+        if mesh.server_sndbuf:
+            sock = conn.peer_info("socket")
+            assert isinstance(sock, socket.socket) or hasattr(sock, "setsockopt")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, mesh.server_sndbuf)  # type: ignore[union-attr]
         conn.on_connect = on_connect
         conn.start()
 
@@ -356,7 +364,7 @@ def test_a_ping_flood_from_a_client_that_reads_nothing_is_cut_off(
                 writer.write(ping)
                 await asyncio.wait_for(writer.drain(), 5)
                 sent += 1000
-        [server_side] = [c for c in mesh.connections if c.peer_info("peername")[0] == ATTACKER_IP]
+        [server_side] = [c for c in mesh.connections if c.label == ATTACKER_IP]
         await asyncio.wait_for(server_side.closed.wait(), CLOSE_GRACE_S + 2)
         assert limit_count(hbone.LIMIT_PENDING_ACKS) + limit_count(LIMIT_WRITE_BUFFER) > before
         assert sent < 1_000_000
@@ -365,6 +373,37 @@ def test_a_ping_flood_from_a_client_that_reads_nothing_is_cut_off(
         assert await round_trip(bystander, mesh.target) < 1.0
         assert await settle(before_fds) <= before_fds + 2
         bystander.close()
+
+    attacked(body)
+
+
+def test_replies_a_client_provokes_but_never_reads_are_cut_off_at_the_write_buffer_limit(
+    attacked: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DATA on a stream the client reset: each gets an RST_STREAM back (RFC 9113), which a
+    client that reads nothing leaves in our buffer. (Limits lowered so it takes a second.)"""
+    monkeypatch.setattr(hbone_conn, "WRITE_BUFFER_HIGH", 64 * 1024)
+    monkeypatch.setattr(hbone_conn, "WRITE_BUFFER_LIMIT", 256 * 1024)
+
+    async def body(mesh: Mesh) -> None:
+        mesh.server_sndbuf = 4096
+        before = limit_count(LIMIT_WRITE_BUFFER)
+        _reader, writer = await mesh.attacker(rcvbuf=4096)  # and never read
+        encoder = hpack.Encoder()
+        writer.write(connect_headers(encoder, 1, mesh.target))
+        writer.write(hyperframe.frame.RstStreamFrame(1, error_code=8).serialize())
+        data = hyperframe.frame.DataFrame(1, b"x").serialize() * 1000
+        sent = 0
+        with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+            while sent < 500_000 and not writer.transport.is_closing():
+                writer.write(data)
+                await asyncio.wait_for(writer.drain(), 5)
+                sent += 1000
+        [server_side] = [c for c in mesh.connections if c.label == ATTACKER_IP]
+        await asyncio.wait_for(server_side.closed.wait(), 5)
+        assert limit_count(LIMIT_WRITE_BUFFER) == before + 1
+        assert sent < 500_000
+        writer.transport.abort()
 
     attacked(body)
 
