@@ -457,3 +457,23 @@ def test_silent_tcp_connections_are_bounded_and_released(
         assert await settle(before_fds) <= before_fds + 2
 
     attacked(body, handshake_timeout=1.0, max_per_ip=8, max_handshakes=64)
+
+
+def test_handshakes_are_bounded_in_total_too(attacked: Callable[..., None]) -> None:
+    async def body(mesh: Mesh) -> None:
+        before = limit_count(listeners.LIMIT_HANDSHAKES)
+        socks = []
+        for _ in range(20):
+            s = socket.socket()
+            s.bind((ATTACKER_IP, 0))
+            s.connect(("127.0.0.1", mesh.port))
+            socks.append(s)
+        await asyncio.sleep(0.5)
+        assert mesh.listener.in_handshake == 4
+        assert limit_count(listeners.LIMIT_HANDSHAKES) == before + 16
+        for s in socks:
+            s.close()
+        await asyncio.sleep(0.5)  # the peers went: their handshakes end at once
+        assert mesh.listener.in_handshake == 0 and mesh.listener.handshaking == {}
+
+    attacked(body, handshake_timeout=5.0, max_per_ip=100, max_handshakes=4)
