@@ -70,6 +70,14 @@ def status(ctx: click.Context, node: str, output: str) -> None:
             [[t["device"], t["direction"], t["action"]] for t in data["tc"]],
         )
     )
+    steering = data.get("dnat_steering")
+    if steering:
+        state = (
+            f"current ({steering.get('enrolled_ips', 0)} enrolled addresses)"
+            if steering.get("current")
+            else f"NOT current: {steering.get('error', 'not written yet')}"
+        )
+        click.echo(f"\nSERVICE STEERING (nftables {steering['table']}): {state}")
     if data["excluded_ports"]:
         click.echo("\nEXCLUDED PORTS")
         click.echo(table(["POD", "PORT"], [[e["pod"], e["port"]] for e in data["excluded_ports"]]))

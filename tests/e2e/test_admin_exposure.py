@@ -116,7 +116,9 @@ def test_admin_still_answers_on_the_unix_sockets_and_localhost(lab: Lab) -> None
     """weftctl and the lab read the same admin APIs over the unix sockets; a process on the
     node itself still has them on localhost."""
     by_lab = ("--lab", lab.name)
-    assert "meshed/probe" in weftctl("agent", *by_lab, "status", "--node", "node-1").stdout
+    agent = weftctl("agent", *by_lab, "status", "--node", "node-1").stdout
+    assert "meshed/probe" in agent
+    assert "SERVICE STEERING (nftables weft_steer): current" in agent
     workloads = weftctl("ztunnel-config", "workloads", *by_lab, "--node", "node-1").stdout
     assert "probe" in workloads
     assert "node-1" in weftctl("controller", *by_lab, "nodes").stdout
