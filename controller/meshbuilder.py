@@ -286,7 +286,7 @@ class MeshBuilder:
             namespace=ns,
             hostname=f"{svc.metadata.name}.{ns}.svc.{CLUSTER_DOMAIN}",
             addresses=(svc.cluster_ip,) if svc.cluster_ip else (),
-            ports=tuple(ServicePort(p.name, p.port, p.protocol) for p in svc.ports),
+            ports=tuple(ServicePort(p.name, p.port, p.protocol, p.app_protocol) for p in svc.ports),
             waypoint=waypoint_for(ns, svc.metadata.labels, ns_labels),
         )
 

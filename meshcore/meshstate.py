@@ -59,6 +59,9 @@ class ServicePort:
     name: str
     port: int
     protocol: str = "TCP"
+    # The Service port's `appProtocol` ("http", "kubernetes.io/h2c", "grpc"...), "" when unset:
+    # with the port name's prefix, what a waypoint parses on this port.
+    app_protocol: str = ""
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,9 @@ def to_proto(value: StateValue) -> pb.Resource:
                 addresses=list(value.addresses),
                 waypoint=value.waypoint,
                 ports=[
-                    pb.ServicePort(name=p.name, port=p.port, protocol=p.protocol)
+                    pb.ServicePort(
+                        name=p.name, port=p.port, protocol=p.protocol, app_protocol=p.app_protocol
+                    )
                     for p in value.ports
                 ],
             )
@@ -130,7 +132,7 @@ def from_proto(msg: pb.Resource) -> StateValue:
             namespace=s.namespace,
             hostname=s.hostname,
             addresses=_addresses(s.addresses, what),
-            ports=tuple(ServicePort(p.name, p.port, p.protocol) for p in s.ports),
+            ports=tuple(ServicePort(p.name, p.port, p.protocol, p.app_protocol) for p in s.ports),
             waypoint=s.waypoint,
         )
     elif body == "waypoint":

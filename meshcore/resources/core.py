@@ -23,6 +23,7 @@ from meshcore.resources.names import (
     check_dns_label,
     check_dns_subdomain,
     check_env_name,
+    check_label_key,
     check_labels,
     check_port_name,
 )
@@ -231,6 +232,7 @@ class ServicePort:
     target_port: int | str  # a number, or the name of a container port
     name: str = ""
     protocol: str = "TCP"
+    app_protocol: str = ""  # `appProtocol`: "http", "kubernetes.io/h2c", "grpc"...; "" unset
 
 
 @dataclass(frozen=True)
@@ -509,12 +511,15 @@ def parse_deployment(f: Fields, ignored: list[str]) -> Deployment:
 
 
 def _parse_service_port(raw: object, path: str, ignored: list[str]) -> ServicePort:
-    f = Fields(raw, path, ignored=frozenset({"nodePort", "appProtocol"}))
+    f = Fields(raw, path, ignored=frozenset({"nodePort"}))
     port = f.integer("port", required=True, minimum=1, maximum=65535)
     name = f.string("name")
     if name:
         check_port_name(name, f.sub("name"))
     protocol = _protocol(f)
+    app_protocol = f.string("appProtocol")
+    if app_protocol:  # a qualified name, as the API server checks it
+        check_label_key(app_protocol, f.sub("appProtocol"))
     target: int | str = port
     raw_target = f.raw("targetPort")
     if isinstance(raw_target, bool):
@@ -537,7 +542,7 @@ def _parse_service_port(raw: object, path: str, ignored: list[str]) -> ServicePo
     elif raw_target is not None:
         raise f.fail("targetPort", "expected a port number or a port name")
     ignored.extend(f.done())
-    return ServicePort(port, target, name, protocol)
+    return ServicePort(port, target, name, protocol, app_protocol)
 
 
 def parse_service(f: Fields, ignored: list[str]) -> Service:

@@ -236,7 +236,7 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: http}
   - {name: metrics, port: 9090, targetPort: 9901}
-  - {name: grpc, port: 81, targetPort: grpc}
+  - {name: grpc, port: 81, targetPort: grpc, appProtocol: grpc}
 ---
 apiVersion: v1
 kind: Service
@@ -375,7 +375,11 @@ def test_a_service_gets_its_cluster_hostname_vip_ports_and_namespace_waypoint():
         namespace="shop",
         hostname="cart.shop.svc.cluster.local",
         addresses=("10.96.0.20",),
-        ports=(ServicePort("http", 80), ServicePort("metrics", 9090), ServicePort("grpc", 81)),
+        ports=(
+            ServicePort("http", 80),
+            ServicePort("metrics", 9090),
+            ServicePort("grpc", 81, app_protocol="grpc"),
+        ),
         waypoint="shop/shop-wp",
     )
 

@@ -64,7 +64,10 @@ SERVICE = MeshService(
     namespace="shop",
     hostname="cart.shop.svc.cluster.local",
     addresses=("10.96.0.20",),
-    ports=(ServicePort("http", 80), ServicePort("dns", 53, "UDP")),
+    ports=(
+        ServicePort("http", 80, app_protocol="kubernetes.io/h2c"),
+        ServicePort("dns", 53, "UDP"),
+    ),
     waypoint="shop/shop-wp",
 )
 HEADLESS_SERVICE = MeshService("db", "shop", "db.shop.svc.cluster.local", (), ())

@@ -344,6 +344,12 @@ def test_service_round_trips_numeric_named_and_defaulted_target_ports() -> None:
             - name: dns
               port: 53
               protocol: UDP
+            - name: web
+              port: 8080
+              appProtocol: kubernetes.io/h2c
+            - name: rpc
+              port: 9090
+              appProtocol: grpc
         """
     )
 
@@ -355,6 +361,8 @@ def test_service_round_trips_numeric_named_and_defaulted_target_ports() -> None:
             ServicePort(15020, 15020, "metrics"),
             ServicePort(81, 8081, "quoted"),
             ServicePort(53, 53, "dns", "UDP"),
+            ServicePort(8080, 8080, "web", app_protocol="kubernetes.io/h2c"),
+            ServicePort(9090, 9090, "rpc", app_protocol="grpc"),
         ),
         selector={"app": "backend"},
         cluster_ip="198.19.0.10",
@@ -428,7 +436,7 @@ def test_known_fields_the_lab_ignores_are_accepted_and_reported_by_path() -> Non
               sessionAffinity: None
               ports: [{port: 80, nodePort: 30080, appProtocol: http}]
             """,
-            ["spec.ports[0].appProtocol", "spec.ports[0].nodePort", "spec.sessionAffinity"],
+            ["spec.ports[0].nodePort", "spec.sessionAffinity"],
         ),
         (
             pod_with(
@@ -1009,6 +1017,12 @@ BAD_MANIFESTS += [
         "service without ports",
         service("selector: {app: web}"),
         "Service default/web: spec.ports: a Service needs at least one port",
+    ),
+    (
+        "service port with an appProtocol that is not a qualified name",
+        service("ports: [{port: 80, appProtocol: 'h2 c'}]"),
+        "Service default/web: spec.ports[0].appProtocol: 'h2 c' is not a valid label key "
+        "(name part: alphanumerics, '-', '_' or '.', at most 63 characters)",
     ),
     (
         "service with two ports, one unnamed",
