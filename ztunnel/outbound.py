@@ -9,16 +9,19 @@ node, or connect directly (passthrough) to anything else.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
 from meshcore import hbone
 from meshcore.meshstate import MeshService, Workload
-from ztunnel import metrics
+from ztunnel import destinations, metrics
+from ztunnel.destinations import Passthrough, Refuse, ToEndpoints, ViaWaypoint
 from ztunnel.hbone_conn import StreamClosed
 from ztunnel.pool import CONNECT_TIMEOUT, Pool, PoolKey
 from ztunnel.relay import Relay, SetupTasks, TcpLeg, connect_leg
@@ -92,41 +95,27 @@ class Outbound:
             )
             leg.abort()
             return
-        service = self.view.by_vip.get(dst_ip)
-        if service is not None:
-            candidates = self.view.endpoints(service, dst_port)
-        else:
-            w = self.view.by_ip.get(dst_ip)
-            candidates = [(w, dst_port)] if w is not None else []
-        if not candidates:
-            if service is not None:
-                log.warning(
-                    "outbound.no_endpoints",
-                    service=f"{service.namespace}/{service.name}",
-                    port=dst_port,
-                    source=source.name,
-                )
-                leg.abort()
-                return
-            await self._passthrough(leg, source, dst_ip, dst_port, started)
+        plan = destinations.resolve(self.view, dst_ip, dst_port)
+        if isinstance(plan, Refuse):
+            log.warning(
+                "outbound.refused",
+                source=source.name,
+                destination=f"{dst_ip}:{dst_port}",
+                reason=plan.reason,
+            )
+            leg.abort()
+            return
+        if isinstance(plan, Passthrough):
+            await self._passthrough(leg, started, source=source, ip=plan.ip, port=plan.port)
             return
         last_error = ""
-        for workload, port in candidates:
+        for attempt in self._attempts(source, plan):
             try:
-                if workload.enrolled:
-                    await self._hbone(leg, source, workload, port, service, started)
-                else:
-                    await self._passthrough(
-                        leg, source, workload.addresses[0], port, started, workload
-                    )
+                await attempt(leg, started)
                 return
             except (ConnectionError, OSError, TimeoutError) as err:
                 last_error = str(err) or type(err).__name__
-                log.info(
-                    "outbound.endpoint_failed",
-                    endpoint=f"{workload.addresses[0]}:{port}",
-                    error=last_error,
-                )
+                log.info("outbound.endpoint_failed", error=last_error)
         log.warning(
             "outbound.failed",
             source=source.name,
@@ -135,27 +124,69 @@ class Outbound:
         )
         leg.abort()
 
+    def _attempts(
+        self, source: Workload, plan: ViaWaypoint | ToEndpoints
+    ) -> list[Callable[[TcpLeg, float], Awaitable[None]]]:
+        """One way to carry the connection per candidate, in the order to try them."""
+        if isinstance(plan, ViaWaypoint):
+            # every replica is the same waypoint: the target stays the original destination
+            return [
+                functools.partial(
+                    self._hbone,
+                    source=source,
+                    key=PoolKey(source.identity, replica.addresses[0], replica.identity),
+                    target=plan.target,
+                    dest=replica,
+                    service=plan.service,
+                )
+                for replica in plan.replicas
+            ]
+        attempts: list[Callable[[TcpLeg, float], Awaitable[None]]] = []
+        for workload, port in plan.candidates:
+            if workload.enrolled:
+                attempts.append(
+                    functools.partial(
+                        self._hbone,
+                        source=source,
+                        key=PoolKey(source.identity, workload.node_address, workload.identity),
+                        target=hbone.Target(workload.addresses[0], port),
+                        dest=workload,
+                        service=plan.service,
+                    )
+                )
+            else:
+                attempts.append(
+                    functools.partial(
+                        self._passthrough,
+                        source=source,
+                        ip=workload.addresses[0],
+                        port=port,
+                        dest=workload,
+                    )
+                )
+        return attempts
+
     async def _hbone(
         self,
         leg: TcpLeg,
-        source: Workload,
-        dest: Workload,
-        port: int,
-        service: MeshService | None,
         started: float,
+        *,
+        source: Workload,
+        key: PoolKey,
+        target: hbone.Target,
+        dest: Workload,
+        service: MeshService | None,
     ) -> None:
-        key = PoolKey(source.identity, dest.node_address, dest.identity)
+        """CONNECT `target` over an HBONE connection for `key` (the destination's node, or a
+        waypoint replica) and relay the client's connection through it."""
         conn = await self.pool.get(key)
-        stream = conn.open(
-            hbone.Target(dest.addresses[0], port),
-            {"forwarded": f"for={_peer_ip(leg)}"},
-        )
+        stream = conn.open(target, {"forwarded": f"for={_peer_ip(leg)}"})
         try:
             response = await asyncio.wait_for(stream.response, CONNECT_TIMEOUT)
         except (TimeoutError, StreamClosed) as err:
             conn.forget(stream)
             raise ConnectionRefusedError(
-                f"HBONE CONNECT to {dest.addresses[0]}:{port}: {err or 'timed out'}"
+                f"HBONE CONNECT to {target} via {key.node_address}: {err or 'timed out'}"
             ) from None
         labels = metrics.ConnectionLabels(
             "source",
@@ -175,7 +206,7 @@ class Outbound:
                 "connection.refused",
                 source=source.identity,
                 destination=dest.identity,
-                target=f"{dest.addresses[0]}:{port}",
+                target=str(target),
                 status=response.status,
                 reason=reason,
             )
@@ -191,7 +222,8 @@ class Outbound:
             source_principal=source.identity,
             destination_workload=dest.name,
             destination_principal=dest.identity,
-            destination=f"{dest.addresses[0]}:{port}",
+            destination=str(target),
+            via=key.node_address,
             security="mutual_tls",
             sent=stream.sent,
             received=stream.received,
@@ -201,10 +233,11 @@ class Outbound:
     async def _passthrough(
         self,
         leg: TcpLeg,
+        started: float,
+        *,
         source: Workload,
         ip: str,
         port: int,
-        started: float,
         dest: Workload | None = None,
     ) -> None:
         upstream = await asyncio.wait_for(connect_leg(ip, port), CONNECT_TIMEOUT)

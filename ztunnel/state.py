@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 
-from meshcore.meshstate import MeshService, StateValue, TrustBundle, Workload
+from meshcore.meshstate import MeshService, StateValue, TrustBundle, Waypoint, Workload
 from meshcore.resources import ResourceKey
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
 
@@ -15,6 +15,7 @@ class MeshView:
         self.node = node
         self.by_ip: dict[str, Workload] = {}
         self.by_vip: dict[str, MeshService] = {}
+        self.waypoints: dict[str, Waypoint] = {}  # "<ns>/<name>"
         self.members: dict[tuple[str, str], list[Workload]] = {}
         self.policies: list[AuthorizationPolicy] = []
         self.peer_authentications: list[PeerAuthentication] = []
@@ -27,6 +28,7 @@ class MeshView:
         by_vip: dict[str, MeshService] = {}
         members: dict[tuple[str, str], list[Workload]] = {}
         policies, peer_auths = [], []
+        waypoints: dict[str, Waypoint] = {}
         for value in state.values():
             if isinstance(value, Workload):
                 for ip in value.addresses:
@@ -42,7 +44,10 @@ class MeshView:
                 peer_auths.append(value)
             elif isinstance(value, TrustBundle):
                 self.bundle = value
+            elif isinstance(value, Waypoint):
+                waypoints[f"{value.namespace}/{value.name}"] = value
         self.by_ip, self.by_vip, self.members = by_ip, by_vip, members
+        self.waypoints = waypoints
         self.policies, self.peer_authentications = policies, peer_auths
         for callback in self.on_update:
             callback()
