@@ -11,8 +11,13 @@ per node, so the TCP peer is the node, and the client's ztunnel names the pod in
 `forwarded: for=<ip>` header. That claim is taken only where the verified certificate vouches
 for it: the address must be a workload running as the peer's identity, on the node the
 connection came from. Anything else is ignored for authorization, the address the pod sees
-and metrics (the source is then the peer node's address), and logged. Forwarding on behalf
-of other identities (a waypoint) comes with the waypoints.
+and metrics (the source is then the peer node's address), and logged. A waypoint forwards on
+behalf of other identities: from a waypoint's identity `forwarded` is taken as it is, as Istio
+does.
+
+A workload bound to a waypoint that serves workloads (`weft.dev/waypoint-for: workload|all`)
+is reached only through that waypoint: a stream from any other identity is refused, so L7
+policy cannot be dodged by calling the pod directly.
 
 Only workload identities of our trust domain (`spiffe://<td>/ns/<ns>/sa/<sa>`) may open HBONE
 streams: not a node's credential, not another trust domain's workload, not any other path the
@@ -25,10 +30,11 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-from meshcore.identity.spiffe import IdentityError, SpiffeId
+from meshcore.identity.spiffe import IdentityError, SpiffeId, workload_id
 from meshcore.meshstate import Workload
 from meshcore.resources.security import MtlsMode
 from ztunnel import peerauthn, rbac
+from ztunnel.destinations import workload_waypoint
 from ztunnel.state import MeshView
 
 ROOT_NAMESPACE = rbac.DEFAULT_ROOT_NAMESPACE
@@ -70,6 +76,7 @@ class Verdict(enum.Enum):
     UNKNOWN_DESTINATION = "unknown_destination"  # 404
     WRONG_IDENTITY = "wrong_identity"  # 403: not the identity the destination runs as
     BAD_PEER = "bad_peer"  # 403: not a workload identity of our trust domain
+    WAYPOINT_BYPASS = "waypoint_bypass"  # 403: a waypoint-bound workload, not from it
     STRICT = "strict"  # plaintext to a STRICT workload
     DENIED = "denied"  # by AuthorizationPolicy
 
@@ -80,6 +87,7 @@ _STATUS = {
     Verdict.UNKNOWN_DESTINATION: 404,
     Verdict.WRONG_IDENTITY: 403,
     Verdict.BAD_PEER: 403,
+    Verdict.WAYPOINT_BYPASS: 403,
     Verdict.STRICT: 403,
     Verdict.DENIED: 403,
 }
@@ -112,7 +120,7 @@ class Admission:
     @property
     def by_policy(self) -> bool:
         """Refused by policy (AuthorizationPolicy or STRICT), not by the request's shape."""
-        return self.verdict in (Verdict.DENIED, Verdict.STRICT)
+        return self.verdict in (Verdict.DENIED, Verdict.STRICT, Verdict.WAYPOINT_BYPASS)
 
 
 # --- pieces ------------------------------------------------------------------------------
@@ -155,6 +163,16 @@ def parse_forwarded(value: str) -> str:
         except ValueError:
             raise ForwardedError(f"forwarded: for={raw.strip()!r} is not an IP address") from None
     raise ForwardedError(f"forwarded: {value[:100]!r} has no for= address")
+
+
+def waypoint_identity(waypoint: str, trust_domain: str) -> str:
+    """The identity of waypoint `<ns>/<name>`: its pods run as service account `<name>`."""
+    namespace, _, name = waypoint.partition("/")
+    return str(workload_id(trust_domain, namespace, name))
+
+
+def is_waypoint(view: MeshView, identity: str, trust_domain: str) -> bool:
+    return any(waypoint_identity(w, trust_domain) == identity for w in view.waypoints)
 
 
 def local_destination(view: MeshView, ip: str) -> Workload | None:
@@ -206,8 +224,9 @@ def _admit_hbone(
             claimed = parse_forwarded(a.forwarded)
         except ForwardedError as err:
             return Admission(Verdict.BAD_REQUEST, str(err), dest)
-        source = vouched_source(view, claimed, peer, a.peer_address)
-        if source is not None:
+        if is_waypoint(view, peer, trust_domain):
+            source, source_ip, bind = view.by_ip.get(claimed), claimed, True
+        elif (source := vouched_source(view, claimed, peer, a.peer_address)) is not None:
             source_ip, bind = claimed, True
     if dest is None:
         return Admission(
@@ -222,6 +241,17 @@ def _admit_hbone(
             Verdict.WRONG_IDENTITY,
             f"{a.target_ip}:{a.target_port} runs as {dest.identity}, "
             f"not {a.server_identity or 'the identity asked for'}",
+            dest,
+            source,
+            source_ip,
+        )
+    if (waypoint := workload_waypoint(view, dest)) and peer != waypoint_identity(
+        waypoint, trust_domain
+    ):
+        return Admission(
+            Verdict.WAYPOINT_BYPASS,
+            f"{dest.namespace}/{dest.name} is reached only through waypoint {waypoint}, "
+            f"not from {peer}",
             dest,
             source,
             source_ip,
@@ -255,6 +285,15 @@ def _admit_plaintext(
         return Admission(
             Verdict.STRICT,
             "plaintext refused: STRICT mTLS",
+            dest,
+            source,
+            a.peer_address,
+            mode=mode,
+        )
+    if waypoint := workload_waypoint(view, dest):
+        return Admission(
+            Verdict.WAYPOINT_BYPASS,
+            f"{dest.namespace}/{dest.name} is reached only through waypoint {waypoint}",
             dest,
             source,
             a.peer_address,

@@ -72,7 +72,8 @@ def waypoint_replicas(view: MeshView, waypoint: str) -> tuple[Workload, ...]:
 
 def serves_workloads(waypoint: Waypoint) -> bool:
     """`weft.dev/waypoint-for: workload|all` (the default, `service`, does not)."""
-    return getattr(waypoint, "traffic_type", "service") in ("workload", "all")
+    traffic_type = getattr(waypoint, "traffic_type", "service")
+    return str(getattr(traffic_type, "value", traffic_type)) in ("workload", "all")
 
 
 def workload_waypoint(view: MeshView, workload: Workload) -> str:

@@ -284,3 +284,60 @@ def test_only_workload_identities_of_our_trust_domain_may_open_streams(
     identity: str, ok: bool
 ) -> None:
     assert (peer_refusal(identity, TD) is None) is ok
+
+
+# --- waypoints -------------------------------------------------------------------------------
+
+WAYPOINT_ID = f"spiffe://{TD}/ns/shop/sa/waypoint"
+
+
+def with_waypoint(v: MeshView, traffic_type: str = "service", bind_api: bool = False) -> MeshView:
+    import dataclasses
+
+    from meshcore.meshstate import Waypoint
+
+    wp = Waypoint("waypoint", "shop", ("10.96.0.99",))
+    fields = {f.name for f in dataclasses.fields(Waypoint)}
+    if "traffic_type" in fields:
+        wp = dataclasses.replace(wp, traffic_type=traffic_type)  # type: ignore[call-arg]
+    elif traffic_type != "service":
+        pytest.skip("the state does not carry waypoint-for yet")
+    v.waypoints["shop/waypoint"] = wp
+    if bind_api:
+        bound = dataclasses.replace(API_POD, waypoint="shop/waypoint")
+        v.by_ip[bound.addresses[0]] = bound
+    return v
+
+
+def test_a_waypoint_may_name_any_client_in_forwarded() -> None:
+    # The waypoint runs elsewhere and forwards for clients on other nodes: believed, as Istio.
+    got = admit(
+        hbone(peer=WAYPOINT_ID, peer_address="198.18.0.9", forwarded="for=10.0.2.21"),
+        with_waypoint(view(DENY_WEB_IP)),
+        trust_domain=TD,
+    )
+    assert got.allowed and got.source_ip == "10.0.2.21" and got.bind_source
+    assert got.source is SLEEP_ON_2
+
+
+def test_an_identity_that_is_no_waypoint_is_not_believed() -> None:
+    got = admit(
+        hbone(peer=f"spiffe://{TD}/ns/shop/sa/impostor", forwarded="for=10.0.2.21"),
+        with_waypoint(view()),
+        trust_domain=TD,
+    )
+    assert got.source_ip == NODE2 and not got.bind_source
+
+
+@pytest.mark.parametrize(("traffic_type", "bypass"), [("service", False), ("workload", True),
+                                                      ("all", True)])  # fmt: skip
+def test_a_workload_bound_to_a_waypoint_is_reached_only_through_it(
+    traffic_type: str, bypass: bool
+) -> None:
+    v = with_waypoint(view(), traffic_type, bind_api=True)
+    direct = admit(hbone(), v, trust_domain=TD)
+    assert (direct.verdict is Verdict.WAYPOINT_BYPASS) is bypass
+    via = admit(hbone(peer=WAYPOINT_ID, peer_address="198.18.0.9"), v, trust_domain=TD)
+    assert via.allowed
+    plain = admit(plaintext(), v, trust_domain=TD)
+    assert (plain.verdict is Verdict.WAYPOINT_BYPASS) is bypass
