@@ -32,11 +32,17 @@ from meshcore.meshstate import (
     DATAPLANE_MODE_LABEL,
     DATAPLANE_MODE_NONE,
     EXCLUDE_OUTBOUND_PORTS_ANNOTATION,
+    GATEWAY_NAME_LABEL,
+    MANAGED_BY_MESH_CONTROLLER,
+    MANAGED_LABEL,
     USE_WAYPOINT_LABEL,
+    USE_WAYPOINT_NAMESPACE_LABEL,
+    WAYPOINT_FOR_LABEL,
     MeshService,
     ServiceMembership,
     ServicePort,
     StateValue,
+    TrafficType,
     TrustBundle,
     Waypoint,
     Workload,
@@ -48,7 +54,8 @@ from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
 
 log = structlog.get_logger("controller.meshbuilder")
 
-USE_WAYPOINT_NAMESPACE_LABEL = "weft.dev/use-waypoint-namespace"
+__all__ = ["USE_WAYPOINT_NAMESPACE_LABEL", "BuildError", "MeshBuilder"]
+
 _HASH_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<hash>[a-z0-9]+)-[a-z0-9]{5}$")
 
 NO_ENFORCEMENT_POINT = (
@@ -83,14 +90,68 @@ def waypoint_for(
     namespace: str, own_labels: Mapping[str, str], namespace_labels: Mapping[str, str]
 ) -> str:
     """`<ns>/<gateway>` from the object's own label, else its namespace's; `none` opts out."""
-    for labels in (own_labels, namespace_labels):
+    return requested_waypoint(namespace, own_labels, namespace_labels)[0]
+
+
+def requested_waypoint(
+    namespace: str, own_labels: Mapping[str, str], namespace_labels: Mapping[str, str]
+) -> tuple[str, bool]:
+    """What the labels ask for: (`<ns>/<gateway>` or "", whether the object's own label
+    asked). The object's own label wins over its namespace's; `none` opts out; a waypoint's
+    own objects (label `gateway.weft.dev/managed`) never ask for one."""
+    if own_labels.get(MANAGED_LABEL) == MANAGED_BY_MESH_CONTROLLER:
+        return "", False
+    for own, labels in ((True, own_labels), (False, namespace_labels)):
         name = labels.get(USE_WAYPOINT_LABEL)
         if name is None:
             continue
         if name == DATAPLANE_MODE_NONE or not name:
-            return ""
-        return f"{labels.get(USE_WAYPOINT_NAMESPACE_LABEL, namespace)}/{name}"
-    return ""
+            return "", own
+        return f"{labels.get(USE_WAYPOINT_NAMESPACE_LABEL, namespace)}/{name}", own
+    return "", False
+
+
+def bind_waypoint(
+    requested: str, own_label: bool, kind: str, waypoints: Mapping[str, Waypoint]
+) -> tuple[str, BuildError | None]:
+    """Istio's rule: a Service (kind "service") or a pod ("workload") is bound to the
+    waypoint it asks for only when that waypoint exists and takes its kind of traffic
+    (`weft.dev/waypoint-for`). Otherwise it is not bound, and when its own label asked (not
+    its namespace's, which asks for services and pods alike) the reason is returned."""
+    if not requested:
+        return "", None
+    waypoint = waypoints.get(requested)
+    field = f"metadata.labels[{USE_WAYPOINT_LABEL}]"
+    if waypoint is None:
+        reason = (
+            f"no waypoint {requested} (a Gateway of class weft-waypoint): not bound to a "
+            "waypoint until it exists"
+        )
+        return "", BuildError(reason, field=field) if own_label else None
+    serves = (
+        waypoint.traffic_type.serves_services
+        if kind == "service"
+        else waypoint.traffic_type.serves_workloads
+    )
+    if serves:
+        return requested, None
+    reason = (
+        f"waypoint {requested} is for {waypoint.traffic_type.value} traffic "
+        f"({WAYPOINT_FOR_LABEL}), not {kind} traffic: not bound to it; set "
+        f"{WAYPOINT_FOR_LABEL}: {kind} or all on the Gateway"
+    )
+    return "", BuildError(reason, field=field) if own_label else None
+
+
+def traffic_type(gw: Gateway) -> TrafficType:
+    text = gw.metadata.labels.get(WAYPOINT_FOR_LABEL, TrafficType.SERVICE.value)
+    try:
+        return TrafficType(text)
+    except ValueError:
+        raise BuildError(
+            f"must be service, workload, all or none, got {text!r}",
+            field=f"metadata.labels[{WAYPOINT_FOR_LABEL}]",
+        ) from None
 
 
 def workload_name(pod: Pod) -> str:
@@ -133,6 +194,7 @@ class _PodInputs:
     # The pod and services themselves, not compared: holding them while this entry is cached
     # keeps a new object from being allocated at one of their ids and taken for the old one.
     objects: tuple[object, ...] = field(default=(), compare=False)
+    waypoints: tuple[tuple[str, str], ...] = ()  # every waypoint and its traffic type
 
 
 class MeshBuilder:
@@ -171,29 +233,39 @@ class MeshBuilder:
             elif isinstance(r, Gateway):
                 gateways.append(r)
 
-        for ns, services in services_by_ns.items():
-            ns_labels = namespaces.get(ns, {})
-            for svc in services:
-                mesh_svc = self._guarded(
-                    problems,
-                    svc.key,
-                    ResourceKey(MeshService.kind, ns, svc.metadata.name),
-                    functools.partial(self._service, svc, ns_labels),
-                )
-                if mesh_svc is not None:
-                    state[mesh_svc.key] = mesh_svc
-
+        waypoints: dict[str, Waypoint] = {}
         for gw in gateways:
             if gw.is_waypoint:
                 wp = self._guarded(
                     problems,
                     gw.key,
                     ResourceKey(Waypoint.kind, gw.metadata.namespace, gw.metadata.name),
-                    functools.partial(self._waypoint, gw),
+                    functools.partial(
+                        self._waypoint, gw, services_by_ns.get(gw.metadata.namespace, [])
+                    ),
                 )
                 if wp is not None:
                     state[wp.key] = wp
+                    waypoints[f"{wp.namespace}/{wp.name}"] = wp
 
+        for ns, services in services_by_ns.items():
+            ns_labels = namespaces.get(ns, {})
+            for svc in services:
+                refused: list[BuildError] = []
+                mesh_svc = self._guarded(
+                    problems,
+                    svc.key,
+                    ResourceKey(MeshService.kind, ns, svc.metadata.name),
+                    functools.partial(self._service, svc, ns_labels, waypoints, refused),
+                )
+                if mesh_svc is not None:
+                    state[mesh_svc.key] = mesh_svc
+                for err in refused:  # built unbound
+                    self._report(problems, svc.key, err.field, err.reason, False)
+
+        # A pod's binding depends on the waypoints too: a Gateway added, removed or retyped
+        # (rare) rebuilds every workload.
+        waypoint_kinds = tuple(sorted((k, w.traffic_type.value) for k, w in waypoints.items()))
         cache: dict[ResourceKey, tuple[_PodInputs, Workload]] = {}
         for pod in pods:
             if not pod.status.pod_ip:
@@ -206,6 +278,7 @@ class MeshBuilder:
                 tuple(sorted(ns_labels.items())),
                 tuple(id(s) for s in services),
                 (pod, *services),
+                waypoint_kinds,
             )
             cached = self._cache.get(pod.key)
             if cached is not None and cached[0] == inputs:
@@ -213,16 +286,21 @@ class MeshBuilder:
                 state[cached[1].key] = cached[1]
                 continue
             ignored: list[BuildError] = []
+            unbound: list[BuildError] = []
             workload = self._guarded(
                 problems,
                 pod.key,
                 ResourceKey(Workload.kind, ns, pod.metadata.name),
-                functools.partial(self._workload, pod, ns_labels, services, ignored),
+                functools.partial(
+                    self._workload, pod, ns_labels, services, waypoints, ignored, unbound
+                ),
             )
             if workload is None:
                 continue
             for err in ignored:  # built without it (fails closed: more captured, not less)
                 self._report(problems, pod.key, err.field, f"{err.reason}; ignored", False)
+            for err in unbound:  # built unbound, as Istio does
+                self._report(problems, pod.key, err.field, err.reason, False)
             if pod.key not in problems:
                 cache[pod.key] = (inputs, workload)
             elif cached is not None:
@@ -279,24 +357,47 @@ class MeshBuilder:
             )
         problems[resource] = problem
 
-    def _service(self, svc: Service, ns_labels: Mapping[str, str]) -> MeshService:
+    def _service(
+        self,
+        svc: Service,
+        ns_labels: Mapping[str, str],
+        waypoints: Mapping[str, Waypoint],
+        unbound: list[BuildError],
+    ) -> MeshService:
         ns = svc.metadata.namespace
+        requested, own = requested_waypoint(ns, svc.metadata.labels, ns_labels)
+        waypoint, refused = bind_waypoint(requested, own, "service", waypoints)
+        if refused is not None:
+            unbound.append(refused)
         return MeshService(
             name=svc.metadata.name,
             namespace=ns,
             hostname=f"{svc.metadata.name}.{ns}.svc.{CLUSTER_DOMAIN}",
             addresses=(svc.cluster_ip,) if svc.cluster_ip else (),
             ports=tuple(ServicePort(p.name, p.port, p.protocol, p.app_protocol) for p in svc.ports),
-            waypoint=waypoint_for(ns, svc.metadata.labels, ns_labels),
+            waypoint=waypoint,
         )
 
-    @staticmethod
-    def _waypoint(gw: Gateway) -> Waypoint:
+    def _waypoint(self, gw: Gateway, services: list[Service]) -> Waypoint:
+        ns, name = gw.metadata.namespace, gw.metadata.name
+        # Nodes take IPs only: an unset value or a hostname would make them refuse it.
+        addresses = tuple(
+            a.value for a in gw.addresses if a.value and a.type is AddressType.IP_ADDRESS
+        )
+        if not addresses:  # the Service the deployer made for it, as Gateway status says
+            addresses = tuple(
+                s.cluster_ip
+                for s in services
+                if s.metadata.name == name
+                and s.metadata.labels.get(GATEWAY_NAME_LABEL) == name
+                and s.cluster_ip
+            )
         return Waypoint(
-            gw.metadata.name,
-            gw.metadata.namespace,
-            # Nodes take IPs only: an unset value or a hostname would make them refuse it.
-            tuple(a.value for a in gw.addresses if a.value and a.type is AddressType.IP_ADDRESS),
+            name,
+            ns,
+            addresses,
+            traffic_type=traffic_type(gw),
+            identity=str(workload_id(self.trust_domain, ns, name)),
         )
 
     def _workload(
@@ -304,11 +405,18 @@ class MeshBuilder:
         pod: Pod,
         ns_labels: Mapping[str, str],
         services: list[Service],
+        waypoints: Mapping[str, Waypoint],
         ignored: list[BuildError],
+        unbound: list[BuildError],
     ) -> Workload:
         """The pod's workload. A bad annotation that only narrows capture is left out and
-        added to `ignored`: the pod is still enrolled, every outbound port captured."""
+        added to `ignored`: the pod is still enrolled, every outbound port captured. A
+        waypoint its own label asks for but cannot have is added to `unbound`."""
         ns = pod.metadata.namespace
+        requested, own = requested_waypoint(ns, pod.metadata.labels, ns_labels)
+        waypoint, refused = bind_waypoint(requested, own, "workload", waypoints)
+        if refused is not None:
+            unbound.append(refused)
         try:
             excluded = excluded_ports(pod)
         except BuildError as err:
@@ -338,7 +446,7 @@ class MeshBuilder:
             labels=dict(pod.metadata.labels),
             enrolled=is_enrolled(pod.metadata.labels, ns_labels),
             ready=pod.status.ready,
-            waypoint=waypoint_for(ns, pod.metadata.labels, ns_labels),
+            waypoint=waypoint,
             workload_name=workload_name(pod),
             services=tuple(sorted(memberships, key=lambda m: (m.namespace, m.name))),
             excluded_ports=excluded,

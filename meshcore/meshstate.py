@@ -6,6 +6,7 @@ Kubernetes shape (kind, namespace, name) so a state is a plain mapping of key ->
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -16,6 +17,14 @@ DATAPLANE_MODE_LABEL = "weft.dev/dataplane-mode"
 DATAPLANE_MODE_AMBIENT = "ambient"
 DATAPLANE_MODE_NONE = "none"
 USE_WAYPOINT_LABEL = "weft.dev/use-waypoint"
+USE_WAYPOINT_NAMESPACE_LABEL = "weft.dev/use-waypoint-namespace"
+WAYPOINT_FOR_LABEL = "weft.dev/waypoint-for"  # on the Gateway: which traffic it takes
+# On the objects the deployer makes for a waypoint (as Gateway API implementations label them):
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+# ... and, as Istio's `gateway.istio.io/managed`, marks them as a waypoint's own: a waypoint's
+# pods and Service are never bound to a waypoint themselves.
+MANAGED_LABEL = "gateway.weft.dev/managed"
+MANAGED_BY_MESH_CONTROLLER = "weft.dev-mesh-controller"
 EXCLUDE_OUTBOUND_PORTS_ANNOTATION = "weft.dev/exclude-outbound-ports"
 WAYPOINT_GATEWAY_CLASS = "weft-waypoint"
 CLUSTER_DOMAIN = "cluster.local"
@@ -79,12 +88,41 @@ class MeshService:
         return ResourceKey(self.kind, self.namespace, self.name)
 
 
+class TrafficType(enum.StrEnum):
+    """The Gateway's `weft.dev/waypoint-for` label, with Istio's meaning: which bindings a
+    waypoint takes. A Service or Pod bound to a waypoint that does not take its kind of
+    traffic is not bound."""
+
+    SERVICE = "service"  # traffic addressed to a bound Service (the default)
+    WORKLOAD = "workload"  # traffic addressed to a bound pod's IP
+    ALL = "all"
+    NONE = "none"
+
+    @property
+    def serves_services(self) -> bool:
+        return self in (TrafficType.SERVICE, TrafficType.ALL)
+
+    @property
+    def serves_workloads(self) -> bool:
+        return self in (TrafficType.WORKLOAD, TrafficType.ALL)
+
+
 @dataclass(frozen=True)
 class Waypoint:
+    """A Gateway of class weft-waypoint: where bound traffic goes, and who the waypoint is.
+    Its replicas are the ready workloads labelled `gateway.networking.k8s.io/gateway-name:
+    <name>` in its namespace."""
+
     name: str
     namespace: str
-    addresses: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()  # the Gateway's addresses, else its Service's ClusterIP
+    traffic_type: TrafficType = TrafficType.SERVICE
+    identity: str = ""  # spiffe://<td>/ns/<namespace>/sa/<name>: what its replicas present
     kind = "Waypoint"
+
+    @property
+    def for_(self) -> TrafficType:
+        return self.traffic_type
 
     @property
     def key(self) -> ResourceKey:

