@@ -49,7 +49,7 @@ from meshcore.meshstate import (
 )
 from meshcore.ports import PortError, parse_port_list
 from meshcore.resources import Namespace, Pod, Resource, ResourceKey, Service
-from meshcore.resources.gateway import AddressType, Gateway
+from meshcore.resources.gateway import AddressType, Gateway, GRPCRoute, HTTPRoute, ParentKind
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
 
 log = structlog.get_logger("controller.meshbuilder")
@@ -218,6 +218,7 @@ class MeshBuilder:
         services_by_ns: dict[str, list[Service]] = {}
         state: dict[ResourceKey, StateValue] = {bundle.key: bundle}
         gateways: list[Gateway] = []
+        routes: list[HTTPRoute | GRPCRoute] = []
         problems: dict[ResourceKey, Problem] = {}
         for r in resources.values():
             if isinstance(r, Namespace):
@@ -232,6 +233,9 @@ class MeshBuilder:
                     self._report(problems, r.key, "spec.targetRefs", NO_ENFORCEMENT_POINT, False)
             elif isinstance(r, Gateway):
                 gateways.append(r)
+            elif isinstance(r, HTTPRoute | GRPCRoute):
+                state[r.key] = r  # as parsed: a waypoint routes with it
+                routes.append(r)
 
         waypoints: dict[str, Waypoint] = {}
         for gw in gateways:
@@ -262,6 +266,9 @@ class MeshBuilder:
                     state[mesh_svc.key] = mesh_svc
                 for err in refused:  # built unbound
                     self._report(problems, svc.key, err.field, err.reason, False)
+
+        for route in routes:
+            self._check_route_parents(problems, route, state)
 
         # A pod's binding depends on the waypoints too: a Gateway added, removed or retyped
         # (rare) rebuilds every workload.
@@ -356,6 +363,31 @@ class MeshBuilder:
                 keeps_last_good=keeps_last_good,
             )
         problems[resource] = problem
+
+    def _check_route_parents(
+        self,
+        problems: dict[ResourceKey, Problem],
+        route: HTTPRoute | GRPCRoute,
+        state: Mapping[ResourceKey, StateValue],
+    ) -> None:
+        """A GAMMA route takes effect in the waypoint of its parent Service: a parent that is
+        missing or bound to no waypoint is reported (the route still goes to the nodes, and
+        takes effect once the Service is bound)."""
+        for i, parent in enumerate(route.parent_refs):
+            if parent.kind is not ParentKind.SERVICE:
+                continue
+            svc = state.get(ResourceKey(MeshService.kind, parent.namespace, parent.name))
+            if isinstance(svc, MeshService) and svc.waypoint:
+                continue
+            where = f"{parent.namespace}/{parent.name}"
+            reason = (
+                f"no Service {where}: nothing for the route to attach to"
+                if svc is None
+                else f"no waypoint serves Service {where}: the route takes no effect for it "
+                f"until the Service or its namespace is labelled {USE_WAYPOINT_LABEL}=<gateway>"
+            )
+            self._report(problems, route.key, f"spec.parentRefs[{i}]", reason, False)
+            return  # one problem per resource
 
     def _service(
         self,

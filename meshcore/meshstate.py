@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meshcore.resources import ResourceKey
+from meshcore.resources.gateway import GRPCRoute, HTTPRoute
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
 
 DATAPLANE_MODE_LABEL = "weft.dev/dataplane-mode"
@@ -141,5 +142,12 @@ class TrustBundle:
 
 
 StateValue = (
-    Workload | MeshService | Waypoint | TrustBundle | AuthorizationPolicy | PeerAuthentication
+    Workload
+    | MeshService
+    | Waypoint
+    | TrustBundle
+    | AuthorizationPolicy
+    | PeerAuthentication
+    | HTTPRoute  # sent as parsed, for waypoints
+    | GRPCRoute
 )

@@ -11,6 +11,7 @@ import ipaddress
 from meshcore.api import mesh_pb2 as pb
 from meshcore.api.errors import ConversionError
 from meshcore.api.policy_convert import policy_from_proto, policy_to_proto
+from meshcore.api.route_convert import route_from_proto, route_to_proto
 from meshcore.meshstate import (
     MeshService,
     ServiceMembership,
@@ -21,7 +22,7 @@ from meshcore.meshstate import (
     Waypoint,
     Workload,
 )
-from meshcore.resources import ResourceKey
+from meshcore.resources import GRPCRoute, HTTPRoute, ResourceKey
 
 __all__ = ["ConversionError", "from_proto", "key_from_proto", "key_to_proto", "to_proto"]
 
@@ -89,6 +90,8 @@ def to_proto(value: StateValue) -> pb.Resource:
         out.trust_bundle.CopyFrom(
             pb.TrustBundle(trust_domain=value.trust_domain, roots_pem=list(value.roots_pem))
         )
+    elif isinstance(value, HTTPRoute | GRPCRoute):
+        route_to_proto(value, out)
     else:
         policy_to_proto(value, out)
     return out
@@ -164,6 +167,8 @@ def from_proto(msg: pb.Resource) -> StateValue:
         value = TrustBundle(msg.trust_bundle.trust_domain, tuple(msg.trust_bundle.roots_pem))
     elif body in ("authorization_policy", "peer_authentication"):
         value = policy_from_proto(msg)
+    elif body in ("http_route", "grpc_route"):
+        value = route_from_proto(msg)
     else:
         raise ConversionError(f"{what}: resource has no body")
     if value.key != key:
