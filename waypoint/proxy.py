@@ -1,0 +1,757 @@
+"""The waypoint's data path: HBONE in on 15008, HTTP/1.1 routed (or TCP passed through),
+HBONE out to the destination's ztunnel with the waypoint's own identity.
+
+How one CONNECT stream flows:
+
+1. TLS as a ztunnel's inbound side does it (ztunnel.listeners' bounded accept loop, this
+   module's `server_context`): we present the waypoint's certificate, the client presents
+   its workload's; only workload identities of our trust domain may open streams.
+2. The target must be a Service VIP (or, for workload waypoints, a pod IP) bound to this
+   waypoint; anything else is refused (404), so the waypoint is no open relay. The stream is
+   accepted (200) and joined by a `Relay` to a `BufferedEnd` the code below reads.
+3. The protocol is what the Service port declares, else what the first bytes show
+   (`waypoint.protocol`). HTTP/1.1 is served with h11 (`waypoint.h1`); anything else (h2c
+   and gRPC included, for now) is passed through as TCP: an endpoint is picked and the
+   client's stream is spliced to an outbound HBONE stream, byte for byte.
+4. Each request is decided by a `Router` (`waypoint.decision`), sent to a ready endpoint of
+   the backend Service over an HBONE stream to that endpoint's node (ztunnel's Pool, source
+   identity = the waypoint, destination identity = the endpoint's workload), kept alive for
+   the next requests of the same client connection to that endpoint. Malformed HTTP is a
+   400 and the end of that client connection only; a backend that cannot be reached, or
+   resets before its response is complete, is a 503 with the reason in the access log.
+
+The client's address comes from the inbound CONNECT's `forwarded` header, believed only where
+the peer's certificate vouches for it (ztunnel.admission's rule: a workload running as the
+peer identity on the node the connection came from); it goes on to the backend's ztunnel as
+`forwarded: for=<ip>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import h11
+import structlog
+
+from meshcore import hbone
+from meshcore.identity.certs import CertificateError
+from meshcore.identity.spiffe import IdentityError, SpiffeId
+from meshcore.meshstate import MeshService, ServicePort, Workload
+from waypoint import protocol, telemetry
+from waypoint.decision import Forward, Respond, Router, RouteRequest, ToService
+from waypoint.h1 import (
+    H1Channel,
+    H1Error,
+    decode_headers,
+    encode_headers,
+    header,
+    hop_headers_removed,
+)
+from waypoint.protocol import AppProtocol
+from waypoint.state import WaypointView
+from waypoint.streamio import BufferedEnd, EndClosed
+from waypoint.telemetry import Peer, RequestRecord
+from ztunnel import admission, metrics, tls
+from ztunnel.admission import ForwardedError
+from ztunnel.hbone_conn import HboneConnection, Stream, StreamClosed
+from ztunnel.identity import IdentityManager
+from ztunnel.pool import CONNECT_TIMEOUT, Pool, PoolKey
+from ztunnel.relay import End, Relay, SetupTasks, connect_leg
+
+log = structlog.get_logger("waypoint.proxy")
+
+T = TypeVar("T")
+Headers = tuple[tuple[str, str], ...]
+
+# An undeclared port whose client says nothing for this long is TCP (a server-first
+# protocol); Istio's protocolDetectionTimeout.
+SNIFF_TIMEOUT = 1.0
+# A client connection with no request for this long is closed (Envoy's idle_timeout is 1 h;
+# a waypoint holds a stream per connection, so shorter).
+IDLE_TIMEOUT = 300.0
+# Headers of a request, or a backend's response, must arrive within this (a slowloris bound)
+HEAD_TIMEOUT = 30.0
+# A backend's whole response (no route timeout yet: Gateway API's default is none)
+RESPONSE_TIMEOUT = 300.0
+# After our last response, how long the client has to close its side before it is reset
+CLOSE_GRACE = 5.0
+# A request body still unread when we answer early (a 503) is drained up to this, else
+# the client connection is closed
+MAX_DRAIN = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WaypointConfig:
+    namespace: str  # the Gateway's
+    name: str
+    trust_domain: str = "cluster.local"
+    sniff_timeout: float = SNIFF_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def identity(self) -> str:
+        """The waypoint's SPIFFE ID: its Gateway's name is its service account."""
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.name}"
+
+
+class BackendError(Exception):
+    """No response from a backend: `flags` is Envoy's response flag, the message the why."""
+
+    def __init__(self, message: str, flags: str) -> None:
+        super().__init__(message)
+        self.flags = flags
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who is on the other side of an inbound CONNECT."""
+
+    principal: str  # the peer certificate's SPIFFE ID
+    namespace: str
+    address: str  # the client pod's address if vouched for, else the peer's
+    workload: Workload | None  # the client workload, if vouched for
+
+
+@dataclass(frozen=True)
+class Destination:
+    """What an inbound CONNECT was addressed to."""
+
+    target: hbone.Target
+    service: MeshService | None  # a Service VIP bound to us
+    port: ServicePort | None
+    workload: Workload | None  # a pod IP bound to us (workload waypoints)
+
+
+class Backend:
+    """An HTTP/1.1 connection to one endpoint, over HBONE (or plain TCP for an endpoint
+    outside the mesh), kept alive between requests of one client connection."""
+
+    def __init__(self, host: str, end: BufferedEnd, relay: Relay, peer: Peer) -> None:
+        self.host = host  # ip:port
+        self.end = end
+        self.relay = relay
+        self.peer = peer
+        self.h1 = H1Channel(end, h11.CLIENT)
+
+    @property
+    def usable(self) -> bool:
+        return not (self.end.failed or self.end.at_eof or self.relay.done.done())
+
+    def close(self) -> None:
+        if not self.relay.done.done():
+            self.end.reset()
+
+
+class Waypoint:
+    def __init__(
+        self,
+        config: WaypointConfig,
+        view: WaypointView,
+        identities: IdentityManager,
+        pool: Pool,
+        router: Router | None = None,
+    ) -> None:
+        self.config = config
+        self.view = view
+        self.identities = identities
+        self.pool = pool
+        self.router: Router = router or ToService()
+        self._setups = SetupTasks("waypoint.failed_unexpectedly")
+        self._connections: set[HboneConnection] = set()
+
+    async def start(self) -> None:
+        """Fetch our own certificate (the listener needs it before the first handshake)."""
+        await self.identities.get(self.config.identity)
+
+    # --- TLS and HBONE ----------------------------------------------------------------
+
+    def server_context(self) -> ssl.SSLContext:
+        """The 15008 context: always our own certificate (the current one: renewals are
+        picked up by new handshakes), a client certificate required."""
+        base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        base.minimum_version = ssl.TLSVersion.TLSv1_3
+        base.set_alpn_protocols([hbone.ALPN])
+        base.verify_mode = ssl.CERT_REQUIRED
+
+        def pick(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+            ctx = self.identities.server_context_now(self.config.identity)
+            if ctx is None:
+                log.warning("waypoint.no_certificate", identity=self.config.identity)
+                return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+            sslobj.context = ctx
+            return None
+
+        base.sni_callback = pick
+        return base
+
+    def hbone_protocol(self) -> HboneConnection:
+        """The 15008 listener's protocol factory."""
+        return HboneConnection(hbone.HboneServer(), on_made=self._accepted)
+
+    def _accepted(self, conn: HboneConnection) -> None:
+        ssl_object = conn.peer_info("ssl_object")
+        assert isinstance(ssl_object, ssl.SSLObject) and conn.transport is not None
+        try:
+            peer = tls.peer_identity(ssl_object)
+        except (CertificateError, ValueError) as err:
+            log.warning("waypoint.bad_peer", reason=str(err))
+            conn.transport.close()
+            return
+        refusal = admission.peer_refusal(peer, self.config.trust_domain)
+        if refusal is not None:
+            log.warning("waypoint.bad_peer", peer=peer, reason=refusal)
+            conn.transport.close()
+            return
+        peername = conn.peer_info("peername")
+        peer_address = str(peername[0]) if isinstance(peername, tuple) else ""
+        conn.label = peer
+        self._connections.add(conn)
+
+        def on_connect(stream: Stream, target: hbone.Target, headers: dict[str, str]) -> None:
+            def reset() -> None:
+                stream.abort()
+                stream.conn.proto.reset(stream.id)
+                stream.conn.forget(stream)
+
+            self._setups.spawn(
+                self._stream(stream, target, headers, peer, peer_address),
+                reset,
+                target=str(target),
+            )
+
+        conn.on_connect = on_connect
+        conn.start()
+        task = asyncio.ensure_future(conn.closed.wait())
+        task.add_done_callback(lambda _t: self._connections.discard(conn))
+
+    def stats(self) -> list[dict[str, object]]:
+        return [{"peer": c.label, "streams": len(c.streams)} for c in self._connections]
+
+    # --- one CONNECT stream --------------------------------------------------------------
+
+    def client_of(self, peer: str, peer_address: str, forwarded: str | None) -> Client:
+        """The client: its certified identity, and its address where the peer vouches
+        for it (else the peer's own address)."""
+        try:
+            namespace = SpiffeId.parse(peer).namespace or ""
+        except IdentityError:
+            namespace = ""
+        if forwarded is not None:
+            try:
+                claimed = admission.parse_forwarded(forwarded)
+            except ForwardedError:
+                claimed = ""
+            if claimed:
+                vouched = admission.vouched_source(self.view.mesh, claimed, peer, peer_address)
+                if vouched is not None:
+                    return Client(peer, namespace, claimed, vouched)
+                log.info(
+                    "waypoint.forwarded_untrusted",
+                    source_principal=peer,
+                    peer_address=peer_address,
+                    forwarded=forwarded[:100],
+                )
+        return Client(peer, namespace, peer_address, None)
+
+    def destination_of(self, target: hbone.Target) -> Destination | None:
+        service = self.view.bound_service(target.ip)
+        if service is not None:
+            port = self.view.port(service, target.port)
+            return None if port is None else Destination(target, service, port, None)
+        workload = self.view.bound_workload(target.ip)
+        if workload is not None:
+            return Destination(target, None, None, workload)
+        return None
+
+    async def _stream(
+        self,
+        stream: Stream,
+        target: hbone.Target,
+        headers: dict[str, str],
+        peer: str,
+        peer_address: str,
+    ) -> None:
+        proto = stream.conn.proto
+        assert isinstance(proto, hbone.HboneServer)
+        dest = self.destination_of(target)
+        if dest is None:
+            log.info("waypoint.unknown_destination", target=str(target), source_principal=peer)
+            if proto.refuse(stream.id, 404, "not a destination of this waypoint"):
+                stream.conn.flush()
+            stream.conn.forget(stream)
+            return
+        client = self.client_of(peer, peer_address, headers.get("forwarded"))
+        if not proto.accept(stream.id):
+            stream.conn.forget(stream)
+            return
+        stream.conn.flush()
+        end = BufferedEnd("client")
+        relay = Relay(stream, end)
+        relay.start()
+        try:
+            app = await self._protocol_of(dest, end)
+            if app is AppProtocol.HTTP1:
+                await self._serve_http(end, client, dest)
+            else:
+                await self._passthrough(stream, end, client, dest, app)
+        finally:
+            if not relay.done.done():
+                end.write_eof()
+                try:
+                    await asyncio.wait_for(asyncio.shield(relay.done), CLOSE_GRACE)
+                except TimeoutError:
+                    end.reset()
+
+    async def _protocol_of(self, dest: Destination, end: BufferedEnd) -> AppProtocol:
+        declared = protocol.declared(dest.port)
+        if declared is not None:
+            return declared
+        prefix = b""
+        deadline = asyncio.get_running_loop().time() + self.config.sniff_timeout
+        try:
+            while (found := protocol.sniff(prefix)) is None:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise TimeoutError
+                chunk = await asyncio.wait_for(end.read(), left)
+                if not chunk:
+                    found = protocol.sniff(prefix, final=True)
+                    break
+                prefix += chunk
+        except TimeoutError:
+            found = protocol.sniff(prefix, final=True)
+        except EndClosed:
+            found = AppProtocol.TCP
+        end.unread(prefix)
+        assert found is not None
+        return found
+
+    # --- TCP passthrough ----------------------------------------------------------------
+
+    async def _passthrough(
+        self,
+        stream: Stream,
+        end: BufferedEnd,
+        client: Client,
+        dest: Destination,
+        app: AppProtocol,
+    ) -> None:
+        started = time.monotonic()
+        candidates = self._candidates(dest)
+        target = str(dest.target)
+        service_host = dest.service.hostname if dest.service else ""
+        labels = metrics.ConnectionLabels(
+            telemetry.REPORTER,
+            client.workload,
+            client.principal,
+            None,
+            service_host,
+            "",
+            "mutual_tls",
+        )
+        for workload, port in candidates:
+            host = f"{workload.addresses[0]}:{port}"
+            try:
+                outbound = await self._open(workload, port, client)
+            except BackendError as err:
+                log.info("waypoint.endpoint_failed", endpoint=host, error=str(err))
+                continue
+            labels = metrics.ConnectionLabels(
+                telemetry.REPORTER,
+                client.workload,
+                client.principal,
+                workload,
+                service_host,
+                workload.identity if workload.enrolled else "",
+                "mutual_tls",
+            )
+            metrics.opened(labels)
+            second = end.splice(outbound)
+            await asyncio.gather(second.done, end.relay.done if end.relay else second.done)
+            # sent: to the destination (what the client stream received); received: back
+            metrics.closed(labels, stream.received, stream.sent)
+            log.info(
+                "connection.closed",
+                reporter=telemetry.REPORTER,
+                protocol=app.value,
+                source_principal=client.principal,
+                source_address=client.address,
+                destination=target,
+                destination_workload=workload.name,
+                destination_principal=workload.identity,
+                upstream_host=host,
+                sent=stream.received,
+                received=stream.sent,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+            return
+        metrics.opened(labels)
+        metrics.closed(labels, 0, 0, telemetry.NO_HEALTHY_UPSTREAM)
+        log.warning(
+            "connection.failed",
+            reporter=telemetry.REPORTER,
+            protocol=app.value,
+            source_principal=client.principal,
+            destination=target,
+            reason="no endpoint reachable" if candidates else "no ready endpoint",
+        )
+        end.reset()
+
+    def _candidates(self, dest: Destination) -> list[tuple[Workload, int]]:
+        if dest.service is not None and dest.port is not None:
+            return self.view.endpoints(dest.service, dest.port.port)
+        if dest.workload is not None and dest.workload.ready:
+            return [(dest.workload, dest.target.port)]
+        return []
+
+    async def _open(self, workload: Workload, port: int, client: Client) -> End:
+        """A relay end to one endpoint: an HBONE stream to its node's ztunnel, as the
+        waypoint (or a TCP connection, for an endpoint outside the mesh)."""
+        ip = workload.addresses[0]
+        if not workload.enrolled:
+            try:
+                return await asyncio.wait_for(connect_leg(ip, port), CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as err:
+                raise BackendError(f"connect {ip}:{port}: {err or 'timed out'}", "UF") from None
+        key = PoolKey(self.config.identity, workload.node_address, workload.identity)
+        try:
+            conn = await self.pool.get(key)
+        except (OSError, TimeoutError, ssl.SSLError) as err:
+            raise BackendError(
+                f"HBONE to {workload.node_address}: {err or type(err).__name__}",
+                telemetry.UPSTREAM_FAILURE,
+            ) from None
+        stream = conn.open(hbone.Target(ip, port), {"forwarded": f"for={client.address}"})
+        try:
+            response = await asyncio.wait_for(stream.response, CONNECT_TIMEOUT)
+        except (TimeoutError, StreamClosed) as err:
+            conn.forget(stream)
+            raise BackendError(
+                f"CONNECT {ip}:{port}: {err or 'timed out'}", telemetry.UPSTREAM_FAILURE
+            ) from None
+        if response.status != 200:
+            conn.forget(stream)
+            reason = response.headers.get("weft-reason", "")
+            raise BackendError(
+                f"CONNECT {ip}:{port}: {response.status} {reason}".strip(),
+                telemetry.UPSTREAM_FAILURE,
+            )
+        return stream
+
+    # --- HTTP/1.1 -----------------------------------------------------------------------
+
+    async def _serve_http(self, end: BufferedEnd, client: Client, dest: Destination) -> None:
+        server = H1Channel(end, h11.SERVER)
+        backends: dict[str, Backend] = {}
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(server.next_event(), self.config.idle_timeout)
+                except TimeoutError:
+                    log.info("waypoint.idle_closed", source_principal=client.principal)
+                    return
+                except H1Error as err:
+                    await self._bad_request(server, client, err)
+                    return
+                except EndClosed:
+                    return
+                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return
+                assert isinstance(event, h11.Request), event
+                keep = await self._request(server, event, client, dest, backends)
+                if not keep or not server.reusable():
+                    return
+        finally:
+            for backend in backends.values():
+                backend.close()
+
+    async def _bad_request(self, server: H1Channel, client: Client, err: H1Error) -> None:
+        """Malformed HTTP: a 400 (if a response can still start) and this connection ends."""
+        record = RequestRecord("", "", "", Peer(client.workload, client.principal), client.address)
+        record.response_code = err.status
+        record.response_flags = telemetry.DOWNSTREAM_PROTOCOL_ERROR
+        record.reason = str(err)
+        if server.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            with contextlib.suppress(EndClosed, h11.LocalProtocolError):
+                await self._respond(server, err.status, (("connection", "close"),), b"")
+        record.done(0.0)
+
+    async def _respond(self, server: H1Channel, status: int, headers: Headers, body: bytes) -> int:
+        """A response made here; the body bytes sent."""
+        all_headers = (*headers, ("content-length", str(len(body))))
+        await server.send(h11.Response(status_code=status, headers=encode_headers(all_headers)))
+        if body:
+            await server.send(h11.Data(data=body))
+        await server.send(h11.EndOfMessage())
+        return len(body)
+
+    async def _request(
+        self,
+        server: H1Channel,
+        request: h11.Request,
+        client: Client,
+        dest: Destination,
+        backends: dict[str, Backend],
+    ) -> bool:
+        """Handle one request; whether the client connection may carry another."""
+        started = time.monotonic()
+        headers = decode_headers(request.headers)
+        method = request.method.decode("latin-1")
+        path = request.target.decode("latin-1")
+        host = header(headers, "host") or ""
+        record = RequestRecord(
+            method,
+            path,
+            host,
+            Peer(client.workload, client.principal),
+            client.address,
+            trace_id=telemetry.trace_id(header(headers, "traceparent")),
+            user_agent=header(headers, "user-agent") or "",
+            request_id=header(headers, "x-request-id") or "",
+        )
+        if server.conn.they_are_waiting_for_100_continue:
+            await server.send(h11.InformationalResponse(status_code=100, headers=[]))
+        try:
+            return await self._forward_request(
+                server, request, headers, client, dest, record, backends
+            )
+        except EndClosed:
+            record.response_flags = telemetry.DOWNSTREAM_RESET
+            record.reason = record.reason or "the client's stream was reset"
+            return False
+        except H1Error as err:  # the request body was malformed
+            record.response_code = record.response_code or err.status
+            record.response_flags = telemetry.DOWNSTREAM_PROTOCOL_ERROR
+            record.reason = str(err)
+            if server.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                with contextlib.suppress(EndClosed, h11.LocalProtocolError):
+                    await self._respond(server, err.status, (("connection", "close"),), b"")
+            return False
+        finally:
+            record.done((time.monotonic() - started) * 1000)
+
+    async def _forward_request(
+        self,
+        server: H1Channel,
+        request: h11.Request,
+        headers: Headers,
+        client: Client,
+        dest: Destination,
+        record: RequestRecord,
+        backends: dict[str, Backend],
+    ) -> bool:
+        without_host = tuple((n, v) for n, v in headers if n != "host")
+        decision: Forward | Respond
+        if dest.service is not None and dest.port is not None:
+            route_request = RouteRequest(
+                record.method, record.path, without_host, record.authority, client.namespace
+            )
+            decision = self.router.decide(dest.service, dest.port.port, route_request)
+        else:  # a pod addressed directly (workload waypoint): no routes, as it came
+            decision = Forward(
+                "", "", dest.target.port, record.path, record.authority, without_host
+            )
+        if isinstance(decision, Respond):
+            record.response_flags = telemetry.NO_ROUTE if decision.status == 404 else "-"
+            record.reason = decision.reason
+            return await self._answer_here(server, decision.status, decision.headers, record)
+        candidates = self._backend_candidates(decision, dest, record)
+        try:
+            backend = await self._backend_for(candidates, client, backends)
+        except BackendError as err:
+            record.response_flags = err.flags
+            record.reason = str(err)
+            return await self._answer_here(server, 503, (), record)
+        record.upstream_host = backend.host
+        record.destination = backend.peer
+        out = h11.Request(
+            method=request.method,
+            target=decision.path.encode("latin-1"),
+            headers=encode_headers(
+                (("host", decision.host), *hop_headers_removed(decision.request_headers))
+            ),
+        )
+        try:
+            await self._send_request(server, backend, out, record)
+            response = await self._response_head(backend)
+        except BackendError as err:
+            self._drop(backend, backends)
+            record.response_flags = err.flags
+            record.reason = str(err)
+            return await self._answer_here(server, 503, (), record)
+        response_headers = hop_headers_removed(decode_headers(response.headers))
+        if decision.response_headers_remove or decision.response_headers_set:
+            drop = {
+                *decision.response_headers_remove,
+                *(n for n, _ in decision.response_headers_set),
+            }
+            response_headers = (
+                *((n, v) for n, v in response_headers if n not in drop),
+                *decision.response_headers_set,
+            )
+        record.response_code = response.status_code
+        await server.send(
+            h11.Response(
+                status_code=response.status_code,
+                headers=encode_headers(response_headers),
+                reason=response.reason,
+            )
+        )
+        try:
+            await self._relay_response_body(server, backend, record)
+        except BackendError as err:  # the response started: all we can do is reset
+            self._drop(backend, backends)
+            record.response_flags = err.flags
+            record.reason = str(err)
+            server.end.reset()
+            return False
+        if backend.h1.reusable() and backend.usable:
+            backends[backend.host] = backend
+        else:
+            self._drop(backend, backends)
+        return True
+
+    def _backend_candidates(
+        self, decision: Forward, dest: Destination, record: RequestRecord
+    ) -> list[tuple[Workload, int]]:
+        """Ready endpoints of the backend the decision names, in random order."""
+        if not decision.backend_name:  # the pod itself
+            return self._candidates(dest)
+        service = self.view.service(decision.backend_namespace, decision.backend_name)
+        if service is None:
+            return []
+        record.destination_service = service.hostname
+        record.destination_service_name = service.name
+        record.destination_service_namespace = service.namespace
+        return self.view.endpoints(service, decision.backend_port)
+
+    async def _backend_for(
+        self, candidates: list[tuple[Workload, int]], client: Client, backends: dict[str, Backend]
+    ) -> Backend:
+        """A kept-alive connection to the first candidate, else a new one (trying the next
+        candidate when one cannot be reached)."""
+        if not candidates:
+            raise BackendError("no ready endpoint", telemetry.NO_HEALTHY_UPSTREAM)
+        last: BackendError | None = None
+        for workload, port in candidates:
+            host = f"{workload.addresses[0]}:{port}"
+            kept = backends.pop(host, None)
+            if kept is not None:
+                if kept.usable:
+                    return kept
+                kept.close()
+            try:
+                end = await self._open(workload, port, client)
+            except BackendError as err:
+                log.info("waypoint.endpoint_failed", endpoint=host, error=str(err))
+                last = err
+                continue
+            buffered = BufferedEnd("backend")
+            relay = Relay(end, buffered)
+            relay.start()
+            principal = workload.identity if workload.enrolled else ""
+            return Backend(host, buffered, relay, Peer(workload, principal))
+        assert last is not None
+        raise last
+
+    @staticmethod
+    def _drop(backend: Backend, backends: dict[str, Backend]) -> None:
+        if backends.get(backend.host) is backend:
+            del backends[backend.host]
+        backend.close()
+
+    async def _send_request(
+        self, server: H1Channel, backend: Backend, request: h11.Request, record: RequestRecord
+    ) -> None:
+        """The request head, then its body as it arrives (client errors propagate as they
+        are; a backend failing meanwhile is a BackendError, with the body left unread)."""
+        await _from_backend(backend.h1.send(request), "sending the request")
+        while server.conn.their_state is h11.SEND_BODY:
+            event = await asyncio.wait_for(server.next_event(), HEAD_TIMEOUT)
+            if isinstance(event, h11.Data):
+                record.request_bytes += len(event.data)
+                await _from_backend(backend.h1.send(h11.Data(data=event.data)), "request body")
+            elif isinstance(event, h11.EndOfMessage):
+                await _from_backend(backend.h1.send(h11.EndOfMessage()), "request end")
+
+    async def _response_head(self, backend: Backend) -> h11.Response:
+        while True:
+            event = await _from_backend(
+                asyncio.wait_for(backend.h1.next_event(), RESPONSE_TIMEOUT), "response"
+            )
+            if isinstance(event, h11.Response):
+                return event
+            if isinstance(event, h11.InformationalResponse):
+                continue  # 100 Continue was ours to send; others are not passed on
+            raise BackendError(
+                "the backend closed the connection before responding", telemetry.UPSTREAM_RESET
+            )
+
+    async def _relay_response_body(
+        self, server: H1Channel, backend: Backend, record: RequestRecord
+    ) -> None:
+        while True:
+            event = await _from_backend(
+                asyncio.wait_for(backend.h1.next_event(), RESPONSE_TIMEOUT), "response body"
+            )
+            if isinstance(event, h11.Data):
+                record.response_bytes += len(event.data)
+                await server.send(h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await server.send(h11.EndOfMessage())
+                return
+            else:
+                raise BackendError("the backend closed mid-response", telemetry.UPSTREAM_RESET)
+
+    async def _answer_here(
+        self,
+        server: H1Channel,
+        status: int,
+        headers: Headers,
+        record: RequestRecord,
+    ) -> bool:
+        """Answer without a backend; the request body is read and dropped first (up to
+        MAX_DRAIN, else the connection closes after the answer)."""
+        keep = await self._drain_body(server, record)
+        extra: Headers = () if keep else (("connection", "close"),)
+        body = f"{status} {record.reason}\n".encode() if status >= 400 else b""
+        record.response_code = status
+        record.response_bytes = await self._respond(server, status, (*headers, *extra), body)
+        return keep
+
+    async def _drain_body(self, server: H1Channel, record: RequestRecord) -> bool:
+        drained = 0
+        while server.conn.their_state is h11.SEND_BODY:
+            event = await asyncio.wait_for(server.next_event(), HEAD_TIMEOUT)
+            if isinstance(event, h11.Data):
+                drained += len(event.data)
+                record.request_bytes += len(event.data)
+                if drained > MAX_DRAIN:
+                    return False
+        return True
+
+
+async def _from_backend(step: Awaitable[T], what: str) -> T:
+    """A step talking to a backend; its failures become a BackendError (503 material)."""
+    try:
+        return await step
+    except EndClosed:
+        raise BackendError(
+            f"{what}: the backend reset the stream", telemetry.UPSTREAM_RESET
+        ) from None
+    except H1Error as err:
+        raise BackendError(
+            f"{what}: bad HTTP from the backend: {err}", telemetry.UPSTREAM_RESET
+        ) from None
+    except TimeoutError:
+        raise BackendError(f"{what}: timed out", telemetry.UPSTREAM_RESET) from None

@@ -1,0 +1,174 @@
+"""Istio's L7 metrics, reporter="waypoint", with Istio's names, labels and buckets, and one
+access-log line per request. TCP passthrough is counted with ztunnel.metrics (Istio's TCP
+metrics), with reporter="waypoint".
+
+Trace context is read, never changed: `traceparent`, `tracestate` and `baggage` go to the
+backend as they came; the trace id in the access log is the one `traceparent` carries.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import structlog
+from prometheus_client import Counter, Histogram
+
+from meshcore.meshstate import Workload
+
+log = structlog.get_logger("waypoint.access")
+
+REPORTER = "waypoint"
+CLUSTER = "Kubernetes"  # Istio's default cluster id
+
+LABELS = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+)
+# Istio's default buckets (ms; bytes)
+DURATION_BUCKETS = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+    600000, 1800000, 3600000,
+)  # fmt: skip
+SIZE_BUCKETS = tuple(float(10**i) for i in range(10))
+
+REQUESTS = Counter("istio_requests", "Requests handled.", LABELS)
+DURATION = Histogram(
+    "istio_request_duration_milliseconds", "Request duration.", LABELS, buckets=DURATION_BUCKETS
+)
+REQUEST_BYTES = Histogram("istio_request_bytes", "Request sizes.", LABELS, buckets=SIZE_BUCKETS)
+RESPONSE_BYTES = Histogram("istio_response_bytes", "Response sizes.", LABELS, buckets=SIZE_BUCKETS)
+
+# Envoy's response flags, the ones a waypoint sets
+NO_ROUTE = "NR"
+UPSTREAM_FAILURE = "UF"  # could not connect (or the CONNECT was refused)
+UPSTREAM_RESET = "UR"  # reset (or closed) before a full response
+NO_HEALTHY_UPSTREAM = "UH"
+DOWNSTREAM_PROTOCOL_ERROR = "DPE"
+DOWNSTREAM_RESET = "DC"  # the client went away before the response was done
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One side of a request for the labels: a workload if known, and the principal."""
+
+    workload: Workload | None
+    principal: str
+
+    def labels(self, side: str) -> dict[str, str]:
+        w = self.workload
+        return {
+            f"{side}_workload": (w.workload_name or w.name) if w else "unknown",
+            f"{side}_workload_namespace": w.namespace if w else "unknown",
+            f"{side}_principal": self.principal or "unknown",
+            f"{side}_app": (w.labels.get("app") or w.labels.get("app.kubernetes.io/name", ""))
+            if w
+            else "",
+            f"{side}_version": (
+                w.labels.get("version") or w.labels.get("app.kubernetes.io/version", "")
+            )
+            if w
+            else "",
+            f"{side}_cluster": CLUSTER,
+        }
+
+
+@dataclass
+class RequestRecord:
+    """What one request did, filled in as it goes, then `done()`."""
+
+    method: str
+    path: str
+    authority: str
+    source: Peer
+    source_address: str
+    protocol: str = "http"
+    destination: Peer = Peer(None, "")
+    destination_service: str = ""  # FQDN of the Service the request went to
+    destination_service_name: str = ""
+    destination_service_namespace: str = ""
+    upstream_host: str = ""  # endpoint ip:port
+    response_code: int = 0
+    response_flags: str = "-"
+    reason: str = ""  # why it failed, when it did
+    request_bytes: int = 0  # body bytes
+    response_bytes: int = 0
+    trace_id: str = ""
+    user_agent: str = ""
+    request_id: str = ""
+
+    def labels(self) -> dict[str, str]:
+        return {
+            "reporter": REPORTER,
+            **self.source.labels("source"),
+            **self.destination.labels("destination"),
+            "destination_service": self.destination_service or "unknown",
+            "destination_service_name": self.destination_service_name or "unknown",
+            "destination_service_namespace": self.destination_service_namespace or "unknown",
+            "request_protocol": self.protocol,
+            "response_code": str(self.response_code),
+            "grpc_response_status": "",
+            "response_flags": self.response_flags,
+            "connection_security_policy": "mutual_tls",
+        }
+
+    def done(self, duration_ms: float) -> None:
+        labels = self.labels()
+        REQUESTS.labels(**labels).inc()
+        DURATION.labels(**labels).observe(duration_ms)
+        REQUEST_BYTES.labels(**labels).observe(self.request_bytes)
+        RESPONSE_BYTES.labels(**labels).observe(self.response_bytes)
+        log.info(
+            "request.completed",
+            reporter=REPORTER,
+            method=self.method,
+            path=self.path,
+            authority=self.authority,
+            protocol=self.protocol,
+            response_code=self.response_code,
+            response_flags=self.response_flags,
+            reason=self.reason or None,
+            duration_ms=round(duration_ms, 3),
+            bytes_received=self.request_bytes,
+            bytes_sent=self.response_bytes,
+            upstream_host=self.upstream_host or None,
+            destination_service=self.destination_service or None,
+            source_address=self.source_address,
+            source_principal=self.source.principal or None,
+            destination_principal=self.destination.principal or None,
+            trace_id=self.trace_id or None,
+            user_agent=self.user_agent or None,
+            request_id=self.request_id or None,
+        )
+
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id(traceparent: str | None) -> str:
+    """The trace id of a W3C `traceparent` ("" if absent, malformed or all zeros)."""
+    if not traceparent:
+        return ""
+    match = _TRACEPARENT.fullmatch(traceparent.strip().lower())
+    if match is None or match.group(1) == "0" * 32 or traceparent.startswith("ff"):
+        return ""
+    return match.group(1)
