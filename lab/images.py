@@ -1,16 +1,26 @@
-"""Sample-app images: what a container with `image:` and no `command:` runs in the lab."""
+"""Images the lab knows: what a container with `image:` and no `command:` runs in the lab.
+
+The sample apps, and `weft/waypoint` (the mesh's L7 proxy, `python -m waypoint run`), which
+the controller's deployer puts in the Deployment it makes for a waypoint Gateway.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+
+WAYPOINT_IMAGE = "weft/waypoint"
 
 # image (without registry tag) -> python module of the sample app
 SAMPLE_APPS = {
     "weft/http-echo": "sample_apps.http_echo",
     "weft/tcp-echo": "sample_apps.tcp_echo",
     "weft/load-client": "sample_apps.load_client",
+    WAYPOINT_IMAGE: "waypoint",
 }
+# image -> what comes between the module and the container's args
+_SUBCOMMANDS = {WAYPOINT_IMAGE: ("run",)}
 
 
 def image_name(image: str) -> str:
@@ -46,5 +56,17 @@ def container_argv(image: str, command: tuple[str, ...], args: tuple[str, ...]) 
     """The argv a container runs: its command, else its image's sample app, plus args."""
     if command:
         return [*command, *args]
-    module = SAMPLE_APPS[image_name(image)]
-    return [sys.executable, "-m", module, *args]
+    name = image_name(image)
+    module = SAMPLE_APPS[name]
+    if name == WAYPOINT_IMAGE and not _has_main(module):
+        # Until `python -m waypoint` exists, a stand-in holds the waypoint's HBONE port
+        # open (a TCP echo), so the pod becomes ready and the control plane can be tried.
+        return [sys.executable, "-m", "sample_apps.tcp_echo", "--port", "15008"]
+    return [sys.executable, "-m", module, *_SUBCOMMANDS.get(name, ()), *args]
+
+
+def _has_main(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(f"{module}.__main__") is not None
+    except ModuleNotFoundError:
+        return False

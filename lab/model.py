@@ -382,7 +382,7 @@ class ClusterModel:
                 for i, c in enumerate(spec.containers):
                     if not c.command and not is_known(c.image):
                         err(
-                            f"image {c.image!r} is not a lab sample app "
+                            f"image {c.image!r} is not a lab image "
                             f"({', '.join(sorted(SAMPLE_APPS))}); give a command to run "
                             "another program",
                             f"{path}.containers[{i}].image",
