@@ -36,7 +36,8 @@ Public API
   (12 UNIMPLEMENTED for no match, 14 UNAVAILABLE for no usable backend) and the waypoint
   answers HTTP 200 trailers-only with that grpc-status; `status` is the HTTP equivalent.
 - `Problem`s (route, field path, condition, reason, message) for the controller's route
-  status: a regex RE2 refuses (the rule is left out: PartiallyInvalid), an ExtensionRef
+  status: a regex RE2 refuses (the rule is left out: PartiallyInvalid; a route left with no
+  rule does not attach at all, as a route that is not Accepted), an ExtensionRef
   filter (weft defines none: requests through it get 500, as the spec requires), a backend
   or mirror that does not resolve (its weight share gets 500; a mirror is dropped).
 
@@ -74,8 +75,9 @@ conformance tests):
 - Weighted backends: picked by weight with `rand`; weight 0 never; all 0 (or no backends
   and no redirect): 500; a backend that does not resolve keeps its share, which gets 500.
 - GRPCRoute: `:path` is `/<service>/<method>`; method matches Exact or RegularExpression on
-  service and/or method (empty: any); precedence: longest exact service, longest exact
-  method (a regex counts as 0 characters), most header matches, route name, rule order.
+  service and/or method (empty: any); precedence: the service match (exact, by length,
+  before a regex, by pattern length, before none), then the method match likewise, then
+  most header matches, then route namespace/name, rule order.
   Filters: header modifiers, mirror. When an HTTPRoute and a GRPCRoute both attach to one
   Service port, the GRPCRoute table wins (GEP-1294); that choice is the caller's.
 """
@@ -694,7 +696,7 @@ def _compile_grpc_rule(
     for mi, m in enumerate(rule.matches or (GRPCRouteMatch(),)):
         mpath = f"{path}.matches[{mi}]"
         service = method = None
-        service_chars = method_chars = 0
+        rank = {"service": (0, 0), "method": (0, 0)}  # (exact 2 / regex 1 / any 0, chars)
         if m.method is not None:
             regex = m.method.type is MatchType.REGULAR_EXPRESSION
             for part, value in (("service", m.method.service), ("method", m.method.method)):
@@ -705,12 +707,10 @@ def _compile_grpc_rule(
                     if pattern is None:
                         return []
                     vm = _ValueMatch(part, None, pattern)
+                    rank[part] = (1, len(value))
                 else:
                     vm = _ValueMatch(part, value, None)
-                    if part == "service":
-                        service_chars = len(value)
-                    else:
-                        method_chars = len(value)
+                    rank[part] = (2, len(value))
                 if part == "service":
                     service = vm
                 else:
@@ -718,7 +718,8 @@ def _compile_grpc_rule(
         headers = b.value_matches(m.headers, f"{mpath}.headers", fold=True)
         if headers is None:
             return []
-        sort_key = (-service_chars, -method_chars, -len(headers), order, ri, mi)
+        (s_kind, s_len), (m_kind, m_len) = rank["service"], rank["method"]
+        sort_key = (-s_kind, -s_len, -m_kind, -m_len, -len(headers), order, ri, mi)
         out.append(_GRPCMatch(sort_key, service, method, headers, compiled_rule))
     return out
 
