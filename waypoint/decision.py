@@ -1,63 +1,56 @@
-"""Where a request goes: the seam between the proxy and route matching.
+"""Where a request goes: the proxy's seam onto `waypoint.routing` (pure route matching).
 
-The proxy asks a `Router` about each request and gets a `Forward` (to a backend Service, with
-the path, host and headers to send) or a `Respond` (answer here: a redirect, a 404 for a
-routed port no rule matches, a 500 for a missing backend). `waypoint.routing` (HTTPRoute
-matching, written apart) is meant to sit behind this seam; until it is wired in,
-`ToService` forwards every request to the Service it was addressed to, unchanged, which is
-what a Service without routes gets anyway.
+`RouteTables` keeps one compiled `routing.RouteTable` per Service port, built from the
+view's HTTPRoutes when first asked for and dropped whenever the view changes, and answers
+`decide()` with routing's `Forward` (a backend Service port, the path, Host and headers to
+send) or `Respond` (answer here). A Service port no route attaches to gets a `Forward` to
+itself, unchanged (routing's own passthrough).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from collections.abc import Callable
 from typing import Protocol
 
-from meshcore.meshstate import MeshService
-
-Headers = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class RouteRequest:
-    """What routing may look at (the shape of waypoint.routing's Request)."""
-
-    method: str
-    path: str
-    headers: Headers  # lowercased names, in order
-    host: str
-    client_namespace: str
-
-
-@dataclass(frozen=True)
-class Forward:
-    backend_namespace: str
-    backend_name: str
-    backend_port: int
-    path: str
-    host: str
-    request_headers: Headers  # to send, as they are (host excluded)
-    response_headers_set: Headers = ()
-    response_headers_remove: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Respond:
-    status: int
-    headers: Headers = ()
-    reason: str = ""  # for the access log
+from meshcore.meshstate import MeshService, ServicePort
+from waypoint import routing
+from waypoint.state import WaypointView
 
 
 class Router(Protocol):
     def decide(
-        self, service: MeshService, port: int, request: RouteRequest
-    ) -> Forward | Respond: ...
+        self, service: MeshService, port: ServicePort, request: routing.Request
+    ) -> routing.Forward | routing.Respond: ...
 
 
-class ToService:
-    """No routes: every request goes to the Service it was addressed to, as it came."""
+class RouteTables:
+    def __init__(self, view: WaypointView, rand: Callable[[], float] = random.random) -> None:
+        self.view = view
+        self.rand = rand
+        self._tables: dict[tuple[str, str, int], routing.RouteTable] = {}
+        view.on_update.append(self._tables.clear)
 
-    def decide(self, service: MeshService, port: int, request: RouteRequest) -> Forward | Respond:
-        return Forward(
-            service.namespace, service.name, port, request.path, request.host, request.headers
-        )
+    def table(self, service: MeshService, port: ServicePort) -> routing.RouteTable:
+        key = (service.namespace, service.name, port.port)
+        table = self._tables.get(key)
+        if table is None:
+            table = routing.build_table(
+                self.view.http_routes,
+                service_namespace=service.namespace,
+                service_name=service.name,
+                port=port.port,
+                known_service=self._known,
+                port_name=port.name,
+            )
+            self._tables[key] = table
+        return table
+
+    def decide(
+        self, service: MeshService, port: ServicePort, request: routing.Request
+    ) -> routing.Forward | routing.Respond:
+        return routing.route(self.table(service, port), request, self.rand)
+
+    def _known(self, namespace: str, name: str, port: int) -> bool:
+        service = self.view.service(namespace, name)
+        return service is not None and self.view.port(service, port) is not None

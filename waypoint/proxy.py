@@ -13,12 +13,14 @@ How one CONNECT stream flows:
    (`waypoint.protocol`). HTTP/1.1 is served with h11 (`waypoint.h1`); anything else (h2c
    and gRPC included, for now) is passed through as TCP: an endpoint is picked and the
    client's stream is spliced to an outbound HBONE stream, byte for byte.
-4. Each request is decided by a `Router` (`waypoint.decision`), sent to a ready endpoint of
-   the backend Service over an HBONE stream to that endpoint's node (ztunnel's Pool, source
-   identity = the waypoint, destination identity = the endpoint's workload), kept alive for
-   the next requests of the same client connection to that endpoint. Malformed HTTP is a
-   400 and the end of that client connection only; a backend that cannot be reached, or
-   resets before its response is complete, is a 503 with the reason in the access log.
+4. Each request is decided by the HTTPRoutes of its Service port (`waypoint.routing`,
+   through `waypoint.decision`): answered here (redirect, 404, 500), or sent to a ready
+   endpoint of the backend Service it names, over an HBONE stream to that endpoint's node
+   (ztunnel's Pool: source identity = the waypoint, destination identity = the endpoint's
+   workload), kept alive for the next requests of the same client connection to that
+   endpoint. Malformed HTTP is a 400 and the end of that client connection only; a backend
+   that cannot be reached, or resets before its response is complete, is a 503 with the
+   reason in the access log.
 
 The client's address comes from the inbound CONNECT's `forwarded` header, believed only where
 the peer's certificate vouches for it (ztunnel.admission's rule: a workload running as the
@@ -43,8 +45,8 @@ from meshcore import hbone
 from meshcore.identity.certs import CertificateError
 from meshcore.identity.spiffe import IdentityError, SpiffeId
 from meshcore.meshstate import MeshService, ServicePort, Workload
-from waypoint import protocol, telemetry
-from waypoint.decision import Forward, Respond, Router, RouteRequest, ToService
+from waypoint import protocol, routing, telemetry
+from waypoint.decision import Router, RouteTables
 from waypoint.h1 import (
     H1Channel,
     H1Error,
@@ -165,7 +167,7 @@ class Waypoint:
         self.view = view
         self.identities = identities
         self.pool = pool
-        self.router: Router = router or ToService()
+        self.router: Router = router or RouteTables(view)
         self._setups = SetupTasks("waypoint.failed_unexpectedly")
         self._connections: set[HboneConnection] = set()
 
@@ -550,21 +552,22 @@ class Waypoint:
         record: RequestRecord,
         backends: dict[str, Backend],
     ) -> bool:
-        without_host = tuple((n, v) for n, v in headers if n != "host")
-        decision: Forward | Respond
+        decision: routing.Forward | routing.Respond
         if dest.service is not None and dest.port is not None:
-            route_request = RouteRequest(
-                record.method, record.path, without_host, record.authority, client.namespace
+            route_request = routing.Request(
+                record.method, record.path, headers, client_namespace=client.namespace
             )
-            decision = self.router.decide(dest.service, dest.port.port, route_request)
+            decision = self.router.decide(dest.service, dest.port, route_request)
         else:  # a pod addressed directly (workload waypoint): no routes, as it came
-            decision = Forward(
-                "", "", dest.target.port, record.path, record.authority, without_host
+            decision = routing.Forward(
+                "", "", dest.target.port, record.path, record.authority, headers
             )
-        if isinstance(decision, Respond):
+        if isinstance(decision, routing.Respond):
             record.response_flags = telemetry.NO_ROUTE if decision.status == 404 else "-"
             record.reason = decision.reason
             return await self._answer_here(server, decision.status, decision.headers, record)
+        if decision.mirrors:
+            log.debug("waypoint.mirror_not_sent", mirrors=len(decision.mirrors))
         candidates = self._backend_candidates(decision, dest, record)
         try:
             backend = await self._backend_for(candidates, client, backends)
@@ -578,7 +581,14 @@ class Waypoint:
             method=request.method,
             target=decision.path.encode("latin-1"),
             headers=encode_headers(
-                (("host", decision.host), *hop_headers_removed(decision.request_headers))
+                (
+                    ("host", decision.host),
+                    *(
+                        (n, v)
+                        for n, v in hop_headers_removed(decision.request_headers)
+                        if n != "host"
+                    ),
+                )
             ),
         )
         try:
@@ -590,14 +600,9 @@ class Waypoint:
             record.reason = str(err)
             return await self._answer_here(server, 503, (), record)
         response_headers = hop_headers_removed(decode_headers(response.headers))
-        if decision.response_headers_remove or decision.response_headers_set:
-            drop = {
-                *decision.response_headers_remove,
-                *(n for n, _ in decision.response_headers_set),
-            }
-            response_headers = (
-                *((n, v) for n, v in response_headers if n not in drop),
-                *decision.response_headers_set,
+        if decision.response_header_ops:
+            response_headers = routing.modify_headers(
+                response_headers, decision.response_header_ops
             )
         record.response_code = response.status_code
         await server.send(
@@ -622,7 +627,7 @@ class Waypoint:
         return True
 
     def _backend_candidates(
-        self, decision: Forward, dest: Destination, record: RequestRecord
+        self, decision: routing.Forward, dest: Destination, record: RequestRecord
     ) -> list[tuple[Workload, int]]:
         """Ready endpoints of the backend the decision names, in random order."""
         if not decision.backend_name:  # the pod itself

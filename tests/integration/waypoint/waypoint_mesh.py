@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import uvloop
 from controller.ca import CertificateAuthority
 from meshcore import hbone
 from meshcore.meshstate import MeshService, ServiceMembership, ServicePort, Waypoint, Workload
-from meshcore.resources import ResourceKey
+from meshcore.resources import ResourceKey, documents_from_text, parse_documents
 from sample_apps.echo_core import Identity
 from sample_apps.http_echo import EchoConfig, EchoServer
 from tests.integration.ztunnel.test_pool_peer_identity import fetcher
@@ -50,6 +51,7 @@ WEB_VIP = "10.96.0.10"
 DOWN_VIP = "10.96.0.11"  # a Service whose only endpoint has nothing listening
 RESET_VIP = "10.96.0.12"  # a Service whose endpoint resets every connection
 UNBOUND_VIP = "10.96.0.13"  # a Service not bound to this waypoint
+ROUTED_VIP = "10.96.0.14"  # a Service with HTTPRoutes (set by the test), backed by web
 
 # web's ports: declared HTTP, undeclared (sniffed), declared TCP
 HTTP_PORT, SNIFFED_PORT, TCP_PORT, SNIFFED_TCP_PORT = 80, 8080, 9000, 9001
@@ -133,6 +135,12 @@ class Mesh:
         )
         self.echo = echo
         echo_port = (await echo.start()).port
+        echo2 = EchoServer(
+            EchoConfig(WEB_IP, 0, Identity(pod="web-2", namespace=NS, version="v2")),
+            structlog.get_logger("echo"),
+        )
+        self.echo2 = echo2
+        echo2_port = (await echo2.start()).port
         tcp_port = await TcpEcho().start()
         reset_port = await Resetter().start()
         dead_port = free_port()
@@ -154,6 +162,8 @@ class Mesh:
                 ServiceMembership(NS, "down", {HTTP_PORT: dead_port}),
                 ServiceMembership(NS, "resetter", {HTTP_PORT: reset_port}),
                 ServiceMembership(NS, "unbound", {HTTP_PORT: echo_port}),
+                ServiceMembership(NS, "routed", {HTTP_PORT: echo_port}),
+                ServiceMembership(NS, "web-v2", {HTTP_PORT: echo2_port}),
             ),
         )
         client = workload("client", CLIENT_IP, CLIENT_ID)
@@ -175,6 +185,8 @@ class Mesh:
                 service("down", DOWN_VIP, (ServicePort("http", HTTP_PORT),)),
                 service("resetter", RESET_VIP, (ServicePort("http-api", HTTP_PORT),)),
                 service("unbound", UNBOUND_VIP, (ServicePort("http", HTTP_PORT),), bound=False),
+                service("routed", ROUTED_VIP, (ServicePort("http", HTTP_PORT),)),
+                service("web-v2", "10.96.0.15", (ServicePort("http", HTTP_PORT),), bound=False),
                 Waypoint(GATEWAY, NS),
             )
         }
@@ -193,6 +205,7 @@ class Mesh:
         # the waypoint: its own identity, its pool dialing node-2's 15008
         view = WaypointView(f"{NS}/{GATEWAY}")
         view.update(state)
+        self.state = state
         ids = IdentityManager(fetcher(self.ca))
         self.waypoint = WaypointProxy(
             WaypointConfig(NS, GATEWAY, TD, sniff_timeout=0.3),
@@ -207,6 +220,12 @@ class Mesh:
         self.listeners.append(listener)
         self.port = int(listener.sockets[0].getsockname()[1])
         self.client_ids = IdentityManager(fetcher(self.ca))
+
+    def set_routes(self, manifests: str) -> None:
+        """Give the waypoint these HTTPRoutes (YAML), as a config update would."""
+        parsed = parse_documents(documents_from_text(textwrap.dedent(manifests), "routes.yaml"))
+        routes = {p.resource.key: p.resource for p in parsed}
+        self.waypoint.view.update({**self.state, **routes})
 
     async def connect(self, identity: str = CLIENT_ID) -> HboneConnection:
         """An HBONE connection to the waypoint, as the client pod's ztunnel opens it."""
@@ -242,6 +261,7 @@ class Mesh:
             listener.close()
         await self.waypoint.pool.close()
         await self.echo.stop()
+        await self.echo2.stop()
 
 
 class HttpClient:

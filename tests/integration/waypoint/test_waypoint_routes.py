@@ -1,0 +1,74 @@
+"""HTTPRoutes (GAMMA) applied by the waypoint on real traffic: the decision comes from
+waypoint.routing, the waypoint carries it out (backend Service, rewritten path and headers,
+response header modifiers, redirects, 404 for a routed port no rule matches)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.waypoint.waypoint_mesh import ROUTED_VIP, Mesh, headers_of, run
+
+pytestmark = pytest.mark.integration
+
+ROUTES = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: routed, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: routed, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-canary, value: "yes"}], remove: [x-drop]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-routed-by, value: waypoint}]}
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /api}}
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: Exact, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}
+  - matches: [{path: {type: PathPrefix, value: /v1}}]
+    backendRefs: [{name: routed, port: 80}]
+"""
+
+
+def test_routes_pick_the_backend_and_rewrite_the_request(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        mesh.set_routes(ROUTES)
+        client = await mesh.http(vip=ROUTED_VIP)
+        client.send_raw(b"GET /v2/items?q=1 HTTP/1.1\r\nHost: routed\r\nX-Drop: 1\r\n\r\n")
+        response, raw = await client.response()
+        assert response.status_code == 200
+        echoed = json.loads(raw)
+        assert echoed["pod"] == "web-2"  # web-v2's endpoint
+        assert echoed["request"]["path"] == "/api/items?q=1"
+        assert echoed["request"]["headers"]["x-canary"] == "yes"
+        assert "x-drop" not in echoed["request"]["headers"]
+        assert headers_of(response)["x-routed-by"] == "waypoint"
+        # the same client connection, another rule: the Service itself
+        client.send_raw(b"GET /v1/x HTTP/1.1\r\nHost: routed\r\n\r\n")
+        response, raw = await client.response()
+        assert json.loads(raw)["pod"] == "web-1"
+
+    run(tmp_path, body)
+
+
+def test_a_redirect_and_an_unmatched_path_are_answered_by_the_waypoint(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        mesh.set_routes(ROUTES)
+        client = await mesh.http(vip=ROUTED_VIP)
+        client.send_raw(b"GET /old?x=1 HTTP/1.1\r\nHost: routed.shop\r\n\r\n")
+        response, _ = await client.response()
+        assert response.status_code == 301
+        assert headers_of(response)["location"] == "http://routed.shop/new?x=1"
+        client.send_raw(b"GET /nowhere HTTP/1.1\r\nHost: routed\r\n\r\n")
+        response, _ = await client.response()
+        assert response.status_code == 404
+
+    run(tmp_path, body)
