@@ -169,6 +169,7 @@ class ClusterModel:
             if key.kind == "Namespace":  # a namespace takes everything in it along
                 for other in [k for k in desired if k.namespace == key.name]:
                     del desired[other]
+        _collect_garbage(desired)
         if errors:
             raise ManifestErrors(errors)
         return self._plan(desired)
@@ -468,3 +469,22 @@ def _resolve_target_port(spec: PodSpec, target: int | str) -> int | None:
             if p.name == target:
                 return p.container_port
     return None
+
+
+def _collect_garbage(desired: dict[ResourceKey, Resource]) -> None:
+    """Kubernetes' garbage collector: an object whose owners (ownerReferences, same
+    namespace) are all gone goes too, and what it owns after it."""
+    while True:
+        orphans = [
+            key
+            for key, r in desired.items()
+            if r.metadata.owner_references
+            and all(
+                ResourceKey(o.kind, key.namespace, o.name) not in desired
+                for o in r.metadata.owner_references
+            )
+        ]
+        if not orphans:
+            return
+        for key in orphans:
+            del desired[key]

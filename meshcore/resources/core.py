@@ -37,7 +37,6 @@ _IGNORED_META = frozenset(
         "resourceVersion",
         "generation",
         "managedFields",
-        "ownerReferences",
         "finalizers",
         "selfLink",
     }
@@ -124,12 +123,25 @@ class ResourceKey:
 
 
 @dataclass(frozen=True)
+class OwnerReference:
+    """The object this one belongs to (same namespace): deleting it deletes this one too,
+    as Kubernetes' garbage collector does. Set by controllers (weft's waypoint deployer)."""
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str = ""  # required by Kubernetes; the lab matches owners by kind and name
+    controller: bool = False
+
+
+@dataclass(frozen=True)
 class ObjectMeta:
     name: str
     namespace: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     uid: str = ""  # set by the cluster (API server, or the lab), not by users
+    owner_references: tuple[OwnerReference, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -287,8 +299,22 @@ def parse_metadata(raw: object, path: str, *, namespaced: bool) -> tuple[ObjectM
     annotations = f.string_map("annotations")
     f.string("generateName")  # accepted for round-trips of real objects; unused
     uid = f.string("uid")
+    owners = tuple(_parse_owner_reference(item, p) for p, item in f.objects("ownerReferences"))
     ignored = f.done()
-    return ObjectMeta(name, namespace, labels, annotations, uid), ignored
+    return ObjectMeta(name, namespace, labels, annotations, uid, owners), ignored
+
+
+def _parse_owner_reference(raw: object, path: str) -> OwnerReference:
+    f = Fields(raw, path, ignored=frozenset({"blockOwnerDeletion"}))
+    api_version = f.string("apiVersion", required=True)
+    kind = f.string("kind", required=True)
+    name = f.string("name", required=True)
+    uid = f.string("uid")
+    controller = f.raw("controller")
+    if controller is not None and not isinstance(controller, bool):
+        raise f.fail("controller", "expected true or false")
+    f.done()
+    return OwnerReference(api_version, kind, name, uid, bool(controller))
 
 
 def _parse_env(raw: object, path: str) -> EnvVar:

@@ -781,3 +781,81 @@ def test_relabelled_pod_leaves_the_service_endpoints(model: ClusterModel) -> Non
     )
 
     assert model.service_endpoints(ready)[0].endpoints == ()
+
+
+OWNED = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: default}
+spec:
+  gatewayClassName: weft-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: wp
+  ownerReferences:
+  - {apiVersion: gateway.networking.k8s.io/v1, kind: Gateway, name: wp, controller: true}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: wp
+  ownerReferences:
+  - {apiVersion: gateway.networking.k8s.io/v1, kind: Gateway, name: wp, uid: abc}
+spec:
+  selector: {app: wp}
+  ports: [{name: mesh, port: 15008}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: wp
+  ownerReferences:
+  - {apiVersion: gateway.networking.k8s.io/v1, kind: Gateway, name: wp}
+spec:
+  selector: {matchLabels: {app: wp}}
+  template:
+    metadata: {labels: {app: wp}}
+    spec:
+      serviceAccountName: wp
+      containers: [{name: wp, image: weft/waypoint}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other}
+spec:
+  selector: {app: other}
+  ports: [{port: 80}]
+"""
+
+
+def test_deleting_an_owner_deletes_what_it_owns_with_its_pods_as_the_garbage_collector_does(
+    model: ClusterModel,
+) -> None:
+    apply(model, OWNED)
+    assert len(model.pods) == 1
+
+    delete(model, ResourceKey("Gateway", "default", "wp"))
+
+    assert set(model.resources) == {ResourceKey("Service", "default", "other")}
+    assert model.pods == {}
+    assert set(model.services) == {("default", "other")}
+
+
+def test_an_object_with_an_owner_left_is_kept() -> None:
+    model = new_model()
+    owners = (
+        "[{apiVersion: v1, kind: Service, name: wp}, {apiVersion: v1, kind: ServiceAccount, "
+        "name: keeper}]"
+    )
+    keeper = "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: keeper}\n"
+    apply(
+        model, OWNED.replace("name: other}", f"name: other, ownerReferences: {owners}}}") + keeper
+    )
+    delete(model, ResourceKey("Gateway", "default", "wp"))
+    assert set(model.resources) == {
+        ResourceKey("Service", "default", "other"),
+        ResourceKey("ServiceAccount", "default", "keeper"),
+    }

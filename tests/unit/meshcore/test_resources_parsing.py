@@ -29,6 +29,7 @@ from meshcore.resources import (
     load_documents,
     parse_resource,
 )
+from meshcore.resources.core import OwnerReference
 from meshcore.resources.names import (
     check_dns_label,
     check_dns_subdomain,
@@ -381,6 +382,31 @@ def test_service_with_one_unnamed_port_and_no_selector_is_accepted() -> None:
     )
 
     assert resource == Service(ObjectMeta("external", "default"), (ServicePort(443, 443),))
+
+
+def test_owner_references_are_kept_so_deleting_the_owner_can_delete_the_object() -> None:
+    resource = parse_one(
+        """
+        apiVersion: v1
+        kind: ServiceAccount
+        metadata:
+          name: waypoint
+          namespace: shop
+          ownerReferences:
+          - apiVersion: gateway.networking.k8s.io/v1
+            kind: Gateway
+            name: waypoint
+            uid: 1f2e
+            controller: true
+            blockOwnerDeletion: true
+          - {apiVersion: v1, kind: Service, name: other}
+        """
+    )
+
+    assert resource.metadata.owner_references == (
+        OwnerReference("gateway.networking.k8s.io/v1", "Gateway", "waypoint", "1f2e", True),
+        OwnerReference("v1", "Service", "other"),
+    )
 
 
 def test_known_fields_the_lab_ignores_are_accepted_and_reported_by_path() -> None:
@@ -1017,6 +1043,19 @@ BAD_MANIFESTS += [
         "service without ports",
         service("selector: {app: web}"),
         "Service default/web: spec.ports: a Service needs at least one port",
+    ),
+    (
+        "owner reference without a name",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: web\n"
+        "  ownerReferences: [{apiVersion: v1, kind: Service}]\n",
+        "ServiceAccount default/web: metadata.ownerReferences[0].name: required field is missing",
+    ),
+    (
+        "owner reference whose controller is not a boolean",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: web\n"
+        "  ownerReferences: [{apiVersion: v1, kind: Service, name: s, controller: 'yes'}]\n",
+        "ServiceAccount default/web: metadata.ownerReferences[0].controller: expected true or "
+        "false",
     ),
     (
         "service port with an appProtocol that is not a qualified name",
