@@ -89,13 +89,14 @@ import re._constants as _sre_c  # the parse tree of `re`, to see what RE2 would 
 import re._parser as _sre_p
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from meshcore.resources.core import ResourceKey
 from meshcore.resources.gateway import (
     BackendRef,
     ExtensionRef,
+    GRPCMethodMatch,
     GRPCRoute,
     GRPCRouteFilter,
     GRPCRouteMatch,
@@ -288,13 +289,16 @@ class _GRPCMatch:
     rule: _Rule
 
 
+_M = TypeVar("_M", _HTTPMatch, _GRPCMatch)
+
+
 @dataclass(frozen=True)
-class _Table:
+class _Table(Generic[_M]):
     service_namespace: str
     service_name: str
     port: int
-    producer: tuple[object, ...] = ()
-    consumers: Mapping[str, tuple[object, ...]] = field(default_factory=dict)
+    producer: tuple[_M, ...] = ()  # every client's matches, in precedence order
+    consumers: Mapping[str, tuple[_M, ...]] = field(default_factory=dict)  # by client namespace
     problems: tuple[Problem, ...] = ()
 
     @property
@@ -311,19 +315,19 @@ class _Table:
             client_namespace is not None and client_namespace in self.consumers
         )
 
-    def _matches_for(self, client_namespace: str | None) -> tuple[object, ...]:
+    def _matches_for(self, client_namespace: str | None) -> tuple[_M, ...]:
         if client_namespace is not None and client_namespace in self.consumers:
             return self.consumers[client_namespace]
         return self.producer
 
 
 @dataclass(frozen=True)
-class RouteTable(_Table):
+class RouteTable(_Table[_HTTPMatch]):
     """The HTTPRoute matches of one Service port, in precedence order."""
 
 
 @dataclass(frozen=True)
-class GRPCRouteTable(_Table):
+class GRPCRouteTable(_Table[_GRPCMatch]):
     """The GRPCRoute matches of one Service port, in precedence order."""
 
 
@@ -540,6 +544,41 @@ def _route_order(key: ResourceKey) -> str:
     return f"{key.namespace}/{key.name}"
 
 
+_R = TypeVar("_R", HTTPRoute, GRPCRoute)
+
+
+def _collect(
+    routes: Iterable[_R],
+    compile_route: Callable[[_Builder, _R], list[_M]],
+    *,
+    service_namespace: str,
+    service_name: str,
+    port: int,
+    port_name: str,
+    known_service: KnownService,
+) -> tuple[tuple[_M, ...], dict[str, tuple[_M, ...]], tuple[Problem, ...]]:
+    """The compiled matches of the routes that attach, producer's and consumers' apart."""
+    producer: list[_M] = []
+    consumers: dict[str, list[_M]] = {}
+    problems: list[Problem] = []
+    for rt in routes:
+        if not any(
+            _attaches(ref, service_namespace, service_name, port, port_name)
+            for ref in rt.parent_refs
+        ):
+            continue
+        b = _Builder(rt.key, known_service)
+        namespace = rt.metadata.namespace
+        into = producer if namespace == service_namespace else consumers.setdefault(namespace, [])
+        into.extend(compile_route(b, rt))
+        problems.extend(b.problems)
+    producer.sort(key=lambda m: m.sort_key)
+    for matches in consumers.values():
+        matches.sort(key=lambda m: m.sort_key)
+    # A consumer namespace whose routes kept no rule has no route (not Accepted).
+    return tuple(producer), {ns: tuple(ms) for ns, ms in consumers.items() if ms}, tuple(problems)
+
+
 def build_table(
     routes: Iterable[HTTPRoute],
     *,
@@ -550,38 +589,24 @@ def build_table(
     port_name: str = "",
 ) -> RouteTable:
     """The HTTPRoutes that attach to one Service port, compiled in precedence order."""
-    producer: list[_HTTPMatch] = []
-    consumers: dict[str, list[_HTTPMatch]] = {}
-    problems: list[Problem] = []
-    for rt in routes:
-        if not any(
-            _attaches(ref, service_namespace, service_name, port, port_name)
-            for ref in rt.parent_refs
-        ):
-            continue
-        b = _Builder(rt.key, known_service)
-        into = (
-            producer
-            if rt.metadata.namespace == service_namespace
-            else consumers.setdefault(rt.metadata.namespace, [])
-        )
-        order = _route_order(rt.key)
-        for ri, rule in enumerate(rt.rules):
-            path = f"spec.rules[{ri}]"
-            compiled = _compile_http_rule(b, rt.key, ri, rule, path, order)
-            into.extend(compiled)
-        problems.extend(b.problems)
-    producer.sort(key=lambda m: m.sort_key)
-    for matches in consumers.values():
-        matches.sort(key=lambda m: m.sort_key)
-    return RouteTable(
-        service_namespace,
-        service_name,
-        port,
-        tuple(producer),
-        {ns: tuple(ms) for ns, ms in consumers.items() if ms},
-        tuple(problems),
+    producer, consumers, problems = _collect(
+        routes,
+        _compile_http_route,
+        service_namespace=service_namespace,
+        service_name=service_name,
+        port=port,
+        port_name=port_name,
+        known_service=known_service,
     )
+    return RouteTable(service_namespace, service_name, port, producer, consumers, problems)
+
+
+def _compile_http_route(b: _Builder, rt: HTTPRoute) -> list[_HTTPMatch]:
+    order = _route_order(rt.key)
+    out: list[_HTTPMatch] = []
+    for ri, rule in enumerate(rt.rules):
+        out.extend(_compile_http_rule(b, rt.key, ri, rule, f"spec.rules[{ri}]", order))
+    return out
 
 
 def _compile_http_rule(
@@ -603,43 +628,34 @@ def _compile_http_rule(
         unsupported,
     )
     out: list[_HTTPMatch] = []
-    matches: list[_HTTPMatch] = []
+    usable = True  # every regex RE2 accepts; else the rule is left out (PartiallyInvalid)
     for mi, m in enumerate(rule.matches):
         mpath = f"{path}.matches[{mi}]"
         path_regex = None
         value = m.path.value
         if m.path.type is PathMatchType.REGULAR_EXPRESSION:
             path_regex = b.regex(value, f"{mpath}.path.value")
-            if path_regex is None:
-                return []  # the whole rule is left out (PartiallyInvalid)
-            rank, length = 2, len(value)
+            usable = usable and path_regex is not None
+            rank = 2
         elif m.path.type is PathMatchType.EXACT:
-            rank, length = 0, len(value)
+            rank = 0
         else:
-            value = value.rstrip("/")
-            rank, length = 1, len(value)
+            value = value.rstrip("/")  # "/foo/" is the prefix "/foo"; "/" is ""
+            rank = 1
         headers = b.value_matches(m.headers, f"{mpath}.headers", fold=True)
         query = b.value_matches(m.query_params, f"{mpath}.queryParams", fold=False)
         if headers is None or query is None:
-            return []
+            usable = False
+            continue
         method = m.method.value if m.method is not None else None
-        sort_key = (
-            rank,
-            -length,
-            method is None,
-            -len(headers),
-            -len(query),
-            order,
-            ri,
-            mi,
-        )
-        matches.append(
+        # The spec's precedence, then its tie-breaks: route namespace/name, rule, match.
+        sort_key = (rank, -len(value), method is None, -len(headers), -len(query), order, ri, mi)
+        out.append(
             _HTTPMatch(
                 sort_key, m.path.type, value, path_regex, method, headers, query, compiled_rule
             )
         )
-    out.extend(matches)
-    return out
+    return out if usable else []
 
 
 def build_grpc_table(
@@ -652,36 +668,24 @@ def build_grpc_table(
     port_name: str = "",
 ) -> GRPCRouteTable:
     """The GRPCRoutes that attach to one Service port, compiled in precedence order."""
-    producer: list[_GRPCMatch] = []
-    consumers: dict[str, list[_GRPCMatch]] = {}
-    problems: list[Problem] = []
-    for rt in routes:
-        if not any(
-            _attaches(ref, service_namespace, service_name, port, port_name)
-            for ref in rt.parent_refs
-        ):
-            continue
-        b = _Builder(rt.key, known_service)
-        into = (
-            producer
-            if rt.metadata.namespace == service_namespace
-            else consumers.setdefault(rt.metadata.namespace, [])
-        )
-        order = _route_order(rt.key)
-        for ri, rule in enumerate(rt.rules):
-            into.extend(_compile_grpc_rule(b, rt.key, ri, rule, f"spec.rules[{ri}]", order))
-        problems.extend(b.problems)
-    producer.sort(key=lambda m: m.sort_key)
-    for matches in consumers.values():
-        matches.sort(key=lambda m: m.sort_key)
-    return GRPCRouteTable(
-        service_namespace,
-        service_name,
-        port,
-        tuple(producer),
-        {ns: tuple(ms) for ns, ms in consumers.items() if ms},
-        tuple(problems),
+    producer, consumers, problems = _collect(
+        routes,
+        _compile_grpc_route,
+        service_namespace=service_namespace,
+        service_name=service_name,
+        port=port,
+        port_name=port_name,
+        known_service=known_service,
     )
+    return GRPCRouteTable(service_namespace, service_name, port, producer, consumers, problems)
+
+
+def _compile_grpc_route(b: _Builder, rt: GRPCRoute) -> list[_GRPCMatch]:
+    order = _route_order(rt.key)
+    out: list[_GRPCMatch] = []
+    for ri, rule in enumerate(rt.rules):
+        out.extend(_compile_grpc_rule(b, rt.key, ri, rule, f"spec.rules[{ri}]", order))
+    return out
 
 
 def _compile_grpc_rule(
@@ -693,35 +697,35 @@ def _compile_grpc_rule(
         key, ri, rule.name, req_ops, resp_ops, mirrors, None, backends, None, None, unsupported
     )
     out: list[_GRPCMatch] = []
+    usable = True  # every regex RE2 accepts; else the rule is left out (PartiallyInvalid)
     for mi, m in enumerate(rule.matches or (GRPCRouteMatch(),)):
-        mpath = f"{path}.matches[{mi}]"
-        service = method = None
-        rank = {"service": (0, 0), "method": (0, 0)}  # (exact 2 / regex 1 / any 0, chars)
-        if m.method is not None:
-            regex = m.method.type is MatchType.REGULAR_EXPRESSION
-            for part, value in (("service", m.method.service), ("method", m.method.method)):
-                if not value:
-                    continue
-                if regex:
-                    pattern = b.regex(value, f"{mpath}.method.{part}")
-                    if pattern is None:
-                        return []
-                    vm = _ValueMatch(part, None, pattern)
-                    rank[part] = (1, len(value))
-                else:
-                    vm = _ValueMatch(part, value, None)
-                    rank[part] = (2, len(value))
-                if part == "service":
-                    service = vm
-                else:
-                    method = vm
-        headers = b.value_matches(m.headers, f"{mpath}.headers", fold=True)
-        if headers is None:
-            return []
-        (s_kind, s_len), (m_kind, m_len) = rank["service"], rank["method"]
-        sort_key = (-s_kind, -s_len, -m_kind, -m_len, -len(headers), order, ri, mi)
+        mpath = f"{path}.matches[{mi}].method"
+        mm = m.method if m.method is not None else GRPCMethodMatch()
+        service, s_rank = _grpc_name_match(b, mm.type, mm.service, mpath, "service")
+        method, m_rank = _grpc_name_match(b, mm.type, mm.method, mpath, "method")
+        headers = b.value_matches(m.headers, f"{path}.matches[{mi}].headers", fold=True)
+        if headers is None or s_rank is None or m_rank is None:
+            usable = False
+            continue
+        # The spec's precedence (service, method, headers), then route name, rule, match.
+        sort_key = (s_rank, m_rank, -len(headers), order, ri, mi)
         out.append(_GRPCMatch(sort_key, service, method, headers, compiled_rule))
-    return out
+    return out if usable else []
+
+
+def _grpc_name_match(
+    b: _Builder, kind: MatchType, value: str, path: str, part: str
+) -> tuple[_ValueMatch | None, tuple[int, int] | None]:
+    """A service or method match and its rank (exact before regex before none, then longer
+    first); a rank of None when RE2 refuses the regex."""
+    if not value:
+        return None, (2, 0)
+    if kind is MatchType.EXACT:
+        return _ValueMatch(part, value, None), (0, -len(value))
+    pattern = b.regex(value, f"{path}.{part}")
+    if pattern is None:
+        return None, None
+    return _ValueMatch(part, None, pattern), (1, -len(value))
 
 
 # --- matching --------------------------------------------------------------------------------
@@ -779,7 +783,6 @@ def route(table: RouteTable, request: Request, rand: Callable[[], float]) -> Dec
         return _passthrough(table, request)
     view = _RequestView(request)
     for m in table._matches_for(request.client_namespace):
-        assert isinstance(m, _HTTPMatch)
         if _http_match(m, view):
             return _apply(m.rule, view, m, rand, table.port, grpc=False)
     return Respond(404, reason="no route rule matched")
@@ -793,7 +796,6 @@ def route_grpc(table: GRPCRouteTable, request: Request, rand: Callable[[], float
     service, _, method = view.path.removeprefix("/").partition("/")
     well_formed = bool(service and method) and "/" not in method
     for m in table._matches_for(request.client_namespace):
-        assert isinstance(m, _GRPCMatch)
         if (m.service or m.method) and not well_formed:
             continue
         if (
@@ -805,7 +807,7 @@ def route_grpc(table: GRPCRouteTable, request: Request, rand: Callable[[], float
     return Respond(404, reason="no route rule matched", grpc_status=GRPC_UNIMPLEMENTED)
 
 
-def _passthrough(table: _Table, request: Request) -> Forward:
+def _passthrough(table: RouteTable | GRPCRouteTable, request: Request) -> Forward:
     return Forward(
         table.service_namespace,
         table.service_name,
