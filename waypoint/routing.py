@@ -236,6 +236,7 @@ class _Backend:
     request_ops: tuple[HeaderOps | URLRewrite, ...]
     response_ops: tuple[HeaderOps, ...]
     mirrors: tuple[tuple[MirrorTarget, float], ...]
+    redirect: RequestRedirect | None = None  # answered when this backend is picked
     why_invalid: str = ""
 
 
@@ -423,6 +424,7 @@ class _Builder:
         """Compiled matches, the first of each name only; None when one cannot be applied."""
         out: list[_ValueMatch] = []
         seen: set[str] = set()
+        usable = True
         for i, m in enumerate(matches):
             name = m.name.lower() if fold else m.name
             if name in seen:
@@ -430,12 +432,11 @@ class _Builder:
             seen.add(name)
             if m.type is MatchType.REGULAR_EXPRESSION:
                 regex = self.regex(m.value, f"{path}[{i}].value")
-                if regex is None:
-                    return None
+                usable = usable and regex is not None
                 out.append(_ValueMatch(name, None, regex))
             else:
                 out.append(_ValueMatch(name, m.value, None))
-        return tuple(out)
+        return tuple(out) if usable else None
 
     def filters(
         self, filters: Sequence[HTTPRouteFilter | GRPCRouteFilter], path: str
@@ -490,10 +491,6 @@ class _Builder:
                 ref.filters, f"{here}.filters"
             )
             valid, why = True, ""
-            if redirect is not None:
-                # The spec's extended RequestRedirect at backendRef level is not supported.
-                valid, why = False, "a RequestRedirect on a backendRef is not supported"
-                self.problem(f"{here}.filters", ACCEPTED, INCOMPATIBLE_FILTERS, why)
             if unsupported:
                 valid, why = False, f"{unsupported} is not supported"
             if not self.known_service(ref.namespace, ref.name, ref.port):
@@ -514,6 +511,7 @@ class _Builder:
                     req_ops,
                     resp_ops,
                     mirrors,
+                    redirect,
                     why,
                 )
             )
@@ -843,10 +841,12 @@ def _apply(
 ) -> Decision:
     request = view.request
 
-    def respond(status: int, headers: Headers, reason: str) -> Respond:
+    def respond(
+        status: int, headers: Headers, reason: str, backend_ops: tuple[HeaderOps, ...] = ()
+    ) -> Respond:
         return Respond(
             status,
-            modify_headers(headers, rule.response_ops),
+            modify_headers(headers, rule.response_ops + backend_ops),
             reason,
             (GRPC_UNAVAILABLE if status >= 500 else None) if grpc else None,
             rule.route_key,
@@ -865,6 +865,10 @@ def _apply(
         return respond(500, (), why)
     if not backend.valid:
         return respond(500, (), backend.why_invalid)
+    if backend.redirect is not None and m is not None:
+        location = _location(backend.redirect, view, m, port)
+        status = backend.redirect.status_code
+        return respond(status, (("location", location),), "redirect", backend.response_ops)
     path = request.path or "/"
     host = request.authority
     headers = request.headers

@@ -633,3 +633,41 @@ def test_a_mirror_percentage_is_honoured_within_five_points(path: str, share: fl
         assert isinstance(d, Forward)
         mirrored += bool(d.mirrors)
     assert abs(mirrored / 2000 - share) < 0.05
+
+
+BACKEND_REDIRECT = mesh_route(
+    """
+  - matches: [{path: {type: PathPrefix, value: /full}}]
+    filters:
+    - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: X-Order, value: rule}]}}
+    backendRefs:
+    - name: echo-v1
+      port: 8080
+      filters:
+      - {type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /redirected-full}}}
+      - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: X-Order, value: backend}]}}
+  - matches: [{path: {type: PathPrefix, value: /prefix}}]
+    backendRefs:
+    - name: echo-v1
+      port: 8080
+      filters:
+      - {type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /redirected-prefix}}}
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        # HTTPRouteBackendRequestRedirect
+        ("/full", "http://echo/redirected-full"),
+        ("/full/path", "http://echo/redirected-full"),
+        ("/prefix", "http://echo/redirected-prefix"),
+        ("/prefix/path", "http://echo/redirected-prefix/path"),
+    ],
+)
+def test_a_redirect_on_the_picked_backend(path: str, location: str) -> None:
+    d = route(table(BACKEND_REDIRECT), request(path), never)
+    assert isinstance(d, Respond) and (d.status, d.location) == (302, location)
+    if path.startswith("/full"):
+        assert d.headers == (("location", location), ("X-Order", "rule,backend"))

@@ -453,3 +453,31 @@ def test_a_timeout_and_retry_travel_with_the_forward() -> None:
     assert isinstance(d, Forward) and d.timeouts is not None and d.retry is not None
     assert (d.timeouts.request, d.timeouts.backend_request) == (0.1, 0.05)
     assert (d.retry.codes, d.retry.attempts, d.retry.backoff) == ((503,), 2, 0.01)
+
+
+def test_every_regex_re2_refuses_in_a_rule_is_reported() -> None:
+    t = table(
+        """
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: r, namespace: gateway-conformance-mesh}
+        spec:
+          parentRefs: [{group: "", kind: Service, name: echo}]
+          rules:
+          - matches:
+            - path: {type: RegularExpression, value: "/a(?=b)"}
+              headers: [{name: x, value: "(?>y)", type: RegularExpression}]
+              queryParams: [{name: q, value: "z++", type: RegularExpression}]
+            - headers: [{name: x, value: "ok", type: RegularExpression}, {name: y, value: "(?<!n)o", type: RegularExpression}]
+            backendRefs: [{name: v1, port: 8080}]
+          - backendRefs: [{name: v2, port: 8080}]
+        """
+    )
+    assert [p.field for p in t.problems] == [
+        "spec.rules[0].matches[0].path.value",
+        "spec.rules[0].matches[0].headers[0].value",
+        "spec.rules[0].matches[0].queryParams[0].value",
+        "spec.rules[0].matches[1].headers[1].value",
+    ]
+    d = route(t, request("/a", headers={"x": "ok", "y": "o"}), never)
+    assert isinstance(d, Forward) and d.backend_name == "v2"
