@@ -90,7 +90,7 @@ import re._parser as _sre_p
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from meshcore.resources.core import ResourceKey
 from meshcore.resources.gateway import (
@@ -734,8 +734,13 @@ class _RequestView:
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        raw = request.path or "/"
-        self.path, sep, self.query_string = raw.partition("?")
+        target = request.path or "/"
+        if not target.startswith("/") and "://" in target:
+            # absolute-form ("http://host/p?q", RFC 9112 §3.2.2): routing uses origin-form
+            url = urlsplit(target)
+            target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        self.target = target  # origin-form, with the query string
+        self.path, sep, self.query_string = target.partition("?")
         self.has_query = bool(sep)
         self._headers: dict[str, str] | None = None
         self._query: dict[str, str] | None = None
@@ -746,6 +751,8 @@ class _RequestView:
             for n, v in self.request.headers:
                 joined.setdefault(n.lower(), []).append(v)
             self._headers = {n: ",".join(vs) for n, vs in joined.items()}
+            if "host" not in self._headers and self.request.authority:
+                self._headers["host"] = self.request.authority  # h2's :authority, or host
         return self._headers.get(name)
 
     def query(self, name: str) -> str | None:
@@ -869,7 +876,7 @@ def _apply(
         location = _location(backend.redirect, view, m, port)
         status = backend.redirect.status_code
         return respond(status, (("location", location),), "redirect", backend.response_ops)
-    path = request.path or "/"
+    path = view.target
     host = request.authority
     headers = request.headers
     for op in rule.request_ops + backend.request_ops:

@@ -514,3 +514,37 @@ def test_named_rules_are_reported_in_the_decision() -> None:
     assert (named.backend_name, named.rule_name, named.rule_index) == ("echo-v1", "named-rule", 0)
     assert (unnamed.backend_name, unnamed.rule_name, unnamed.rule_index) == ("echo-v2", "", 1)
     assert route(t, request("/other"), never) == Respond(404, reason="no route rule matched")
+
+
+HOST_HEADER_MATCH = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: gateway-conformance-mesh}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules:
+  - matches: [{headers: [{name: Host, value: echo.example}]}]
+    backendRefs: [{name: by-host, port: 8080}]
+  - backendRefs: [{name: other, port: 8080}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("headers", "host", "backend"),
+    [
+        ({"Host": "echo.example"}, "", "by-host"),  # HTTP/1.1
+        ({}, "echo.example", "by-host"),  # HTTP/2: :authority given as the request's host
+        ({":authority": "echo.example"}, "", "by-host"),
+        ({"Host": "elsewhere"}, "", "other"),
+    ],
+)
+def test_a_host_header_match_sees_the_authority(
+    headers: dict[str, str], host: str, backend: str
+) -> None:
+    t = table(HOST_HEADER_MATCH)
+    assert backend_of(route(t, request(headers=headers, host=host), never)) == backend
+
+
+def test_an_absolute_form_target_is_routed_and_forwarded_in_origin_form() -> None:
+    d = route(table(PATH_MATCH_ORDER), request("http://echo/match/exact?x=1"), never)
+    assert isinstance(d, Forward) and (d.backend_name, d.path) == ("v2", "/match/exact?x=1")
