@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -63,6 +64,7 @@ from ztunnel import admission, metrics, tls
 from ztunnel.admission import ForwardedError
 from ztunnel.hbone_conn import HboneConnection, Stream, StreamClosed
 from ztunnel.identity import IdentityManager
+from ztunnel.inbound import INBOUND_IDLE_TIMEOUT
 from ztunnel.pool import CONNECT_TIMEOUT, Pool, PoolKey
 from ztunnel.relay import End, Relay, SetupTasks, connect_leg
 
@@ -86,6 +88,9 @@ CLOSE_GRACE = 5.0
 # A request body still unread when we answer early (a 503) is drained up to this, else
 # the client connection is closed
 MAX_DRAIN = 1024 * 1024
+# Kept-alive backend connections per client connection (one per endpoint it reached); past
+# this the oldest is closed
+MAX_BACKENDS = 16
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,7 @@ class Waypoint:
         self.pool = pool
         self.router: Router = router or RouteTables(view)
         self._setups = SetupTasks("waypoint.failed_unexpectedly")
-        self._connections: set[HboneConnection] = set()
+        self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
 
     async def start(self) -> None:
         """Fetch our own certificate (the listener needs it before the first handshake)."""
@@ -233,11 +238,25 @@ class Waypoint:
 
         conn.on_connect = on_connect
         conn.start()
-        task = asyncio.ensure_future(conn.closed.wait())
-        task.add_done_callback(lambda _t: self._connections.discard(conn))
 
     def stats(self) -> list[dict[str, object]]:
-        return [{"peer": c.label, "streams": len(c.streams)} for c in self._connections]
+        """Open inbound HBONE connections with their open streams."""
+        return [
+            {"peer": c.label, "streams": len(c.streams)}
+            for c in self._connections
+            if not c.closed.is_set()
+        ]
+
+    async def reap(self, idle_timeout: float = INBOUND_IDLE_TIMEOUT) -> None:
+        """Close inbound HBONE connections that carried no stream for `idle_timeout`, as
+        ztunnel's inbound side does; forever."""
+        while True:
+            await asyncio.sleep(idle_timeout / 4)
+            now = asyncio.get_running_loop().time()
+            for conn in list(self._connections):
+                if not conn.streams and now - conn.last_used > idle_timeout:
+                    log.info("waypoint.idle_closed", peer=conn.label)
+                    conn.close()
 
     # --- one CONNECT stream --------------------------------------------------------------
 
@@ -622,6 +641,9 @@ class Waypoint:
             return False
         if backend.h1.reusable() and backend.usable:
             backends[backend.host] = backend
+            if len(backends) > MAX_BACKENDS:
+                oldest = next(iter(backends))
+                backends.pop(oldest).close()
         else:
             self._drop(backend, backends)
         return True

@@ -1,0 +1,3 @@
+from waypoint.main import cli
+
+cli(prog_name="python -m waypoint")
