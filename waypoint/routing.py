@@ -37,9 +37,9 @@ Public API
   answers HTTP 200 trailers-only with that grpc-status; `status` is the HTTP equivalent.
 - `Problem`s (route, field path, condition, reason, message) for the controller's route
   status: a regex RE2 refuses (the rule is left out: PartiallyInvalid; a route left with no
-  rule does not attach at all, as a route that is not Accepted), an ExtensionRef
-  filter (weft defines none: requests through it get 500, as the spec requires), a backend
-  or mirror that does not resolve (its weight share gets 500; a mirror is dropped).
+  rule does not attach at all, as a route that is not Accepted), an ExtensionRef filter
+  (weft defines none: requests through it get 500, as the spec requires), a backend or
+  mirror that does not resolve (its weight share gets 500; a mirror is dropped).
 
 Semantics (Gateway API v1 `httproute_types.go`, `grpcroute_types.go`, GEP-1294, the mesh
 conformance tests):
@@ -52,13 +52,16 @@ conformance tests):
   the producer routes entirely (GEP-1294 "Multiple routes for a Service").
 - Within a rule, matches are ORed; within a match, conditions are ANDed. Across the rules of
   all applicable routes the first match in this order wins: Exact path, then PathPrefix by
-  longest value, then RegularExpression by longest pattern (implementation-specific in the
-  spec; this is Istio's order); then a method match; then most header matches; then most
-  query-param matches; then route `namespace/name` alphabetically (there is no creation
-  timestamp in the model); then rule order, then match order.
+  longest value (without its trailing "/"), then RegularExpression by longest pattern
+  (implementation-specific in the spec; Istio's order, so a PathPrefix "/" beats any
+  regex); then a method match; then most header matches; then most query-param matches;
+  then route `namespace/name` alphabetically (the model has no creation timestamp); then
+  rule order, then match order.
 - PathPrefix is element-wise (`/foo` matches `/foo`, `/foo/`, `/foo/bar`, not `/foobar`; a
   trailing `/` on the prefix is ignored). Exact and PathPrefix compare the raw path (no
-  query string); RegularExpression must match the whole path. Header names compare
+  query string, no percent-decoding; an absolute-form target is reduced to origin-form);
+  RegularExpression must match the whole path. A `Host` header match sees the request's
+  authority (Host, `:authority`, or `Request.host`). Header names compare
   case-insensitively; a repeated request header is matched as its values joined by ","
   (RFC 9110 §5.3, as Envoy does); of match entries naming the same header (any case) only
   the first counts. Query params: names exact, values URL-decoded, first value of a
@@ -70,16 +73,19 @@ conformance tests):
   `/bar` and `/foo` `/`). RequestRedirect: scheme (default the request's), hostname
   (default the request's Host without port), port (default: 80/443 when a scheme is given,
   else the Service port; omitted from Location when it is the scheme's default), path,
-  status (default 302); the query string is kept. RequestMirror: kept with probability
-  `percent`; the mirror gets the request as forwarded (after all filters).
+  status (default 302); the query string is kept; on a backendRef it answers when that
+  backend is picked. RequestMirror: kept with probability `percent`; the mirror gets the
+  request as forwarded (after all filters).
 - Weighted backends: picked by weight with `rand`; weight 0 never; all 0 (or no backends
   and no redirect): 500; a backend that does not resolve keeps its share, which gets 500.
 - GRPCRoute: `:path` is `/<service>/<method>`; method matches Exact or RegularExpression on
   service and/or method (empty: any); precedence: the service match (exact, by length,
   before a regex, by pattern length, before none), then the method match likewise, then
-  most header matches, then route namespace/name, rule order.
-  Filters: header modifiers, mirror. When an HTTPRoute and a GRPCRoute both attach to one
-  Service port, the GRPCRoute table wins (GEP-1294); that choice is the caller's.
+  most header matches, then route namespace/name, rule order. Filters: header modifiers,
+  mirror. When an HTTPRoute and a GRPCRoute both attach to one Service port, the GRPCRoute
+  table wins (GEP-1294); that choice is the caller's.
+- Backends in any namespace need no ReferenceGrant (GEP-1294, "Namespace boundaries").
+  Routes whose parent is a Gateway (a waypoint's own Gateway included) are not looked at.
 """
 
 from __future__ import annotations
