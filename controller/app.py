@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from controller.ca import CertificateAuthority
+from controller.deployer import Deployer, DeployerConfig, DeployerLoop, LabObjectWriter
 from controller.distribution import StateLog
 from controller.meshbuilder import MeshBuilder
 from controller.revocation import REVOKED_NODES_FILE, RevokedNodes
@@ -53,6 +54,9 @@ class ControllerConfig:
     admin_socket: Path | None = None  # the admin routes, for weftctl and the lab
     serving_addresses: tuple[str, ...] = field(default_factory=tuple)
     extra_roots: tuple[Path, ...] = field(default_factory=tuple)
+    # Where the waypoint deployer writes the objects it makes (the lab's API socket); None:
+    # no deployer (waypoint Gateways are still turned into mesh state).
+    lab_api: Path | None = None
 
 
 class Controller:
@@ -79,6 +83,8 @@ class Controller:
         self.grpc_port = 0
         self._runners: list[web.AppRunner] = []
         self._server: grpc.aio.Server | None = None
+        self.deployer: DeployerLoop | None = None
+        self._deployer_task: asyncio.Task[None] | None = None
 
     def workloads(self) -> list[Workload]:
         return [v for v in self.state.values.values() if isinstance(v, Workload)]
@@ -100,6 +106,12 @@ class Controller:
     async def start(self) -> None:
         await self._start_grpc()
         await self._start_http()
+        if self.config.lab_api is not None:
+            deployer = Deployer(
+                DeployerConfig(self.config.trust_domain, self._grpc_address()),
+            )
+            self.deployer = DeployerLoop(deployer, LabObjectWriter(self.config.lab_api))
+            self._deployer_task = asyncio.create_task(self.deployer.run())
         log.info(
             "controller.started",
             grpc_port=self.grpc_port,
@@ -124,8 +136,20 @@ class Controller:
                 "source.batch", changes=len(batch), seconds=round(time.monotonic() - started, 4)
             )
 
+    def _grpc_address(self) -> str:
+        """host:port where a pod reaches this controller's gRPC (for waypoints)."""
+        for address in self.config.serving_addresses:
+            try:
+                return f"{ipaddress.ip_address(address)}:{self.grpc_port}"
+            except ValueError:
+                continue
+        return f"{CONTROLLER_DNS_NAME}:{self.grpc_port}"
+
     def recompute(self) -> None:
-        state = self.builder.build(self.store.resources(), self.bundle())
+        resources = self.store.resources()
+        if self.deployer is not None:
+            self.deployer.notify(resources)
+        state = self.builder.build(resources, self.bundle())
         delta = self.state.update(state)
         CONFIG_ERRORS.set(len(self.problems()))
         if delta is not None:
@@ -140,6 +164,8 @@ class Controller:
             self.service.notify()
 
     async def stop(self) -> None:
+        if self._deployer_task is not None:
+            self._deployer_task.cancel()
         if self._server is not None:
             await self._server.stop(grace=0.5)
         for runner in self._runners:

@@ -65,6 +65,13 @@ def cli() -> None:
     multiple=True,
     help="Extra DNS name or IP for the serving certificate. Repeatable.",
 )
+@click.option(
+    "--lab-api",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The lab daemon's API socket: the waypoint deployer writes the Deployments, "
+    "Services and ServiceAccounts it makes for waypoint Gateways, and their status, there.",
+)
 def run(
     source_dir: Path,
     state_dir: Path,
@@ -77,6 +84,7 @@ def run(
     admin_socket: Path | None,
     extra_roots: tuple[Path, ...],
     serving_addresses: tuple[str, ...],
+    lab_api: Path | None,
 ) -> None:
     """Watch the source, serve mesh state and certificates to nodes."""
     configure_logging()
@@ -91,6 +99,7 @@ def run(
         admin_socket=admin_socket,
         serving_addresses=serving_addresses,
         extra_roots=extra_roots,
+        lab_api=lab_api,
     )
 
     async def main() -> None:

@@ -24,6 +24,8 @@ from typing import TypeVar, cast
 
 import structlog
 
+from controller.deployer import check_waypoint_gateway, waypoint_replicas
+from controller.errors import BuildError
 from controller.store import Problem
 from meshcore.identity.spiffe import workload_id
 from meshcore.meshstate import (
@@ -65,15 +67,6 @@ NO_ENFORCEMENT_POINT = (
 )
 
 _V = TypeVar("_V", bound=StateValue)
-
-
-class BuildError(Exception):
-    """A valid resource that cannot be turned into mesh state: says which field and why."""
-
-    def __init__(self, reason: str, *, field: str = "") -> None:
-        self.reason = reason
-        self.field = field
-        super().__init__(f"{field}: {reason}" if field else reason)
 
 
 def is_enrolled(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> bool:
@@ -240,17 +233,25 @@ class MeshBuilder:
         waypoints: dict[str, Waypoint] = {}
         for gw in gateways:
             if gw.is_waypoint:
+                gw_ignored: list[BuildError] = []
                 wp = self._guarded(
                     problems,
                     gw.key,
                     ResourceKey(Waypoint.kind, gw.metadata.namespace, gw.metadata.name),
                     functools.partial(
-                        self._waypoint, gw, services_by_ns.get(gw.metadata.namespace, [])
+                        self._waypoint,
+                        gw,
+                        services_by_ns.get(gw.metadata.namespace, []),
+                        gw_ignored,
                     ),
                 )
                 if wp is not None:
                     state[wp.key] = wp
                     waypoints[f"{wp.namespace}/{wp.name}"] = wp
+                for err in gw_ignored:  # the deployer runs one replica instead
+                    self._report(
+                        problems, gw.key, err.field, f"{err.reason}; 1 replica is run", False
+                    )
 
         for ns, services in services_by_ns.items():
             ns_labels = namespaces.get(ns, {})
@@ -410,8 +411,15 @@ class MeshBuilder:
             waypoint=waypoint,
         )
 
-    def _waypoint(self, gw: Gateway, services: list[Service]) -> Waypoint:
+    def _waypoint(
+        self, gw: Gateway, services: list[Service], ignored: list[BuildError]
+    ) -> Waypoint:
         ns, name = gw.metadata.namespace, gw.metadata.name
+        check_waypoint_gateway(gw)
+        try:
+            waypoint_replicas(gw)
+        except BuildError as err:
+            ignored.append(err)
         # Nodes take IPs only: an unset value or a hostname would make them refuse it.
         addresses = tuple(
             a.value for a in gw.addresses if a.value and a.type is AddressType.IP_ADDRESS

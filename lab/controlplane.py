@@ -78,6 +78,8 @@ class ControlPlane:
                 str(self.paths.controller_admin),
                 "--serving-address",
                 self.ip,
+                "--lab-api",
+                str(self.paths.socket),
             ],
             env=node_process_env(),
             netns=self.names.control_netns,

@@ -27,7 +27,7 @@ from lab.controlplane import ControlPlane
 from lab.model import ClusterModel, PodRecord
 from lab.naming import LabNames
 from lab.nodeagents import NodeAgents
-from lab.objects import cluster_objects, sync_folder
+from lab.objects import cluster_docs, cluster_objects, sync_folder
 from lab.runtime import LabRuntime
 from lab.state import LabPaths, LabRecord, teardown
 from lab.status import lab_status
@@ -76,6 +76,7 @@ class LabDaemon:
         self.started = time.time()
         self._lock = asyncio.Lock()
         self._raw: dict[ResourceKey, object] = {}
+        self._statuses: dict[ResourceKey, dict[str, Any]] = {}  # written by controllers
         self._stop = asyncio.Event()
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -90,6 +91,8 @@ class LabDaemon:
                 web.get("/v1/status", self._status),
                 web.post("/v1/apply", self._apply),
                 web.post("/v1/delete", self._delete),
+                web.get("/v1/objects", self._objects),
+                web.put("/v1/objects/status", self._put_status),
                 web.post("/v1/shutdown", self._shutdown),
             ]
         )
@@ -200,8 +203,12 @@ class LabDaemon:
         """Write the cluster objects (applied manifests + pods with status) for the
         controller to watch."""
         self._raw = {k: v for k, v in self._raw.items() if k in self.model.resources}
+        self._statuses = {k: v for k, v in self._statuses.items() if k in self.model.resources}
         status = {ref: (p.phase, p.ready) for ref, p in self.runtime.pods.items()}
-        sync_folder(self.paths.manifests, cluster_objects(self.model, self._raw, status))
+        sync_folder(
+            self.paths.manifests,
+            cluster_objects(self.model, self._raw, status, self._statuses),
+        )
 
     # --- API --------------------------------------------------------------------------------
 
@@ -259,6 +266,51 @@ class LabDaemon:
                     {"errors": [{"message": f"delete failed: {err}"}]}, status=500
                 )
         return web.json_response({"results": [f"{k} deleted" for k in keys]})
+
+    async def _objects(self, request: web.Request) -> web.Response:
+        """The objects as the controller sees them (with clusterIPs, pods and statuses),
+        filtered by `kind`, `namespace` and `name` when given: the lab's `kubectl get`."""
+        kind = request.query.get("kind", "")
+        namespace = request.query.get("namespace", "")
+        name = request.query.get("name", "")
+        status = {ref: (p.phase, p.ready) for ref, p in self.runtime.pods.items()}
+        items = []
+        for _, doc in sorted(cluster_docs(self.model, self._raw, status, self._statuses).items()):
+            meta = doc.get("metadata", {}) if isinstance(doc, dict) else {}
+            if kind and doc.get("kind") != kind:
+                continue
+            if namespace and meta.get("namespace", "default") != namespace:
+                continue
+            if name and meta.get("name") != name:
+                continue
+            items.append(doc)
+        return web.json_response({"items": items})
+
+    async def _put_status(self, request: web.Request) -> web.Response:
+        """The status subresource: a controller sets an object's `status` (kept apart from
+        what users apply, dropped with the object)."""
+        body: dict[str, Any] = await request.json()
+        try:
+            key = ResourceKey(str(body["kind"]), str(body.get("namespace", "")), str(body["name"]))
+            status = body["status"]
+        except (KeyError, TypeError):
+            return web.json_response(
+                {"errors": [{"message": "expected {kind, namespace, name, status}"}]}, status=400
+            )
+        if not isinstance(status, dict):
+            return web.json_response(
+                {"errors": [{"message": "status must be an object"}]}, status=400
+            )
+        async with self._lock:
+            if key not in self.model.resources:
+                return web.json_response(
+                    {"errors": [{"message": f"{key}: not found", "resource": str(key)}]},
+                    status=404,
+                )
+            if self._statuses.get(key) != status:
+                self._statuses[key] = status
+                self._save_manifests()
+        return web.json_response({"results": [f"{key} status updated"]})
 
     async def _shutdown(self, _request: web.Request) -> web.Response:
         self._stop.set()

@@ -2,8 +2,10 @@
 
 This folder is the lab's source of truth for the controller (its LocalSource watches it):
 everything applied, as written, plus what the cluster decides: Services with their
-allocated clusterIP, and one Pod object per running pod (Deployment pods included) with
-uid, nodeName and a status (phase, podIP, hostIP, Ready condition).
+allocated clusterIP, one Pod object per running pod (Deployment pods included) with
+uid, nodeName and a status (phase, podIP, hostIP, Ready condition), and the `status` that
+controllers wrote for an object (the waypoint deployer's Gateway status), as the status
+subresource keeps it apart from what users apply.
 """
 
 from __future__ import annotations
@@ -40,10 +42,24 @@ def cluster_objects(
     model: ClusterModel,
     raw: Mapping[ResourceKey, Any],
     pod_status: Mapping[tuple[str, str], tuple[str, bool]],
+    statuses: Mapping[ResourceKey, Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
     """File name -> YAML text for every object. `pod_status`: ref -> (phase, ready)."""
+    return {
+        name: yaml.safe_dump(doc, sort_keys=True)
+        for name, doc in cluster_docs(model, raw, pod_status, statuses).items()
+    }
+
+
+def cluster_docs(
+    model: ClusterModel,
+    raw: Mapping[ResourceKey, Any],
+    pod_status: Mapping[tuple[str, str], tuple[str, bool]],
+    statuses: Mapping[ResourceKey, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """File name -> object (a Kubernetes-shaped dict) for every object."""
     nodes: dict[str, NodePlan] = {n.name: n for n in model.nodes}
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     for key, doc in raw.items():
         if key not in model.resources or key.kind == "Pod":
             continue
@@ -52,7 +68,9 @@ def cluster_objects(
             if record is not None:
                 doc = copy.deepcopy(doc)
                 doc.setdefault("spec", {})["clusterIP"] = record.vip
-        out[file_name(key.kind, key.namespace, key.name)] = yaml.safe_dump(doc, sort_keys=True)
+        if statuses and key in statuses and isinstance(doc, dict):
+            doc = {**doc, "status": copy.deepcopy(dict(statuses[key]))}
+        out[file_name(key.kind, key.namespace, key.name)] = doc
     for ref, pod in sorted(model.pods.items()):
         owner = (
             ResourceKey("Deployment", pod.namespace, pod.owner.split("/", 1)[1])
@@ -80,7 +98,7 @@ def cluster_objects(
                 "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
             },
         }
-        out[file_name("Pod", pod.namespace, pod.name)] = yaml.safe_dump(obj, sort_keys=True)
+        out[file_name("Pod", pod.namespace, pod.name)] = obj
     return out
 
 
