@@ -773,8 +773,8 @@ def _path_matches(m: _HTTPMatch, path: str) -> bool:
     if m.path_type is PathMatchType.EXACT:
         return path == m.path_value
     if m.path_type is PathMatchType.PATH_PREFIX:
-        p = m.path_value
-        return path == p or path.startswith(p + "/") or (not p and path.startswith("/"))
+        p = m.path_value  # no trailing "/"; "" for the prefix "/"
+        return path == p or path.startswith(p + "/")
     assert m.path_regex is not None
     return m.path_regex.fullmatch(path) is not None
 
