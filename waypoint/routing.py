@@ -888,6 +888,8 @@ def _apply(
     for op in rule.request_ops + backend.request_ops:
         if isinstance(op, HeaderOps):
             headers = modify_headers(headers, (op,))
+            if any(n.lower() == "host" for n, _ in op.set + op.add):
+                host = next(v for n, v in reversed(headers) if n.lower() == "host")
             continue
         if op.hostname:
             host = op.hostname

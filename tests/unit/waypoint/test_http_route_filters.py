@@ -671,3 +671,17 @@ def test_a_redirect_on_the_picked_backend(path: str, location: str) -> None:
     assert isinstance(d, Respond) and (d.status, d.location) == (302, location)
     if path.startswith("/full"):
         assert d.headers == (("location", location), ("X-Order", "rule,backend"))
+
+
+def test_a_header_modifier_setting_host_changes_the_forwarded_host() -> None:
+    t = table(
+        mesh_route(
+            """
+  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: Host, value: other.example}]}}]
+    backendRefs: [{name: echo-v1, port: 8080}]
+"""
+        )
+    )
+    d = route(t, request(headers={"host": "echo"}, host=""), never)
+    assert isinstance(d, Forward)
+    assert (d.host, d.request_headers) == ("other.example", (("Host", "other.example"),))
