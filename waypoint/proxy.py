@@ -91,6 +91,7 @@ MAX_DRAIN = 1024 * 1024
 # Kept-alive backend connections per client connection (one per endpoint it reached); past
 # this the oldest is closed
 MAX_BACKENDS = 16
+IDEMPOTENT_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class Backend:
         self.relay = relay
         self.peer = peer
         self.h1 = H1Channel(end, h11.CLIENT)
+        self.reused = False  # taken from the kept-alive ones for this request
 
     @property
     def usable(self) -> bool:
@@ -588,14 +590,6 @@ class Waypoint:
         if decision.mirrors:
             log.debug("waypoint.mirror_not_sent", mirrors=len(decision.mirrors))
         candidates = self._backend_candidates(decision, dest, record)
-        try:
-            backend = await self._backend_for(candidates, client, backends)
-        except BackendError as err:
-            record.response_flags = err.flags
-            record.reason = str(err)
-            return await self._answer_here(server, 503, (), record)
-        record.upstream_host = backend.host
-        record.destination = backend.peer
         out = h11.Request(
             method=request.method,
             target=decision.path.encode("latin-1"),
@@ -610,14 +604,36 @@ class Waypoint:
                 )
             ),
         )
-        try:
-            await self._send_request(server, backend, out, record)
-            response = await self._response_head(backend)
-        except BackendError as err:
-            self._drop(backend, backends)
-            record.response_flags = err.flags
-            record.reason = str(err)
-            return await self._answer_here(server, 503, (), record)
+        # A kept-alive backend connection may be closed by the backend just as we reuse it
+        # (its idle timeout): a request without a body and safe to repeat is then sent once
+        # more, on a new connection, as Envoy and browsers do.
+        repeatable = (
+            record.method in IDEMPOTENT_METHODS
+            and header(headers, "content-length") in (None, "0")
+            and header(headers, "transfer-encoding") is None
+        )
+        while True:
+            try:
+                backend = await self._backend_for(candidates, client, backends)
+            except BackendError as err:
+                record.response_flags = err.flags
+                record.reason = str(err)
+                return await self._answer_here(server, 503, (), record)
+            record.upstream_host = backend.host
+            record.destination = backend.peer
+            try:
+                await self._send_request(server, backend, out, record)
+                response = await self._response_head(backend)
+                break
+            except BackendError as err:
+                self._drop(backend, backends)
+                if backend.reused and repeatable:
+                    log.info("waypoint.retried_on_new_connection", endpoint=backend.host)
+                    repeatable = False
+                    continue
+                record.response_flags = err.flags
+                record.reason = str(err)
+                return await self._answer_here(server, 503, (), record)
         response_headers = hop_headers_removed(decode_headers(response.headers))
         if decision.response_header_ops:
             response_headers = routing.modify_headers(
@@ -675,6 +691,7 @@ class Waypoint:
             kept = backends.pop(host, None)
             if kept is not None:
                 if kept.usable:
+                    kept.reused = True
                     return kept
                 kept.close()
             try:
@@ -709,7 +726,9 @@ class Waypoint:
                 record.request_bytes += len(event.data)
                 await _from_backend(backend.h1.send(h11.Data(data=event.data)), "request body")
             elif isinstance(event, h11.EndOfMessage):
-                await _from_backend(backend.h1.send(h11.EndOfMessage()), "request end")
+                break
+        if backend.h1.conn.our_state is h11.SEND_BODY:  # (already read, when sent again)
+            await _from_backend(backend.h1.send(h11.EndOfMessage()), "request end")
 
     async def _response_head(self, backend: Backend) -> h11.Response:
         while True:

@@ -159,3 +159,51 @@ def test_a_pod_not_bound_to_the_waypoint_is_refused(tmp_path: Path) -> None:
         assert status == 404
 
     run(tmp_path, body)
+
+
+class OneShot:
+    """A pod that answers the first request of each connection (as keep-alive), and closes
+    the connection when a second one comes: the race of a backend's idle timeout."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+    async def start(self) -> int:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            writer.close()
+
+        self.server = await asyncio.start_server(serve, WEB_IP, 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+def test_a_kept_alive_backend_closing_under_a_get_is_retried_once_on_a_new_connection(
+    tmp_path: Path,
+) -> None:
+    async def body(mesh: Mesh) -> None:
+        pod = OneShot()
+        port = await pod.start()
+        rebind(
+            mesh,
+            dataclasses.replace(mesh.waypoint.view.mesh.by_ip[WEB_IP], waypoint=f"{NS}/{GATEWAY}"),
+        )
+        stream, _ = await mesh.stream(vip=WEB_IP, port=port)
+        client = HttpClient(stream)
+        for _ in range(3):
+            client.send_raw(b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n")
+            response, raw = await client.response()
+            assert response.status_code == 200 and raw == b"ok"
+        assert pod.connections == 3
+        # a POST with a body is not repeated: the client gets the 503
+        client.send_raw(b"POST / HTTP/1.1\r\nHost: pod\r\nContent-Length: 1\r\n\r\nx")
+        response, _ = await client.response()
+        assert response.status_code == 503
+
+    run(tmp_path, body)
