@@ -46,6 +46,7 @@ from meshcore import hbone
 from meshcore.identity.certs import CertificateError
 from meshcore.identity.spiffe import IdentityError, SpiffeId
 from meshcore.meshstate import MeshService, ServicePort, Workload
+from meshcore.resources.gateway import Timeouts
 from waypoint import protocol, routing, telemetry
 from waypoint.decision import Router, RouteTables
 from waypoint.h1 import (
@@ -560,6 +561,14 @@ class Waypoint:
                 with contextlib.suppress(EndClosed, h11.LocalProtocolError):
                     await self._respond(server, err.status, (("connection", "close"),), b"")
             return False
+        except TimeoutError:  # the client's body stalled (HEAD_TIMEOUT between pieces)
+            record.response_flags = telemetry.DOWNSTREAM_RESET
+            record.reason = f"the request body stalled for {HEAD_TIMEOUT:g} s"
+            if server.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                record.response_code = 408
+                with contextlib.suppress(EndClosed, h11.LocalProtocolError):
+                    await self._respond(server, 408, (("connection", "close"),), b"")
+            return False
         finally:
             record.done((time.monotonic() - started) * 1000)
 
@@ -604,6 +613,37 @@ class Waypoint:
                 )
             ),
         )
+        budget = route_timeout(decision.timeouts)
+        timeout = asyncio.timeout(budget)
+        try:
+            async with timeout:
+                return await self._exchange(
+                    server, out, headers, decision, candidates, client, record, backends
+                )
+        except TimeoutError:
+            if not timeout.expired():
+                raise  # not ours: a client too slow with its body (handled by the caller)
+        assert budget is not None
+        record.response_flags = telemetry.UPSTREAM_TIMEOUT
+        record.reason = f"route timeout ({budget:g} s)"
+        if server.conn.our_state is h11.SEND_RESPONSE:  # nothing sent yet: a 504
+            return await self._answer_here(server, 504, (), record)
+        server.end.reset()  # the response had started
+        return False
+
+    async def _exchange(
+        self,
+        server: H1Channel,
+        out: h11.Request,
+        headers: Headers,
+        decision: routing.Forward,
+        candidates: list[tuple[Workload, int]],
+        client: Client,
+        record: RequestRecord,
+        backends: dict[str, Backend],
+    ) -> bool:
+        """Send the request to a backend and its response back; whether the client
+        connection may carry another request."""
         # A kept-alive backend connection may be closed by the backend just as we reuse it
         # (its idle timeout): a request without a body and safe to repeat is then sent once
         # more, on a new connection, as Envoy and browsers do.
@@ -612,49 +652,55 @@ class Waypoint:
             and header(headers, "content-length") in (None, "0")
             and header(headers, "transfer-encoding") is None
         )
-        while True:
-            try:
-                backend = await self._backend_for(candidates, client, backends)
-            except BackendError as err:
-                record.response_flags = err.flags
-                record.reason = str(err)
-                return await self._answer_here(server, 503, (), record)
-            record.upstream_host = backend.host
-            record.destination = backend.peer
-            try:
-                await self._send_request(server, backend, out, record)
-                response = await self._response_head(backend)
-                break
-            except BackendError as err:
-                self._drop(backend, backends)
-                if backend.reused and repeatable:
-                    log.info("waypoint.retried_on_new_connection", endpoint=backend.host)
-                    repeatable = False
-                    continue
-                record.response_flags = err.flags
-                record.reason = str(err)
-                return await self._answer_here(server, 503, (), record)
-        response_headers = hop_headers_removed(decode_headers(response.headers))
-        if decision.response_header_ops:
-            response_headers = routing.modify_headers(
-                response_headers, decision.response_header_ops
-            )
-        record.response_code = response.status_code
-        await server.send(
-            h11.Response(
-                status_code=response.status_code,
-                headers=encode_headers(response_headers),
-                reason=response.reason,
-            )
-        )
+        backend: Backend | None = None
         try:
-            await self._relay_response_body(server, backend, record)
-        except BackendError as err:  # the response started: all we can do is reset
-            self._drop(backend, backends)
-            record.response_flags = err.flags
-            record.reason = str(err)
-            server.end.reset()
-            return False
+            while True:
+                try:
+                    backend = await self._backend_for(candidates, client, backends)
+                except BackendError as err:
+                    record.response_flags = err.flags
+                    record.reason = str(err)
+                    return await self._answer_here(server, 503, (), record)
+                record.upstream_host = backend.host
+                record.destination = backend.peer
+                try:
+                    await self._send_request(server, backend, out, record)
+                    response = await self._response_head(backend)
+                    break
+                except BackendError as err:
+                    self._drop(backend, backends)
+                    if backend.reused and repeatable:
+                        log.info("waypoint.retried_on_new_connection", endpoint=backend.host)
+                        repeatable = False
+                        continue
+                    record.response_flags = err.flags
+                    record.reason = str(err)
+                    return await self._answer_here(server, 503, (), record)
+            response_headers = hop_headers_removed(decode_headers(response.headers))
+            if decision.response_header_ops:
+                response_headers = routing.modify_headers(
+                    response_headers, decision.response_header_ops
+                )
+            record.response_code = response.status_code
+            await server.send(
+                h11.Response(
+                    status_code=response.status_code,
+                    headers=encode_headers(response_headers),
+                    reason=response.reason,
+                )
+            )
+            try:
+                await self._relay_response_body(server, backend, record)
+            except BackendError as err:  # the response started: all we can do is reset
+                self._drop(backend, backends)
+                record.response_flags = err.flags
+                record.reason = str(err)
+                server.end.reset()
+                return False
+        except BaseException:  # cancelled (a route timeout), or the client went: not reused
+            if backend is not None:
+                self._drop(backend, backends)
+            raise
         if backend.h1.reusable() and backend.usable:
             backends[backend.host] = backend
             if len(backends) > MAX_BACKENDS:
@@ -785,6 +831,16 @@ class Waypoint:
                 if drained > MAX_DRAIN:
                     return False
         return True
+
+
+def route_timeout(timeouts: Timeouts | None) -> float | None:
+    """The time a request may take, response included: the route's `request` timeout, or
+    its `backendRequest` one (there are no retries yet, so one try is the whole request);
+    None: no limit (0 disables a timeout, as the Gateway API says)."""
+    if timeouts is None:
+        return None
+    limits = [t for t in (timeouts.request, timeouts.backend_request) if t]
+    return min(limits) if limits else None
 
 
 async def _from_backend(step: Awaitable[T], what: str) -> T:

@@ -63,6 +63,7 @@ RESPONSE_BYTES = Histogram("istio_response_bytes", "Response sizes.", LABELS, bu
 NO_ROUTE = "NR"
 UPSTREAM_FAILURE = "UF"  # could not connect (or the CONNECT was refused)
 UPSTREAM_RESET = "UR"  # reset (or closed) before a full response
+UPSTREAM_TIMEOUT = "UT"  # the route's timeout went by
 NO_HEALTHY_UPSTREAM = "UH"
 DOWNSTREAM_PROTOCOL_ERROR = "DPE"
 DOWNSTREAM_RESET = "DC"  # the client went away before the response was done

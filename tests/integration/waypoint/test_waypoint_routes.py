@@ -4,10 +4,12 @@ response header modifiers, redirects, 404 for a routed port no rule matches)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.integration.waypoint.waypoint_mesh import ROUTED_VIP, Mesh, headers_of, run
 
@@ -70,5 +72,40 @@ def test_a_redirect_and_an_unmatched_path_are_answered_by_the_waypoint(tmp_path:
         client.send_raw(b"GET /nowhere HTTP/1.1\r\nHost: routed\r\n\r\n")
         response, _ = await client.response()
         assert response.status_code == 404
+
+    run(tmp_path, body)
+
+
+TIMEOUT_ROUTE = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: slow, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: routed, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    timeouts: {request: 200ms}
+    backendRefs: [{name: routed, port: 80}]
+  - backendRefs: [{name: routed, port: 80}]
+"""
+
+
+def test_a_route_timeout_is_a_504_and_the_connection_goes_on(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        mesh.set_routes(TIMEOUT_ROUTE)
+        client = await mesh.http(vip=ROUTED_VIP)
+        with capture_logs() as logs:
+            started = asyncio.get_running_loop().time()
+            client.send_raw(b"GET /delay/2000 HTTP/1.1\r\nHost: routed\r\n\r\n")
+            response, _ = await client.response()
+            took = asyncio.get_running_loop().time() - started
+        assert response.status_code == 504
+        assert 0.15 < took < 1.5
+        (line,) = [e for e in logs if e["event"] == "request.completed"]
+        assert line["response_flags"] == "UT"
+        assert line["reason"] == "route timeout (0.2 s)"
+        client.send_raw(b"GET /delay/10 HTTP/1.1\r\nHost: routed\r\n\r\n")
+        response, _ = await client.response()
+        assert response.status_code == 200  # within the timeout, on a new backend stream
 
     run(tmp_path, body)
