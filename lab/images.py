@@ -11,6 +11,9 @@ import os
 import sys
 
 WAYPOINT_IMAGE = "weft/waypoint"
+# Set (to anything but "" or "0") in the lab daemon's environment: waypoint pods run the
+# stand-in below instead of `python -m waypoint run`. For tests of the control plane alone.
+WAYPOINT_STAND_IN_ENV = "WEFT_LAB_WAYPOINT_STAND_IN"
 
 # image (without registry tag) -> python module of the sample app
 SAMPLE_APPS = {
@@ -58,9 +61,12 @@ def container_argv(image: str, command: tuple[str, ...], args: tuple[str, ...]) 
         return [*command, *args]
     name = image_name(image)
     module = SAMPLE_APPS[name]
-    if name == WAYPOINT_IMAGE and not _has_main(module):
-        # Until `python -m waypoint` exists, a stand-in holds the waypoint's HBONE port
-        # open (a TCP echo), so the pod becomes ready and the control plane can be tried.
+    if name == WAYPOINT_IMAGE and (
+        os.environ.get(WAYPOINT_STAND_IN_ENV, "") not in ("", "0") or not _has_main(module)
+    ):
+        # A stand-in (a TCP echo) holds the waypoint's HBONE port open, so the pod becomes
+        # ready and the control plane can be tried without the waypoint process: asked for,
+        # or while `python -m waypoint` does not exist.
         return [sys.executable, "-m", "sample_apps.tcp_echo", "--port", "15008"]
     return [sys.executable, "-m", module, *_SUBCOMMANDS.get(name, ()), *args]
 

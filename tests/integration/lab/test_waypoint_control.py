@@ -6,19 +6,45 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lab import client
+from lab.images import WAYPOINT_STAND_IN_ENV
 from lab.state import LabPaths
+from tests.conftest import RUN_ID
 from tests.integration.lab.labtools import Lab, weftctl
 
 pytestmark = pytest.mark.integration
 
+MANIFESTS = Path(__file__).parent / "manifests"
 OWNED = ("ServiceAccount", "Service", "Deployment")
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """A two-node lab whose waypoint pods run the lab's stand-in (a TCP echo on 15008), not
+    `python -m waypoint run`: these tests are about the control plane, which must deploy,
+    report and remove a waypoint whatever the proxy does."""
+    lab = Lab(f"weft-it-{RUN_ID}-{abs(hash(request.module.__name__)) % 1000}")
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(WAYPOINT_STAND_IN_ENV, "1")
+            lab.run(
+                "up",
+                "--nodes",
+                "2",
+                "--manifests",
+                str(MANIFESTS / "cluster.yaml"),
+                "--wait",
+                "60",
+            )
+        yield lab
+    finally:
+        lab.force_down()
 
 
 def waypoint(lab: Lab, *args: str, check: bool = True) -> Any:

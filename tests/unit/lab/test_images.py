@@ -86,6 +86,7 @@ def test_the_waypoint_image_runs_python_m_waypoint_run_with_the_containers_args(
     import lab.images
 
     monkeypatch.setattr(lab.images, "_has_main", lambda module: module == "waypoint")
+    monkeypatch.delenv("WEFT_LAB_WAYPOINT_STAND_IN", raising=False)
     assert is_known("weft/waypoint:1.0")
     argv = container_argv("weft/waypoint", (), ("--gateway", "shop/waypoint"))
     assert argv == [sys.executable, "-m", "waypoint", "run", "--gateway", "shop/waypoint"]
@@ -97,5 +98,14 @@ def test_without_a_waypoint_module_the_waypoint_image_holds_its_port_with_a_stan
     import lab.images
 
     monkeypatch.setattr(lab.images, "_has_main", lambda module: False)
+    argv = container_argv("weft/waypoint", (), ("--gateway", "shop/waypoint"))
+    assert argv == [sys.executable, "-m", "sample_apps.tcp_echo", "--port", "15008"]
+
+
+def test_the_waypoint_stand_in_can_be_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lab.images
+
+    monkeypatch.setattr(lab.images, "_has_main", lambda module: True)
+    monkeypatch.setenv("WEFT_LAB_WAYPOINT_STAND_IN", "1")
     argv = container_argv("weft/waypoint", (), ("--gateway", "shop/waypoint"))
     assert argv == [sys.executable, "-m", "sample_apps.tcp_echo", "--port", "15008"]
