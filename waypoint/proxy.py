@@ -92,6 +92,11 @@ MAX_DRAIN = 1024 * 1024
 # Kept-alive backend connections per client connection (one per endpoint it reached); past
 # this the oldest is closed
 MAX_BACKENDS = 16
+# RequestMirror: a request body is copied for its mirrors up to this (a larger one is not
+# mirrored); mirrors in flight at once, and how long one may take
+MAX_MIRROR_BODY = 1024 * 1024
+MAX_MIRRORS_IN_FLIGHT = 256
+MIRROR_TIMEOUT = 10.0
 IDEMPOTENT_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 
 
@@ -141,6 +146,23 @@ class Destination:
     workload: Workload | None  # a pod IP bound to us (workload waypoints)
 
 
+class Tee:
+    """A copy of a request body, for mirrors, up to MAX_MIRROR_BODY."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.overflow = False
+
+    def add(self, chunk: bytes) -> None:
+        if self.overflow:
+            return
+        if len(self.data) + len(chunk) > MAX_MIRROR_BODY:
+            self.overflow = True
+            self.data.clear()
+        else:
+            self.data += chunk
+
+
 class Backend:
     """An HTTP/1.1 connection to one endpoint, over HBONE (or plain TCP for an endpoint
     outside the mesh), kept alive between requests of one client connection."""
@@ -178,6 +200,7 @@ class Waypoint:
         self.router: Router = router or RouteTables(view)
         self._setups = SetupTasks("waypoint.failed_unexpectedly")
         self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
+        self._mirrors: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         """Fetch our own certificate (the listener needs it before the first handshake)."""
@@ -596,8 +619,6 @@ class Waypoint:
             record.response_flags = telemetry.NO_ROUTE if decision.status == 404 else "-"
             record.reason = decision.reason
             return await self._answer_here(server, decision.status, decision.headers, record)
-        if decision.mirrors:
-            log.debug("waypoint.mirror_not_sent", mirrors=len(decision.mirrors))
         candidates = self._backend_candidates(decision, dest, record)
         out = h11.Request(
             method=request.method,
@@ -652,6 +673,7 @@ class Waypoint:
             and header(headers, "content-length") in (None, "0")
             and header(headers, "transfer-encoding") is None
         )
+        tee = Tee() if decision.mirrors else None
         backend: Backend | None = None
         try:
             while True:
@@ -664,7 +686,10 @@ class Waypoint:
                 record.upstream_host = backend.host
                 record.destination = backend.peer
                 try:
-                    await self._send_request(server, backend, out, record)
+                    await self._send_request(server, backend, out, record, tee)
+                    if tee is not None:
+                        self._mirror(out, tee, decision.mirrors, client)
+                        tee = None
                     response = await self._response_head(backend)
                     break
                 except BackendError as err:
@@ -761,20 +786,87 @@ class Waypoint:
         backend.close()
 
     async def _send_request(
-        self, server: H1Channel, backend: Backend, request: h11.Request, record: RequestRecord
+        self,
+        server: H1Channel,
+        backend: Backend,
+        request: h11.Request,
+        record: RequestRecord,
+        tee: Tee | None = None,
     ) -> None:
         """The request head, then its body as it arrives (client errors propagate as they
-        are; a backend failing meanwhile is a BackendError, with the body left unread)."""
+        are; a backend failing meanwhile is a BackendError, with the body left unread).
+        `tee` keeps a copy of the body, for mirrors."""
         await _from_backend(backend.h1.send(request), "sending the request")
         while server.conn.their_state is h11.SEND_BODY:
             event = await asyncio.wait_for(server.next_event(), HEAD_TIMEOUT)
             if isinstance(event, h11.Data):
                 record.request_bytes += len(event.data)
+                if tee is not None:
+                    tee.add(event.data)
                 await _from_backend(backend.h1.send(h11.Data(data=event.data)), "request body")
             elif isinstance(event, h11.EndOfMessage):
                 break
         if backend.h1.conn.our_state is h11.SEND_BODY:  # (already read, when sent again)
             await _from_backend(backend.h1.send(h11.EndOfMessage()), "request end")
+
+    def _mirror(
+        self,
+        request: h11.Request,
+        tee: Tee,
+        targets: tuple[routing.MirrorTarget, ...],
+        client: Client,
+    ) -> None:
+        """Send a copy of the request (as forwarded) to each mirror, in the background; their
+        responses are read and dropped. The Host gets Envoy's `-shadow` suffix."""
+        if tee.overflow:
+            log.info("waypoint.mirror_skipped", reason=f"request body over {MAX_MIRROR_BODY} B")
+            return
+        body = bytes(tee.data)
+        for target in targets:
+            if len(self._mirrors) >= MAX_MIRRORS_IN_FLIGHT:
+                log.info("waypoint.mirror_skipped", reason="too many mirrors in flight")
+                return
+            task = asyncio.ensure_future(self._send_mirror(request, body, target, client))
+            self._mirrors.add(task)
+            task.add_done_callback(self._mirrors.discard)
+
+    async def _send_mirror(
+        self, request: h11.Request, body: bytes, target: routing.MirrorTarget, client: Client
+    ) -> None:
+        mirror = f"{target.namespace}/{target.name}:{target.port}"
+        service = self.view.service(target.namespace, target.name)
+        endpoints = self.view.endpoints(service, target.port) if service else []
+        if not endpoints:
+            log.info("request.mirror_failed", mirror=mirror, reason="no ready endpoint")
+            return
+        workload, port = endpoints[0]
+        headers = [(n, v + b"-shadow" if n == b"host" else v) for n, v in request.headers]
+        copy = h11.Request(method=request.method, target=request.target, headers=headers)
+        backend: Backend | None = None
+        try:
+            async with asyncio.timeout(MIRROR_TIMEOUT):
+                end = await self._open(workload, port, client)
+                buffered = BufferedEnd("mirror")
+                relay = Relay(end, buffered)
+                relay.start()
+                backend = Backend(
+                    f"{workload.addresses[0]}:{port}", buffered, relay, Peer(None, "")
+                )
+                await _from_backend(backend.h1.send(copy), "mirror")
+                if body:
+                    await _from_backend(backend.h1.send(h11.Data(data=body)), "mirror")
+                await _from_backend(backend.h1.send(h11.EndOfMessage()), "mirror")
+                response = await self._response_head(backend)
+                while not isinstance(
+                    await _from_backend(backend.h1.next_event(), "mirror"), h11.EndOfMessage
+                ):
+                    pass
+            log.info("request.mirrored", mirror=mirror, response_code=response.status_code)
+        except (BackendError, TimeoutError) as err:
+            log.info("request.mirror_failed", mirror=mirror, reason=str(err) or "timed out")
+        finally:
+            if backend is not None:
+                backend.close()
 
     async def _response_head(self, backend: Backend) -> h11.Response:
         while True:

@@ -5,13 +5,24 @@ response header modifiers, redirects, 404 for a routed port no rule matches)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from tests.integration.waypoint.waypoint_mesh import ROUTED_VIP, Mesh, headers_of, run
+from meshcore.meshstate import ServiceMembership, ServicePort, Workload
+from meshcore.resources import ResourceKey
+from tests.integration.waypoint.waypoint_mesh import (
+    NS,
+    ROUTED_VIP,
+    WEB_IP,
+    Mesh,
+    headers_of,
+    run,
+    service,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -107,5 +118,75 @@ def test_a_route_timeout_is_a_504_and_the_connection_goes_on(tmp_path: Path) -> 
         client.send_raw(b"GET /delay/10 HTTP/1.1\r\nHost: routed\r\n\r\n")
         response, _ = await client.response()
         assert response.status_code == 200  # within the timeout, on a new backend stream
+
+    run(tmp_path, body)
+
+
+MIRROR_ROUTE = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mirrored, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: routed, port: 80}]
+  rules:
+  - filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: mirror, port: 80}}
+    backendRefs: [{name: routed, port: 80}]
+"""
+
+
+class Recorder:
+    """A pod that records each request it gets (head and body) and answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self.got = asyncio.Event()
+
+    async def start(self) -> int:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length)
+                self.requests.append(head + body)
+                self.got.set()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            writer.close()
+
+        self.server = await asyncio.start_server(serve, WEB_IP, 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+def test_a_mirror_gets_a_copy_of_the_request_and_its_answer_is_ignored(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        recorder = Recorder()
+        port = await recorder.start()
+        web = mesh.state[ResourceKey("Workload", NS, "web")]
+        assert isinstance(web, Workload)
+        web = dataclasses.replace(
+            web, services=(*web.services, ServiceMembership(NS, "mirror", {80: port}))
+        )
+        mirror = service("mirror", "10.96.0.16", (ServicePort("http", 80),), bound=False)
+        mesh.state = {**mesh.state, web.key: web, mirror.key: mirror}
+        mesh.set_routes(MIRROR_ROUTE)
+        client = await mesh.http(vip=ROUTED_VIP)
+        client.send_raw(
+            b"POST /m HTTP/1.1\r\nHost: routed\r\nContent-Length: 5\r\nX-Trace: 1\r\n\r\nhello"
+        )
+        response, raw = await client.response()
+        assert response.status_code == 200 and json.loads(raw)["pod"] == "web-1"
+        await asyncio.wait_for(recorder.got.wait(), 5)
+        (copy,) = recorder.requests
+        assert copy.startswith(b"POST /m HTTP/1.1\r\n")
+        assert b"host: routed-shadow\r\n" in copy.lower()
+        assert b"x-trace: 1\r\n" in copy.lower()
+        assert copy.endswith(b"\r\n\r\nhello")
 
     run(tmp_path, body)
