@@ -664,43 +664,94 @@ class Waypoint:
         backends: dict[str, Backend],
     ) -> bool:
         """Send the request to a backend and its response back; whether the client
-        connection may carry another request."""
-        # A kept-alive backend connection may be closed by the backend just as we reuse it
-        # (its idle timeout): a request without a body and safe to repeat is then sent once
-        # more, on a new connection, as Envoy and browsers do.
-        repeatable = (
-            record.method in IDEMPOTENT_METHODS
-            and header(headers, "content-length") in (None, "0")
+        connection may carry another request.
+
+        A request is sent again, on another try, when the rule's `retry` says so (a response
+        code it lists, or no response at all: unreachable, reset, the per-try timeout),
+        up to `attempts` more times, `backoff` apart; and once, not counted, when a
+        kept-alive backend connection closes under an idempotent request (the backend's
+        idle timeout racing our reuse, as Envoy and browsers do). Only a request whose body
+        was kept whole (up to MAX_MIRROR_BODY) can be sent again."""
+        retry = decision.retry
+        attempts = (1 if retry.attempts is None else retry.attempts) if retry else 0
+        retry_codes = frozenset(retry.codes) if retry else frozenset()
+        backoff = (retry.backoff or 0.0) if retry else 0.0
+        timeouts = decision.timeouts
+        per_try = (timeouts.backend_request or None) if timeouts else None
+        bodiless = (
+            header(headers, "content-length") in (None, "0")
             and header(headers, "transfer-encoding") is None
         )
-        tee = Tee() if decision.mirrors else None
+        tee = Tee() if decision.mirrors or (attempts and not bodiless) else None
+        body: bytes | None = None  # the whole request body, once sent: for another try
+        reconnected = False
         backend: Backend | None = None
         try:
             while True:
                 try:
-                    backend = await self._backend_for(candidates, client, backends)
+                    backend = await self._backend_for(
+                        _rotated(candidates, record.retries), client, backends
+                    )
                 except BackendError as err:
                     record.response_flags = err.flags
                     record.reason = str(err)
                     return await self._answer_here(server, 503, (), record)
                 record.upstream_host = backend.host
                 record.destination = backend.peer
+                failure: BackendError | None = None
                 try:
-                    await self._send_request(server, backend, out, record, tee)
-                    if tee is not None:
-                        self._mirror(out, tee, decision.mirrors, client)
-                        tee = None
-                    response = await self._response_head(backend)
-                    break
+                    async with asyncio.timeout(per_try) as this_try:
+                        if body is None:
+                            await self._send_request(server, backend, out, record, tee)
+                            body = b"" if bodiless else None
+                            if tee is not None:
+                                body = None if tee.overflow else bytes(tee.data)
+                                if decision.mirrors:
+                                    self._mirror(out, tee, decision.mirrors, client)
+                                tee = None
+                        else:
+                            await self._resend(backend, out, body)
+                        response = await self._response_head(backend)
                 except BackendError as err:
-                    self._drop(backend, backends)
-                    if backend.reused and repeatable:
-                        log.info("waypoint.retried_on_new_connection", endpoint=backend.host)
-                        repeatable = False
-                        continue
-                    record.response_flags = err.flags
-                    record.reason = str(err)
-                    return await self._answer_here(server, 503, (), record)
+                    failure = err
+                except TimeoutError:
+                    if not this_try.expired():
+                        raise
+                    failure = BackendError(
+                        f"per-try timeout ({per_try:g} s)", telemetry.UPSTREAM_TIMEOUT
+                    )
+                if failure is None and (
+                    response.status_code not in retry_codes
+                    or record.retries >= attempts
+                    or body is None
+                ):
+                    break
+                self._drop(backend, backends)
+                if (
+                    body is not None
+                    and failure is not None
+                    and backend.reused
+                    and not reconnected
+                    and record.method in IDEMPOTENT_METHODS
+                ):
+                    reconnected = True
+                    log.info("waypoint.retried_on_new_connection", endpoint=backend.host)
+                    continue
+                if body is not None and record.retries < attempts:
+                    record.retries += 1
+                    log.info(
+                        "request.retried",
+                        endpoint=backend.host,
+                        attempt=record.retries,
+                        reason=str(failure) if failure else f"response {response.status_code}",
+                    )
+                    await asyncio.sleep(backoff)
+                    continue
+                assert failure is not None
+                record.response_flags = failure.flags
+                record.reason = str(failure)
+                timed_out = failure.flags == telemetry.UPSTREAM_TIMEOUT
+                return await self._answer_here(server, 504 if timed_out else 503, (), record)
             response_headers = hop_headers_removed(decode_headers(response.headers))
             if decision.response_header_ops:
                 response_headers = routing.modify_headers(
@@ -868,6 +919,13 @@ class Waypoint:
             if backend is not None:
                 backend.close()
 
+    async def _resend(self, backend: Backend, request: h11.Request, body: bytes) -> None:
+        """The request again, with the body kept from the first try."""
+        await _from_backend(backend.h1.send(request), "sending the request again")
+        if body:
+            await _from_backend(backend.h1.send(h11.Data(data=body)), "request body")
+        await _from_backend(backend.h1.send(h11.EndOfMessage()), "request end")
+
     async def _response_head(self, backend: Backend) -> h11.Response:
         while True:
             event = await _from_backend(
@@ -926,13 +984,18 @@ class Waypoint:
 
 
 def route_timeout(timeouts: Timeouts | None) -> float | None:
-    """The time a request may take, response included: the route's `request` timeout, or
-    its `backendRequest` one (there are no retries yet, so one try is the whole request);
-    None: no limit (0 disables a timeout, as the Gateway API says)."""
-    if timeouts is None:
-        return None
-    limits = [t for t in (timeouts.request, timeouts.backend_request) if t]
-    return min(limits) if limits else None
+    """The time a request may take, tries and response included: the route's `request`
+    timeout (`backendRequest` bounds each try, in `_exchange`); None: no limit (0 disables
+    a timeout, as the Gateway API says)."""
+    return (timeouts.request or None) if timeouts is not None else None
+
+
+def _rotated(candidates: list[tuple[Workload, int]], by: int) -> list[tuple[Workload, int]]:
+    """Another try starts at another endpoint, when there is one."""
+    if not candidates:
+        return candidates
+    at = by % len(candidates)
+    return candidates[at:] + candidates[:at]
 
 
 async def _from_backend(step: Awaitable[T], what: str) -> T:

@@ -117,6 +117,7 @@ class RequestRecord:
     trace_id: str = ""
     user_agent: str = ""
     request_id: str = ""
+    retries: int = 0  # tries after the first (the route's retry policy)
 
     def labels(self) -> dict[str, str]:
         return {
@@ -160,6 +161,7 @@ class RequestRecord:
             trace_id=self.trace_id or None,
             user_agent=self.user_agent or None,
             request_id=self.request_id or None,
+            retries=self.retries or None,
         )
 
 

@@ -190,3 +190,123 @@ def test_a_mirror_gets_a_copy_of_the_request_and_its_answer_is_ignored(tmp_path:
         assert copy.endswith(b"\r\n\r\nhello")
 
     run(tmp_path, body)
+
+
+RETRY_ROUTE = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: retried, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: routed, port: 80}]
+  rules:
+  - retry: {codes: [503], attempts: 2, backoff: 10ms}
+    backendRefs: [{name: flaky, port: 80}]
+"""
+
+
+class Flaky(Recorder):
+    """Answers 503 to the first `failures` requests, then 200, echoing the body's length."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def start(self) -> int:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":")[1])
+                    body = await reader.readexactly(length)
+                    self.requests.append(head + body)
+                    status = b"503 Service Unavailable" if self.failures > 0 else b"200 OK"
+                    self.failures -= 1
+                    answer = b"%d" % len(body)
+                    writer.write(
+                        b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s"
+                        % (status, len(answer), answer)
+                    )
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            writer.close()
+
+        self.server = await asyncio.start_server(serve, WEB_IP, 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+async def with_flaky(mesh: Mesh, failures: int) -> Flaky:
+    flaky = Flaky(failures)
+    port = await flaky.start()
+    web = mesh.state[ResourceKey("Workload", NS, "web")]
+    assert isinstance(web, Workload)
+    web = dataclasses.replace(
+        web, services=(*web.services, ServiceMembership(NS, "flaky", {80: port}))
+    )
+    svc = service("flaky", "10.96.0.17", (ServicePort("http", 80),), bound=False)
+    mesh.state = {**mesh.state, web.key: web, svc.key: svc}
+    mesh.set_routes(RETRY_ROUTE)
+    return flaky
+
+
+def test_a_listed_code_is_retried_with_the_body_kept(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        flaky = await with_flaky(mesh, failures=2)
+        client = await mesh.http(vip=ROUTED_VIP)
+        with capture_logs() as logs:
+            client.send_raw(b"POST /r HTTP/1.1\r\nHost: routed\r\nContent-Length: 4\r\n\r\nabcd")
+            response, raw = await client.response()
+        assert response.status_code == 200 and raw == b"4"  # the body went again, whole
+        assert len(flaky.requests) == 3 and all(r.endswith(b"abcd") for r in flaky.requests)
+        (line,) = [e for e in logs if e["event"] == "request.completed"]
+        assert line["retries"] == 2
+
+    run(tmp_path, body)
+
+
+def test_past_its_attempts_the_last_answer_goes_to_the_client(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        flaky = await with_flaky(mesh, failures=5)
+        client = await mesh.http(vip=ROUTED_VIP)
+        client.send_raw(b"GET /r HTTP/1.1\r\nHost: routed\r\n\r\n")
+        response, _ = await client.response()
+        assert response.status_code == 503
+        assert len(flaky.requests) == 3  # the first try and two attempts
+
+    run(tmp_path, body)
+
+
+PER_TRY_ROUTE = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: per-try, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: routed, port: 80}]
+  rules:
+  - timeouts: {request: 3s, backendRequest: 200ms}
+    retry: {attempts: 1}
+    backendRefs: [{name: routed, port: 80}]
+"""
+
+
+def test_each_try_is_bounded_by_the_backend_request_timeout(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        mesh.set_routes(PER_TRY_ROUTE)
+        client = await mesh.http(vip=ROUTED_VIP)
+        with capture_logs() as logs:
+            started = asyncio.get_running_loop().time()
+            client.send_raw(b"GET /delay/2000 HTTP/1.1\r\nHost: routed\r\n\r\n")
+            response, _ = await client.response()
+            took = asyncio.get_running_loop().time() - started
+        assert response.status_code == 504
+        assert 0.35 < took < 1.5  # two tries of 200 ms, well within the 3 s request timeout
+        (line,) = [e for e in logs if e["event"] == "request.completed"]
+        assert line["retries"] == 1 and line["response_flags"] == "UT"
+        client.send_raw(b"GET /fast HTTP/1.1\r\nHost: routed\r\n\r\n")
+        response, _ = await client.response()
+        assert response.status_code == 200
+
+    run(tmp_path, body)
