@@ -207,3 +207,23 @@ def test_a_kept_alive_backend_closing_under_a_get_is_retried_once_on_a_new_conne
         assert response.status_code == 503
 
     run(tmp_path, body)
+
+
+def test_a_client_resetting_mid_request_leaves_nothing_behind(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        conn = await mesh.connect()
+        with capture_logs() as logs:
+            for _ in range(5):
+                stream, _ = await mesh.stream(conn=conn)
+                client = HttpClient(stream)
+                client.send_raw(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\n\r\n0123")
+                await asyncio.sleep(0.05)  # the request reaches the backend
+                client.end.reset()
+            await asyncio.sleep(0.2)
+        assert not [e for e in logs if e["event"] == "waypoint.failed_unexpectedly"]
+        completed = [e for e in logs if e["event"] == "request.completed"]
+        assert len(completed) == 5 and {e["response_flags"] for e in completed} == {"DC"}
+        assert [s["streams"] for s in mesh.waypoint.stats()] == [0]  # all streams gone
+        assert all(p["streams"] == 0 for p in mesh.waypoint.pool.stats())  # backends too
+
+    run(tmp_path, body)
