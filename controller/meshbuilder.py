@@ -61,9 +61,9 @@ __all__ = ["USE_WAYPOINT_NAMESPACE_LABEL", "BuildError", "MeshBuilder"]
 _HASH_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<hash>[a-z0-9]+)-[a-z0-9]{5}$")
 
 NO_ENFORCEMENT_POINT = (
-    "targetRefs policies are enforced by waypoints, which weft does not run yet: this policy "
-    "is enforced nowhere; use a selector (or no selector for the whole namespace) to have "
-    "ztunnel enforce it"
+    "targetRefs policies are enforced by waypoints, and weft's waypoints do not enforce "
+    "AuthorizationPolicy yet: this policy is enforced nowhere; use a selector (or no selector "
+    "for the whole namespace) to have ztunnel enforce it"
 )
 
 _V = TypeVar("_V", bound=StateValue)

@@ -101,9 +101,7 @@ def resolve(view: MeshView, dst_ip: str, dst_port: int) -> Plan:
     return ToEndpoints(((workload, dst_port),), None)
 
 
-def _via(
-    view: MeshView, waypoint: str, target: hbone.Target, service: MeshService | None
-) -> Plan:
+def _via(view: MeshView, waypoint: str, target: hbone.Target, service: MeshService | None) -> Plan:
     replicas = waypoint_replicas(view, waypoint)
     if not replicas:
         return Refuse(f"waypoint {waypoint} has no ready replica (bound traffic fails closed)")
