@@ -30,7 +30,7 @@ from controller.sources import Source
 from controller.store import Problem, ResourceStore
 from meshcore import adminserver
 from meshcore.api import limits
-from meshcore.meshstate import TrustBundle, Workload
+from meshcore.meshstate import TrustBundle, Waypoint, Workload
 
 log = structlog.get_logger("controller")
 
@@ -78,6 +78,7 @@ class Controller:
             self.ca,
             self.workloads,
             RevokedNodes(config.state_dir / REVOKED_NODES_FILE),
+            self.waypoints,
         )
         self.synced = asyncio.Event()
         self.grpc_port = 0
@@ -88,6 +89,9 @@ class Controller:
 
     def workloads(self) -> list[Workload]:
         return [v for v in self.state.values.values() if isinstance(v, Workload)]
+
+    def waypoints(self) -> list[Waypoint]:
+        return [v for v in self.state.values.values() if isinstance(v, Waypoint)]
 
     def problems(self) -> list[Problem]:
         """Resources refused by the store (invalid manifests) or by the mesh builder (valid,

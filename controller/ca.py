@@ -71,6 +71,10 @@ WORKLOAD_TTL = dt.timedelta(hours=24)
 # Short-lived: a node renews its credential at half life over its authenticated channel
 # (`renew_node_credential`); one that is no longer renewed stops working within a day.
 NODE_CREDENTIAL_TTL = dt.timedelta(hours=24)
+# What a pod proves its service account with before it has an SVID, as Kubernetes' projected
+# ServiceAccount token does (issued by the lab as the kubelet would mount one). Short-lived;
+# the pod's first SVID (clientAuth too) takes its place as the credential it renews with.
+WORKLOAD_CREDENTIAL_TTL = dt.timedelta(hours=1)
 SERVING_TTL = dt.timedelta(days=90)
 CLOCK_SKEW = dt.timedelta(minutes=1)
 _CANARY_TTL = dt.timedelta(minutes=5)
@@ -376,6 +380,29 @@ class CertificateAuthority:
         self._log_signed("node", identity, cert, now)
         return key_to_pem(key), cert_to_pem(cert) + self._chain_pem()
 
+    def issue_workload_credential(
+        self, namespace: str, service_account: str, ttl: dt.timedelta = WORKLOAD_CREDENTIAL_TTL
+    ) -> tuple[bytes, bytes]:
+        """(key PEM, certificate PEM) a pod running as `service_account` presents to the
+        controller (clientAuth only, short-lived), as a projected ServiceAccount token is
+        presented in Kubernetes. What it may do with it is the controller's decision
+        (`controller.server`): today, only a waypoint's replicas are served.
+
+        The certificate PEM is the leaf followed by the chain (roots left out).
+        """
+        identity = workload_id(self.trust_domain, namespace, service_account)
+        now = self._clock()
+        key = new_private_key()
+        cert = self._issue(
+            key.public_key(),
+            [x509.UniformResourceIdentifier(str(identity))],
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+            now,
+            self._not_after(now, ttl),
+        )
+        self._log_signed("workload-credential", identity, cert, now)
+        return key_to_pem(key), cert_to_pem(cert) + self._chain_pem()
+
     def renew_node_credential(
         self, csr_pem: bytes, node: str, ttl: dt.timedelta = NODE_CREDENTIAL_TTL
     ) -> IssuedCertificate:
@@ -389,6 +416,18 @@ class CertificateAuthority:
         now: dt.datetime | None = None,
     ) -> str:
         """The node name a client certificate (leaf first, then any chain) proves."""
+        identity = self.verify_client_credential(credential, now)
+        if identity.node_name is None:
+            raise CertificateError(f"identity {identity} is not a node identity")
+        return identity.node_name
+
+    def verify_client_credential(
+        self,
+        credential: bytes | x509.Certificate | Sequence[x509.Certificate],
+        now: dt.datetime | None = None,
+    ) -> SpiffeId:
+        """The identity of our trust domain a client certificate (leaf first, then any
+        chain) proves: a node's, or a workload's (see `issue_workload_credential`)."""
         if isinstance(credential, bytes):
             certs = load_chain(credential)
         elif isinstance(credential, x509.Certificate):
@@ -411,9 +450,7 @@ class CertificateAuthority:
                 f"identity {identity} is in trust domain {identity.trust_domain!r}, "
                 f"not {self.trust_domain!r}"
             )
-        if identity.node_name is None:
-            raise CertificateError(f"identity {identity} is not a node identity")
-        return identity.node_name
+        return identity
 
     def issue_serving_certificate(
         self,

@@ -150,5 +150,15 @@ def write_node_credential(ca: CertificateAuthority, node: str, out: Path) -> Non
     NodeCredential(key_pem, cert_pem, "".join(ca.trust_bundle).encode()).save(out)
 
 
+def write_workload_credential(
+    ca: CertificateAuthority, namespace: str, service_account: str, out: Path
+) -> None:
+    """A pod's credential for `namespace`/`service_account` in `out` (as `write_node_credential`
+    writes a node's): what the lab gives a waypoint replica, as the kubelet projects a
+    ServiceAccount token. Valid for WORKLOAD_CREDENTIAL_TTL; the pod's SVID replaces it."""
+    key_pem, cert_pem = ca.issue_workload_credential(namespace, service_account)
+    NodeCredential(key_pem, cert_pem, "".join(ca.trust_bundle).encode()).save(out)
+
+
 if __name__ == "__main__":
     cli()

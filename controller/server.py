@@ -1,8 +1,9 @@
 """The controller's gRPC endpoint: per-node config streams and certificate signing.
 
-Thin I/O around `StateLog` (what to send) and the CA (what to sign). Nodes authenticate with
-the client certificate of their node credential; the node name comes from it, never from
-what the node says about itself.
+Thin I/O around `StateLog` (what to send), the CA (what to sign) and `authz` (who may ask).
+Callers authenticate with a client certificate: a node with its node credential (the node
+name comes from it, never from what the node says about itself), a waypoint replica with its
+workload credential or SVID.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import grpc
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from controller.authz import Caller, CallerKind, Refusal, authorize
 from controller.ca import CertificateAuthority
 from controller.distribution import StateLog, Update
 from controller.revocation import REVOCATION_CHECK
@@ -24,7 +26,7 @@ from meshcore.api import limits
 from meshcore.api import mesh_pb2 as pb
 from meshcore.identity.certs import CertificateError, load_chain
 from meshcore.identity.spiffe import SpiffeId
-from meshcore.meshstate import Workload
+from meshcore.meshstate import Waypoint, Workload
 
 log = structlog.get_logger("controller.server")
 
@@ -66,25 +68,29 @@ class NodeSession:
         }
 
 
-@dataclass(frozen=True)
-class Caller:
-    """A node authenticated by its credential, and when that credential stops being valid."""
-
-    node: str
-    not_after: dt.datetime
-
-
-def _caller(context: grpc.aio.ServicerContext, ca: CertificateAuthority) -> Caller | None:
+def _caller(
+    context: grpc.aio.ServicerContext, ca: CertificateAuthority, waypoints: Container[str]
+) -> Caller | Refusal:
+    """Who is calling: the identity its client certificate proves, authorized by `authorize`."""
     certs = context.auth_context().get("x509_pem_cert") or []
     if not certs:
-        return None
+        return Refusal("no client certificate")
     try:
-        node = ca.verify_node_credential(certs[0])
+        identity = ca.verify_client_credential(certs[0])
         not_after = load_chain(certs[0])[0].not_valid_after_utc
     except CertificateError as err:
-        log.warning("node.refused", peer=context.peer(), reason=err.reason)
-        return None
-    return Caller(node, not_after)
+        log.warning("caller.refused", peer=context.peer(), reason=err.reason)
+        return Refusal(err.reason)
+    verdict = authorize(identity, not_after, waypoints)
+    if isinstance(verdict, Refusal):
+        log.warning("caller.refused", peer=context.peer(), reason=verdict.reason)
+    return verdict
+
+
+UNAUTHENTICATED = (
+    "a valid node credential, or the credential of a waypoint replica (client certificate), "
+    "is required"
+)
 
 
 class ControllerService:
@@ -94,11 +100,14 @@ class ControllerService:
         ca: CertificateAuthority,
         workloads: Callable[[], list[Workload]],
         revoked: Container[str] = frozenset(),
+        waypoints: Callable[[], list[Waypoint]] = list,
     ) -> None:
         self.state = state
         self.ca = ca
         self.revoked = revoked
         self._workloads = workloads
+        self._waypoints = waypoints
+        self._waypoint_index: tuple[int, frozenset[str]] = (-1, frozenset())
         self._identity_index: tuple[int, dict[str, frozenset[SpiffeId]]] = (-1, {})
         self._changed = asyncio.Event()
         # Set once the state reflects the whole source: nodes must never be sent the empty
@@ -118,6 +127,13 @@ class ControllerService:
                 {n: frozenset(ids) for n, ids in index.items()},
             )
         return self._identity_index[1].get(node, frozenset())
+
+    def waypoint_identities(self) -> frozenset[str]:
+        """The identities of the Waypoints in the state, indexed once per state version."""
+        if self._waypoint_index[0] != self.state.version:
+            ids = frozenset(w.identity for w in self._waypoints() if w.identity)
+            self._waypoint_index = (self.state.version, ids)
+        return self._waypoint_index[1]
 
     def notify(self) -> None:
         """Wake every stream: the state has a new version."""
@@ -146,14 +162,15 @@ class ControllerService:
     async def subscribe(
         self, requests: AsyncIterator[pb.SubscribeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        caller = _caller(context, self.ca)
-        if caller is None:
+        # Before the first full read a waypoint's Gateway may not be in the state yet.
+        await self.synced.wait()
+        caller = _caller(context, self.ca, self.waypoint_identities())
+        if isinstance(caller, Refusal):
             await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "a valid node credential (client certificate) is required",
+                grpc.StatusCode.UNAUTHENTICATED, f"{UNAUTHENTICATED}: {caller.reason}"
             )
             return
-        node = caller.node
+        node = caller.name
         if node in self.revoked:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, _revoked(node))
             return
@@ -177,9 +194,13 @@ class ControllerService:
         self.sessions.append(session)
         CONNECTED.inc()
         log.info(
-            "node.connected", node=node, peer=session.peer, epoch=hello.epoch, version=hello.version
+            "node.connected",
+            node=node,
+            kind=caller.kind.value,
+            peer=session.peer,
+            epoch=hello.epoch,
+            version=hello.version,
         )
-        await self.synced.wait()
         reader = asyncio.create_task(self._read_acks(requests, session))
         epoch, version = hello.epoch, hello.version
         try:
@@ -213,6 +234,15 @@ class ControllerService:
                 if node in self.revoked:
                     log.info("node.revoked", node=node)
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, _revoked(node))
+                if (
+                    caller.kind is CallerKind.WAYPOINT
+                    and str(caller.identity) not in self.waypoint_identities()
+                ):
+                    log.info("waypoint.withdrawn", identity=node)
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"{node} is no longer the identity of a waypoint in the mesh state",
+                    )
                 if _seconds_until(caller.not_after) <= 0:
                     # TLS checked the credential once, at the handshake: the stream must not
                     # outlive it, or an expired (no longer renewed) node would stay served.
@@ -268,27 +298,35 @@ class ControllerService:
     ) -> pb.CertificateResponse:
         CSR_COUNT.inc()
         await self.synced.wait()
-        caller = _caller(context, self.ca)
-        if caller is None:
+        caller = _caller(context, self.ca, self.waypoint_identities())
+        if isinstance(caller, Refusal):
             CSR_REFUSED.labels("unauthenticated").inc()
             await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "a valid node credential (client certificate) is required",
+                grpc.StatusCode.UNAUTHENTICATED, f"{UNAUTHENTICATED}: {caller.reason}"
             )
-        assert caller is not None  # abort() above raised otherwise
-        node = caller.node
-        if node in self.revoked:
+        assert isinstance(caller, Caller)  # abort() above raised otherwise
+        node = caller.name
+        if caller.kind is CallerKind.NODE and node in self.revoked:
             CSR_REFUSED.labels("revoked").inc()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, _revoked(node))
         try:
-            # A workload's SVID, or (a CSR for the node's own identity) its renewed credential.
-            issued = self.ca.sign_for_node(
-                request.csr_pem.encode(), node, self._identities_on(node)
-            )
+            if caller.kind is CallerKind.WAYPOINT:
+                # Its own SVID (which is also the credential it renews with), nothing else.
+                issued = self.ca.sign_workload(request.csr_pem.encode(), {caller.identity})
+            else:
+                # A workload's SVID, or (a CSR for the node's own identity) its renewed
+                # credential.
+                issued = self.ca.sign_for_node(
+                    request.csr_pem.encode(), node, self._identities_on(node)
+                )
         except CertificateError as err:
             reason = err.reason
-            if reason.startswith("not permitted") or "not permitted" in reason:
-                reason = f"{reason}: node {node!r} runs no workload with that identity"
+            if "not permitted" in reason:
+                reason = (
+                    f"{reason}: waypoint {node} may get a certificate only for its own identity"
+                    if caller.kind is CallerKind.WAYPOINT
+                    else f"{reason}: node {node!r} runs no workload with that identity"
+                )
             CSR_REFUSED.labels("policy").inc()
             log.warning("cert.refused", node=node, reason=reason)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
