@@ -1,33 +1,28 @@
-"""`python -m waypoint run --gateway NS/NAME ...`: the waypoint process. NOT RUNNABLE YET.
+"""`python -m waypoint run --gateway NS/NAME ...`: the waypoint process (waypoint/app.py).
 
-The data path is a library today (`waypoint.proxy.Waypoint`, tested in process on real mTLS
-in tests/integration/waypoint/). What a process still lacks, and this command says so
-instead of pretending:
-
-- a credential of its own: the controller's CA signs workload certificates only for a
-  node's ztunnel (node-scoped, `meshcore.configclient.NodeCredential`); a waypoint pod has
-  no way yet to prove it runs as `spiffe://<td>/ns/<ns>/sa/<gateway>` (Istio uses the pod's
-  ServiceAccount token) and so cannot fetch its SVID nor subscribe to the mesh state;
-- the mesh state feed: `WaypointView.update()` takes what `ConfigClient.state` holds, but
-  the controller does not yet send HTTPRoutes to a waypoint, nor accept a waypoint as a
-  subscriber;
-- the 15020 metrics and 15021 readiness listeners (meshcore.adminserver, as ztunnel's);
-- the lab wiring: the controller's deployer starting this process in the waypoint's pods.
+Every option falls back to the environment the controller's deployer (and the lab) give a
+waypoint pod: `WEFT_GATEWAY`, `WEFT_CONTROLLER_ADDR`, `WEFT_TRUST_DOMAIN`, and
+`WEFT_CREDENTIAL`, the folder of the pod's credential (key.pem, cert.pem, roots.pem for
+`spiffe://<td>/ns/<ns>/sa/<gateway>`).
 """
 
 from __future__ import annotations
 
-import click
+from pathlib import Path
 
+import click
+import structlog
+import uvloop
+
+from meshcore import nodeoptions
+from meshcore.identity.certs import CertificateError
+from meshcore.logs import configure_logging
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.names import check_dns_label
+from meshcore.signals import stop_requested
+from waypoint.app import WaypointProcess, WaypointProcessConfig
 
-MISSING = (
-    "the waypoint cannot run as a process yet: it has no credential to fetch its own "
-    "certificate or subscribe to the mesh state (the controller serves nodes only), and no "
-    "metrics/readiness listeners. Its data path is a library (waypoint.proxy) tested in "
-    "process: see waypoint/README.md"
-)
+log = structlog.get_logger("waypoint")
 
 
 def _gateway(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, str]:
@@ -51,18 +46,77 @@ def cli() -> None:
 @click.option(
     "--gateway",
     required=True,
+    envvar="WEFT_GATEWAY",
     callback=_gateway,
     help="The Gateway (class weft-waypoint) this waypoint serves, as NAMESPACE/NAME.",
 )
-@click.option("--controller", default="", help="host:port of the controller's gRPC.")
-@click.option("--trust-domain", default="cluster.local", show_default=True)
-def run(gateway: tuple[str, str], controller: str, trust_domain: str) -> None:
-    """Serve HBONE on 15008 as the Gateway's identity (not runnable yet: says what is missing)."""
+@click.option(
+    "--controller",
+    required=True,
+    envvar="WEFT_CONTROLLER_ADDR",
+    help="host:port of the controller's gRPC.",
+)
+@click.option(
+    "--trust-domain", default="cluster.local", show_default=True, envvar="WEFT_TRUST_DOMAIN"
+)
+@click.option(
+    "--credential",
+    required=True,
+    envvar="WEFT_CREDENTIAL",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="The pod's credential folder (key.pem, cert.pem, roots.pem) for the Gateway's "
+    "service account.",
+)
+@click.option(
+    "--hbone-addr",
+    type=nodeoptions.ListenAddress(),
+    default=WaypointProcessConfig.hbone_addr,
+    show_default=True,
+    help="host:port of the HBONE listener (mTLS, the waypoint's own certificate).",
+)
+@nodeoptions.ADMIN_SOCKET
+@nodeoptions.admin_addr(WaypointProcessConfig.admin_addr)
+@nodeoptions.metrics_addr(WaypointProcessConfig.metrics_addr)
+@nodeoptions.readiness_addr(WaypointProcessConfig.readiness_addr)
+def run(
+    gateway: tuple[str, str],
+    controller: str,
+    trust_domain: str,
+    credential: Path,
+    hbone_addr: str,
+    admin_socket: Path | None,
+    admin_addr: str,
+    metrics_addr: str,
+    readiness_addr: str,
+) -> None:
+    """Serve HBONE on 15008 as the Gateway's identity and route what is bound to it."""
+    configure_logging()
     namespace, name = gateway
-    raise click.ClickException(
-        f"waypoint {namespace}/{name} (spiffe://{trust_domain}/ns/{namespace}/sa/{name}): "
-        + MISSING
+    config = WaypointProcessConfig(
+        namespace=namespace,
+        name=name,
+        controller=controller,
+        credential=credential,
+        trust_domain=trust_domain,
+        hbone_addr=hbone_addr,
+        admin_socket=admin_socket,
+        admin_addr=admin_addr,
+        metrics_addr=metrics_addr,
+        readiness_addr=readiness_addr,
     )
+    try:
+        process = WaypointProcess(config)
+    except (CertificateError, OSError) as err:
+        raise click.ClickException(f"waypoint {namespace}/{name}: {err}") from None
+
+    async def main() -> None:
+        stop = stop_requested()
+        await process.start()
+        await stop.wait()
+        await process.stop()
+        log.info("waypoint.stopped", gateway=f"{namespace}/{name}")
+
+    uvloop.run(main())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,202 @@
+"""The waypoint process: mesh state from the controller, its own certificate, the listeners.
+
+Ports (Istio's): 15008 HBONE (the proxy), 15020 metrics (`/metrics`, `/stats/prometheus`,
+nothing else), 15021 readiness (`/healthz/ready`: synced with the controller and its own
+certificate fetched; nothing else), 15000 admin on localhost only (`/config_dump`).
+
+It authenticates to the controller with the credential its pod was given
+(`WEFT_CREDENTIAL`: key.pem, cert.pem, roots.pem for its service account's identity, as a
+projected ServiceAccount token), which the controller accepts while that identity is its
+Waypoint's (controller/authz.py). Its SVID is fetched and renewed over the same channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from aiohttp import web
+
+from meshcore import adminserver, hbone
+from meshcore.configclient import Applied, ConfigClient, NodeCredential
+from meshcore.identity.certs import CertificateError
+from waypoint.proxy import Waypoint, WaypointConfig
+from waypoint.state import WaypointView
+from ztunnel.identity import IdentityManager
+from ztunnel.inbound import HANDSHAKE_TIMEOUT
+from ztunnel.listeners import serve_hbone
+from ztunnel.pool import Pool
+
+log = structlog.get_logger("waypoint")
+
+CERT_CHECK = 60.0  # seconds between looks at our own certificate (renewed at half life)
+CERT_RETRY = (0.2, 5.0)  # backoff between failed first fetches
+
+
+@dataclass(frozen=True)
+class WaypointProcessConfig:
+    namespace: str  # the Gateway's
+    name: str
+    controller: str
+    credential: Path
+    trust_domain: str = "cluster.local"
+    # 15008 takes every address: ztunnels of every node reach it at the pod's address.
+    hbone_addr: str = f"0.0.0.0:{hbone.HBONE_PORT}"
+    # Endpoints' ztunnels are dialled on this port.
+    ztunnel_port: int = hbone.HBONE_PORT
+    # host:port ("" is off), see meshcore.adminserver.parse_addr.
+    admin_addr: str = "127.0.0.1:15000"  # /config_dump, with readiness and metrics
+    metrics_addr: str = "0.0.0.0:15020"  # /metrics (/stats/prometheus) only
+    readiness_addr: str = "0.0.0.0:15021"  # /healthz/ready only
+    admin_socket: Path | None = None
+
+    @property
+    def proxy(self) -> WaypointConfig:
+        return WaypointConfig(self.namespace, self.name, self.trust_domain)
+
+
+class WaypointProcess:
+    def __init__(self, config: WaypointProcessConfig) -> None:
+        self.config = config
+        self.identity = config.proxy.identity
+        self.view = WaypointView(config.proxy.gateway)
+        credential = NodeCredential.load(config.credential)
+        if str(credential.identity) != self.identity:
+            raise CertificateError(
+                f"the credential is for {credential.identity}, not this waypoint's "
+                f"identity {self.identity}",
+                source=str(config.credential),
+            )
+        # The config stream names its caller by the identity the credential proves.
+        self.client = ConfigClient(
+            self.identity, config.controller, credential, on_change=self._on_change
+        )
+        self.identities = IdentityManager(self.client.certificate)
+        self.pool = Pool(self.identities, config.ztunnel_port)
+        self.proxy = Waypoint(config.proxy, self.view, self.identities, self.pool)
+        self._servers: list[asyncio.AbstractServer] = []
+        self._runners: list[web.AppRunner] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.ready = asyncio.Event()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_change(self, _applied: Applied) -> None:
+        self.view.update(self.client.state)
+        if self.view.mesh.bundle is not None:
+            self.identities.set_roots("".join(self.view.mesh.bundle.roots_pem).encode())
+
+    async def start(self) -> None:
+        c = self.config
+        hbone_addr = adminserver.parse_addr(c.hbone_addr, "hbone_addr")
+        if hbone_addr is None:
+            raise ValueError("hbone_addr: the waypoint needs its HBONE listener")
+        self._spawn(self.client.run())
+        self._spawn(self.pool.reap())
+        self._spawn(self.proxy.reap())
+        self._servers.append(  # handshakes bounded per source and in total, as ztunnel's
+            await serve_hbone(
+                self.proxy.hbone_protocol,
+                hbone_addr.host,
+                hbone_addr.port,
+                self.proxy.server_context(),
+                handshake_timeout=HANDSHAKE_TIMEOUT,
+            )
+        )
+        await self._start_http()
+        self._spawn(self._become_ready())
+        log.info(
+            "waypoint.started",
+            gateway=c.proxy.gateway,
+            identity=self.identity,
+            controller=c.controller,
+        )
+
+    async def _become_ready(self) -> None:
+        await self.client.synced.wait()
+        delay = CERT_RETRY[0]
+        while True:
+            try:
+                await self.proxy.start()  # our own certificate, before the first handshake
+                break
+            except (grpc.aio.AioRpcError, CertificateError, OSError) as err:
+                log.warning("cert.fetch_failed", identity=self.identity, error=str(err))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CERT_RETRY[1])
+        self.ready.set()
+        log.info("waypoint.ready", gateway=self.config.proxy.gateway, version=self.client.version)
+        while True:  # renewed at half life: `get` starts it when due
+            await asyncio.sleep(CERT_CHECK)
+            try:
+                await self.identities.get(self.identity)
+            except (grpc.aio.AioRpcError, CertificateError, OSError) as err:
+                log.warning("cert.renewal_failed", identity=self.identity, error=str(err))
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        await self.pool.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.client.close()
+
+    # --- admin, metrics, readiness ------------------------------------------------------
+
+    async def _start_http(self) -> None:
+        c = self.config
+        ready = web.get("/healthz/ready", self._ready)
+        metrics = (
+            web.get("/metrics", adminserver.metrics),
+            web.get("/stats/prometheus", adminserver.metrics),
+        )
+        admin = (web.get("/config_dump", self._config_dump), ready, *metrics)
+        self._runners += await adminserver.serve(
+            [
+                adminserver.Listener("admin", admin, c.admin_addr, c.admin_socket),
+                adminserver.Listener("metrics", metrics, c.metrics_addr),
+                adminserver.Listener("readiness", (ready,), c.readiness_addr),
+            ]
+        )
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        if self.ready.is_set():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
+
+    async def _config_dump(self, _request: web.Request) -> web.Response:
+        now = dt.datetime.now(dt.UTC)
+        bound = sorted(
+            f"{s.namespace}/{s.name}"
+            for s in {s.key: s for s in self.view.mesh.by_vip.values()}.values()
+            if s.waypoint == self.view.gateway
+        )
+        body = {
+            "gateway": self.view.gateway,
+            "identity": self.identity,
+            "controller": {"connected": self.client.connected, "version": self.client.version},
+            "bound_services": bound,
+            "http_routes": sorted(
+                f"{r.metadata.namespace}/{r.metadata.name}" for r in self.view.http_routes
+            ),
+            "certificates": [
+                {
+                    "identity": ident,
+                    "not_after": cert.not_after.isoformat(),
+                    "expires_in_s": int((cert.not_after - now).total_seconds()),
+                }
+                for ident, cert in sorted(self.identities.known().items())
+            ],
+            "pool": self.pool.stats(),
+            "inbound": self.proxy.stats(),
+        }
+        return web.json_response(body)
