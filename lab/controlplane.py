@@ -2,7 +2,8 @@
 
 It watches the lab's objects folder (its source of truth), is the CA, and serves nodes on
 `<control ip>:15012`. Node credentials are written when the nodes are created, signed by
-the controller's CA (which this module creates first, in the controller's state folder).
+the controller's CA (which this module creates first, in the controller's state folder);
+waypoint pods get a credential for their service account from the same CA when they start.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from controller.ca import CertificateAuthority
-from controller.main import write_node_credential
+from controller.main import write_node_credential, write_workload_credential
 from lab import cgroups, network
 from lab.addressing import control_plane_ip, node_plans
 from lab.config import LabConfig
@@ -39,6 +41,7 @@ class ControlPlane:
         self.paths = paths
         self.ip = control_plane_ip(config)
         self.process: Supervised | None = None
+        self.ca: CertificateAuthority | None = None
 
     @property
     def address(self) -> str:
@@ -56,6 +59,7 @@ class ControlPlane:
         ca = await asyncio.to_thread(
             CertificateAuthority.load_or_create, self.paths.controller / "ca", TRUST_DOMAIN
         )
+        self.ca = ca
         for node in nodes:
             await asyncio.to_thread(
                 write_node_credential, ca, node, self.paths.node_credential(node)
@@ -92,6 +96,15 @@ class ControlPlane:
         self.process = Supervised(spec)
         self.process.start()
         log.info("controller.starting", address=self.address)
+
+    def write_pod_credential(self, namespace: str, pod: str, service_account: str) -> Path:
+        """A credential for a pod's service account, from the lab's CA (blocking): what the
+        kubelet's projected ServiceAccount token is in Kubernetes. Returns its folder."""
+        if self.ca is None:
+            raise RuntimeError("the control plane has not started: no CA yet")
+        out = self.paths.pod_credential(namespace, pod)
+        write_workload_credential(self.ca, namespace, service_account, out)
+        return out
 
     async def ready(self) -> bool:
         return await get_ok(self.paths.controller_admin, "/ready")

@@ -71,6 +71,9 @@ class LabDaemon:
         self.runtime.before_containers = self._enroll_first
         self.control = ControlPlane(record.config, self.names, paths)
         self.agents = NodeAgents(self.names, paths, self.control.address)
+        self.runtime.pod_credential = lambda pod: self.control.write_pod_credential(
+            pod.namespace, pod.name, pod.spec.service_account_name
+        )
         self.phase = "Building"
         self.error = ""
         self.started = time.time()

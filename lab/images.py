@@ -6,14 +6,10 @@ the controller's deployer puts in the Deployment it makes for a waypoint Gateway
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
 WAYPOINT_IMAGE = "weft/waypoint"
-# Set (to anything but "" or "0") in the lab daemon's environment: waypoint pods run the
-# stand-in below instead of `python -m waypoint run`. For tests of the control plane alone.
-WAYPOINT_STAND_IN_ENV = "WEFT_LAB_WAYPOINT_STAND_IN"
 
 # image (without registry tag) -> python module of the sample app
 SAMPLE_APPS = {
@@ -61,18 +57,4 @@ def container_argv(image: str, command: tuple[str, ...], args: tuple[str, ...]) 
         return [*command, *args]
     name = image_name(image)
     module = SAMPLE_APPS[name]
-    if name == WAYPOINT_IMAGE and (
-        os.environ.get(WAYPOINT_STAND_IN_ENV, "") not in ("", "0") or not _has_main(module)
-    ):
-        # A stand-in (a TCP echo) holds the waypoint's HBONE port open, so the pod becomes
-        # ready and the control plane can be tried without the waypoint process: asked for,
-        # or while `python -m waypoint` does not exist.
-        return [sys.executable, "-m", "sample_apps.tcp_echo", "--port", "15008"]
     return [sys.executable, "-m", module, *_SUBCOMMANDS.get(name, ()), *args]
-
-
-def _has_main(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(f"{module}.__main__") is not None
-    except ModuleNotFoundError:
-        return False

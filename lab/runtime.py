@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
@@ -25,8 +26,12 @@ from lab.model import Change, ClusterModel, PodRecord, ServiceRecord
 from lab.naming import LabNames
 from lab.processes import ProcessSpec, State, Supervised
 from lab.state import LabPaths
+from meshcore.meshstate import GATEWAY_NAME_LABEL, MANAGED_BY_MESH_CONTROLLER, MANAGED_LABEL
 
 log = structlog.get_logger("lab.runtime")
+
+# Where a pod that has a credential finds it (the folder).
+CREDENTIAL_ENV = "WEFT_CREDENTIAL"
 
 PROBE_INTERVAL = 1.0
 PROBE_TIMEOUT = 0.5
@@ -62,6 +67,16 @@ class PodRuntime:
         return "Running" if restarting else "Failed"
 
 
+def needs_credential(record: PodRecord) -> bool:
+    """A waypoint's replica (made by the controller's deployer) is given a credential for its
+    service account: it talks to the controller as that identity. Other pods are not (their
+    certificates are their node's ztunnel's to fetch)."""
+    return (
+        record.labels.get(MANAGED_LABEL) == MANAGED_BY_MESH_CONTROLLER
+        and GATEWAY_NAME_LABEL in record.labels
+    )
+
+
 class LabRuntime:
     def __init__(
         self, config: LabConfig, names: LabNames, paths: LabPaths, model: ClusterModel
@@ -80,6 +95,9 @@ class LabRuntime:
         # Awaited between new pods' sandboxes and their containers (the daemon waits there
         # for the node agents to enroll them, as a CNI plugin runs before the containers).
         self.before_containers: Callable[[list[PodRecord]], Awaitable[None]] | None = None
+        # Writes a pod's credential (blocking) and returns its folder, for the pods that get
+        # one (a waypoint's: `needs_credential`); passed in WEFT_CREDENTIAL.
+        self.pod_credential: Callable[[PodRecord], Path] | None = None
 
     # --- cluster ----------------------------------------------------------------------------
 
@@ -167,6 +185,9 @@ class LabRuntime:
             )
         )
         runtime.sandbox.start()
+        if self.pod_credential is not None and needs_credential(record):
+            folder = await asyncio.to_thread(self.pod_credential, record)
+            runtime.env[CREDENTIAL_ENV] = str(folder)
         return runtime
 
     def _start_containers(self, runtime: PodRuntime) -> None:
@@ -260,6 +281,7 @@ class LabRuntime:
         await asyncio.to_thread(cgroups.remove, runtime.cgroup)
         await asyncio.to_thread(network.remove_pod, runtime.netns)
         shutil.rmtree(netns.ETC_NETNS_DIR / runtime.netns, ignore_errors=True)
+        shutil.rmtree(self.paths.pod_dir(record.namespace, record.name), ignore_errors=True)
         self.pods.pop(record.ref, None)
         log.info("pod.deleted", namespace=record.namespace, pod=record.name)
 

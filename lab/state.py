@@ -62,6 +62,15 @@ class LabPaths:
         """key.pem, cert.pem and roots.pem a node uses to talk to the controller."""
         return self.root / "nodes" / node / "credential"
 
+    def pod_dir(self, namespace: str, pod: str) -> Path:
+        """What the lab keeps for one pod while it runs (removed with the pod)."""
+        return self.root / "pods" / namespace / pod
+
+    def pod_credential(self, namespace: str, pod: str) -> Path:
+        """key.pem, cert.pem and roots.pem a waypoint pod presents to the controller for its
+        service account, as the kubelet projects a ServiceAccount token into a pod."""
+        return self.pod_dir(namespace, pod) / "credential"
+
     def agent_socket(self, node: str) -> Path:
         """The node agent's admin API."""
         return self.root / "nodes" / node / "agent.sock"

@@ -102,17 +102,8 @@ class WaypointProcess:
         self._spawn(self.client.run())
         self._spawn(self.pool.reap())
         self._spawn(self.proxy.reap())
-        self._servers.append(  # handshakes bounded per source and in total, as ztunnel's
-            await serve_hbone(
-                self.proxy.hbone_protocol,
-                hbone_addr.host,
-                hbone_addr.port,
-                self.proxy.server_context(),
-                handshake_timeout=HANDSHAKE_TIMEOUT,
-            )
-        )
         await self._start_http()
-        self._spawn(self._become_ready())
+        self._spawn(self._become_ready(hbone_addr))
         log.info(
             "waypoint.started",
             gateway=c.proxy.gateway,
@@ -120,7 +111,9 @@ class WaypointProcess:
             controller=c.controller,
         )
 
-    async def _become_ready(self) -> None:
+    async def _become_ready(self, hbone_addr: adminserver.Address) -> None:
+        """Synced, our certificate fetched, then 15008 opened: a kubelet's TCP probe on it
+        (the lab's) sees the waypoint ready only when it can serve."""
         await self.client.synced.wait()
         delay = CERT_RETRY[0]
         while True:
@@ -131,6 +124,15 @@ class WaypointProcess:
                 log.warning("cert.fetch_failed", identity=self.identity, error=str(err))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CERT_RETRY[1])
+        self._servers.append(  # handshakes bounded per source and in total, as ztunnel's
+            await serve_hbone(
+                self.proxy.hbone_protocol,
+                hbone_addr.host,
+                hbone_addr.port,
+                self.proxy.server_context(),
+                handshake_timeout=HANDSHAKE_TIMEOUT,
+            )
+        )
         self.ready.set()
         log.info("waypoint.ready", gateway=self.config.proxy.gateway, version=self.client.version)
         while True:  # renewed at half life: `get` starts it when due

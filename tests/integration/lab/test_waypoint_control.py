@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from lab import client
-from lab.images import WAYPOINT_STAND_IN_ENV
 from lab.state import LabPaths
 from tests.conftest import RUN_ID
 from tests.integration.lab.labtools import Lab, weftctl
@@ -26,22 +25,18 @@ OWNED = ("ServiceAccount", "Service", "Deployment")
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    """A two-node lab whose waypoint pods run the lab's stand-in (a TCP echo on 15008), not
-    `python -m waypoint run`: these tests are about the control plane, which must deploy,
-    report and remove a waypoint whatever the proxy does."""
+    """A two-node lab; its waypoint pods run `python -m waypoint run`."""
     lab = Lab(f"weft-it-{RUN_ID}-{abs(hash(request.module.__name__)) % 1000}")
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(WAYPOINT_STAND_IN_ENV, "1")
-            lab.run(
-                "up",
-                "--nodes",
-                "2",
-                "--manifests",
-                str(MANIFESTS / "cluster.yaml"),
-                "--wait",
-                "60",
-            )
+        lab.run(
+            "up",
+            "--nodes",
+            "2",
+            "--manifests",
+            str(MANIFESTS / "cluster.yaml"),
+            "--wait",
+            "60",
+        )
         yield lab
     finally:
         lab.force_down()
@@ -97,9 +92,19 @@ def test_apply_deploys_a_programmed_waypoint_and_delete_removes_everything(
         ["--gateway", "it/waypoint"],
     )
 
-    # Its pod runs as an ordinary lab pod, with the waypoint's service account.
+    # Its pod runs as an ordinary lab pod, with the waypoint's service account: the waypoint
+    # process, with the credential the lab gave it (ready: synced, its SVID fetched).
     (pod,) = cluster.pods("it", "waypoint-")
     assert pod["ready"] and pod["phase"] == "Running"
+    paths = LabPaths.for_lab(cluster.name)
+    credential = paths.pod_credential("it", pod["name"])
+    assert sorted(p.name for p in credential.glob("*.pem")) == [
+        "cert.pem",
+        "key.pem",
+        "roots.pem",
+    ]
+    container_log = paths.container_log("it", pod["name"], "waypoint").read_text()
+    assert "waypoint.ready" in container_log
 
     status = json.loads(waypoint(cluster, "status", "-n", "it", "-o", "json").stdout)
     (svc,) = [s for s in cluster.status()["services"] if s["name"] == "waypoint"]
@@ -125,6 +130,7 @@ def test_apply_deploys_a_programmed_waypoint_and_delete_removes_everything(
         timeout=10,
     )
     eventually(lambda: not cluster.pods("it", "waypoint-"), "the waypoint pods are gone")
+    assert not paths.pod_dir("it", pod["name"]).exists()  # its credential went with it
     assert "no waypoints in namespace it" in waypoint(cluster, "list", "-n", "it").stdout
 
 

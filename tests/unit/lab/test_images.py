@@ -80,32 +80,7 @@ def test_pods_find_the_labs_interpreter_first_on_path(
     assert container_path(host_path) == path
 
 
-def test_the_waypoint_image_runs_python_m_waypoint_run_with_the_containers_args(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import lab.images
-
-    monkeypatch.setattr(lab.images, "_has_main", lambda module: module == "waypoint")
-    monkeypatch.delenv("WEFT_LAB_WAYPOINT_STAND_IN", raising=False)
+def test_the_waypoint_image_runs_python_m_waypoint_run_with_the_containers_args() -> None:
     assert is_known("weft/waypoint:1.0")
     argv = container_argv("weft/waypoint", (), ("--gateway", "shop/waypoint"))
     assert argv == [sys.executable, "-m", "waypoint", "run", "--gateway", "shop/waypoint"]
-
-
-def test_without_a_waypoint_module_the_waypoint_image_holds_its_port_with_a_stand_in(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import lab.images
-
-    monkeypatch.setattr(lab.images, "_has_main", lambda module: False)
-    argv = container_argv("weft/waypoint", (), ("--gateway", "shop/waypoint"))
-    assert argv == [sys.executable, "-m", "sample_apps.tcp_echo", "--port", "15008"]
-
-
-def test_the_waypoint_stand_in_can_be_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lab.images
-
-    monkeypatch.setattr(lab.images, "_has_main", lambda module: True)
-    monkeypatch.setenv("WEFT_LAB_WAYPOINT_STAND_IN", "1")
-    argv = container_argv("weft/waypoint", (), ("--gateway", "shop/waypoint"))
-    assert argv == [sys.executable, "-m", "sample_apps.tcp_echo", "--port", "15008"]

@@ -1,0 +1,250 @@
+"""A namespace waypoint routing real traffic in the lab, driven as a user would: `weftctl
+waypoint apply --enroll-namespace --wait`, an HTTPRoute on Service `echo` (a header A/B and an
+80/20 canary), requests from a client pod; then the waypoint scaled to 0: bound traffic fails
+closed, it never goes around the waypoint."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import RUN_ID
+from tests.integration.lab.labtools import Lab, leftovers, weftctl
+
+pytestmark = pytest.mark.e2e
+
+NS = "wpe2e"
+
+
+def _echo(version: str) -> str:
+    return f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo-{version}, namespace: {NS}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: echo, version: {version}}}}}
+  template:
+    metadata: {{labels: {{app: echo, version: {version}}}}}
+    spec:
+      containers:
+      - name: echo
+        image: weft/http-echo
+        args: ["--port", "8080", "--version", "{version}"]
+        ports: [{{name: http, containerPort: 8080}}]
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - name: POD_IP
+          valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo-{version}, namespace: {NS}}}
+spec:
+  selector: {{app: echo, version: {version}}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"""
+
+
+MANIFESTS = (
+    f"""
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {NS}
+  labels: {{weft.dev/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: {NS}}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {NS}, labels: {{app: client}}}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: main
+    command: ["sleep", "3600"]
+---"""
+    + _echo("v1")
+    + "---"
+    + _echo("v2")
+)
+
+ROUTE = f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: echo, namespace: {NS}}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: echo, port: 80}}]
+  rules:
+  - matches:
+    - path: {{type: PathPrefix, value: /api}}
+      headers: [{{name: x-version, value: v2}}]
+    backendRefs: [{{name: echo-v2, port: 80}}]
+  - matches:
+    - path: {{type: PathPrefix, value: /api}}
+    backendRefs:
+    - {{name: echo-v1, port: 80, weight: 80}}
+    - {{name: echo-v2, port: 80, weight: 20}}
+"""
+
+# Run in the client pod: requests to http://echo/ over one kept-alive connection (each is
+# routed by the waypoint on its own), printed as one JSON list of (status, version, peer ip).
+CLIENT = textwrap.dedent("""
+    import http.client, json, sys
+    path, count, header, host, port = sys.argv[1:6]
+    out = []
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    count = int(count)
+    for _ in range(count):
+        conn.request("GET", path, headers={"x-version": header} if header else {})
+        resp = conn.getresponse()
+        body = resp.read()
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = {}
+        out.append([resp.status, data.get("version", ""), data.get("client", {}).get("ip", "")])
+    print(json.dumps(out))
+""")
+
+# Run in the client pod: one connection attempt and one request; what happened.
+PROBE = textwrap.dedent("""
+    import http.client, json
+    try:
+        conn = http.client.HTTPConnection("echo", 80, timeout=3)
+        conn.request("GET", "/api/x")
+        print(json.dumps({"status": conn.getresponse().status}))
+    except OSError as err:
+        print(json.dumps({"error": type(err).__name__}))
+""")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    manifests = tmp_path_factory.mktemp("wp") / "app.yaml"
+    manifests.write_text(MANIFESTS)
+    lab = Lab(f"weft-e2e-wp-{RUN_ID}")
+    lab_id = ""
+    try:
+        lab.run("up", "--nodes", "2", "--manifests", str(manifests), "--wait", "60")
+        lab_id = lab.status()["id"]
+        yield lab
+    finally:
+        lab.force_down()
+    assert leftovers(lab_id) == []
+
+
+def requests(
+    lab: Lab, path: str, count: int, header: str = "", to: tuple[str, int] = ("echo", 80)
+) -> list[list[Any]]:
+    host, port = to
+    out = lab.exec(
+        "client",
+        NS,
+        "python3",
+        "-c",
+        CLIENT,
+        path,
+        str(count),
+        header,
+        host,
+        str(port),
+        timeout=60,
+    ).stdout
+    result: list[list[Any]] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def waypoint_pod(lab: Lab) -> dict[str, Any]:
+    (pod,) = lab.pods(NS, "waypoint-")
+    return pod
+
+
+def test_a_namespace_waypoint_routes_by_header_and_weight_and_fails_closed(
+    lab: Lab, tmp_path: Path
+) -> None:
+    applied = weftctl(
+        "waypoint",
+        "--lab",
+        lab.name,
+        "apply",
+        "-n",
+        NS,
+        "--enroll-namespace",
+        "--wait",
+        "--timeout",
+        "30",
+    )
+    assert f"waypoint {NS}/waypoint is programmed" in applied.stdout
+    route = tmp_path / "route.yaml"
+    route.write_text(ROUTE)
+    lab.run("apply", "-f", str(route))
+    client_ip = next(p["ip"] for p in lab.pods(NS, "client"))
+
+    # (a) the header sends everything to v2 (the route reaches the waypoint within seconds)
+    for _ in range(20):
+        with_header = requests(lab, "/api/ab", 20, "v2")
+        if all(r[0] == 200 for r in with_header) and {r[1] for r in with_header} == {"v2"}:
+            break
+    assert {(r[0], r[1]) for r in with_header} == {(200, "v2")}, with_header
+    # the backend saw the client pod's own address, not the waypoint's
+    assert {r[2] for r in with_header} == {client_ip}
+
+    # (b) without it, 80/20: v2's share within ±7 % (over 400 requests that is 3.5 standard
+    # deviations, so a correct split fails about once in 2,000 runs; over 200, once in 80)
+    canary = requests(lab, "/api/canary", 400)
+    assert {r[0] for r in canary} == {200}, canary
+    v2 = sum(1 for r in canary if r[1] == "v2") / len(canary)
+    assert 0.13 <= v2 <= 0.27, f"v2 got {v2:.1%} of {len(canary)} requests"
+    assert {r[2] for r in canary} == {client_ip}
+
+    # (c) a path no rule matches on a routed port is a 404 from the waypoint
+    assert {r[0] for r in requests(lab, "/elsewhere", 3)} == {404}
+
+    # MeshFrontend: a pod's own address is not the Service's: not through the waypoint, not
+    # routed (the header would have sent it to v2; the path matches no rule)
+    (v1_pod,) = lab.pods(NS, "echo-v1-")
+    direct = requests(lab, "/elsewhere", 3, "v2", to=(v1_pod["ip"], 8080))
+    assert {(r[0], r[1], r[2]) for r in direct} == {(200, "v1", client_ip)}, direct
+
+    # the waypoint counted them, Istio's names, reporter="waypoint"
+    wp = waypoint_pod(lab)
+    metrics = lab.exec(
+        wp["name"], NS, "curl", "-s", "--max-time", "5", "http://127.0.0.1:15020/metrics"
+    ).stdout
+    counted = re.findall(r"^istio_requests_total\{([^}]*)\} ([0-9.e+]+)$", metrics, re.M)
+    ours = [
+        (labels, float(n))
+        for labels, n in counted
+        if 'reporter="waypoint"' in labels
+        and f'source_principal="spiffe://cluster.local/ns/{NS}/sa/default"' in labels
+    ]
+    assert ours, metrics
+    assert sum(n for labels, n in ours if 'response_code="200"' in labels) >= 420
+    assert any('response_code="404"' in labels for labels, _ in ours)
+    assert any('destination_service_name="echo-v2"' in labels for labels, _ in ours)
+
+    # the waypoint scaled to 0: bound traffic is refused, never sent around it
+    weftctl("waypoint", "--lab", lab.name, "apply", "-n", NS, "--replicas", "0")
+    for _ in range(60):
+        if not lab.pods(NS, "waypoint-"):
+            break
+        time.sleep(0.5)
+    assert not lab.pods(NS, "waypoint-")
+    for _ in range(3):
+        probe = json.loads(lab.exec("client", NS, "python3", "-c", PROBE).stdout)
+        assert "status" not in probe, f"bound traffic went around the stopped waypoint: {probe}"
