@@ -12,7 +12,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,14 +67,11 @@ class PodRuntime:
         return "Running" if restarting else "Failed"
 
 
-def needs_credential(record: PodRecord) -> bool:
+def needs_credential(labels: Mapping[str, str]) -> bool:
     """A waypoint's replica (made by the controller's deployer) is given a credential for its
     service account: it talks to the controller as that identity. Other pods are not (their
     certificates are their node's ztunnel's to fetch)."""
-    return (
-        record.labels.get(MANAGED_LABEL) == MANAGED_BY_MESH_CONTROLLER
-        and GATEWAY_NAME_LABEL in record.labels
-    )
+    return labels.get(MANAGED_LABEL) == MANAGED_BY_MESH_CONTROLLER and GATEWAY_NAME_LABEL in labels
 
 
 class LabRuntime:
@@ -185,7 +182,7 @@ class LabRuntime:
             )
         )
         runtime.sandbox.start()
-        if self.pod_credential is not None and needs_credential(record):
+        if self.pod_credential is not None and needs_credential(record.labels):
             folder = await asyncio.to_thread(self.pod_credential, record)
             runtime.env[CREDENTIAL_ENV] = str(folder)
         return runtime

@@ -83,6 +83,7 @@ class WaypointProcess:
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
+        self.failed = asyncio.Event()  # it cannot serve: the process should exit
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -124,15 +125,19 @@ class WaypointProcess:
                 log.warning("cert.fetch_failed", identity=self.identity, error=str(err))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CERT_RETRY[1])
-        self._servers.append(  # handshakes bounded per source and in total, as ztunnel's
-            await serve_hbone(
+        try:
+            listener = await serve_hbone(  # handshakes bounded per source and in all
                 self.proxy.hbone_protocol,
                 hbone_addr.host,
                 hbone_addr.port,
                 self.proxy.server_context(),
                 handshake_timeout=HANDSHAKE_TIMEOUT,
             )
-        )
+        except OSError as err:
+            log.error("waypoint.listen_failed", addr=str(hbone_addr), error=str(err))
+            self.failed.set()  # the process exits; its supervisor restarts it
+            return
+        self._servers.append(listener)
         self.ready.set()
         log.info("waypoint.ready", gateway=self.config.proxy.gateway, version=self.client.version)
         while True:  # renewed at half life: `get` starts it when due

@@ -8,6 +8,7 @@ waypoint pod: `WEFT_GATEWAY`, `WEFT_CONTROLLER_ADDR`, `WEFT_TRUST_DOMAIN`, and
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import click
@@ -109,14 +110,19 @@ def run(
     except (CertificateError, OSError) as err:
         raise click.ClickException(f"waypoint {namespace}/{name}: {err}") from None
 
-    async def main() -> None:
+    async def main() -> int:
         stop = stop_requested()
         await process.start()
-        await stop.wait()
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(process.failed.wait())}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
         await process.stop()
-        log.info("waypoint.stopped", gateway=f"{namespace}/{name}")
+        log.info("waypoint.stopped", gateway=f"{namespace}/{name}", failed=process.failed.is_set())
+        return 1 if process.failed.is_set() else 0
 
-    uvloop.run(main())
+    if uvloop.run(main()):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -161,3 +162,42 @@ def test_a_credential_for_another_identity_is_refused_at_start(
     )
     assert result.returncode != 0
     assert "not this waypoint's identity" in result.stderr
+
+
+def test_a_waypoint_that_cannot_listen_exits_for_its_supervisor_to_restart(
+    controller: ControllerProcess, tmp_path: Path
+) -> None:
+    credential = tmp_path / "pod-credential"
+    write_workload_credential(controller.ca(), "shop", "waypoint", credential)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "waypoint",
+                "run",
+                "--gateway",
+                "shop/waypoint",
+                "--hbone-addr",
+                f"127.0.0.1:{port}",
+                "--metrics-addr",
+                "",
+                "--readiness-addr",
+                "",
+                "--admin-addr",
+                "",
+            ],
+            env={
+                **os.environ,
+                "WEFT_CONTROLLER_ADDR": controller.target,
+                "WEFT_CREDENTIAL": str(credential),
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "waypoint.listen_failed" in result.stdout + result.stderr
