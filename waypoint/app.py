@@ -27,6 +27,7 @@ from meshcore.configclient import Applied, ConfigClient, NodeCredential
 from meshcore.identity.certs import CertificateError
 from waypoint.proxy import Waypoint, WaypointConfig
 from waypoint.state import WaypointView
+from waypoint.tracing import Tracing
 from ztunnel.identity import IdentityManager
 from ztunnel.inbound import HANDSHAKE_TIMEOUT
 from ztunnel.listeners import serve_hbone
@@ -54,6 +55,8 @@ class WaypointProcessConfig:
     metrics_addr: str = "0.0.0.0:15020"  # /metrics (/stats/prometheus) only
     readiness_addr: str = "0.0.0.0:15021"  # /healthz/ready only
     admin_socket: Path | None = None
+    # OTLP/gRPC collector for spans (`host:port` or an http(s):// URL); "" is no tracing
+    otlp_endpoint: str = ""
 
     @property
     def proxy(self) -> WaypointConfig:
@@ -78,7 +81,14 @@ class WaypointProcess:
         )
         self.identities = IdentityManager(self.client.certificate)
         self.pool = Pool(self.identities, config.ztunnel_port)
-        self.proxy = Waypoint(config.proxy, self.view, self.identities, self.pool)
+        self.tracing = (
+            Tracing.otlp(config.otlp_endpoint, config.name, config.namespace)
+            if config.otlp_endpoint
+            else None
+        )
+        self.proxy = Waypoint(
+            config.proxy, self.view, self.identities, self.pool, tracing=self.tracing
+        )
         self._servers: list[asyncio.AbstractServer] = []
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -156,6 +166,8 @@ class WaypointProcess:
         for runner in self._runners:
             await runner.cleanup()
         await self.client.close()
+        if self.tracing is not None:  # the queued spans go out (bounded by the export timeout)
+            await asyncio.to_thread(self.tracing.shutdown)
 
     # --- admin, metrics, readiness ------------------------------------------------------
 
@@ -205,5 +217,6 @@ class WaypointProcess:
             ],
             "pool": self.pool.stats(),
             "inbound": self.proxy.stats(),
+            "tracing": {"otlp_endpoint": self.config.otlp_endpoint or None},
         }
         return web.json_response(body)

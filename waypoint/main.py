@@ -3,7 +3,7 @@
 Every option falls back to the environment the controller's deployer (and the lab) give a
 waypoint pod: `WEFT_GATEWAY`, `WEFT_CONTROLLER_ADDR`, `WEFT_TRUST_DOMAIN`, and
 `WEFT_CREDENTIAL`, the folder of the pod's credential (key.pem, cert.pem, roots.pem for
-`spiffe://<td>/ns/<ns>/sa/<gateway>`).
+`spiffe://<td>/ns/<ns>/sa/<gateway>`); and `WEFT_OTLP_ENDPOINT`, where spans go (unset: none).
 """
 
 from __future__ import annotations
@@ -75,6 +75,13 @@ def cli() -> None:
     show_default=True,
     help="host:port of the HBONE listener (mTLS, the waypoint's own certificate).",
 )
+@click.option(
+    "--otlp-endpoint",
+    default="",
+    envvar="WEFT_OTLP_ENDPOINT",
+    help="OTLP/gRPC collector for spans (host:port, or an http:// or https:// URL); "
+    "unset: no spans (trace context is still propagated).",
+)
 @nodeoptions.ADMIN_SOCKET
 @nodeoptions.admin_addr(WaypointProcessConfig.admin_addr)
 @nodeoptions.metrics_addr(WaypointProcessConfig.metrics_addr)
@@ -85,6 +92,7 @@ def run(
     trust_domain: str,
     credential: Path,
     hbone_addr: str,
+    otlp_endpoint: str,
     admin_socket: Path | None,
     admin_addr: str,
     metrics_addr: str,
@@ -104,6 +112,7 @@ def run(
         admin_addr=admin_addr,
         metrics_addr=metrics_addr,
         readiness_addr=readiness_addr,
+        otlp_endpoint=otlp_endpoint,
     )
     try:
         process = WaypointProcess(config)

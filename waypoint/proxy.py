@@ -47,7 +47,7 @@ from meshcore.identity.certs import CertificateError
 from meshcore.identity.spiffe import IdentityError, SpiffeId
 from meshcore.meshstate import MeshService, ServicePort, Workload
 from meshcore.resources.gateway import Timeouts
-from waypoint import protocol, routing, telemetry
+from waypoint import protocol, routing, telemetry, tracing
 from waypoint.decision import Router, RouteTables
 from waypoint.h1 import (
     H1Channel,
@@ -61,6 +61,7 @@ from waypoint.protocol import AppProtocol
 from waypoint.state import WaypointView
 from waypoint.streamio import BufferedEnd, EndClosed
 from waypoint.telemetry import Peer, RequestRecord
+from waypoint.tracing import NO_TRACE, RequestTrace, Tracing
 from ztunnel import admission, metrics, tls
 from ztunnel.admission import ForwardedError
 from ztunnel.hbone_conn import HboneConnection, Stream, StreamClosed
@@ -192,11 +193,13 @@ class Waypoint:
         identities: IdentityManager,
         pool: Pool,
         router: Router | None = None,
+        tracing: Tracing | None = None,  # OpenTelemetry spans (waypoint.tracing); None: off
     ) -> None:
         self.config = config
         self.view = view
         self.identities = identities
         self.pool = pool
+        self.tracing = tracing
         self.router: Router = router or RouteTables(view)
         self._setups = SetupTasks("waypoint.failed_unexpectedly")
         self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
@@ -566,11 +569,18 @@ class Waypoint:
             user_agent=header(headers, "user-agent") or "",
             request_id=header(headers, "x-request-id") or "",
         )
+        trace = tracing.request_trace(
+            self.tracing,
+            tracing.Inbound(
+                method, path, host, headers, client.address, client.principal, dest.target.port
+            ),
+        )
+        record.trace_id = trace.trace_id or record.trace_id
         if server.conn.they_are_waiting_for_100_continue:
             await server.send(h11.InformationalResponse(status_code=100, headers=[]))
         try:
             return await self._forward_request(
-                server, request, headers, client, dest, record, backends
+                server, request, headers, client, dest, record, backends, trace
             )
         except EndClosed:
             record.response_flags = telemetry.DOWNSTREAM_RESET
@@ -594,6 +604,7 @@ class Waypoint:
             return False
         finally:
             record.done((time.monotonic() - started) * 1000)
+            trace.done(record)
 
     async def _forward_request(
         self,
@@ -604,6 +615,7 @@ class Waypoint:
         dest: Destination,
         record: RequestRecord,
         backends: dict[str, Backend],
+        trace: RequestTrace = NO_TRACE,
     ) -> bool:
         decision: routing.Forward | routing.Respond
         if dest.service is not None and dest.port is not None:
@@ -639,7 +651,7 @@ class Waypoint:
         try:
             async with timeout:
                 return await self._exchange(
-                    server, out, headers, decision, candidates, client, record, backends
+                    server, out, headers, decision, candidates, client, record, backends, trace
                 )
         except TimeoutError:
             if not timeout.expired():
@@ -662,6 +674,7 @@ class Waypoint:
         client: Client,
         record: RequestRecord,
         backends: dict[str, Backend],
+        trace: RequestTrace = NO_TRACE,
     ) -> bool:
         """Send the request to a backend and its response back; whether the client
         connection may carry another request.
@@ -698,11 +711,12 @@ class Waypoint:
                     return await self._answer_here(server, 503, (), record)
                 record.upstream_host = backend.host
                 record.destination = backend.peer
+                sent = trace.attempt(out, record, decision.backend_port)  # a client span per try
                 failure: BackendError | None = None
                 try:
                     async with asyncio.timeout(per_try) as this_try:
                         if body is None:
-                            await self._send_request(server, backend, out, record, tee)
+                            await self._send_request(server, backend, sent, record, tee)
                             body = b"" if bodiless else None
                             if tee is not None:
                                 body = None if tee.overflow else bytes(tee.data)
@@ -710,7 +724,7 @@ class Waypoint:
                                     self._mirror(out, tee, decision.mirrors, client)
                                 tee = None
                         else:
-                            await self._resend(backend, out, body)
+                            await self._resend(backend, sent, body)
                         response = await self._response_head(backend)
                 except BackendError as err:
                     failure = err
@@ -726,6 +740,7 @@ class Waypoint:
                     or body is None
                 ):
                     break
+                trace.attempt_done(0 if failure else response.status_code, str(failure or ""))
                 self._drop(backend, backends)
                 if (
                     body is not None
@@ -767,6 +782,7 @@ class Waypoint:
             )
             try:
                 await self._relay_response_body(server, backend, record)
+                trace.attempt_done(response.status_code)
             except BackendError as err:  # the response started: all we can do is reset
                 self._drop(backend, backends)
                 record.response_flags = err.flags
