@@ -22,6 +22,7 @@ from controller.main import write_workload_credential
 from meshcore import hbone
 from meshcore.identity.certs import spiffe_id_of
 from tests.integration.controller.controller_harness import BASE, ControllerProcess, free_port
+from tests.integration.waypoint.otlp_receiver import OtlpReceiver
 from tests.integration.ztunnel.test_pool_peer_identity import fetcher
 from ztunnel.identity import IdentityManager
 from ztunnel.pool import sni_for
@@ -70,6 +71,7 @@ def controller(tmp_path: Path) -> Iterator[ControllerProcess]:
 def test_the_waypoint_process_runs_with_its_pod_credential_and_stops_on_sigterm(
     controller: ControllerProcess, tmp_path: Path
 ) -> None:
+    receiver = OtlpReceiver().start()  # spans: see test_waypoint_tracing.py
     credential = tmp_path / "pod-credential"
     write_workload_credential(controller.ca(), "shop", "waypoint", credential)
     hbone_port, ready_port, metrics_port, admin_port = (free_port() for _ in range(4))
@@ -96,6 +98,7 @@ def test_the_waypoint_process_runs_with_its_pod_credential_and_stops_on_sigterm(
                 "WEFT_CONTROLLER_ADDR": controller.target,
                 "WEFT_TRUST_DOMAIN": "cluster.local",
                 "WEFT_CREDENTIAL": str(credential),
+                "WEFT_OTLP_ENDPOINT": receiver.endpoint,
             },
             stdout=log,
             stderr=log,
@@ -117,6 +120,7 @@ def test_the_waypoint_process_runs_with_its_pod_credential_and_stops_on_sigterm(
         assert dump["bound_services"] == ["shop/web"]
         assert [c["identity"] for c in dump["certificates"]] == [WAYPOINT_ID]
         assert dump["controller"]["connected"] is True
+        assert dump["tracing"] == {"otlp_endpoint": receiver.endpoint}
 
         # 15008 presents the waypoint's SVID to a mesh client (ALPN h2)
         async def handshake() -> str:
@@ -139,6 +143,7 @@ def test_the_waypoint_process_runs_with_its_pod_credential_and_stops_on_sigterm(
         assert proc.wait(10) == 0, log_path.read_text()
         assert "waypoint.stopped" in log_path.read_text()
     finally:
+        receiver.stop()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
