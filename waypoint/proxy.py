@@ -10,8 +10,8 @@ How one CONNECT stream flows:
    waypoint; anything else is refused (404), so the waypoint is no open relay. The stream is
    accepted (200) and joined by a `Relay` to a `BufferedEnd` the code below reads.
 3. The protocol is what the Service port declares, else what the first bytes show
-   (`waypoint.protocol`). HTTP/1.1 is served with h11 (`waypoint.h1`); anything else (h2c
-   and gRPC included, for now) is passed through as TCP: an endpoint is picked and the
+   (`waypoint.protocol`). HTTP/1.1 is served with h11 (`waypoint.h1`), h2c and gRPC with h2
+   (`waypoint.h2c`); anything else is passed through as TCP: an endpoint is picked and the
    client's stream is spliced to an outbound HBONE stream, byte for byte.
 4. Each request is decided by the HTTPRoutes of its Service port (`waypoint.routing`,
    through `waypoint.decision`): answered here (redirect, 404, 500), or sent to a ready
@@ -47,7 +47,7 @@ from meshcore.identity.certs import CertificateError
 from meshcore.identity.spiffe import IdentityError, SpiffeId
 from meshcore.meshstate import MeshService, ServicePort, Workload
 from meshcore.resources.gateway import Timeouts
-from waypoint import protocol, routing, telemetry, tracing
+from waypoint import h2c, protocol, routing, telemetry, tracing
 from waypoint.decision import Router, RouteTables
 from waypoint.h1 import (
     H1Channel,
@@ -352,6 +352,8 @@ class Waypoint:
             app = await self._protocol_of(dest, end)
             if app is AppProtocol.HTTP1:
                 await self._serve_http(end, client, dest)
+            elif app in (AppProtocol.H2C, AppProtocol.GRPC):
+                await h2c.serve(self, end, client, dest)
             else:
                 await self._passthrough(stream, end, client, dest, app)
         finally:

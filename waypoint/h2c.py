@@ -1,0 +1,754 @@
+"""h2c and gRPC at L7: one client HTTP/2 connection (an inbound CONNECT stream) served with
+h2, each request stream routed and forwarded over HTTP/2 to a backend endpoint.
+
+    client stream (h2 server side) --> routing (GRPCRoute for gRPC when one attaches to the
+    Service port, else HTTPRoute) --> Respond: answered here (gRPC: 200 trailers-only with
+    grpc-status) | Forward: a ready endpoint of the backend, over an HBONE stream (the
+    proxy's `_open`: the waypoint's identity, `forwarded: for=<client>`), speaking h2c
+
+One backend h2 connection per endpoint per client connection, opened on first use, with the
+request streams of that client connection multiplexed on it. Bodies and trailers go both
+ways as they come, under HTTP/2 flow control: the window is given back to the sender only
+once the bytes were passed on (and the peer's window allowed it), so a slow side holds up
+its sender, never our memory. Each stream is counted and logged as HTTP/1.1 requests are
+(`waypoint.telemetry`: `request_protocol` http or grpc, `grpc_response_status`).
+
+Failures: an endpoint that cannot be reached, or a backend that resets before its response,
+is a 503 (gRPC: grpc-status 14 UNAVAILABLE) with the reason in the access log; a backend
+failing after its response started resets the client's stream; a client resetting a
+stream resets the backend's. A client that breaks HTTP/2 (or a bound: `waypoint.h2wire`)
+gets GOAWAY and its connection ends; other connections go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import structlog
+from h2.stream import StreamState
+
+from meshcore.meshstate import MeshService, ServicePort, Workload
+from waypoint import h2wire, routing, telemetry
+from waypoint.h2wire import H2Request, H2RequestError
+from waypoint.state import WaypointView
+from waypoint.streamio import BufferedEnd, EndClosed
+from waypoint.telemetry import Peer, RequestRecord
+from ztunnel.relay import Relay
+
+if TYPE_CHECKING:
+    from waypoint.proxy import Client, Destination, Waypoint
+
+log = structlog.get_logger("waypoint.h2c")
+
+# A backend's response head must come within this (the HTTP/1.1 side's RESPONSE_TIMEOUT)
+RESPONSE_TIMEOUT = 300.0
+# Backend h2 connections per client connection (one per endpoint); past this the oldest
+# idle one is closed
+MAX_BACKENDS = 16
+
+
+@dataclass
+class GrpcRecord(RequestRecord):
+    """A request record with gRPC's status for Istio's `grpc_response_status` label."""
+
+    grpc_status: str = ""
+
+    def labels(self) -> dict[str, str]:
+        labels = super().labels()
+        labels["grpc_response_status"] = self.grpc_status
+        return labels
+
+
+class GrpcRouteTables:
+    """One compiled `routing.GRPCRouteTable` per Service port, dropped when the view
+    changes (as `decision.RouteTables` for HTTPRoutes)."""
+
+    def __init__(self, view: WaypointView, rand: Callable[[], float] = random.random) -> None:
+        self.view = view
+        self.rand = rand
+        self._tables: dict[tuple[str, str, int], routing.GRPCRouteTable] = {}
+        view.on_update.append(self._tables.clear)
+
+    def table(self, service: MeshService, port: ServicePort) -> routing.GRPCRouteTable:
+        key = (service.namespace, service.name, port.port)
+        table = self._tables.get(key)
+        if table is None:
+            table = routing.build_grpc_table(
+                self.view.grpc_routes,
+                service_namespace=service.namespace,
+                service_name=service.name,
+                port=port.port,
+                known_service=self._known,
+                port_name=port.name,
+            )
+            self._tables[key] = table
+        return table
+
+    def _known(self, namespace: str, name: str, port: int) -> bool:
+        service = self.view.service(namespace, name)
+        return service is not None and self.view.port(service, port) is not None
+
+
+_grpc_tables: weakref.WeakKeyDictionary[Waypoint, GrpcRouteTables] = weakref.WeakKeyDictionary()
+
+
+def grpc_tables(waypoint: Waypoint) -> GrpcRouteTables:
+    tables = _grpc_tables.get(waypoint)
+    if tables is None:
+        tables = _grpc_tables[waypoint] = GrpcRouteTables(waypoint.view)
+    return tables
+
+
+class StreamGone(ConnectionError):
+    """The peer reset the stream, or its connection ended."""
+
+
+class _Gone:
+    """Put in a stream's queue when its connection ended."""
+
+
+GONE = _Gone()
+StreamEvent = h2.events.Event | _Gone
+
+
+class H2Link:
+    """One h2 connection on a `BufferedEnd` (either side): a reader feeds h2 and hands each
+    stream's events to its queue; writers send under the peer's flow-control windows."""
+
+    def __init__(self, end: BufferedEnd, *, client_side: bool, name: str) -> None:
+        config = h2.config.H2Configuration(
+            client_side=client_side, header_encoding=None, validate_inbound_headers=True
+        )
+        self.end = end
+        self.name = name
+        self.conn = h2.connection.H2Connection(config=config)
+        self.conn.local_settings = h2.settings.Settings(
+            client=client_side, initial_values=h2wire.local_settings()
+        )
+        self.streams: dict[int, asyncio.Queue[StreamEvent]] = {}
+        self.closed = False
+        self._window = asyncio.Event()
+        self.last_used = time.monotonic()
+
+    def initiate(self) -> None:
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(h2wire.CONNECTION_WINDOW - 65535)
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.closed:
+            try:
+                self.end.write(data)
+            except EndClosed:
+                self.fail()
+
+    async def drain(self) -> None:
+        self.flush()
+        try:
+            await self.end.drain()
+        except EndClosed:
+            self.fail()
+            raise StreamGone(f"the {self.name} connection ended") from None
+
+    def fail(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._window.set()
+        for queue in self.streams.values():
+            queue.put_nowait(GONE)
+
+    def dispatch(self, events: list[h2.events.Event]) -> list[h2.events.Event]:
+        """Events for known streams go to their queues; the rest are returned."""
+        rest: list[h2.events.Event] = []
+        for ev in events:
+            if isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                self._window.set()
+                rest.append(ev)
+                continue
+            if isinstance(ev, h2.events.RequestReceived) and ev.stream_id:
+                # a queue now, so the events after it in this batch reach the stream
+                self.streams[ev.stream_id] = asyncio.Queue()
+                rest.append(ev)
+                continue
+            stream_id = getattr(ev, "stream_id", None)
+            queue = self.streams.get(stream_id) if stream_id else None
+            if queue is not None:
+                queue.put_nowait(ev)
+            else:
+                if isinstance(ev, h2.events.DataReceived) and ev.stream_id:
+                    # nobody reads this stream any more: give the window back
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                rest.append(ev)
+        return rest
+
+    def ack(self, stream_id: int, length: int) -> None:
+        if length and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.acknowledge_received_data(length, stream_id)
+            self.flush()
+
+    async def send_headers(
+        self, stream_id: int, headers: list[tuple[str, str]], end_stream: bool = False
+    ) -> None:
+        if self.closed:
+            raise StreamGone(f"the {self.name} connection ended")
+        try:
+            self.conn.send_headers(stream_id, h2wire.encode(headers), end_stream=end_stream)
+        except h2.exceptions.StreamClosedError:
+            raise StreamGone(f"the {self.name} stream was reset") from None
+        await self.drain()
+
+    async def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        view = memoryview(data)
+        while view:
+            if self.closed:
+                raise StreamGone(f"the {self.name} connection ended")
+            try:
+                room = min(
+                    self.conn.local_flow_control_window(stream_id),
+                    self.conn.max_outbound_frame_size,
+                    len(view),
+                )
+            except h2.exceptions.StreamClosedError:
+                raise StreamGone(f"the {self.name} stream was reset") from None
+            if room <= 0:
+                self._window.clear()
+                await self._window.wait()
+                continue
+            self.conn.send_data(stream_id, bytes(view[:room]))
+            view = view[room:]
+            await self.drain()
+        if end_stream:
+            await self.end_stream(stream_id)
+
+    async def end_stream(self, stream_id: int) -> None:
+        if self.closed:
+            raise StreamGone(f"the {self.name} connection ended")
+        try:
+            self.conn.end_stream(stream_id)
+        except h2.exceptions.StreamClosedError:
+            raise StreamGone(f"the {self.name} stream was reset") from None
+        await self.drain()
+
+    def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        if self.closed:
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.reset_stream(stream_id, code)
+        self.flush()
+
+    def peer_sending(self, stream_id: int) -> bool:
+        """Whether the peer may still send on a stream whose our half is closed."""
+        stream = self.conn.streams.get(stream_id)
+        return stream is not None and stream.state_machine.state is StreamState.HALF_CLOSED_LOCAL
+
+    def close(self, code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
+        if not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.close_connection(code)
+            self.flush()
+            self.fail()
+
+
+class Backend:
+    """An h2c connection to one endpoint over HBONE, shared by the request streams of one
+    client connection."""
+
+    def __init__(self, host: str, end: BufferedEnd, relay: Relay, peer: Peer) -> None:
+        self.host = host
+        self.relay = relay
+        self.peer = peer
+        self.link = H2Link(end, client_side=True, name="backend")
+        self.link.initiate()
+        self.reader = asyncio.ensure_future(self._read())
+
+    @property
+    def usable(self) -> bool:
+        link = self.link
+        return not link.closed and link.conn.state_machine.state.name != "CLOSED"
+
+    def can_open(self) -> bool:
+        conn = self.link.conn
+        return (
+            self.usable and conn.open_outbound_streams < conn.remote_settings.max_concurrent_streams
+        )
+
+    async def _read(self) -> None:
+        link = self.link
+        try:
+            while not link.closed:
+                data = await link.end.read()
+                if not data:
+                    break
+                try:
+                    events = link.conn.receive_data(data)
+                except h2.exceptions.ProtocolError as err:
+                    log.info("waypoint.backend_protocol_error", endpoint=self.host, error=str(err))
+                    link.flush()
+                    break
+                for ev in link.dispatch(events):
+                    if isinstance(ev, h2.events.ConnectionTerminated):
+                        link.flush()
+                        link.fail()
+                link.flush()
+        except EndClosed:
+            pass
+        finally:
+            link.fail()
+
+    def close(self) -> None:
+        self.link.close()
+        self.reader.cancel()
+        if not self.relay.done.done():
+            self.link.end.write_eof()
+
+
+class Front:
+    """One client connection: h2's server side on the client's `BufferedEnd`."""
+
+    def __init__(
+        self, waypoint: Waypoint, end: BufferedEnd, client: Client, dest: Destination
+    ) -> None:
+        self.waypoint = waypoint
+        self.client = client
+        self.dest = dest
+        self.link = H2Link(end, client_side=False, name="client")
+        self.guard = h2wire.FrameGuard()
+        self.resets = h2wire.ResetBudget(time.monotonic)
+        self.calls: dict[int, asyncio.Task[None]] = {}
+        self.backends: dict[str, Backend] = {}
+        self._opening = asyncio.Lock()
+
+    async def serve(self) -> None:
+        link = self.link
+        link.initiate()
+        try:
+            while not link.closed:
+                idle = None if self.calls else self.waypoint.config.idle_timeout
+                try:
+                    data = await asyncio.wait_for(link.end.read(), idle)
+                except TimeoutError:
+                    log.info("waypoint.idle_closed", source_principal=self.client.principal)
+                    link.close()
+                    return
+                if not data:
+                    return
+                refusal = self.guard.feed(data)
+                if refusal is not None:
+                    self._refuse(refusal)
+                    return
+                try:
+                    events = link.conn.receive_data(data)
+                except h2.exceptions.ProtocolError as err:
+                    # h2 has queued its GOAWAY
+                    self._bad_client(str(err) or type(err).__name__)
+                    link.flush()
+                    return
+                for ev in link.dispatch(events):
+                    if isinstance(ev, h2.events.RequestReceived) and ev.stream_id:
+                        self._start(ev.stream_id, ev.headers or [])
+                    elif isinstance(ev, h2.events.StreamReset) and self.resets.count():
+                        self._refuse(
+                            f"more than {h2wire.MAX_RESETS} streams reset within "
+                            f"{h2wire.RESET_WINDOW_S:g} s"
+                        )
+                        return
+                    elif isinstance(ev, h2.events.ConnectionTerminated):
+                        link.flush()
+                        return
+                await link.drain()
+        except (EndClosed, StreamGone):
+            pass
+        finally:
+            link.fail()
+            for task in list(self.calls.values()):
+                task.cancel()
+            if self.calls:
+                await asyncio.gather(*self.calls.values(), return_exceptions=True)
+            for backend in self.backends.values():
+                backend.close()
+
+    def _refuse(self, reason: str) -> None:
+        log.warning(
+            "waypoint.h2_limit",
+            source_principal=self.client.principal,
+            source_address=self.client.address,
+            reason=reason,
+        )
+        self.link.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def _bad_client(self, reason: str) -> None:
+        record = RequestRecord(
+            "", "", "", Peer(self.client.workload, self.client.principal), self.client.address
+        )
+        record.protocol = "http"
+        record.response_flags = telemetry.DOWNSTREAM_PROTOCOL_ERROR
+        record.reason = f"HTTP/2: {reason}"
+        record.done(0.0)
+
+    def _start(self, stream_id: int, raw: list[tuple[bytes, bytes]]) -> None:
+        task = asyncio.ensure_future(self._call(stream_id, raw))
+        self.calls[stream_id] = task
+
+        def done(_: asyncio.Future[None]) -> None:
+            self.calls.pop(stream_id, None)
+            self.link.streams.pop(stream_id, None)
+
+        task.add_done_callback(done)
+
+    # --- one request stream ------------------------------------------------------------
+
+    async def _call(self, stream_id: int, raw: list[tuple[bytes, bytes]]) -> None:
+        started = time.monotonic()
+        client = self.client
+        try:
+            request = h2wire.parse_request(raw)
+        except H2RequestError as err:
+            record = GrpcRecord("", "", "", Peer(client.workload, client.principal), client.address)
+            record.response_flags = telemetry.DOWNSTREAM_PROTOCOL_ERROR
+            record.reason = str(err)
+            with contextlib.suppress(StreamGone):
+                await self._answer(stream_id, None, 400, None, str(err), (), record)
+            record.done((time.monotonic() - started) * 1000)
+            return
+        record = GrpcRecord(
+            request.method,
+            request.path,
+            request.authority,
+            Peer(client.workload, client.principal),
+            client.address,
+            protocol="grpc" if request.grpc else "http",
+            trace_id=telemetry.trace_id(h2wire.header(request.headers, "traceparent")),
+            user_agent=h2wire.header(request.headers, "user-agent") or "",
+            request_id=h2wire.header(request.headers, "x-request-id") or "",
+        )
+        try:
+            await self._route_and_forward(stream_id, request, record)
+        except StreamGone:
+            record.response_flags = telemetry.DOWNSTREAM_RESET
+            record.reason = record.reason or "the client's stream was reset"
+        except asyncio.CancelledError:
+            record.response_flags = telemetry.DOWNSTREAM_RESET
+            record.reason = record.reason or "the client's connection ended"
+            raise
+        finally:
+            record.done((time.monotonic() - started) * 1000)
+
+    def _decide(self, request: H2Request) -> routing.Forward | routing.Respond:
+        dest = self.dest
+        if dest.service is None or dest.port is None:  # a pod addressed directly
+            return routing.Forward(
+                "", "", dest.target.port, request.path, request.authority, request.headers
+            )
+        route_request = request.route_request(self.client.namespace)
+        if request.grpc:
+            tables = grpc_tables(self.waypoint)
+            table = tables.table(dest.service, dest.port)
+            if not table.empty:
+                return routing.route_grpc(table, route_request, tables.rand)
+        return self.waypoint.router.decide(dest.service, dest.port, route_request)
+
+    async def _route_and_forward(
+        self, stream_id: int, request: H2Request, record: GrpcRecord
+    ) -> None:
+        decision = self._decide(request)
+        if isinstance(decision, routing.Respond):
+            record.response_flags = telemetry.NO_ROUTE if decision.status == 404 else "-"
+            record.reason = decision.reason
+            grpc = decision.grpc_status if request.grpc else None
+            if request.grpc and grpc is None:
+                grpc = _grpc_for_http(decision.status)
+            await self._answer(
+                stream_id, request, decision.status, grpc, decision.reason, decision.headers, record
+            )
+            return
+        candidates = self.waypoint._backend_candidates(decision, self.dest, record)
+        budget = decision.timeouts.request if decision.timeouts else None
+        timeout = asyncio.timeout(budget or None)
+        state = _Exchange()
+        try:
+            async with timeout:
+                await self._exchange(stream_id, request, decision, candidates, record, state)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            record.response_flags = telemetry.UPSTREAM_TIMEOUT
+            record.reason = f"route timeout ({budget:g} s)"
+            if state.backend is not None and state.backend_stream:
+                state.backend.link.reset(state.backend_stream)
+            if state.responded:
+                self.link.reset(stream_id)
+            else:
+                grpc = h2wire.GRPC_DEADLINE_EXCEEDED if request.grpc else None
+                await self._answer(stream_id, request, 504, grpc, record.reason, (), record)
+
+    async def _exchange(
+        self,
+        stream_id: int,
+        request: H2Request,
+        decision: routing.Forward,
+        candidates: list[tuple[Workload, int]],
+        record: GrpcRecord,
+        state: _Exchange,
+    ) -> None:
+        from waypoint.proxy import BackendError
+
+        try:
+            backend = await self._backend_for(candidates)
+        except BackendError as err:
+            record.response_flags = err.flags
+            record.reason = str(err)
+            grpc = h2wire.GRPC_UNAVAILABLE if request.grpc else None
+            await self._answer(stream_id, request, 503, grpc, str(err), (), record)
+            return
+        record.upstream_host = backend.host
+        record.destination = backend.peer
+        state.backend = backend
+        link = backend.link
+        out_id = link.conn.get_next_available_stream_id()
+        queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        link.streams[out_id] = queue
+        state.backend_stream = out_id
+        try:
+            try:
+                await link.send_headers(out_id, h2wire.backend_request(request.method, decision))
+            except (StreamGone, h2.exceptions.ProtocolError) as err:
+                record.response_flags = telemetry.UPSTREAM_FAILURE
+                record.reason = f"sending the request: {err}"
+                grpc = h2wire.GRPC_UNAVAILABLE if request.grpc else None
+                await self._answer(stream_id, request, 503, grpc, record.reason, (), record)
+                return
+            upload = asyncio.ensure_future(self._upload(stream_id, backend, out_id, record))
+            try:
+                await self._download(
+                    stream_id, request, decision, backend, out_id, queue, record, state
+                )
+            finally:
+                if not upload.done():
+                    upload.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StreamGone):
+                    await upload
+        except BaseException:
+            link.reset(out_id)
+            raise
+        finally:
+            link.streams.pop(out_id, None)
+
+    async def _upload(
+        self, stream_id: int, backend: Backend, out_id: int, record: GrpcRecord
+    ) -> None:
+        """The client's body (and trailers) to the backend, window by window."""
+        queue = self.link.streams.get(stream_id)
+        if queue is None:
+            return
+        link = backend.link
+        while True:
+            ev = await queue.get()
+            if isinstance(ev, h2.events.DataReceived):
+                data = ev.data or b""
+                record.request_bytes += len(data)
+                try:
+                    await link.send_data(out_id, data)
+                finally:
+                    self.link.ack(stream_id, ev.flow_controlled_length or 0)
+                if ev.stream_ended is not None:
+                    await link.end_stream(out_id)
+                    return
+            elif isinstance(ev, h2.events.TrailersReceived):
+                await link.send_headers(out_id, h2wire.trailers(ev.headers or []), end_stream=True)
+                return
+            elif isinstance(ev, h2.events.StreamEnded):
+                await link.end_stream(out_id)
+                return
+            elif isinstance(ev, (h2.events.StreamReset, _Gone)):
+                link.reset(out_id)
+                raise StreamGone("the client reset its stream")
+
+    async def _download(
+        self,
+        stream_id: int,
+        request: H2Request,
+        decision: routing.Forward,
+        backend: Backend,
+        out_id: int,
+        queue: asyncio.Queue[StreamEvent],
+        record: GrpcRecord,
+        state: _Exchange,
+    ) -> None:
+        """The backend's response to the client: head (with the route's response header
+        operations), body, trailers."""
+        front = self.link
+        while True:
+            try:
+                ev = await asyncio.wait_for(
+                    queue.get(), None if state.responded else RESPONSE_TIMEOUT
+                )
+            except TimeoutError:
+                ev = GONE
+                record.reason = f"no response within {RESPONSE_TIMEOUT:g} s"
+            if isinstance(ev, h2.events.ResponseReceived):
+                try:
+                    status, head = h2wire.client_response(
+                        ev.headers or [], decision.response_header_ops
+                    )
+                except H2RequestError as err:
+                    ev = GONE
+                    record.reason = f"bad response from the backend: {err}"
+                else:
+                    record.response_code = status
+                    if request.grpc:
+                        record.grpc_status = h2wire.grpc_status(head)
+                    ended = ev.stream_ended is not None
+                    await front.send_headers(stream_id, head, end_stream=ended)
+                    state.responded = True
+                    if ended:
+                        return
+                    continue
+            if isinstance(ev, h2.events.InformationalResponseReceived):
+                continue
+            if isinstance(ev, h2.events.DataReceived):
+                data = ev.data or b""
+                record.response_bytes += len(data)
+                try:
+                    await front.send_data(stream_id, data)
+                finally:
+                    backend.link.ack(out_id, ev.flow_controlled_length or 0)
+                if ev.stream_ended is not None:
+                    await front.end_stream(stream_id)
+                    return
+                continue
+            if isinstance(ev, h2.events.TrailersReceived):
+                tail = h2wire.trailers(ev.headers or [])
+                if request.grpc:
+                    record.grpc_status = h2wire.grpc_status(tail) or record.grpc_status
+                await front.send_headers(stream_id, tail, end_stream=True)
+                return
+            if isinstance(ev, h2.events.StreamEnded):
+                await front.end_stream(stream_id)
+                return
+            # reset by the backend, its connection gone, or no response in time
+            record.response_flags = telemetry.UPSTREAM_RESET
+            if isinstance(ev, h2.events.StreamReset):
+                record.reason = f"the backend reset the stream ({ev.error_code!s})"
+            else:
+                record.reason = record.reason or "the backend's connection ended"
+            if state.responded:
+                front.reset(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            else:
+                grpc = h2wire.GRPC_UNAVAILABLE if request.grpc else None
+                await self._answer(stream_id, request, 503, grpc, record.reason, (), record)
+            return
+
+    async def _backend_for(self, candidates: list[tuple[Workload, int]]) -> Backend:
+        from waypoint.proxy import BackendError
+
+        if not candidates:
+            raise BackendError("no ready endpoint", telemetry.NO_HEALTHY_UPSTREAM)
+        last: BackendError | None = None
+        async with self._opening:
+            for workload, port in candidates:
+                host = f"{workload.addresses[0]}:{port}"
+                kept = self.backends.get(host)
+                if kept is not None:
+                    if kept.can_open():
+                        return kept
+                    if not kept.usable:
+                        self.backends.pop(host).close()
+                    else:
+                        last = BackendError(
+                            "the backend's stream limit is reached", telemetry.UPSTREAM_FAILURE
+                        )
+                        continue
+                try:
+                    end = await self.waypoint._open(workload, port, self.client)
+                except BackendError as err:
+                    log.info("waypoint.endpoint_failed", endpoint=host, error=str(err))
+                    last = err
+                    continue
+                buffered = BufferedEnd("backend")
+                relay = Relay(end, buffered)
+                relay.start()
+                principal = workload.identity if workload.enrolled else ""
+                backend = Backend(host, buffered, relay, Peer(workload, principal))
+                self.backends[host] = backend
+                self._bound_backends()
+                return backend
+        assert last is not None
+        raise last
+
+    def _bound_backends(self) -> None:
+        while len(self.backends) > MAX_BACKENDS:
+            idle = [b for b in self.backends.values() if not b.link.streams]
+            if not idle:
+                return
+            oldest = min(idle, key=lambda b: b.link.last_used)
+            self.backends.pop(oldest.host).close()
+
+    async def _answer(
+        self,
+        stream_id: int,
+        request: H2Request | None,
+        status: int,
+        grpc: int | None,
+        reason: str,
+        headers: routing.Headers,
+        record: GrpcRecord,
+    ) -> None:
+        """Answer a stream here; its request body, if still coming, is not wanted (the
+        stream is then reset with NO_ERROR, as RFC 9113 8.1 allows)."""
+        if grpc is not None:
+            record.response_code = 200
+            record.grpc_status = str(grpc)
+            await self.link.send_headers(
+                stream_id, h2wire.grpc_answer(grpc, reason, headers), end_stream=True
+            )
+        else:
+            record.response_code = status
+            head, body = h2wire.http_answer(status, reason, headers)
+            no_body = not body or (request is not None and request.method == "HEAD")
+            await self.link.send_headers(stream_id, head, end_stream=no_body)
+            if not no_body:
+                record.response_bytes = len(body)
+                await self.link.send_data(stream_id, body, end_stream=True)
+        if self.link.peer_sending(stream_id):
+            self.link.reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+
+@dataclass
+class _Exchange:
+    backend: Backend | None = None
+    backend_stream: int = 0
+    responded: bool = False  # the response head went to the client
+
+
+def _grpc_for_http(status: int) -> int:
+    """gRPC's mapping of an HTTP status to a grpc-status (grpc/doc/http-grpc-status-mapping)."""
+    return {
+        400: 13,
+        401: 16,
+        403: 7,
+        404: 12,
+        429: 14,
+        502: 14,
+        503: 14,
+        504: 14,
+    }.get(status, 2)
+
+
+async def serve(waypoint: Waypoint, end: BufferedEnd, client: Client, dest: Destination) -> None:
+    """Serve one client connection (an inbound CONNECT stream) that speaks h2c or gRPC."""
+    await Front(waypoint, end, client, dest).serve()
