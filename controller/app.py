@@ -151,9 +151,9 @@ class Controller:
 
     def recompute(self) -> None:
         resources = self.store.resources()
-        if self.deployer is not None:
-            self.deployer.notify(resources)
         state = self.builder.build(resources, self.bundle())
+        if self.deployer is not None:
+            self.deployer.notify(resources, state)
         delta = self.state.update(state)
         CONFIG_ERRORS.set(len(self.problems()))
         if delta is not None:

@@ -13,6 +13,9 @@ each owned by the Gateway (an ownerReference), so deleting the Gateway deletes t
 keeps the Gateway's status: `Accepted`, `Programmed` (True once a replica is ready) and
 `status.addresses` (the Service's ClusterIP).
 
+The same loop writes the routes' status (`controller.routestatus`: Accepted, ResolvedRefs
+per Service parent), computed from the mesh state the controller built.
+
 The decisions are pure (`waypoint_objects`, `gateway_status`, `Deployer.plan`); the objects
 and statuses are written by an `ObjectWriter`: the lab's API today (`LabObjectWriter`), the
 Kubernetes API (server-side apply, the status subresource) with a `KubernetesSource` later.
@@ -33,13 +36,16 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
+from controller.conditions import condition as _condition
 from controller.errors import BuildError
+from controller.routestatus import route_statuses
 from meshcore.meshstate import (
     DATAPLANE_MODE_LABEL,
     DATAPLANE_MODE_NONE,
     GATEWAY_NAME_LABEL,
     MANAGED_BY_MESH_CONTROLLER,
     MANAGED_LABEL,
+    StateValue,
 )
 from meshcore.resources import Pod, Resource, ResourceKey, Service
 from meshcore.resources.gateway import GROUP, Gateway, ListenerProtocol
@@ -173,23 +179,6 @@ def waypoint_objects(gw: Gateway, config: DeployerConfig, replicas: int) -> list
     ]
 
 
-def _condition(
-    kind: str, ok: bool, reason: str, message: str, previous: Mapping[str, Any] | None, now: str
-) -> dict[str, Any]:
-    status = "True" if ok else "False"
-    since = now
-    for old in (previous or {}).get("conditions", []):
-        if old.get("type") == kind and old.get("status") == status:
-            since = old.get("lastTransitionTime", now)
-    return {
-        "type": kind,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since,
-    }
-
-
 def gateway_status(
     *,
     refused: str,
@@ -239,7 +228,7 @@ def gateway_status(
 @dataclass
 class DeployPlan:
     apply: dict[ResourceKey, list[dict[str, Any]]] = field(default_factory=dict)  # by Gateway
-    statuses: dict[ResourceKey, dict[str, Any]] = field(default_factory=dict)  # by Gateway
+    statuses: dict[ResourceKey, dict[str, Any]] = field(default_factory=dict)  # Gateways, routes
 
     @property
     def empty(self) -> bool:
@@ -271,12 +260,24 @@ class Deployer:
         self._applied: dict[ResourceKey, tuple[str, float]] = {}  # fingerprint, when
         self._statuses: dict[ResourceKey, dict[str, Any]] = {}
 
-    def plan(self, resources: Mapping[ResourceKey, Resource]) -> DeployPlan:
+    def plan(
+        self,
+        resources: Mapping[ResourceKey, Resource],
+        state: Mapping[ResourceKey, StateValue] | None = None,
+    ) -> DeployPlan:
+        """What to write now. With `state` (the mesh state built from `resources`), the
+        routes' statuses too (`controller.routestatus`)."""
         out = DeployPlan()
         gateways = [r for r in resources.values() if isinstance(r, Gateway) and r.is_waypoint]
         keys = {gw.key for gw in gateways}
         self._applied = {k: v for k, v in self._applied.items() if k in keys}
-        self._statuses = {k: v for k, v in self._statuses.items() if k in keys}
+        routes: dict[ResourceKey, dict[str, Any]] = {}
+        if state is not None:
+            routes = route_statuses(resources, state, self._statuses, self._wall_clock())
+        self._statuses = {k: v for k, v in self._statuses.items() if k in keys or k in routes}
+        for key, route_status in routes.items():
+            if route_status != self._statuses.get(key):
+                out.statuses[key] = route_status
         for gw in gateways:
             refused = ""
             try:
@@ -328,8 +329,8 @@ class Deployer:
     def applied(self, gateway: ResourceKey, objects: list[dict[str, Any]]) -> None:
         self._applied[gateway] = (_fingerprint(objects), self._clock())
 
-    def status_written(self, gateway: ResourceKey, status: dict[str, Any]) -> None:
-        self._statuses[gateway] = status
+    def status_written(self, resource: ResourceKey, status: dict[str, Any]) -> None:
+        self._statuses[resource] = status
 
 
 # --- I/O: where objects are written ----------------------------------------------------------
@@ -391,10 +392,17 @@ class DeployerLoop:
         self.deployer = deployer
         self.writer = writer
         self._resources: Mapping[ResourceKey, Resource] = {}
+        self._state: Mapping[ResourceKey, StateValue] | None = None
         self._wake = asyncio.Event()
 
-    def notify(self, resources: Mapping[ResourceKey, Resource]) -> None:
+    def notify(
+        self,
+        resources: Mapping[ResourceKey, Resource],
+        state: Mapping[ResourceKey, StateValue] | None = None,
+    ) -> None:
+        """New resources, and the mesh state built from them (for the routes' status)."""
         self._resources = resources
+        self._state = state
         self._wake.set()
 
     async def run(self) -> None:
@@ -405,7 +413,7 @@ class DeployerLoop:
             await self.run_once()
 
     async def run_once(self) -> None:
-        plan = self.deployer.plan(self._resources)
+        plan = self.deployer.plan(self._resources, self._state)
         for gw, objects in plan.apply.items():
             try:
                 await self.writer.apply(f"deployer:{gw.namespace}/{gw.name}", objects)
@@ -414,10 +422,10 @@ class DeployerLoop:
                 continue
             self.deployer.applied(gw, objects)
             log.info("waypoint.applied", gateway=str(gw))
-        for gw, status in plan.statuses.items():
+        for key, status in plan.statuses.items():
             try:
-                await self.writer.set_status(gw.kind, gw.namespace, gw.name, status)
+                await self.writer.set_status(key.kind, key.namespace, key.name, status)
             except WriteError as err:
-                log.warning("waypoint.status_failed", gateway=str(gw), error=str(err))
+                log.warning("status.write_failed", resource=str(key), error=str(err))
                 continue
-            self.deployer.status_written(gw, status)
+            self.deployer.status_written(key, status)

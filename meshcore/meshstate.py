@@ -26,6 +26,9 @@ GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 # pods and Service are never bound to a waypoint themselves.
 MANAGED_LABEL = "gateway.weft.dev/managed"
 MANAGED_BY_MESH_CONTROLLER = "weft.dev-mesh-controller"
+# The controllerName in the status weft writes (routes' status.parents[]), as Istio's
+# `istio.io/mesh-controller`.
+MESH_CONTROLLER_NAME = "weft.dev/mesh-controller"
 EXCLUDE_OUTBOUND_PORTS_ANNOTATION = "weft.dev/exclude-outbound-ports"
 WAYPOINT_GATEWAY_CLASS = "weft-waypoint"
 CLUSTER_DOMAIN = "cluster.local"

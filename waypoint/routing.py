@@ -35,8 +35,9 @@ Public API
   (Location and any ResponseHeaderModifier of the rule). For gRPC, `grpc_status` is set
   (12 UNIMPLEMENTED for no match, 14 UNAVAILABLE for no usable backend) and the waypoint
   answers HTTP 200 trailers-only with that grpc-status; `status` is the HTTP equivalent.
-- `Problem`s (route, field path, condition, reason, message) for the controller's route
-  status: a regex RE2 refuses (the rule is left out: PartiallyInvalid; a route left with no
+- `Problem`s (route, field path, condition, reason, message; defined in
+  `meshcore.routecheck`, whose `route_problems` gives the controller's route status the same
+  list): a regex RE2 refuses (the rule is left out: PartiallyInvalid; a route left with no
   rule does not attach at all, as a route that is not Accepted), an ExtensionRef filter
   (weft defines none: requests through it get 500, as the spec requires), a backend or
   mirror that does not resolve (its weight share gets 500; a mirror is dropped).
@@ -91,11 +92,9 @@ conformance tests):
 from __future__ import annotations
 
 import re
-import re._constants as _sre_c  # the parse tree of `re`, to see what RE2 would refuse
-import re._parser as _sre_p
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from meshcore.resources.core import ResourceKey
@@ -126,20 +125,21 @@ from meshcore.resources.gateway import (
     Timeouts,
     URLRewrite,
 )
+from meshcore.routecheck import (  # the route problems' home (the controller's too)
+    ACCEPTED,
+    BACKEND_NOT_FOUND,
+    INVALID_KIND,
+    RESOLVED_REFS,
+    UNSUPPORTED_VALUE,
+    KnownService,
+    Problem,
+    check_re2,
+)
 
 Headers = tuple[tuple[str, str], ...]
-KnownService = Callable[[str, str, int], bool]
 
 GRPC_UNIMPLEMENTED = 12
 GRPC_UNAVAILABLE = 14
-
-# Route status vocabulary (Gateway API condition types and reasons).
-ACCEPTED = "Accepted"
-RESOLVED_REFS = "ResolvedRefs"
-UNSUPPORTED_VALUE = "UnsupportedValue"
-BACKEND_NOT_FOUND = "BackendNotFound"
-INCOMPATIBLE_FILTERS = "IncompatibleFilters"
-
 
 # --- inputs and outputs ----------------------------------------------------------------------
 
@@ -216,17 +216,6 @@ class Respond:
 
 
 Decision = Forward | Respond
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something in a route that weft does not apply as written, for its status conditions."""
-
-    route: ResourceKey
-    field: str  # e.g. "spec.rules[0].matches[1].path.value"
-    condition: str  # ACCEPTED or RESOLVED_REFS, set to False
-    reason: str  # UNSUPPORTED_VALUE, BACKEND_NOT_FOUND, INCOMPATIBLE_FILTERS
-    message: str
 
 
 # --- compiled form ---------------------------------------------------------------------------
@@ -338,71 +327,6 @@ class GRPCRouteTable(_Table[_GRPCMatch]):
     """The GRPCRoute matches of one Service port, in precedence order."""
 
 
-# --- regular expressions: RE2's dialect ------------------------------------------------------
-
-_RE2_MAX_REPEAT = 1000
-_REFUSED_OPS = {
-    _sre_c.GROUPREF: "backreferences",
-    _sre_c.GROUPREF_EXISTS: "conditional groups",
-    _sre_c.ASSERT: "lookahead/lookbehind",
-    _sre_c.ASSERT_NOT: "lookahead/lookbehind",
-    _sre_c.ATOMIC_GROUP: "atomic groups",
-    _sre_c.POSSESSIVE_REPEAT: "possessive quantifiers",
-}
-_REFUSED_FLAGS = (
-    (_sre_c.SRE_FLAG_VERBOSE, "the x (verbose) flag"),
-    (_sre_c.SRE_FLAG_ASCII, "the a (ASCII) flag"),
-    (_sre_c.SRE_FLAG_LOCALE, "the L (locale) flag"),
-)
-
-
-def check_re2(pattern: str) -> str | None:
-    """Why RE2 (Envoy's and Go's dialect) would refuse `pattern`, or None if it would not.
-
-    `pattern` is one Python `re` already accepts; the constructs refused are the ones Python
-    has and RE2 lacks: backreferences, lookaround, atomic groups, possessive quantifiers,
-    conditionals, `\\Z`, comments, the x/a/L flags, and counted repetition above 1000.
-    """
-    if "(?#" in pattern:
-        return "RE2 does not support (?#...) comments"
-    try:
-        parsed = _sre_p.parse(pattern)
-    except re.error as err:
-        return f"not a valid regular expression: {err}"
-    for flag, what in _REFUSED_FLAGS:
-        if parsed.state.flags & flag:
-            return f"RE2 does not support {what}"
-    return _walk_re2(parsed)
-
-
-def _walk_re2(items: Iterable[tuple[Any, Any]]) -> str | None:
-    for op, av in items:
-        if op in _REFUSED_OPS:
-            return f"RE2 does not support {_REFUSED_OPS[op]}"
-        if op is _sre_c.AT and av is _sre_c.AT_END_STRING:
-            return "RE2 does not support \\Z (use $ without the m flag)"
-        found = None
-        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
-            low, high, sub = av
-            for bound in (low, high):
-                if bound != _sre_c.MAXREPEAT and bound > _RE2_MAX_REPEAT:
-                    return f"RE2 allows at most {_RE2_MAX_REPEAT} repetitions, not {bound}"
-            found = _walk_re2(sub)
-        elif op is _sre_c.SUBPATTERN:
-            _, add_flags, _, sub = av
-            for flag, what in _REFUSED_FLAGS:
-                if add_flags & flag:
-                    return f"RE2 does not support {what}"
-            found = _walk_re2(sub)
-        elif op is _sre_c.BRANCH:
-            _, branches = av
-            for branch in branches:
-                found = found or _walk_re2(branch)
-        if found:
-            return found
-    return None
-
-
 # --- building --------------------------------------------------------------------------------
 
 
@@ -483,8 +407,8 @@ class _Builder:
                 unsupported = f"ExtensionRef {flt.group or 'core'}/{flt.kind} {flt.name}"
                 self.problem(
                     f"{path}[{i}].extensionRef",
-                    ACCEPTED,
-                    INCOMPATIBLE_FILTERS,
+                    RESOLVED_REFS,
+                    INVALID_KIND,
                     f"weft supports no {unsupported}; requests through this rule get 500",
                 )
         return tuple(request_ops), tuple(response_ops), tuple(mirrors), redirect, unsupported

@@ -7,6 +7,7 @@ import click
 from weftctl.agent_commands import agent
 from weftctl.controller_commands import controller
 from weftctl.lab_commands import lab
+from weftctl.route_commands import route
 from weftctl.waypoint_commands import waypoint
 from weftctl.ztunnel_commands import ztunnel_config
 
@@ -22,6 +23,7 @@ cli.add_command(controller)
 cli.add_command(agent)
 cli.add_command(ztunnel_config)
 cli.add_command(waypoint)
+cli.add_command(route)
 
 
 if __name__ == "__main__":

@@ -160,3 +160,60 @@ spec:
         assert objects(cluster, "Deployment", "it", "odd") == []
     finally:
         waypoint(cluster, "delete", "-n", "it", "odd", check=False)
+
+
+ROUTE = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: it}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - backendRefs:
+    - {name: echo, port: 80, weight: 9}
+    - {name: missing, port: 80, weight: 1}
+"""
+
+
+def route_conditions(lab: Lab) -> dict[str, tuple[str, str]]:
+    found = objects(lab, "HTTPRoute", "it", "echo")
+    parents = found[0].get("status", {}).get("parents", []) if found else []
+    if not parents:
+        return {}
+    assert parents[0]["controllerName"] == "weft.dev/mesh-controller"
+    return {c["type"]: (c["status"], c["reason"]) for c in parents[0]["conditions"]}
+
+
+def test_a_route_gets_accepted_and_resolved_refs_conditions_from_the_controller(
+    cluster: Lab, tmp_path: Path
+) -> None:
+    route = tmp_path / "route.yaml"
+    route.write_text(ROUTE)
+    weftctl("lab", "--name", cluster.name, "apply", "-f", str(route))
+    try:
+        # no waypoint serves Service it/echo yet: not Accepted; its missing backend is named
+        eventually(
+            lambda: route_conditions(cluster).get("Accepted") == ("False", "NoMatchingParent"),
+            "Accepted=False NoMatchingParent on the route",
+            timeout=20,
+        )
+        assert route_conditions(cluster)["ResolvedRefs"] == ("False", "BackendNotFound")
+
+        waypoint(cluster, "apply", "-n", "it", "--enroll-namespace", "--wait", "--timeout", "90")
+        eventually(
+            lambda: route_conditions(cluster).get("Accepted") == ("True", "Accepted"),
+            "Accepted=True once the waypoint serves the Service",
+            timeout=20,
+        )
+        shown = weftctl("route", "--lab", cluster.name, "status", "-n", "it", "echo").stdout
+        rows = [line.split(None, 6) for line in shown.splitlines()[1:]]
+        assert [r[:6] for r in rows] == [
+            ["it", "HTTPRoute/echo", "Service", "it/echo:80", "Accepted", "True"],
+            ["it", "HTTPRoute/echo", "Service", "it/echo:80", "ResolvedRefs", "False"],
+        ]
+        assert rows[1][6].startswith(
+            "BackendNotFound   spec.rules[0].backendRefs[1]: Service it/missing port 80 not found"
+        )
+    finally:
+        weftctl("lab", "--name", cluster.name, "delete", "-f", str(route), check=False)
+        waypoint(cluster, "delete", "-n", "it", "--all", check=False)

@@ -20,7 +20,7 @@ from tests.unit.waypoint.routing_cases import (
 from waypoint.routing import (
     ACCEPTED,
     BACKEND_NOT_FOUND,
-    INCOMPATIBLE_FILTERS,
+    INVALID_KIND,
     RESOLVED_REFS,
     UNSUPPORTED_VALUE,
     Forward,
@@ -389,7 +389,7 @@ def test_what_weft_cannot_apply_is_reported_and_the_rest_of_the_route_works() ->
     assert [(p.route, p.field, p.condition, p.reason) for p in t.problems] == [
         (key, "spec.rules[0].matches[0].path.value", ACCEPTED, UNSUPPORTED_VALUE),
         (key, "spec.rules[1].matches[0].headers[0].value", ACCEPTED, UNSUPPORTED_VALUE),
-        (key, "spec.rules[2].filters[0].extensionRef", ACCEPTED, INCOMPATIBLE_FILTERS),
+        (key, "spec.rules[2].filters[0].extensionRef", RESOLVED_REFS, INVALID_KIND),
         (
             key,
             "spec.rules[3].filters[0].requestMirror.backendRef",
