@@ -116,10 +116,15 @@ class StreamGone(ConnectionError):
 
 
 class _Gone:
-    """Put in a stream's queue when its connection ended."""
+    """Put in a stream's queue when its connection ended (or, `client`, when the client
+    reset the stream the backend's one serves)."""
+
+    def __init__(self, client: bool = False) -> None:
+        self.client = client
 
 
 GONE = _Gone()
+CLIENT_GONE = _Gone(client=True)
 StreamEvent = h2.events.Event | _Gone
 
 
@@ -188,6 +193,8 @@ class H2Link:
             queue = self.streams.get(stream_id) if stream_id else None
             if queue is not None:
                 queue.put_nowait(ev)
+                if isinstance(ev, h2.events.StreamReset):
+                    rest.append(ev)  # counted by the connection too (rapid reset)
             else:
                 if isinstance(ev, h2.events.DataReceived) and ev.stream_id:
                     # nobody reads this stream any more: give the window back
@@ -208,7 +215,7 @@ class H2Link:
             raise StreamGone(f"the {self.name} connection ended")
         try:
             self.conn.send_headers(stream_id, h2wire.encode(headers), end_stream=end_stream)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # closed, or gone from h2's table
             raise StreamGone(f"the {self.name} stream was reset") from None
         await self.drain()
 
@@ -223,7 +230,7 @@ class H2Link:
                     self.conn.max_outbound_frame_size,
                     len(view),
                 )
-            except h2.exceptions.StreamClosedError:
+            except h2.exceptions.ProtocolError:  # closed, or gone from h2's table
                 raise StreamGone(f"the {self.name} stream was reset") from None
             if room <= 0:
                 self._window.clear()
@@ -240,7 +247,7 @@ class H2Link:
             raise StreamGone(f"the {self.name} connection ended")
         try:
             self.conn.end_stream(stream_id)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # closed, or gone from h2's table
             raise StreamGone(f"the {self.name} stream was reset") from None
         await self.drain()
 
@@ -576,6 +583,9 @@ class Front:
                 return
             elif isinstance(ev, (h2.events.StreamReset, _Gone)):
                 link.reset(out_id)
+                backend_queue = link.streams.get(out_id)
+                if backend_queue is not None:  # the response side stops too
+                    backend_queue.put_nowait(CLIENT_GONE)
                 raise StreamGone("the client reset its stream")
 
     async def _download(
@@ -640,6 +650,8 @@ class Front:
             if isinstance(ev, h2.events.StreamEnded):
                 await front.end_stream(stream_id)
                 return
+            if isinstance(ev, _Gone) and ev.client:
+                raise StreamGone("the client reset its stream")
             # reset by the backend, its connection gone, or no response in time
             record.response_flags = telemetry.UPSTREAM_RESET
             if isinstance(ev, h2.events.StreamReset):

@@ -6,6 +6,7 @@ Services added to the mesh (all on the `web` workload, each port its own server)
 
 - `grpc` (GRPC_VIP:GRPC_PORT, appProtocol grpc) -> `GrpcEcho("a")`; `grpc-a`, `grpc-b`
   (not bound) -> `GrpcEcho("a")`, `GrpcEcho("b")`: the backends GRPCRoutes pick.
+- `grpc-empty`: no endpoints.
 - `h2` (H2_VIP:80, port name `http2-web`) -> sample_apps' HTTP echo (h2c).
 """
 
@@ -52,6 +53,7 @@ class GrpcEcho:
     def __init__(self, name: str) -> None:
         self.name = name
         self.calls = 0
+        self.resets = 0  # streams the client (the waypoint) reset
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._serve, WEB_IP, 0)
@@ -132,6 +134,7 @@ class GrpcEcho:
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                     elif isinstance(ev, h2.events.StreamReset):
+                        self.resets += 1
                         pending.pop(ev.stream_id, None)
                 pump()
                 await writer.drain()
@@ -288,6 +291,7 @@ async def add_h2_services(mesh: Mesh) -> dict[str, GrpcEcho]:
         service("grpc-a", "10.96.0.22", (grpc_port,), bound=False),
         service("grpc-b", "10.96.0.23", (grpc_port,), bound=False),
         service("h2", H2_VIP, (ServicePort("http2-web", H2_PORT),)),
+        service("grpc-empty", "10.96.0.24", (grpc_port,), bound=False),  # no endpoints
     ]
     for svc in services:
         state[svc.key] = svc

@@ -21,6 +21,7 @@ from tests.integration.waypoint.h2_mesh import (
     h2_client,
 )
 from tests.integration.waypoint.waypoint_mesh import SNIFFED_PORT, WEB_VIP, Mesh, run
+from waypoint.h2wire import MAX_RESETS
 
 GRPC_ROUTES = """
 apiVersion: gateway.networking.k8s.io/v1
@@ -42,6 +43,8 @@ spec:
     backendRefs: [{name: grpc-a, port: 50051, weight: 1}, {name: grpc-b, port: 50051, weight: 1}]
   - matches: [{method: {service: echo.Echo, method: Canary}}]
     backendRefs: [{name: grpc-a, port: 50051, weight: 0}, {name: grpc-b, port: 50051, weight: 5}]
+  - matches: [{method: {service: echo.Echo, method: Down}}]
+    backendRefs: [{name: grpc-empty, port: 50051}]
 """
 
 
@@ -254,5 +257,82 @@ def test_an_oversized_header_block_gets_goaway_enhance_your_calm(tmp_path: Path)
         bad.end.write(frames)
         await asyncio.wait_for(bad.closed.wait(), 5)
         assert bad.goaway == 11  # ENHANCE_YOUR_CALM
+
+    run(tmp_path, body)
+
+
+def test_a_backend_without_endpoints_is_grpc_unavailable(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await add_h2_services(mesh)
+        mesh.set_routes(GRPC_ROUTES)
+        before = labelled_total(request_protocol="grpc", response_flags="UH")
+        client = await h2_client(mesh, GRPC_VIP, GRPC_PORT)
+        reply = await client.grpc("/echo.Echo/Down")
+        assert reply.status == 200 and reply.headers["grpc-status"] == "14"
+        await asyncio.sleep(0.1)
+        assert labelled_total(request_protocol="grpc", response_flags="UH") == before + 1
+        client.close()
+
+    run(tmp_path, body)
+
+
+def test_a_client_reset_mid_request_resets_the_backend_stream(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        echoes = await add_h2_services(mesh)
+        before = labelled_total(request_protocol="grpc", response_flags="DC")
+        client = await h2_client(mesh, GRPC_VIP, GRPC_PORT)
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(
+            sid,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "grpc"),
+                (":path", "/echo.Echo/A"),
+                ("content-type", "application/grpc"),
+            ],
+        )
+        client.conn.send_data(sid, b"\x00\x00\x00\x00\x01")  # the body goes on...
+        client.flush()
+        await asyncio.sleep(0.2)
+        client.conn.reset_stream(sid)  # ...and stops
+        client.flush()
+        for _ in range(50):
+            if echoes["a"].resets:
+                break
+            await asyncio.sleep(0.05)
+        assert echoes["a"].resets == 1
+        await asyncio.sleep(0.1)
+        assert labelled_total(request_protocol="grpc", response_flags="DC") == before + 1
+        # the connection goes on
+        assert (await client.grpc("/echo.Echo/A")).trailers["grpc-status"] == "0"
+        client.close()
+
+    run(tmp_path, body)
+
+
+def test_a_rapid_reset_flood_gets_goaway_enhance_your_calm(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await add_h2_services(mesh)
+        mesh.set_routes(GRPC_ROUTES)
+        client = await h2_client(mesh, GRPC_VIP, GRPC_PORT)
+        await asyncio.sleep(0.1)
+        head = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "grpc"),
+            (":path", "/echo.Echo/Nope"),
+            ("content-type", "application/grpc"),
+        ]
+        for _ in range(MAX_RESETS + 1):  # CVE-2023-44487
+            sid = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(sid, head)
+            client.conn.reset_stream(sid)
+        client.flush()
+        await asyncio.wait_for(client.closed.wait(), 10)
+        assert client.goaway == 11  # ENHANCE_YOUR_CALM
+        other = await h2_client(mesh, GRPC_VIP, GRPC_PORT)  # others are served
+        assert (await other.grpc("/echo.Echo/A")).trailers["grpc-status"] == "0"
+        other.close()
 
     run(tmp_path, body)
