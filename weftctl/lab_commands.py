@@ -23,6 +23,7 @@ from lab.naming import new_lab_id
 from lab.preflight import PreflightError, check_machine
 from lab.processes import ENTER_CGROUP
 from lab.state import LabPaths, LabRecord, daemon_alive, list_labs, teardown
+from meshcore.meshstate import WAYPOINT_GATEWAY_CLASS
 from meshcore.resources import (
     Document,
     ManifestError,
@@ -129,7 +130,7 @@ def lab(ctx: click.Context, name: str) -> None:
     "wait_seconds",
     default=90.0,
     show_default=True,
-    help="Seconds to wait for every pod to be ready.",
+    help="Seconds to wait for every pod to be ready and every waypoint programmed.",
 )
 @pass_lab
 def up(
@@ -251,10 +252,17 @@ def _wait_ready(ctx: LabContext, proc: subprocess.Popen[bytes], wait: float) -> 
         pods = status["pods"]
         ready = sum(1 for p in pods if p["ready"] or p["phase"] == "Succeeded")
         line = f"  {status['phase']}: {ready}/{len(pods)} pods ready"
+        waypoints: tuple[int, int] = (0, 0)
+        if status["phase"] == "Ready" and ready == len(pods):
+            # A waypoint's pods are made by the controller once it has seen the Gateway, so
+            # they may not be listed yet: wait for the waypoints themselves.
+            waypoints = _waypoints_settled(ctx)
+            if waypoints[1]:
+                line += f", {waypoints[0]}/{waypoints[1]} waypoints programmed"
         if line != last_line:
             click.echo(line)
             last_line = line
-        if status["phase"] == "Ready" and ready == len(pods):
+        if status["phase"] == "Ready" and ready == len(pods) and waypoints[0] == waypoints[1]:
             return status
         if status["phase"] in ("Failed", "Terminating"):
             continue  # the daemon is on its way out; the poll above reports it
@@ -263,6 +271,28 @@ def _wait_ready(ctx: LabContext, proc: subprocess.Popen[bytes], wait: float) -> 
         if time.monotonic() > (deadline if deadline is not None else build_deadline):
             return status
         time.sleep(0.2)
+
+
+def _waypoints_settled(ctx: LabContext) -> tuple[int, int]:
+    """(settled, all) of the lab's waypoint Gateways: settled is Programmed, or refused
+    (Accepted=False, which `weftctl waypoint status` explains)."""
+    try:
+        gateways = client.request(ctx.paths, "GET", "/v1/objects?kind=Gateway", timeout=10)
+    except (client.LabUnavailable, client.LabRequestFailed):
+        return (0, 0)
+    ours = [
+        g
+        for g in gateways["items"]
+        if g.get("spec", {}).get("gatewayClassName") == WAYPOINT_GATEWAY_CLASS
+    ]
+    settled = 0
+    for gw in ours:
+        conditions = {
+            c.get("type"): c.get("status") for c in gw.get("status", {}).get("conditions", [])
+        }
+        if conditions.get("Programmed") == "True" or conditions.get("Accepted") == "False":
+            settled += 1
+    return (settled, len(ours))
 
 
 def _print_hints(ctx: LabContext, status: dict[str, Any]) -> None:

@@ -1,16 +1,20 @@
-"""The README's first command, as a user runs it: the demo lab with traffic flowing."""
+"""The README's first command, as a user runs it: the demo lab with traffic flowing, through
+the demo's waypoint: its canary split, its header A/B and the README's blue-green switch."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import RUN_ID
-from tests.integration.lab.labtools import Lab, leftovers
+from tests.integration.lab.labtools import Lab, leftovers, weftctl
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +29,62 @@ def weftctl_metrics(lab: Lab, node: str) -> str:
     ).stdout
 
 
-def test_demo_lab_serves_traffic_through_services_and_goes_away_cleanly() -> None:
+DEMO_ROUTE = Path(__file__).parents[2] / "lab" / "demo" / "40-waypoint.yaml"
+
+
+def demo_route(v1: int, v2: int) -> str:
+    """The demo's waypoint file, its canary weights set to v1/v2."""
+    text = DEMO_ROUTE.read_text()
+    for version, weight in (("v1", v1), ("v2", v2)):
+        text, n = re.subn(
+            rf"(name: backend-{version}, port: 8080, weight: )\d+", rf"\g<1>{weight}", text
+        )
+        assert n == 1, f"no weighted backend-{version} in {DEMO_ROUTE}"
+    return text
+
+
+def load(lab: Lab, url: str, count: int) -> dict[str, Any]:
+    """The load client's JSON report for `count` requests from the traffic pod."""
+    out = lab.exec(
+        "traffic",
+        "demo",
+        sys.executable,
+        "-m",
+        "sample_apps.load_client",
+        url,
+        "--count",
+        str(count),
+        "--new-connections",
+        "--duration",
+        "30",
+        "-o",
+        "json",
+    ).stdout
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+def versions(lab: Lab, count: int, *curl_args: str) -> set[str]:
+    """The backend versions `count` curl requests from the traffic pod reached."""
+    script = f'for i in $(seq {count}); do curl -s --max-time 5 "$@" http://backend.demo:8080/; echo; done'
+    out = lab.exec("traffic", "demo", "sh", "-c", script, "sh", *curl_args).stdout
+    return {json.loads(line).get("version", "?") for line in out.splitlines() if line.strip()}
+
+
+def principal_pairs(metrics: str) -> set[str]:
+    """`source_principal="...",destination_principal="..."` of every TCP connection counted."""
+    out = set()
+    for line in metrics.splitlines():
+        if line.startswith("istio_tcp_connections_opened_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            out.add(
+                f'source_principal="{labels.get("source_principal", "")}",'
+                f'destination_principal="{labels.get("destination_principal", "")}"'
+            )
+    return out
+
+
+def test_demo_lab_serves_traffic_through_services_and_goes_away_cleanly(tmp_path: Path) -> None:
     lab = Lab(f"weft-e2e-{RUN_ID}")
     try:
         up = lab.run("up")  # the bundled demo, two nodes
@@ -60,38 +119,55 @@ def test_demo_lab_serves_traffic_through_services_and_goes_away_cleanly() -> Non
         assert answer["namespace"] == "demo"
         assert answer["upstream"]["status"] == 200
         assert answer["upstream"]["body"]["version"] in ("v1", "v2")
-        report = json.loads(
-            lab.exec(
-                "traffic",
-                "demo",
-                sys.executable,
-                "-m",
-                "sample_apps.load_client",
-                "http://backend.demo:8080/",
-                "--count",
-                "60",
-                "--new-connections",
-                "--duration",
-                "30",
-                "-o",
-                "json",
-            ).stdout
-        )
+        # The canary: the demo's HTTPRoute sends 10 % of the backend's requests to v2 (over
+        # 400 requests, 5 % either way is 3.3 standard deviations: about 1 run in 1,000).
+        report = load(lab, "http://backend.demo:8080/", 400)
         assert report["requests"]["failed"] == 0
-        assert set(report["responses"]["by_version"]) == {"v1", "v2"}
+        by_version = report["responses"]["by_version"]
+        v2 = by_version.get("v2", 0) / sum(by_version.values())
+        assert 0.05 <= v2 <= 0.15, f"v2 got {v2:.1%}: {by_version}"
+        # The header A/B: x-canary: true always reaches v2.
+        assert versions(lab, 20, "-H", "x-canary: true") == {"v2"}
+        # The route's status says so, and the waypoint is programmed.
+        (route,) = json.loads(
+            weftctl("route", "--lab", lab.name, "status", "-n", "demo", "-o", "json").stdout
+        )["routes"]
+        (parent,) = route["parents"]
+        assert [(c["type"], c["status"]) for c in parent["conditions"]] == [
+            ("Accepted", "True"),
+            ("ResolvedRefs", "True"),
+        ]
+        waypoint = json.loads(
+            weftctl("waypoint", "--lab", lab.name, "status", "-n", "demo", "-o", "json").stdout
+        )
+        assert waypoint["programmed"] == "True"
+        # Blue-green, as the README shows it: everything on v1 (blue), then everything on v2
+        # (green), each one `weftctl lab apply` of the route with other weights.
+        for blue, green, version in ((100, 0, "v1"), (0, 100, "v2")):
+            route_file = tmp_path / f"route-{version}.yaml"
+            route_file.write_text(demo_route(blue, green))
+            lab.run("apply", "-f", str(route_file))
+            deadline = time.monotonic() + 20
+            while versions(lab, 20) != {version} and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert versions(lab, 20) == {version}
+
         # ... and all of it crossed the mesh: the ztunnels counted it as mutual TLS between
-        # the demo's identities.
+        # the demo's identities: the frontend to the waypoint, the waypoint to the backend.
         wanted = (
-            'source_principal="spiffe://cluster.local/ns/demo/sa/frontend"',
+            'source_principal="spiffe://cluster.local/ns/demo/sa/frontend",'
+            'destination_principal="spiffe://cluster.local/ns/demo/sa/waypoint"',
+            'source_principal="spiffe://cluster.local/ns/demo/sa/waypoint",'
             'destination_principal="spiffe://cluster.local/ns/demo/sa/backend"',
         )
         deadline = time.monotonic() + 20
         while True:  # the frontend's upstream connections are counted when they open
             metrics = "".join(weftctl_metrics(lab, node) for node in ("node-1", "node-2"))
-            if all(w in metrics for w in wanted) or time.monotonic() > deadline:
+            pairs = principal_pairs(metrics)
+            if all(w in pairs for w in wanted) or time.monotonic() > deadline:
                 break
             time.sleep(1)
-        assert all(w in metrics for w in wanted), metrics
+        assert all(w in pairs for w in wanted), metrics
         assert 'connection_security_policy="mutual_tls"' in metrics
         lab_id = status["id"]
     finally:
