@@ -29,18 +29,21 @@ def weftctl_metrics(lab: Lab, node: str) -> str:
     ).stdout
 
 
-DEMO_ROUTE = Path(__file__).parents[2] / "lab" / "demo" / "40-waypoint.yaml"
+ROOT = Path(__file__).parents[2]
 
 
-def demo_route(v1: int, v2: int) -> str:
-    """The demo's waypoint file, its canary weights set to v1/v2."""
-    text = DEMO_ROUTE.read_text()
-    for version, weight in (("v1", v1), ("v2", v2)):
-        text, n = re.subn(
-            rf"(name: backend-{version}, port: 8080, weight: )\d+", rf"\g<1>{weight}", text
-        )
-        assert n == 1, f"no weighted backend-{version} in {DEMO_ROUTE}"
-    return text
+def readme_blue_green(into: Path) -> dict[str, Path]:
+    """The README's blue-green `sed` commands, run as written from the checkout (writing into
+    `into` instead of /tmp): {"blue": route file, "green": route file}."""
+    out = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("sed ") and "lab/demo/40-waypoint.yaml" in line:
+            command = line.replace("/tmp/", f"{into}/")
+            subprocess.run(["sh", "-c", command], cwd=ROOT, check=True)
+            target = Path(command.rsplit("> ", 1)[1].strip())
+            out[target.stem] = target
+    assert set(out) == {"blue", "green"}, out
+    return out
 
 
 def load(lab: Lab, url: str, count: int) -> dict[str, Any]:
@@ -142,11 +145,10 @@ def test_demo_lab_serves_traffic_through_services_and_goes_away_cleanly(tmp_path
         )
         assert waypoint["programmed"] == "True"
         # Blue-green, as the README shows it: everything on v1 (blue), then everything on v2
-        # (green), each one `weftctl lab apply` of the route with other weights.
-        for blue, green, version in ((100, 0, "v1"), (0, 100, "v2")):
-            route_file = tmp_path / f"route-{version}.yaml"
-            route_file.write_text(demo_route(blue, green))
-            lab.run("apply", "-f", str(route_file))
+        # (green), then back, each one `weftctl lab apply` of the route with other weights.
+        routes = readme_blue_green(tmp_path)
+        for color, version in (("blue", "v1"), ("green", "v2"), ("blue", "v1")):
+            lab.run("apply", "-f", str(routes[color]))
             deadline = time.monotonic() + 20
             while versions(lab, 20) != {version} and time.monotonic() < deadline:
                 time.sleep(0.5)
