@@ -180,6 +180,8 @@ class H2Link:
         """Events for known streams go to their queues; the rest are returned."""
         rest: list[h2.events.Event] = []
         for ev in events:
+            if isinstance(ev, h2.events.StreamReset):
+                self._window.set()  # a sender waiting on that stream finds it gone
             if isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
                 self._window.set()
                 rest.append(ev)
@@ -202,6 +204,16 @@ class H2Link:
                 rest.append(ev)
         return rest
 
+    def forget(self, stream_id: int) -> None:
+        """Nobody reads this stream any more: body bytes still queued (a request answered
+        here, a response cut short) give their window back, or the connection's would
+        shrink for good."""
+        queue = self.streams.pop(stream_id, None)
+        while queue is not None and not queue.empty():
+            ev = queue.get_nowait()
+            if isinstance(ev, h2.events.DataReceived):
+                self.ack(stream_id, ev.flow_controlled_length or 0)
+
     def ack(self, stream_id: int, length: int) -> None:
         if length and not self.closed:
             with contextlib.suppress(h2.exceptions.ProtocolError):
@@ -213,6 +225,7 @@ class H2Link:
     ) -> None:
         if self.closed:
             raise StreamGone(f"the {self.name} connection ended")
+        self.last_used = time.monotonic()
         try:
             self.conn.send_headers(stream_id, h2wire.encode(headers), end_stream=end_stream)
         except h2.exceptions.ProtocolError:  # closed, or gone from h2's table
@@ -224,6 +237,9 @@ class H2Link:
         while view:
             if self.closed:
                 raise StreamGone(f"the {self.name} connection ended")
+            stream = self.conn.streams.get(stream_id)
+            if stream is None or stream.closed:  # reset meanwhile: h2 says window 0
+                raise StreamGone(f"the {self.name} stream was reset")
             try:
                 room = min(
                     self.conn.local_flow_control_window(stream_id),
@@ -413,7 +429,7 @@ class Front:
 
         def done(_: asyncio.Future[None]) -> None:
             self.calls.pop(stream_id, None)
-            self.link.streams.pop(stream_id, None)
+            self.link.forget(stream_id)
 
         task.add_done_callback(done)
 
@@ -553,7 +569,7 @@ class Front:
             link.reset(out_id)
             raise
         finally:
-            link.streams.pop(out_id, None)
+            link.forget(out_id)
 
     async def _upload(
         self, stream_id: int, backend: Backend, out_id: int, record: GrpcRecord

@@ -197,7 +197,15 @@ class H2Client:
                     fut.set_exception(ConnectionError("the connection ended"))
 
     def _on(self, ev: h2.events.Event) -> None:
-        if isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+        if isinstance(
+            ev,
+            (
+                h2.events.WindowUpdated,
+                h2.events.RemoteSettingsChanged,
+                h2.events.StreamReset,  # a sender waiting for window on it stops
+                h2.events.StreamEnded,
+            ),
+        ):
             self.window.set()
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.goaway = int(ev.error_code or 0)
@@ -240,7 +248,15 @@ class H2Client:
         self.flush()
         view = memoryview(body)
         while view:
-            room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            stream = self.conn.streams.get(sid)
+            if stream is None or stream.closed:  # answered and reset before the end
+                break
+            try:
+                room = min(
+                    self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size
+                )
+            except h2.exceptions.StreamClosedError:  # answered (and reset) before the end
+                break
             if room <= 0:
                 self.window.clear()
                 await self.window.wait()
@@ -248,19 +264,24 @@ class H2Client:
             self.conn.send_data(sid, bytes(view[:room]))
             view = view[room:]
             self.flush()
-        if trailers:
-            self.conn.send_headers(sid, list(trailers), end_stream=True)
-        elif body:
-            self.conn.end_stream(sid)
+        with contextlib.suppress(h2.exceptions.StreamClosedError):  # answered early
+            if trailers:
+                self.conn.send_headers(sid, list(trailers), end_stream=True)
+            elif body:
+                self.conn.end_stream(sid)
         self.flush()
         return await asyncio.wait_for(self.done[sid], 10)
 
     async def grpc(
-        self, path: str, headers: tuple[tuple[str, str], ...] = (), **kw: object
+        self,
+        path: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"\x00\x00\x00\x00\x00",  # one empty length-prefixed message
+        trailers: tuple[tuple[str, str], ...] = (),
     ) -> Reply:
-        """A unary call: one length-prefixed message (5-byte header, empty message)."""
+        """A unary call (`body` as given: its framing is the caller's)."""
         headers = (("content-type", "application/grpc"), ("te", "trailers"), *headers)
-        return await self.request(path, headers=headers, body=b"\x00\x00\x00\x00\x00", **kw)  # type: ignore[arg-type]
+        return await self.request(path, headers=headers, body=body, trailers=trailers)
 
     def close(self) -> None:
         with contextlib.suppress(ConnectionError):

@@ -336,3 +336,19 @@ def test_a_rapid_reset_flood_gets_goaway_enhance_your_calm(tmp_path: Path) -> No
         other.close()
 
     run(tmp_path, body)
+
+
+def test_bodies_of_streams_answered_here_give_their_window_back(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await add_h2_services(mesh)
+        mesh.set_routes(GRPC_ROUTES)
+        client = await h2_client(mesh, GRPC_VIP, GRPC_PORT)
+        big = b"\x00" * (300 * 1024)
+        for _ in range(8):  # 8 x 256 KiB unread: past the 1 MiB connection window
+            reply = await client.grpc("/echo.Echo/Nope", body=big)
+            assert reply.headers["grpc-status"] == "12"
+        ok = await client.grpc("/echo.Echo/A", body=big)
+        assert ok.trailers["grpc-status"] == "0" and len(ok.body) == len(big)
+        client.close()
+
+    run(tmp_path, body)
