@@ -295,6 +295,14 @@ async def add_h2_services(mesh: Mesh) -> dict[str, GrpcEcho]:
     """Start the gRPC backends and add the h2c and gRPC Services to both views."""
     echoes = {name: GrpcEcho(name) for name in ("a", "b")}
     ports = {name: await echo.start() for name, echo in echoes.items()}
+    close_mesh = mesh.close
+
+    async def close() -> None:  # the backends go with the mesh
+        for echo in echoes.values():
+            echo.server.close()
+        await close_mesh()
+
+    mesh.close = close  # type: ignore[method-assign]
     state = dict(mesh.state)
     web = next(w for w in state.values() if isinstance(w, Workload) and w.name == "web")
     http_port = next(m for m in web.services if m.name == "web").ports[80]

@@ -352,3 +352,30 @@ def test_bodies_of_streams_answered_here_give_their_window_back(tmp_path: Path) 
         client.close()
 
     run(tmp_path, body)
+
+
+def test_a_route_timeout_is_deadline_exceeded_for_grpc(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await add_h2_services(mesh)
+        mesh.set_routes(
+            """
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: HTTPRoute
+            metadata: {name: grpc-http, namespace: shop}
+            spec:
+              parentRefs: [{group: "", kind: Service, name: grpc, port: 50051}]
+              rules:
+              - backendRefs: [{name: grpc-a, port: 50051}]
+                timeouts: {request: 200ms}
+            """
+        )
+        client = await h2_client(mesh, GRPC_VIP, GRPC_PORT)
+        started = time.monotonic()
+        slow = await client.grpc("/echo.Echo/A", headers=(("x-delay-ms", "2000"),))
+        assert time.monotonic() - started < 1.5
+        assert slow.status == 200 and slow.headers["grpc-status"] == "4"
+        fast = await client.grpc("/echo.Echo/A")  # the connection goes on
+        assert fast.trailers["grpc-status"] == "0"
+        client.close()
+
+    run(tmp_path, body)
