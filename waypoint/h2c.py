@@ -54,8 +54,9 @@ log = structlog.get_logger("waypoint.h2c")
 
 # A backend's response head must come within this (the HTTP/1.1 side's RESPONSE_TIMEOUT)
 RESPONSE_TIMEOUT = 300.0
-# Backend h2 connections per client connection (one per endpoint); past this the oldest
-# idle one is closed
+# Backend h2 connections per client connection (one per endpoint, more where an endpoint's
+# MAX_CONCURRENT_STREAMS is reached); past this the least recently used idle one is closed,
+# and a stream finding every connection to its endpoint full (none idle to close) is a 503
 MAX_BACKENDS = 16
 
 
@@ -353,7 +354,7 @@ class Front:
         self.guard = h2wire.FrameGuard()
         self.resets = h2wire.ResetBudget(time.monotonic)
         self.calls: dict[int, asyncio.Task[None]] = {}
-        self.backends: dict[str, Backend] = {}
+        self.backends: dict[str, list[Backend]] = {}  # endpoint ip:port -> connections
         self._opening = asyncio.Lock()
 
     async def serve(self) -> None:
@@ -402,8 +403,9 @@ class Front:
                 task.cancel()
             if self.calls:
                 await asyncio.gather(*self.calls.values(), return_exceptions=True)
-            for backend in self.backends.values():
-                backend.close()
+            for conns in self.backends.values():
+                for backend in conns:
+                    backend.close()
 
     def _refuse(self, reason: str) -> None:
         log.warning(
@@ -690,17 +692,21 @@ class Front:
         async with self._opening:
             for workload, port in candidates:
                 host = f"{workload.addresses[0]}:{port}"
-                kept = self.backends.get(host)
-                if kept is not None:
+                conns = self.backends.setdefault(host, [])
+                for gone in [b for b in conns if not b.usable]:
+                    conns.remove(gone)
+                    gone.close()
+                for kept in conns:
                     if kept.can_open():
                         return kept
-                    if not kept.usable:
-                        self.backends.pop(host).close()
-                    else:
-                        last = BackendError(
-                            "the backend's stream limit is reached", telemetry.UPSTREAM_FAILURE
-                        )
-                        continue
+                if conns:  # all full: another connection, if the bound allows
+                    self._bound_backends()
+                if conns and self._connection_count() >= MAX_BACKENDS:
+                    last = BackendError(
+                        f"the backend's stream limit is reached on {len(conns)} connections",
+                        telemetry.UPSTREAM_FAILURE,
+                    )
+                    continue
                 try:
                     end = await self.waypoint._open(workload, port, self.client)
                 except BackendError as err:
@@ -712,19 +718,24 @@ class Front:
                 relay.start()
                 principal = workload.identity if workload.enrolled else ""
                 backend = Backend(host, buffered, relay, Peer(workload, principal))
-                self.backends[host] = backend
                 self._bound_backends()
+                conns.append(backend)
                 return backend
         assert last is not None
         raise last
 
+    def _connection_count(self) -> int:
+        return sum(len(conns) for conns in self.backends.values())
+
     def _bound_backends(self) -> None:
-        while len(self.backends) > MAX_BACKENDS:
-            idle = [b for b in self.backends.values() if not b.link.streams]
+        """Past MAX_BACKENDS connections, the least recently used idle ones are closed."""
+        while self._connection_count() >= MAX_BACKENDS:
+            idle = [b for conns in self.backends.values() for b in conns if not b.link.streams]
             if not idle:
                 return
             oldest = min(idle, key=lambda b: b.link.last_used)
-            self.backends.pop(oldest.host).close()
+            self.backends[oldest.host].remove(oldest)
+            oldest.close()
 
     async def _answer(
         self,

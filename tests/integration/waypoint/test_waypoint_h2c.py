@@ -379,3 +379,19 @@ def test_a_route_timeout_is_deadline_exceeded_for_grpc(tmp_path: Path) -> None:
         client.close()
 
     run(tmp_path, body)
+
+
+def test_streams_past_a_backends_stream_limit_go_on_another_connection(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        echoes = await add_h2_services(mesh)
+        client = await h2_client(mesh, GRPC_VIP, GRPC_PORT)
+        # the echo advertises h2's default of 100 concurrent streams
+        replies = await asyncio.gather(
+            *(client.grpc("/echo.Echo/A", body=b"\x00" * 20000) for _ in range(250))
+        )
+        assert all(r.trailers.get("grpc-status") == "0" for r in replies)
+        assert all(len(r.body) == 20000 for r in replies)
+        assert echoes["a"].calls == 250
+        client.close()
+
+    run(tmp_path, body)
