@@ -36,6 +36,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import structlog
 from h2.stream import StreamState
 
