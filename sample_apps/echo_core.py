@@ -132,8 +132,12 @@ def echo_response(
     client: Endpoint,
     server: Endpoint,
     upstream: UpstreamResult | None = None,
+    min_body_bytes: int = 0,
 ) -> Response:
-    """The JSON echo of `request`, with the status the route (or a failed upstream) calls for."""
+    """The JSON echo of `request`, with the status the route (or a failed upstream) calls for.
+
+    `min_body_bytes` pads the JSON with spaces (still valid JSON) up to that size, so a
+    benchmark can ask for responses of a known size (the echo itself is ~0.5 KB)."""
     body: dict[str, Any] = {
         "pod": identity.pod,
         "namespace": identity.namespace,
@@ -160,4 +164,6 @@ def echo_response(
             status = 502
     headers = (("content-type", "application/json"), *identity.response_headers())
     payload = (json.dumps(body) + "\n").encode()
+    if len(payload) < min_body_bytes:
+        payload = payload[:-1] + b" " * (min_body_bytes - len(payload)) + b"\n"
     return Response(status=status, headers=headers, body=payload)

@@ -1,6 +1,7 @@
 """HTTP echo server: HTTP/1.1 and h2c (prior knowledge) on one port, answering with who it is.
 
     python -m sample_apps.http_echo [--port 8080] [--host 0.0.0.0] [--upstream URL] [--version V]
+                               [--body-bytes N]
 
 Identity comes from POD_NAME, POD_NAMESPACE, POD_IP, NODE_NAME, VERSION, SERVICE_ACCOUNT.
 Routes: /healthz, /status/<code>, /delay/<ms>, anything else echoes. With --upstream, each
@@ -64,6 +65,7 @@ class EchoConfig:
     port: int
     identity: Identity
     upstream: str | None = None
+    min_body_bytes: int = 0
 
 
 class Upstream:
@@ -281,7 +283,13 @@ class EchoServer:
             if self._upstream is not None:
                 upstream = await self._upstream.fetch()
             response = echo_response(
-                self._config.identity, route, request, client, server, upstream
+                self._config.identity,
+                route,
+                request,
+                client,
+                server,
+                upstream,
+                self._config.min_body_bytes,
             )
         self._log.info(
             "http.request",
@@ -353,7 +361,14 @@ def _check_upstream(ctx: click.Context, param: click.Parameter, value: str | Non
     help="Also GET this http:// URL for every request and embed the answer.",
 )
 @click.option("--version", "version", envvar="VERSION", help="Version to report (env VERSION).")
-def main(port: int, host: str, upstream: str | None, version: str | None) -> None:
+@click.option(
+    "--body-bytes",
+    type=click.IntRange(0, 1 << 20),
+    default=0,
+    show_default=True,
+    help="Pad echo bodies with spaces to at least this many bytes (for benchmarks).",
+)
+def main(port: int, host: str, upstream: str | None, version: str | None, body_bytes: int) -> None:
     """Echo HTTP/1.1 and h2c requests back as JSON, with this pod's identity."""
     log = configure_logging("http_echo")
     config = EchoConfig(
@@ -361,6 +376,7 @@ def main(port: int, host: str, upstream: str | None, version: str | None) -> Non
         port=port,
         identity=Identity.from_env(os.environ, version),
         upstream=upstream,
+        min_body_bytes=body_bytes,
     )
     sys.exit(run(lambda stop: serve(config, log, stop), log))
 

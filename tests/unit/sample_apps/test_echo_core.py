@@ -169,3 +169,12 @@ def test_upstream_body_is_json_when_it_parses_else_text() -> None:
     assert parse_upstream_body(b'{"a": [1]}') == {"a": [1]}
     assert parse_upstream_body(b"upstream connect error") == "upstream connect error"
     assert parse_upstream_body(b"\xff") == "\ufffd"
+
+
+@pytest.mark.parametrize("size", [0, 100, 1024, 4096])
+def test_echo_body_is_padded_to_the_size_asked_and_stays_the_same_json(size: int) -> None:
+    plain = echo_response(IDENTITY, Route(RouteKind.ECHO), REQUEST, CLIENT, SERVER)
+    padded = echo_response(IDENTITY, Route(RouteKind.ECHO), REQUEST, CLIENT, SERVER, None, size)
+    assert len(padded.body) == max(size, len(plain.body))
+    assert padded.body.endswith(b"\n")
+    assert json.loads(padded.body) == json.loads(plain.body)
