@@ -20,7 +20,13 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "scripts" / "bench"
 SMOKE_TIMEOUT_S = 90  # each takes 5-25 s on a shared 2-core machine
-SCRIPTS = ["capture_overhead.py", "controller_scale.py", "lab_updown.py", "ztunnel_vs_stunnel.py"]
+SCRIPTS = [
+    "capture_overhead.py",
+    "controller_scale.py",
+    "lab_updown.py",
+    "waypoint_vs_haproxy.py",
+    "ztunnel_vs_stunnel.py",
+]
 
 
 def test_every_benchmark_is_smoke_tested() -> None:
