@@ -8,10 +8,12 @@ pure, below.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import cast
 
 import h11
+from h11._readers import ContentLengthReader
 
 from waypoint.streamio import BufferedEnd
 
@@ -50,10 +52,17 @@ class H1Channel:
         self.end = end
         self.conn = h11.Connection(role, max_incomplete_event_size=MAX_HEAD)
         self._eof_fed = False
+        self._out: list[bytes] = []  # sent with flush=False, not written yet
 
-    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
+    async def next_event(self, timeout: float | None = None) -> h11.Event | type[h11.PAUSED]:
         """The next event; reads from the stream while h11 needs data. H1Error for a
-        protocol error; EndClosed (from the end) if the stream is reset."""
+        protocol error; EndClosed (from the end) if the stream is reset; TimeoutError if
+        `timeout` seconds go by before the whole event is in.
+
+        The timeout is a deadline for the reads only (an event h11 already holds costs no
+        timer), in this task: `asyncio.wait_for` would make a task per event, and a request
+        is about five events through the waypoint."""
+        deadline = None
         while True:
             try:
                 event = self.conn.next_event()
@@ -63,13 +72,35 @@ class H1Channel:
                 return cast(h11.Event | type[h11.PAUSED], event)
             if self._eof_fed:  # h11 wants more after the end: it says ConnectionClosed
                 raise H1Error("connection closed in the middle of a message")
-            data = await self.end.read()
+            if timeout is None:
+                data = await self.end.read()
+            else:
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + timeout
+                async with asyncio.timeout_at(deadline):
+                    data = await self.end.read()
             if not data:
                 self._eof_fed = True
             self.conn.receive_data(data)
 
-    async def send(self, event: h11.Event) -> None:
+    def ready(self) -> bool:
+        """Whether h11 holds the next event whole already (`next_event()` would not read):
+        a relay then sends what it has with `flush=False` and writes once."""
+        return self.conn.their_state is not h11.DONE and _ready(self.conn)
+
+    async def send(self, event: h11.Event, flush: bool = True) -> None:
+        """Serialize `event`; with `flush` write it (and what was held) and drain. Held
+        bytes (`flush=False`) go out with the next flushed send: one write, so one HBONE
+        DATA frame and one TLS record, for a whole small message."""
         data = self.conn.send(event)
+        if not flush:
+            if data:
+                self._out.append(data)
+            return
+        if self._out:
+            self._out.append(data or b"")
+            data = b"".join(self._out)
+            self._out.clear()
         if data:
             self.end.write(data)
             await self.end.drain()
@@ -80,6 +111,18 @@ class H1Channel:
             self.conn.start_next_cycle()
             return True
         return False
+
+
+def _ready(conn: h11.Connection) -> bool:
+    """Whether h11 can make an event out of what it holds, without reading, told without
+    consuming it. Conservative: False when unsure (the caller then flushes, as always)."""
+    reader = conn._reader  # (h11 has no public "would next_event read?")
+    if isinstance(reader, ContentLengthReader):
+        # body bytes are a Data event; a body read whole is an EndOfMessage
+        return reader._remaining == 0 or bool(conn.trailing_data[0])
+    if conn.their_state in (h11.IDLE, h11.SEND_RESPONSE):
+        return b"\r\n\r\n" in conn.trailing_data[0]  # a whole head
+    return False
 
 
 def decode_headers(raw: Sequence[tuple[bytes, bytes]]) -> Headers:

@@ -508,7 +508,7 @@ class Waypoint:
         try:
             while True:
                 try:
-                    event = await asyncio.wait_for(server.next_event(), self.config.idle_timeout)
+                    event = await server.next_event(self.config.idle_timeout)
                 except TimeoutError:
                     log.info("waypoint.idle_closed", source_principal=client.principal)
                     return
@@ -780,7 +780,8 @@ class Waypoint:
                     status_code=response.status_code,
                     headers=encode_headers(response_headers),
                     reason=response.reason,
-                )
+                ),
+                flush=not backend.h1.ready(),  # the body is in: head and body in one write
             )
             try:
                 await self._relay_response_body(server, backend, record)
@@ -865,14 +866,19 @@ class Waypoint:
         """The request head, then its body as it arrives (client errors propagate as they
         are; a backend failing meanwhile is a BackendError, with the body left unread).
         `tee` keeps a copy of the body, for mirrors."""
-        await _from_backend(backend.h1.send(request), "sending the request")
+        await _from_backend(
+            backend.h1.send(request, flush=not server.ready()), "sending the request"
+        )
         while server.conn.their_state is h11.SEND_BODY:
-            event = await asyncio.wait_for(server.next_event(), HEAD_TIMEOUT)
+            event = await server.next_event(HEAD_TIMEOUT)
             if isinstance(event, h11.Data):
                 record.request_bytes += len(event.data)
                 if tee is not None:
                     tee.add(event.data)
-                await _from_backend(backend.h1.send(h11.Data(data=event.data)), "request body")
+                await _from_backend(
+                    backend.h1.send(event, flush=not server.ready()),
+                    "request body",
+                )
             elif isinstance(event, h11.EndOfMessage):
                 break
         if backend.h1.conn.our_state is h11.SEND_BODY:  # (already read, when sent again)
@@ -946,9 +952,7 @@ class Waypoint:
 
     async def _response_head(self, backend: Backend) -> h11.Response:
         while True:
-            event = await _from_backend(
-                asyncio.wait_for(backend.h1.next_event(), RESPONSE_TIMEOUT), "response"
-            )
+            event = await _from_backend(backend.h1.next_event(RESPONSE_TIMEOUT), "response")
             if isinstance(event, h11.Response):
                 return event
             if isinstance(event, h11.InformationalResponse):
@@ -961,12 +965,10 @@ class Waypoint:
         self, server: H1Channel, backend: Backend, record: RequestRecord
     ) -> None:
         while True:
-            event = await _from_backend(
-                asyncio.wait_for(backend.h1.next_event(), RESPONSE_TIMEOUT), "response body"
-            )
+            event = await _from_backend(backend.h1.next_event(RESPONSE_TIMEOUT), "response body")
             if isinstance(event, h11.Data):
                 record.response_bytes += len(event.data)
-                await server.send(h11.Data(data=event.data))
+                await server.send(event, flush=not backend.h1.ready())
             elif isinstance(event, h11.EndOfMessage):
                 await server.send(h11.EndOfMessage())
                 return
@@ -992,7 +994,7 @@ class Waypoint:
     async def _drain_body(self, server: H1Channel, record: RequestRecord) -> bool:
         drained = 0
         while server.conn.their_state is h11.SEND_BODY:
-            event = await asyncio.wait_for(server.next_event(), HEAD_TIMEOUT)
+            event = await server.next_event(HEAD_TIMEOUT)
             if isinstance(event, h11.Data):
                 drained += len(event.data)
                 record.request_bytes += len(event.data)
