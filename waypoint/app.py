@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,10 +148,6 @@ class WaypointProcess:
             self.failed.set()  # the process exits; its supervisor restarts it
             return
         self._servers.append(listener)
-        # What starting made (modules, mesh state, certificates, metrics) lives as long as the
-        # process: out of the collector's sight, a full collection only walks what came after
-        # (a full walk of it all is a pause every few thousand requests).
-        gc.freeze()
         self.ready.set()
         log.info("waypoint.ready", gateway=self.config.proxy.gateway, version=self.client.version)
         while True:  # renewed at half life: `get` starts it when due
