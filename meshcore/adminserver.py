@@ -10,8 +10,9 @@ The client is meshcore.adminclient.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshcore.ports import PortError, parse_port
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 log = structlog.get_logger("adminserver")
 
 
@@ -122,3 +124,37 @@ async def _serve_one(listener: Listener) -> web.AppRunner:
 async def metrics(_request: web.Request) -> web.Response:
     """Prometheus metrics of this process (the default registry)."""
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def serve_proxy(
+    config_dump: Handler,
+    ready: asyncio.Event,
+    *,
+    admin_addr: str,
+    admin_socket: Path | None,
+    metrics_addr: str,
+    readiness_addr: str,
+) -> list[web.AppRunner]:
+    """A data-path proxy's three listeners (ztunnel, waypoint), as Istio's: admin
+    (`/config_dump`, readiness, metrics) on `admin_addr` and the unix socket; metrics only on
+    `metrics_addr`; `/healthz/ready` (200 once `ready` is set, else 503) only on
+    `readiness_addr`."""
+
+    async def readiness(_request: web.Request) -> web.Response:
+        if ready.is_set():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
+
+    ready_route = web.get("/healthz/ready", readiness)
+    metric_routes = (
+        web.get("/metrics", metrics),
+        web.get("/stats/prometheus", metrics),
+    )
+    admin = (web.get("/config_dump", config_dump), ready_route, *metric_routes)
+    return await serve(
+        [
+            Listener("admin", admin, admin_addr, admin_socket),
+            Listener("metrics", metric_routes, metrics_addr),
+            Listener("readiness", (ready_route,), readiness_addr),
+        ]
+    )

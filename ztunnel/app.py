@@ -148,24 +148,14 @@ class Ztunnel:
 
     async def _start_http(self) -> None:
         c = self.config
-        ready = web.get("/healthz/ready", self._ready)
-        metrics = (
-            web.get("/metrics", adminserver.metrics),
-            web.get("/stats/prometheus", adminserver.metrics),
+        self._runners += await adminserver.serve_proxy(
+            self._config_dump,
+            self.ready,
+            admin_addr=c.admin_addr,
+            admin_socket=c.admin_socket,
+            metrics_addr=c.metrics_addr,
+            readiness_addr=c.readiness_addr,
         )
-        admin = (web.get("/config_dump", self._config_dump), ready, *metrics)
-        self._runners += await adminserver.serve(
-            [
-                adminserver.Listener("admin", admin, c.admin_addr, c.admin_socket),
-                adminserver.Listener("metrics", metrics, c.metrics_addr),
-                adminserver.Listener("readiness", (ready,), c.readiness_addr),
-            ]
-        )
-
-    async def _ready(self, _request: web.Request) -> web.Response:
-        if self.ready.is_set():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
 
     async def _config_dump(self, _request: web.Request) -> web.Response:
         now = dt.datetime.now(dt.UTC)
