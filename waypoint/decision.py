@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from meshcore.meshstate import MeshService, ServicePort
 from waypoint import routing
 from waypoint.state import WaypointView
+
+_Table = TypeVar("_Table")
 
 
 class Router(Protocol):
@@ -24,33 +26,59 @@ class Router(Protocol):
     ) -> routing.Forward | routing.Respond: ...
 
 
-class RouteTables:
+class _PerServicePort(Generic[_Table]):
+    """One compiled table per Service port, built when first asked for and dropped whenever
+    the view changes."""
+
     def __init__(self, view: WaypointView, rand: Callable[[], float] = random.random) -> None:
         self.view = view
         self.rand = rand
-        self._tables: dict[tuple[str, str, int], routing.RouteTable] = {}
+        self._tables: dict[tuple[str, str, int], _Table] = {}
         view.on_update.append(self._tables.clear)
 
-    def table(self, service: MeshService, port: ServicePort) -> routing.RouteTable:
+    def table(self, service: MeshService, port: ServicePort) -> _Table:
         key = (service.namespace, service.name, port.port)
         table = self._tables.get(key)
         if table is None:
-            table = routing.build_table(
-                self.view.http_routes,
-                service_namespace=service.namespace,
-                service_name=service.name,
-                port=port.port,
-                known_service=self._known,
-                port_name=port.name,
-            )
-            self._tables[key] = table
+            table = self._tables[key] = self._build(service, port)
         return table
+
+    def _build(self, service: MeshService, port: ServicePort) -> _Table:
+        raise NotImplementedError
+
+    def _known(self, namespace: str, name: str, port: int) -> bool:
+        service = self.view.service(namespace, name)
+        return service is not None and self.view.port(service, port) is not None
+
+
+class RouteTables(_PerServicePort[routing.RouteTable]):
+    """HTTPRoutes: `decide()` answers with routing's `Forward` or `Respond`."""
+
+    def _build(self, service: MeshService, port: ServicePort) -> routing.RouteTable:
+        return routing.build_table(
+            self.view.http_routes,
+            service_namespace=service.namespace,
+            service_name=service.name,
+            port=port.port,
+            known_service=self._known,
+            port_name=port.name,
+        )
 
     def decide(
         self, service: MeshService, port: ServicePort, request: routing.Request
     ) -> routing.Forward | routing.Respond:
         return routing.route(self.table(service, port), request, self.rand)
 
-    def _known(self, namespace: str, name: str, port: int) -> bool:
-        service = self.view.service(namespace, name)
-        return service is not None and self.view.port(service, port) is not None
+
+class GrpcRouteTables(_PerServicePort[routing.GRPCRouteTable]):
+    """GRPCRoutes, for the h2c/gRPC side (waypoint/h2c.py)."""
+
+    def _build(self, service: MeshService, port: ServicePort) -> routing.GRPCRouteTable:
+        return routing.build_grpc_table(
+            self.view.grpc_routes,
+            service_namespace=service.namespace,
+            service_name=service.name,
+            port=port.port,
+            known_service=self._known,
+            port_name=port.name,
+        )

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,10 +37,9 @@ import h2.settings
 import structlog
 from h2.stream import StreamState
 
-from meshcore.meshstate import MeshService, ServicePort, Workload
+from meshcore.meshstate import Workload
 from waypoint import h2wire, routing, telemetry
 from waypoint.h2wire import H2Request, H2RequestError
-from waypoint.state import WaypointView
 from waypoint.streamio import BufferedEnd, EndClosed
 from waypoint.telemetry import Peer, RequestRecord
 from ztunnel.relay import Relay
@@ -71,46 +67,6 @@ class GrpcRecord(RequestRecord):
         labels = super().labels()
         labels["grpc_response_status"] = self.grpc_status
         return labels
-
-
-class GrpcRouteTables:
-    """One compiled `routing.GRPCRouteTable` per Service port, dropped when the view
-    changes (as `decision.RouteTables` for HTTPRoutes)."""
-
-    def __init__(self, view: WaypointView, rand: Callable[[], float] = random.random) -> None:
-        self.view = view
-        self.rand = rand
-        self._tables: dict[tuple[str, str, int], routing.GRPCRouteTable] = {}
-        view.on_update.append(self._tables.clear)
-
-    def table(self, service: MeshService, port: ServicePort) -> routing.GRPCRouteTable:
-        key = (service.namespace, service.name, port.port)
-        table = self._tables.get(key)
-        if table is None:
-            table = routing.build_grpc_table(
-                self.view.grpc_routes,
-                service_namespace=service.namespace,
-                service_name=service.name,
-                port=port.port,
-                known_service=self._known,
-                port_name=port.name,
-            )
-            self._tables[key] = table
-        return table
-
-    def _known(self, namespace: str, name: str, port: int) -> bool:
-        service = self.view.service(namespace, name)
-        return service is not None and self.view.port(service, port) is not None
-
-
-_grpc_tables: weakref.WeakKeyDictionary[Waypoint, GrpcRouteTables] = weakref.WeakKeyDictionary()
-
-
-def grpc_tables(waypoint: Waypoint) -> GrpcRouteTables:
-    tables = _grpc_tables.get(waypoint)
-    if tables is None:
-        tables = _grpc_tables[waypoint] = GrpcRouteTables(waypoint.view)
-    return tables
 
 
 class StreamGone(ConnectionError):
@@ -482,7 +438,7 @@ class Front:
             )
         route_request = request.route_request(self.client.namespace)
         if request.grpc:
-            tables = grpc_tables(self.waypoint)
+            tables = self.waypoint.grpc_tables
             table = tables.table(dest.service, dest.port)
             if not table.empty:
                 return routing.route_grpc(table, route_request, tables.rand)

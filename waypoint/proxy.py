@@ -48,7 +48,7 @@ from meshcore.identity.spiffe import IdentityError, SpiffeId
 from meshcore.meshstate import MeshService, ServicePort, Workload
 from meshcore.resources.gateway import Timeouts
 from waypoint import h2c, protocol, routing, telemetry, tracing
-from waypoint.decision import Router, RouteTables
+from waypoint.decision import GrpcRouteTables, Router, RouteTables
 from waypoint.h1 import (
     H1Channel,
     H1Error,
@@ -201,6 +201,7 @@ class Waypoint:
         self.pool = pool
         self.tracing = tracing
         self.router: Router = router or RouteTables(view)
+        self.grpc_tables = GrpcRouteTables(view)
         self._setups = SetupTasks("waypoint.failed_unexpectedly")
         self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
         self._mirrors: set[asyncio.Future[None]] = set()
