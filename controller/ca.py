@@ -367,18 +367,7 @@ class CertificateAuthority:
 
         The certificate PEM is the leaf followed by the chain (roots left out).
         """
-        identity = node_id(self.trust_domain, node)
-        now = self._clock()
-        key = new_private_key()
-        cert = self._issue(
-            key.public_key(),
-            [x509.UniformResourceIdentifier(str(identity))],
-            [ExtendedKeyUsageOID.CLIENT_AUTH],
-            now,
-            self._not_after(now, ttl),
-        )
-        self._log_signed("node", identity, cert, now)
-        return key_to_pem(key), cert_to_pem(cert) + self._chain_pem()
+        return self._issue_client_credential(node_id(self.trust_domain, node), "node", ttl)
 
     def issue_workload_credential(
         self, namespace: str, service_account: str, ttl: dt.timedelta = WORKLOAD_CREDENTIAL_TTL
@@ -391,6 +380,12 @@ class CertificateAuthority:
         The certificate PEM is the leaf followed by the chain (roots left out).
         """
         identity = workload_id(self.trust_domain, namespace, service_account)
+        return self._issue_client_credential(identity, "workload-credential", ttl)
+
+    def _issue_client_credential(
+        self, identity: SpiffeId, kind: str, ttl: dt.timedelta
+    ) -> tuple[bytes, bytes]:
+        """A new key and a clientAuth-only certificate for `identity`, leaf then chain."""
         now = self._clock()
         key = new_private_key()
         cert = self._issue(
@@ -400,7 +395,7 @@ class CertificateAuthority:
             now,
             self._not_after(now, ttl),
         )
-        self._log_signed("workload-credential", identity, cert, now)
+        self._log_signed(kind, identity, cert, now)
         return key_to_pem(key), cert_to_pem(cert) + self._chain_pem()
 
     def renew_node_credential(
