@@ -210,6 +210,18 @@ def admit(
     return _admit_plaintext(attempt, view, dest, trust_domain, root_namespace)
 
 
+def _unknown_destination(
+    a: Attempt, view: MeshView, source: Workload | None, source_ip: str
+) -> Admission:
+    return Admission(
+        Verdict.UNKNOWN_DESTINATION,
+        f"{a.target_ip}:{a.target_port} is not an enrolled workload on {view.node}",
+        None,
+        source,
+        source_ip,
+    )
+
+
 def _admit_hbone(
     a: Attempt, view: MeshView, dest: Workload | None, trust_domain: str, root_namespace: str
 ) -> Admission:
@@ -229,13 +241,7 @@ def _admit_hbone(
         elif (source := vouched_source(view, claimed, peer, a.peer_address)) is not None:
             source_ip, bind = claimed, True
     if dest is None:
-        return Admission(
-            Verdict.UNKNOWN_DESTINATION,
-            f"{a.target_ip}:{a.target_port} is not an enrolled workload on {view.node}",
-            None,
-            source,
-            source_ip,
-        )
+        return _unknown_destination(a, view, source, source_ip)
     if dest.identity != a.server_identity:
         return Admission(
             Verdict.WRONG_IDENTITY,
@@ -267,13 +273,7 @@ def _admit_plaintext(
     # The TCP peer is the client itself here: the agent steered its packets unchanged.
     source = view.by_ip.get(a.peer_address)
     if dest is None:
-        return Admission(
-            Verdict.UNKNOWN_DESTINATION,
-            f"{a.target_ip}:{a.target_port} is not an enrolled workload on {view.node}",
-            None,
-            source,
-            a.peer_address,
-        )
+        return _unknown_destination(a, view, source, a.peer_address)
     mode = peerauthn.effective_mode(
         view.peer_authentications,
         dest.namespace,
