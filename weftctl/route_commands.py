@@ -8,17 +8,12 @@ same `Cluster` as `weftctl waypoint`.
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from lab.config import STATE_ROOT
-from lab.state import LabPaths
 from weftctl.output import OUTPUT_OPTION, emit, table
-from weftctl.waypoint_commands import Cluster, ClusterError, LabCluster
+from weftctl.waypoint_commands import Cluster, ClusterError, fail, lab_option, use_lab_cluster
 
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
 
@@ -78,26 +73,12 @@ def status_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def _fail(message: str) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(1)
-
-
 @click.group()
-@click.option(
-    "--lab",
-    "lab_name",
-    default="default",
-    envvar="WEFT_LAB",
-    show_default=True,
-    help="The lab whose cluster to read. Env: WEFT_LAB.",
-)
+@lab_option("The lab whose cluster to read. Env: WEFT_LAB.")
 @click.pass_context
 def route(ctx: click.Context, lab_name: str) -> None:
     """Gateway API routes (HTTPRoute, GRPCRoute) and what the mesh made of them."""
-    if ctx.obj is None:  # (tests hand in their own Cluster)
-        root = Path(os.environ.get("WEFT_LAB_STATE", STATE_ROOT))
-        ctx.obj = LabCluster(LabPaths.for_lab(lab_name, root))
+    use_lab_cluster(ctx, lab_name)
 
 
 @route.command()
@@ -115,9 +96,9 @@ def status(
     try:
         found = [r for kind in ROUTE_KINDS for r in cluster.get(kind, ns, name)]
     except ClusterError as err:
-        _fail(str(err))
+        fail(str(err))
     if name and not found:
-        _fail(f"no HTTPRoute or GRPCRoute {name} in namespace {namespace}")
+        fail(f"no HTTPRoute or GRPCRoute {name} in namespace {namespace}")
     summaries = sorted(
         (route_summary(r) for r in found), key=lambda s: (s["namespace"], s["name"], s["kind"])
     )

@@ -142,9 +142,23 @@ def waypoint_summary(gw: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str
 # --- commands ---------------------------------------------------------------------------------
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(1)
+
+
+def lab_option(help: str) -> Any:
+    """`--lab NAME` (env WEFT_LAB): the lab whose cluster a command group works on."""
+    return click.option(
+        "--lab", "lab_name", default="default", envvar="WEFT_LAB", show_default=True, help=help
+    )
+
+
+def use_lab_cluster(ctx: click.Context, lab_name: str) -> None:
+    """Point the group at that lab's cluster, unless a test handed in its own `Cluster`."""
+    if ctx.obj is None:
+        root = Path(os.environ.get("WEFT_LAB_STATE", STATE_ROOT))
+        ctx.obj = LabCluster(LabPaths.for_lab(lab_name, root))
 
 
 def _cluster(ctx: click.Context) -> Cluster:
@@ -153,20 +167,11 @@ def _cluster(ctx: click.Context) -> Cluster:
 
 
 @click.group()
-@click.option(
-    "--lab",
-    "lab_name",
-    default="default",
-    envvar="WEFT_LAB",
-    show_default=True,
-    help="The lab whose cluster to work on. Env: WEFT_LAB.",
-)
+@lab_option("The lab whose cluster to work on. Env: WEFT_LAB.")
 @click.pass_context
 def waypoint(ctx: click.Context, lab_name: str) -> None:
     """Manage waypoints (L7 proxies): Gateways of class weft-waypoint."""
-    if ctx.obj is None:  # (tests hand in their own Cluster)
-        root = Path(os.environ.get("WEFT_LAB_STATE", STATE_ROOT))
-        ctx.obj = LabCluster(LabPaths.for_lab(lab_name, root))
+    use_lab_cluster(ctx, lab_name)
 
 
 NAMESPACE = click.option("-n", "--namespace", default="default", show_default=True)
@@ -227,7 +232,7 @@ def apply(
         for line in cluster.apply(objects):
             click.echo(line)
     except ClusterError as err:
-        _fail(str(err))
+        fail(str(err))
     if enroll_namespace:
         click.echo(f"namespace {namespace} labelled {USE_WAYPOINT_LABEL}={name}")
     if wait:
@@ -252,19 +257,19 @@ def _wait_programmed(cluster: Cluster, namespace: str, name: str, timeout: float
             found = cluster.get("Gateway", namespace, name)
             pods = cluster.get("Pod", namespace)
         except ClusterError as err:
-            _fail(str(err))
+            fail(str(err))
         if found:
             summary = waypoint_summary(found[0], pods)
             accepted = summary["conditions"]["Accepted"]
             if accepted.get("status") == "False":
-                _fail(f"waypoint {namespace}/{name} is not accepted: {accepted.get('message')}")
+                fail(f"waypoint {namespace}/{name} is not accepted: {accepted.get('message')}")
             if summary["programmed"] == "True":
                 address = ", ".join(summary["addresses"])
                 click.echo(f"waypoint {namespace}/{name} is programmed at {address}")
                 return
         time.sleep(0.5)
     message = summary.get("conditions", {}).get("Programmed", {}).get("message", "no status yet")
-    _fail(
+    fail(
         f"waypoint {namespace}/{name} not programmed after {timeout:.0f}s ({message}); see "
         f"`weftctl waypoint status -n {namespace} --name {name}` and `weftctl controller problems`"
     )
@@ -287,7 +292,7 @@ def list_command(ctx: click.Context, namespace: str, all_namespaces: bool, outpu
         ]
         pods = cluster.get("Pod", ns) if gateways else []
     except ClusterError as err:
-        _fail(str(err))
+        fail(str(err))
     summaries = [
         waypoint_summary(
             g, [p for p in pods if p["metadata"].get("namespace") == g["metadata"].get("namespace")]
@@ -330,9 +335,9 @@ def status(ctx: click.Context, namespace: str, name: str, output: str) -> None:
         found = cluster.get("Gateway", namespace, name)
         pods = cluster.get("Pod", namespace)
     except ClusterError as err:
-        _fail(str(err))
+        fail(str(err))
     if not found:
-        _fail(
+        fail(
             f"no waypoint {namespace}/{name}; create one with "
             f"`weftctl waypoint apply -n {namespace} --name {name}`"
         )
@@ -368,7 +373,7 @@ def status(ctx: click.Context, namespace: str, name: str, output: str) -> None:
 def delete(ctx: click.Context, namespace: str, names: tuple[str, ...], delete_all: bool) -> None:
     """Delete waypoints (their Deployment, Service and ServiceAccount go with them)."""
     if not names and not delete_all:
-        _fail("name the waypoints to delete, or give --all")
+        fail("name the waypoints to delete, or give --all")
     cluster = _cluster(ctx)
     try:
         gateways = [
@@ -379,11 +384,11 @@ def delete(ctx: click.Context, namespace: str, names: tuple[str, ...], delete_al
         ]
         missing = set(names) - {g["metadata"]["name"] for g in gateways}
         if missing:
-            _fail(f"no waypoint {', '.join(sorted(missing))} in namespace {namespace}")
+            fail(f"no waypoint {', '.join(sorted(missing))} in namespace {namespace}")
         if not gateways:
             click.echo(f"no waypoints in namespace {namespace}")
             return
         for line in cluster.delete(gateways):
             click.echo(line)
     except ClusterError as err:
-        _fail(str(err))
+        fail(str(err))
