@@ -215,21 +215,15 @@ class Waypoint:
     def server_context(self) -> ssl.SSLContext:
         """The 15008 context: always our own certificate (the current one: renewals are
         picked up by new handshakes), a client certificate required."""
-        base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        base.minimum_version = ssl.TLSVersion.TLSv1_3
-        base.set_alpn_protocols([hbone.ALPN])
-        base.verify_mode = ssl.CERT_REQUIRED
 
-        def pick(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        def pick(_sslobj: ssl.SSLObject, _name: str | None) -> ssl.SSLContext | int:
             ctx = self.identities.server_context_now(self.config.identity)
             if ctx is None:
                 log.warning("waypoint.no_certificate", identity=self.config.identity)
                 return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
-            sslobj.context = ctx
-            return None
+            return ctx
 
-        base.sni_callback = pick
-        return base
+        return tls.switching_server_context(pick)
 
     def hbone_protocol(self) -> HboneConnection:
         """The 15008 listener's protocol factory."""

@@ -159,25 +159,17 @@ class Inbound:
     def server_context(self) -> ssl.SSLContext:
         """The listener's context: it picks the certificate of the workload the client asked
         for (SNI) from the ones already fetched for this node's workloads."""
-        base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        base.minimum_version = ssl.TLSVersion.TLSv1_3
-        base.set_alpn_protocols([hbone.ALPN])
-        # Whether to ask for a client certificate is decided from this context, not the one
-        # the SNI callback switches to (that one brings the certificate and trust store).
-        base.verify_mode = ssl.CERT_REQUIRED
 
-        def pick(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        def pick(sslobj: ssl.SSLObject, name: str | None) -> ssl.SSLContext | int:
             identity = identity_from_sni(name or "", self.trust_domain, self.identities.known())
             ctx = self.identities.server_context_now(identity or "")
             if ctx is None:
                 log.warning("inbound.unknown_server_identity", sni=name)
                 return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-            sslobj.context = ctx
             self._sni_identity[sslobj] = identity or ""
-            return None
+            return ctx
 
-        base.sni_callback = pick
-        return base
+        return tls.switching_server_context(pick)
 
     # --- 15008 -------------------------------------------------------------------------
 

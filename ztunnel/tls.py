@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from meshcore.hbone import ALPN
@@ -42,6 +42,29 @@ def context(*, server: bool, key_pem: bytes, chain_pem: bytes, roots_pem: bytes)
     with _memory_files(chain_pem, key_pem) as (chain_path, key_path):
         ctx.load_cert_chain(chain_path, key_path)
     return ctx
+
+
+def switching_server_context(
+    pick: Callable[[ssl.SSLObject, str | None], ssl.SSLContext | int],
+) -> ssl.SSLContext:
+    """An HBONE listener's context (TLS 1.3, ALPN h2, a client certificate required) that
+    takes the certificate and trust store for each handshake from `pick(sslobj, sni)`: a
+    context to switch to, or a TLS alert to refuse with. Whether to ask for a client
+    certificate is decided from this context, not the one switched to."""
+    base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    base.minimum_version = ssl.TLSVersion.TLSv1_3
+    base.set_alpn_protocols([ALPN])
+    base.verify_mode = ssl.CERT_REQUIRED
+
+    def callback(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        picked = pick(sslobj, name)
+        if isinstance(picked, int):
+            return picked
+        sslobj.context = picked
+        return None
+
+    base.sni_callback = callback
+    return base
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
