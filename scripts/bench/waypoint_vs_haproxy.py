@@ -45,10 +45,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _benchlib
 import click
+from _benchlib import cpu_seconds, medians, stop
 
 LAB = f"weft-bench-wp-{os.getpid() % 10000}"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY_BYTES = 1024
 CLIENT_PORT = 18080  # the client pod's TLS helper, to the L7 HAProxy
 HAPROXY_PORT = 8443
@@ -161,13 +162,7 @@ print(json.dumps(out))
 
 
 def lab(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "weftctl.main", "lab", "--name", LAB, *args],
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=timeout,
-    )
+    return _benchlib.lab(LAB, *args, check=check, timeout=timeout)
 
 
 def weftctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -215,17 +210,6 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except FileNotFoundError:
         return ""
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            pass
-    return total / CLK_TCK
 
 
 def container_pid(st: dict[str, Any], ns: str, pod: str, container: str) -> int:
@@ -438,10 +422,6 @@ backend b
     return conf
 
 
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 4)
-
-
 def ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b > 0 else float("inf")
 
@@ -602,25 +582,10 @@ def main(
                     rounds_seen[way].append(
                         measure(ns, urls, hop_pids, path_pids, seconds, rate, requests, concurrency)
                     )
-            for way, seen in rounds_seen.items():
-                results[way] = {
-                    key: (
-                        sum(r[key] for r in seen)
-                        if key == "failed"
-                        else median([r[key] for r in seen])
-                    )
-                    for key in seen[0]
-                }
-                results[way]["rounds"] = seen
+            results.update(medians(rounds_seen, 4))
             results["proxies_on"] = waypoint["node"]
         finally:
-            for p in helpers:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop(helpers)
             lab("down", check=False)
     results["summary"] = summary(results, rate)
     click.echo(json.dumps(results, indent=2))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,10 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _benchlib
 import click
+from _benchlib import cpu_seconds, medians, stop
 
 LAB = f"weft-bench-zt-{os.getpid() % 10000}"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 MANIFEST = """
 apiVersion: v1
@@ -65,28 +65,11 @@ spec:
 
 
 def lab(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "weftctl.main", "lab", "--name", LAB, *args],
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=timeout,
-    )
+    return _benchlib.lab(LAB, *args, check=check, timeout=timeout)
 
 
 def in_pod(ns: str, pod: str, *cmd: str, timeout: float = 120) -> str:
     return lab("exec", pod, "-n", ns, "--", *cmd, timeout=timeout).stdout
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (FileNotFoundError, IndexError):
-            pass
-    return total / CLK_TCK
 
 
 def bulk(ns: str, host: str, port: int, proxies: list[int], seconds: int) -> dict[str, float]:
@@ -156,10 +139,6 @@ def new_connections(ns: str, url: str, count: int) -> dict[str, Any]:
         "--duration",
         "60",
     )
-
-
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 3)
 
 
 def stunnel_configs(folder: Path, server_ip: str) -> tuple[Path, Path]:
@@ -254,24 +233,9 @@ def main(seconds: int, rate: int, rounds: int, connections: int, smoke: bool) ->
                             "failed": lat["requests"]["failed"] + conns["requests"]["failed"],
                         }
                     )
-            for way, seen in rounds_seen.items():
-                results[way] = {
-                    key: (
-                        sum(r[key] for r in seen)
-                        if key == "failed"
-                        else median([r[key] for r in seen])
-                    )
-                    for key in seen[0]
-                }
-                results[way]["rounds"] = seen
+            results.update(medians(rounds_seen))
         finally:
-            for p in stunnels:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop(stunnels)
             lab("down", check=False)
     w, s, n = results["weft"], results["stunnel"], results["none"]
     results["ratios"] = {
