@@ -708,7 +708,12 @@ class Waypoint:
                     return await self._answer_here(server, 503, (), record)
                 record.upstream_host = backend.host
                 record.destination = backend.peer
-                sent = trace.attempt(out, record, decision.backend_port)  # a client span per try
+                # a client span per try
+                sent = h11.Request(
+                    method=out.method,
+                    target=out.target,
+                    headers=trace.attempt(list(out.headers), record, decision.backend_port),
+                )
                 failure: BackendError | None = None
                 try:
                     async with asyncio.timeout(per_try) as this_try:

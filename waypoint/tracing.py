@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import h11
 import structlog
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -40,6 +39,7 @@ log = structlog.get_logger("waypoint.tracing")
 
 Headers = tuple[tuple[str, str], ...]
 RawHeaders = Iterable[tuple[bytes, bytes]]
+RawHeaderList = list[tuple[bytes, bytes]]  # lower-case names, as HTTP/1.1 and h2 give them
 
 # The batch span processor: spans past this many waiting are dropped (counted by the SDK),
 # never held in memory; sent in batches of up to EXPORT_BATCH, at least every EXPORT_DELAY.
@@ -68,7 +68,7 @@ def trace_headers(span: Span) -> dict[str, str]:
 
 
 def with_context(headers: RawHeaders, span: Span) -> list[tuple[bytes, bytes]]:
-    """Request headers (h11's, lower-case bytes) with the trace context replaced by
+    """Request headers (lower-case names, bytes) with the trace context replaced by
     `span`'s; everything else (`baggage` included) as it was, in order."""
     ours = trace_headers(span)
     out = [(n, v) for n, v in headers if n.decode("latin-1") not in TRACE_HEADERS]
@@ -94,10 +94,10 @@ class RequestTrace(Protocol):
     trace_id: str
 
     def attempt(
-        self, request: h11.Request, record: RequestRecord, service_port: int
-    ) -> h11.Request:
+        self, headers: RawHeaderList, record: RequestRecord, service_port: int
+    ) -> RawHeaderList:
         """A client span for one upstream try (ending the previous try's, if still open);
-        the request to send on it (its trace context the client span's)."""
+        the request headers to send on it (their trace context the client span's)."""
         ...
 
     def attempt_done(self, status: int = 0, error: str = "") -> None: ...
@@ -111,9 +111,9 @@ class _NoTrace:
     trace_id = ""
 
     def attempt(
-        self, request: h11.Request, record: RequestRecord, service_port: int
-    ) -> h11.Request:
-        return request
+        self, headers: RawHeaderList, record: RequestRecord, service_port: int
+    ) -> RawHeaderList:
+        return headers
 
     def attempt_done(self, status: int = 0, error: str = "") -> None:
         pass
@@ -182,8 +182,8 @@ class _Spans:
         self.trace_id = hex_trace_id(self._server)
 
     def attempt(
-        self, request: h11.Request, record: RequestRecord, service_port: int
-    ) -> h11.Request:
+        self, headers: RawHeaderList, record: RequestRecord, service_port: int
+    ) -> RawHeaderList:
         self.attempt_done(error="superseded by another try")
         self._cluster = upstream_cluster(record, service_port)
         host, _, port = record.upstream_host.rpartition(":")
@@ -211,11 +211,7 @@ class _Spans:
             kind=SpanKind.CLIENT,
             attributes=attributes,
         )
-        return h11.Request(
-            method=request.method,
-            target=request.target,
-            headers=with_context(request.headers, self._client),
-        )
+        return with_context(headers, self._client)
 
     def attempt_done(self, status: int = 0, error: str = "") -> None:
         span, self._client = self._client, None
