@@ -11,7 +11,10 @@ request streams of that client connection multiplexed on it. Bodies and trailers
 ways as they come, under HTTP/2 flow control: the window is given back to the sender only
 once the bytes were passed on (and the peer's window allowed it), so a slow side holds up
 its sender, never our memory. Each stream is counted and logged as HTTP/1.1 requests are
-(`waypoint.telemetry`: `request_protocol` http or grpc, `grpc_response_status`).
+(`waypoint.telemetry`: `request_protocol` http or grpc, `grpc_response_status`), and traced
+as they are (`waypoint.tracing`): a server span per stream, a client span for its backend
+stream whose context the backend gets in `traceparent` (gRPC: the RPC conventions'
+attributes, `rpc.grpc.status_code` from the trailers).
 
 Failures: an endpoint that cannot be reached, or a backend that resets before its response,
 is a 503 (gRPC: grpc-status 14 UNAVAILABLE) with the reason in the access log; a backend
@@ -38,10 +41,11 @@ import structlog
 from h2.stream import StreamState
 
 from meshcore.meshstate import Workload
-from waypoint import h2wire, routing, telemetry
+from waypoint import h2wire, routing, telemetry, tracing
 from waypoint.h2wire import H2Request, H2RequestError
 from waypoint.streamio import BufferedEnd, EndClosed
 from waypoint.telemetry import Peer, RequestRecord
+from waypoint.tracing import NO_TRACE, RequestTrace
 from ztunnel.relay import Relay
 
 if TYPE_CHECKING:
@@ -418,8 +422,23 @@ class Front:
             user_agent=h2wire.header(request.headers, "user-agent") or "",
             request_id=h2wire.header(request.headers, "x-request-id") or "",
         )
+        trace = tracing.request_trace(
+            self.waypoint.tracing,
+            tracing.Inbound(
+                request.method,
+                request.path,
+                request.authority,
+                request.headers,
+                client.address,
+                client.principal,
+                self.dest.target.port,
+                protocol_version="2",
+                grpc=request.grpc,
+            ),
+        )
+        record.trace_id = trace.trace_id or record.trace_id
         try:
-            await self._route_and_forward(stream_id, request, record)
+            await self._route_and_forward(stream_id, request, record, trace)
         except StreamGone:
             record.response_flags = telemetry.DOWNSTREAM_RESET
             record.reason = record.reason or "the client's stream was reset"
@@ -429,6 +448,7 @@ class Front:
             raise
         finally:
             record.done((time.monotonic() - started) * 1000)
+            trace.done(record, record.grpc_status)
 
     def _decide(self, request: H2Request) -> routing.Forward | routing.Respond:
         dest = self.dest
@@ -445,7 +465,11 @@ class Front:
         return self.waypoint.router.decide(dest.service, dest.port, route_request)
 
     async def _route_and_forward(
-        self, stream_id: int, request: H2Request, record: GrpcRecord
+        self,
+        stream_id: int,
+        request: H2Request,
+        record: GrpcRecord,
+        trace: RequestTrace = NO_TRACE,
     ) -> None:
         decision = self._decide(request)
         if isinstance(decision, routing.Respond):
@@ -464,7 +488,7 @@ class Front:
         state = _Exchange()
         try:
             async with timeout:
-                await self._exchange(stream_id, request, decision, candidates, record, state)
+                await self._exchange(stream_id, request, decision, candidates, record, state, trace)
         except TimeoutError:
             if not timeout.expired():
                 raise
@@ -486,6 +510,7 @@ class Front:
         candidates: list[tuple[Workload, int]],
         record: GrpcRecord,
         state: _Exchange,
+        trace: RequestTrace = NO_TRACE,
     ) -> None:
         from waypoint.proxy import BackendError
 
@@ -505,12 +530,17 @@ class Front:
         queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
         link.streams[out_id] = queue
         state.backend_stream = out_id
+        head = h2wire.backend_request(request.method, decision)
+        if trace is not NO_TRACE:  # a client span for the backend stream, in its traceparent
+            sent = trace.attempt(h2wire.encode(head), record, decision.backend_port)
+            head = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in sent]
         try:
             try:
-                await link.send_headers(out_id, h2wire.backend_request(request.method, decision))
+                await link.send_headers(out_id, head)
             except (StreamGone, h2.exceptions.ProtocolError) as err:
                 record.response_flags = telemetry.UPSTREAM_FAILURE
                 record.reason = f"sending the request: {err}"
+                trace.attempt_done(0, record.reason)
                 grpc = h2wire.GRPC_UNAVAILABLE if request.grpc else None
                 await self._answer(stream_id, request, 503, grpc, record.reason, (), record)
                 return
@@ -519,6 +549,10 @@ class Front:
                 await self._download(
                     stream_id, request, decision, backend, out_id, queue, record, state
                 )
+                if record.response_flags == telemetry.UPSTREAM_RESET:
+                    trace.attempt_done(state.status, record.reason)
+                else:
+                    trace.attempt_done(state.status, grpc_status=state.grpc_status)
             finally:
                 if not upload.done():
                     upload.cancel()
@@ -594,9 +628,9 @@ class Front:
                     ev = GONE
                     record.reason = f"bad response from the backend: {err}"
                 else:
-                    record.response_code = status
+                    record.response_code = state.status = status
                     if request.grpc:
-                        record.grpc_status = h2wire.grpc_status(head)
+                        record.grpc_status = state.grpc_status = h2wire.grpc_status(head)
                     ended = ev.stream_ended is not None
                     await front.send_headers(stream_id, head, end_stream=ended)
                     state.responded = True
@@ -619,7 +653,8 @@ class Front:
             if isinstance(ev, h2.events.TrailersReceived):
                 tail = h2wire.trailers(ev.headers or [])
                 if request.grpc:
-                    record.grpc_status = h2wire.grpc_status(tail) or record.grpc_status
+                    state.grpc_status = h2wire.grpc_status(tail) or state.grpc_status
+                    record.grpc_status = state.grpc_status
                 await front.send_headers(stream_id, tail, end_stream=True)
                 return
             if isinstance(ev, h2.events.StreamEnded):
@@ -729,6 +764,8 @@ class _Exchange:
     backend: Backend | None = None
     backend_stream: int = 0
     responded: bool = False  # the response head went to the client
+    status: int = 0  # the backend's response status (0: none yet)
+    grpc_status: str = ""  # the backend's grpc-status (trailers, or a trailers-only head)
 
 
 def _grpc_for_http(status: int) -> int:

@@ -14,7 +14,12 @@ request's `traceparent` carries).
 
 Attribute names: OpenTelemetry's stable HTTP semantic conventions, plus Istio's telemetry
 label names (`upstream_cluster` as Envoy names clusters, `source_principal`,
-`destination_principal`, `destination_service`, `response_flags`).
+`destination_principal`, `destination_service`, `response_flags`). HTTP/1.1 and h2c requests
+alike (`network.protocol.version` "1.1" or "2"); a gRPC call's spans are also named and
+described as OpenTelemetry's RPC conventions say: named `<service>/<method>`, with
+`rpc.system` grpc, `rpc.service`, `rpc.method` and `rpc.grpc.status_code`; a server span is
+an error for the gRPC codes the conventions name (GRPC_SERVER_ERRORS), a client span for any
+code but OK.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ EXPORT_DELAY_MS = 1000
 EXPORT_TIMEOUT_MS = 10_000
 
 TRACE_HEADERS = ("traceparent", "tracestate")
+# gRPC status codes that make a server span an error (OpenTelemetry's gRPC conventions):
+# UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS
+GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SCOPE = "weft.waypoint"
 
@@ -81,6 +89,19 @@ def hex_trace_id(span: Span) -> str:
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
+def rpc_names(path: str) -> tuple[str, str]:
+    """A gRPC :path `/pkg.Service/Method` as (`pkg.Service`, `Method`); ("", "") when it is
+    not of that shape."""
+    service, _, method = path.partition("?")[0].removeprefix("/").partition("/")
+    if not service or not method or "/" in method:
+        return "", ""
+    return service, method
+
+
+def _grpc_code(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def upstream_cluster(record: RequestRecord, service_port: int) -> str:
     """Envoy's cluster name for the backend Service port, `outbound|80||web.shop.svc...`
     (a pod addressed directly: its address in place of the Service's name)."""
@@ -100,9 +121,14 @@ class RequestTrace(Protocol):
         the request headers to send on it (their trace context the client span's)."""
         ...
 
-    def attempt_done(self, status: int = 0, error: str = "") -> None: ...
+    def attempt_done(self, status: int = 0, error: str = "", grpc_status: str = "") -> None:
+        """The try's end: the backend's HTTP status (0: none), what went wrong, and for
+        gRPC the backend's grpc-status."""
+        ...
 
-    def done(self, record: RequestRecord) -> None: ...
+    def done(self, record: RequestRecord, grpc_status: str = "") -> None:
+        """The request's end, as the access log has it (and the grpc-status answered)."""
+        ...
 
 
 class _NoTrace:
@@ -115,10 +141,10 @@ class _NoTrace:
     ) -> RawHeaderList:
         return headers
 
-    def attempt_done(self, status: int = 0, error: str = "") -> None:
+    def attempt_done(self, status: int = 0, error: str = "", grpc_status: str = "") -> None:
         pass
 
-    def done(self, record: RequestRecord) -> None:
+    def done(self, record: RequestRecord, grpc_status: str = "") -> None:
         pass
 
 
@@ -136,6 +162,8 @@ class Inbound:
     client_address: str
     source_principal: str
     service_port: int  # the port of the Service (or pod) the CONNECT named
+    protocol_version: str = "1.1"  # "2" for an h2c stream (the backend is spoken to in kind)
+    grpc: bool = False  # a gRPC call (content-type application/grpc...)
 
 
 class _Spans:
@@ -156,10 +184,20 @@ class _Spans:
             "client.address": inbound.client_address,
             "network.peer.address": inbound.client_address,
             "network.protocol.name": "http",
-            "network.protocol.version": "1.1",
+            "network.protocol.version": inbound.protocol_version,
             "source_principal": inbound.source_principal,
             "component": "proxy",
         }
+        self._version = inbound.protocol_version
+        self._name = inbound.method
+        self._rpc: dict[str, Any] = {}
+        if inbound.grpc:
+            self._rpc = {"rpc.system": "grpc"}
+            service, method = rpc_names(inbound.path)
+            if service:
+                self._rpc |= {"rpc.service": service, "rpc.method": method}
+                self._name = f"{service}/{method}"
+            attributes |= self._rpc
         if query:
             attributes["url.query"] = query
         for name, attribute in (
@@ -170,7 +208,7 @@ class _Spans:
             if value:
                 attributes[attribute] = value
         self._server = tracing.tracer.start_span(
-            inbound.method,
+            self._name,
             context=parent_of(inbound.headers),
             kind=SpanKind.SERVER,
             attributes=attributes,
@@ -194,7 +232,7 @@ class _Spans:
             "server.port": int(port) if port.isdigit() else 0,
             "network.peer.address": host,
             "network.peer.port": int(port) if port.isdigit() else 0,
-            "network.protocol.version": "1.1",
+            "network.protocol.version": self._version,
             "upstream_cluster": self._cluster,
             "destination_service": record.destination_service or "unknown",
             "destination_principal": record.destination.principal or "unknown",
@@ -202,30 +240,37 @@ class _Spans:
                 record.destination.workload.name if record.destination.workload else "unknown"
             ),
             "component": "proxy",
+            **self._rpc,
         }
         if record.retries:
             attributes["http.request.resend_count"] = record.retries
         self._client = self._tracing.tracer.start_span(
-            self._method,
+            self._name,
             context=trace.set_span_in_context(self._server),
             kind=SpanKind.CLIENT,
             attributes=attributes,
         )
         return with_context(headers, self._client)
 
-    def attempt_done(self, status: int = 0, error: str = "") -> None:
+    def attempt_done(self, status: int = 0, error: str = "", grpc_status: str = "") -> None:
         span, self._client = self._client, None
         if span is None:
             return
         if status:
             span.set_attribute("http.response.status_code", status)
+        code = _grpc_code(grpc_status) if self._rpc else None
+        if code is not None:
+            span.set_attribute("rpc.grpc.status_code", code)
         if error or status >= 500:
             kind = str(status) if status >= 500 else "incomplete" if status else "no_response"
             span.set_attribute("error.type", kind)
             span.set_status(Status(StatusCode.ERROR, error or None))
+        elif code:  # a client span is an error for any gRPC code but OK
+            span.set_attribute("error.type", str(code))
+            span.set_status(Status(StatusCode.ERROR))
         span.end()
 
-    def done(self, record: RequestRecord) -> None:
+    def done(self, record: RequestRecord, grpc_status: str = "") -> None:
         self.attempt_done(status=0, error=record.reason or "the request ended")
         span = self._server
         status = record.response_code
@@ -241,9 +286,15 @@ class _Spans:
             span.set_attribute("destination_principal", record.destination.principal or "unknown")
         if record.retries:
             span.set_attribute("retries", record.retries)
+        code = _grpc_code(grpc_status) if self._rpc else None
+        if code is not None:
+            span.set_attribute("rpc.grpc.status_code", code)
         if status >= 500 or not status:
             # a server span is an error for 5xx only (4xx are the client's), or no answer
             span.set_attribute("error.type", str(status) if status else telemetry.DOWNSTREAM_RESET)
+            span.set_status(Status(StatusCode.ERROR, record.reason or None))
+        elif code in GRPC_SERVER_ERRORS:
+            span.set_attribute("error.type", str(code))
             span.set_status(Status(StatusCode.ERROR, record.reason or None))
         span.end()
 

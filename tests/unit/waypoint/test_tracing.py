@@ -17,6 +17,7 @@ from waypoint.tracing import (
     Tracing,
     parent_of,
     request_trace,
+    rpc_names,
     upstream_cluster,
     with_context,
 )
@@ -205,3 +206,86 @@ def test_a_try_left_open_ends_as_an_error_with_the_request() -> None:
     assert server.status.status_code is StatusCode.ERROR
     assert server.status.description == "the client's stream was reset"
     assert server.parent is None  # no traceparent: a new trace
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/echo.Echo/Say", ("echo.Echo", "Say")),
+        ("/grpc.health.v1.Health/Check", ("grpc.health.v1.Health", "Check")),
+        ("/echo.Echo/Say?x=1", ("echo.Echo", "Say")),
+        ("/echo.Echo/", ("", "")),
+        ("/echo.Echo", ("", "")),
+        ("/a/b/c", ("", "")),
+        ("/", ("", "")),
+    ],
+)
+def test_a_grpc_path_names_the_rpc_service_and_method(path: str, expected: tuple[str, str]) -> None:
+    assert rpc_names(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("grpc_status", "server_error", "client_error"),
+    [
+        ("0", False, False),  # OK
+        ("5", False, True),  # NOT_FOUND: the caller's error, not the server's
+        ("3", False, True),  # INVALID_ARGUMENT
+        ("2", True, True),  # UNKNOWN
+        ("4", True, True),  # DEADLINE_EXCEEDED
+        ("12", True, True),  # UNIMPLEMENTED
+        ("13", True, True),  # INTERNAL
+        ("14", True, True),  # UNAVAILABLE
+        ("15", True, True),  # DATA_LOSS
+        ("", False, False),  # none (a backend that sent no grpc-status)
+    ],
+)
+def test_grpc_spans_are_errors_as_the_rpc_conventions_say(
+    grpc_status: str, server_error: bool, client_error: bool
+) -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(exporter, "waypoint.shop", "shop")
+    grpc_call = Inbound(
+        "POST", "/echo.Echo/Say", "grpc:50051", (), "10.0.0.1", "", 50051, "2", grpc=True
+    )
+    spans = tracing.request(grpc_call)
+    record = RequestRecord("POST", "/echo.Echo/Say", "grpc", Peer(None, ""), "10.0.0.1")
+    record.upstream_host = "10.1.0.5:9000"
+    sent = spans.attempt([(b":method", b"POST"), (b":path", b"/echo.Echo/Say")], record, 50051)
+    assert [n for n, _ in sent][:2] == [b":method", b":path"]  # pseudo-headers stay first
+    spans.attempt_done(200, grpc_status=grpc_status)
+    record.response_code = 200
+    spans.done(record, grpc_status)
+    assert tracing.flush()
+    tracing.shutdown()
+    server, client = sorted(exporter.get_finished_spans(), key=lambda s: s.kind is SpanKind.CLIENT)
+    for span, error in ((server, server_error), (client, client_error)):
+        assert span.name == "echo.Echo/Say"
+        assert span.attributes is not None
+        assert span.attributes["rpc.system"] == "grpc"
+        assert (span.attributes["rpc.service"], span.attributes["rpc.method"]) == (
+            "echo.Echo",
+            "Say",
+        )
+        assert span.attributes["network.protocol.version"] == "2"
+        assert span.attributes.get("rpc.grpc.status_code") == (
+            int(grpc_status) if grpc_status else None
+        )
+        expected = StatusCode.ERROR if error else StatusCode.UNSET
+        assert span.status.status_code is expected, span.kind
+
+
+def test_an_http_request_has_no_rpc_attributes_and_is_named_by_its_method() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(exporter, "waypoint.shop", "shop")
+    record = RequestRecord("POST", "/a/b", "web", Peer(None, ""), "10.0.0.1")
+    record.response_code = 200
+    spans = tracing.request(inbound(()))
+    spans.done(record, grpc_status="14")  # ignored: not a gRPC call
+    assert tracing.flush()
+    tracing.shutdown()
+    (server,) = exporter.get_finished_spans()
+    assert server.name == "POST"
+    assert server.attributes is not None
+    assert not [k for k in server.attributes if k.startswith("rpc.")]
+    assert server.attributes["network.protocol.version"] == "1.1"
+    assert server.status.status_code is StatusCode.UNSET
