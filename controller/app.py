@@ -57,6 +57,9 @@ class ControllerConfig:
     # Where the waypoint deployer writes the objects it makes (the lab's API socket); None:
     # no deployer (waypoint Gateways are still turned into mesh state).
     lab_api: Path | None = None
+    # OTLP/gRPC collector the waypoints it deploys send spans to ("" : none), see
+    # controller.deployer
+    waypoint_otlp_endpoint: str = ""
 
 
 class Controller:
@@ -112,7 +115,11 @@ class Controller:
         await self._start_http()
         if self.config.lab_api is not None:
             deployer = Deployer(
-                DeployerConfig(self.config.trust_domain, self._grpc_address()),
+                DeployerConfig(
+                    self.config.trust_domain,
+                    self._grpc_address(),
+                    otlp_endpoint=self.config.waypoint_otlp_endpoint,
+                ),
             )
             self.deployer = DeployerLoop(deployer, LabObjectWriter(self.config.lab_api))
             self._deployer_task = asyncio.create_task(self.deployer.run())

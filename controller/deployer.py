@@ -4,7 +4,8 @@ As Istio's gateway deployer does, the controller makes, for Gateway `<ns>/<gw>`:
 
 - a ServiceAccount `<gw>` (the waypoint's identity: `spiffe://<td>/ns/<ns>/sa/<gw>`),
 - a Deployment `<gw>` (replicas from the annotation `weft.dev/replicas`, default 1) whose pods
-  run the image `weft/waypoint` with args `--gateway <ns>/<gw>`, labelled
+  run the image `weft/waypoint` with args `--gateway <ns>/<gw>` (and, when the controller is
+  given one, the OTLP collector for their spans in `WEFT_OTLP_ENDPOINT`), labelled
   `gateway.networking.k8s.io/gateway-name: <gw>` and kept out of capture
   (`weft.dev/dataplane-mode: none`: a waypoint terminates HBONE itself),
 - a Service `<gw>` (port 15008 `mesh`, selecting that label),
@@ -64,6 +65,8 @@ class DeployerConfig:
     trust_domain: str = "cluster.local"
     controller_address: str = ""  # host:port of the controller's gRPC, for the waypoint
     image: str = WAYPOINT_IMAGE
+    # OTLP/gRPC collector for the waypoints' spans, their WEFT_OTLP_ENDPOINT; "": no tracing
+    otlp_endpoint: str = ""
 
 
 # --- pure: what a Gateway asks for ---------------------------------------------------------------
@@ -139,6 +142,8 @@ def waypoint_objects(gw: Gateway, config: DeployerConfig, replicas: int) -> list
         field_env("HOST_IP", "status.hostIP"),
         field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
     ]
+    if config.otlp_endpoint:
+        env.append({"name": "WEFT_OTLP_ENDPOINT", "value": config.otlp_endpoint})
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
         {

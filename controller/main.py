@@ -72,6 +72,14 @@ def cli() -> None:
     help="The lab daemon's API socket: the waypoint deployer writes the Deployments, "
     "Services and ServiceAccounts it makes for waypoint Gateways, and their status, there.",
 )
+@click.option(
+    "--waypoint-otlp-endpoint",
+    envvar="WEFT_WAYPOINT_OTLP_ENDPOINT",
+    default="",
+    help="OTLP/gRPC collector for the spans of the waypoints it deploys (host:port, or an "
+    "http:// or https:// URL), set as WEFT_OTLP_ENDPOINT in their pods; empty: no spans. "
+    "Env: WEFT_WAYPOINT_OTLP_ENDPOINT.",
+)
 def run(
     source_dir: Path,
     state_dir: Path,
@@ -85,6 +93,7 @@ def run(
     extra_roots: tuple[Path, ...],
     serving_addresses: tuple[str, ...],
     lab_api: Path | None,
+    waypoint_otlp_endpoint: str,
 ) -> None:
     """Watch the source, serve mesh state and certificates to nodes."""
     configure_logging()
@@ -100,6 +109,7 @@ def run(
         serving_addresses=serving_addresses,
         extra_roots=extra_roots,
         lab_api=lab_api,
+        waypoint_otlp_endpoint=waypoint_otlp_endpoint,
     )
 
     async def main() -> None:

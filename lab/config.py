@@ -37,6 +37,9 @@ class LabConfig:
     node_pod_prefix: int = DEFAULT_NODE_POD_PREFIX
     manifests: tuple[str, ...] = field(default_factory=tuple)
     ztunnel: bool = True  # False: leave 15001/15006 free (capture tests bring their own)
+    # OTLP/gRPC collector for the waypoints' spans (the controller's --waypoint-otlp-endpoint,
+    # which the deployer puts in each waypoint pod's WEFT_OTLP_ENDPOINT); "": none
+    otlp_endpoint: str = ""
 
     def validate(self) -> None:
         if not _LAB_NAME.match(self.name):

@@ -67,24 +67,7 @@ class ControlPlane:
         self.paths.manifests.mkdir(parents=True, exist_ok=True)
         spec = ProcessSpec(
             name="control/controller",
-            argv=[
-                sys.executable,
-                "-m",
-                "controller",
-                "run",
-                "--source-dir",
-                str(self.paths.manifests),
-                "--state-dir",
-                str(self.paths.controller),
-                "--trust-domain",
-                TRUST_DOMAIN,
-                "--admin-socket",
-                str(self.paths.controller_admin),
-                "--serving-address",
-                self.ip,
-                "--lab-api",
-                str(self.paths.socket),
-            ],
+            argv=self.controller_argv(),
             env=node_process_env(),
             netns=self.names.control_netns,
             cgroup=f"{self.names.control_cgroup}/controller",
@@ -96,6 +79,29 @@ class ControlPlane:
         self.process = Supervised(spec)
         self.process.start()
         log.info("controller.starting", address=self.address)
+
+    def controller_argv(self) -> list[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "controller",
+            "run",
+            "--source-dir",
+            str(self.paths.manifests),
+            "--state-dir",
+            str(self.paths.controller),
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--admin-socket",
+            str(self.paths.controller_admin),
+            "--serving-address",
+            self.ip,
+            "--lab-api",
+            str(self.paths.socket),
+        ]
+        if self.config.otlp_endpoint:
+            argv += ["--waypoint-otlp-endpoint", self.config.otlp_endpoint]
+        return argv
 
     def write_pod_credential(self, namespace: str, pod: str, service_account: str) -> Path:
         """A credential for a pod's service account, from the lab's CA (blocking): what the

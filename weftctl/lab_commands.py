@@ -126,6 +126,13 @@ def lab(ctx: click.Context, name: str) -> None:
     help="Run a ztunnel per node (without, enrolled pods' connections fail closed).",
 )
 @click.option(
+    "--otlp-endpoint",
+    default="",
+    help="OTLP/gRPC collector (host:port, or an http:// or https:// URL) the waypoints send "
+    "their spans to; it must be reachable from the pods (e.g. on the control plane's address). "
+    "Default: no spans.",
+)
+@click.option(
     "--wait",
     "wait_seconds",
     default=90.0,
@@ -141,6 +148,7 @@ def up(
     pod_cidr: str,
     service_cidr: str,
     ztunnel: bool,
+    otlp_endpoint: str,
     wait_seconds: float,
 ) -> None:
     """Create the lab and start its pods."""
@@ -155,6 +163,7 @@ def up(
         service_cidr=service_cidr,
         manifests=sources,
         ztunnel=ztunnel,
+        otlp_endpoint=otlp_endpoint,
     )
     try:
         config.validate()

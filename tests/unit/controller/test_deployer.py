@@ -4,6 +4,7 @@ Service owned by it, and its status says whether it is Programmed and where."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import textwrap
 from typing import Any
 
@@ -286,3 +287,53 @@ def test_a_deleted_gateway_is_forgotten() -> None:
     deployer.applied(GW_KEY, plan.apply[GW_KEY])
     assert deployer.plan({}).empty
     assert GW_KEY in deployer.plan(parse(gateway())).apply  # made again if it comes back
+
+
+def _container_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    dep = typed(objects)[ResourceKey("Deployment", "shop", "waypoint")]
+    assert isinstance(dep, Deployment)
+    (container,) = dep.template.containers
+    return {e.name: e.value for e in container.env if not e.field_ref}
+
+
+@pytest.mark.parametrize(
+    ("otlp_endpoint", "expected"),
+    [
+        ("", None),  # no collector: the variable is absent, the waypoint makes no spans
+        ("otel-collector.observability:4317", "otel-collector.observability:4317"),
+        ("http://198.18.0.1:4317", "http://198.18.0.1:4317"),
+        ("https://otel.example.com:4317", "https://otel.example.com:4317"),
+    ],
+)
+def test_the_otlp_endpoint_is_given_to_every_waypoint_pod_when_set(
+    otlp_endpoint: str, expected: str | None
+) -> None:
+    config = dataclasses.replace(CONFIG, otlp_endpoint=otlp_endpoint)
+    env = _container_env(waypoint_objects(the_gateway(gateway()), config, 2))
+    assert env.get("WEFT_OTLP_ENDPOINT") == expected
+    assert env["WEFT_CONTROLLER_ADDR"] == "198.18.0.254:15012"  # the rest as before
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "applied_again"),
+    [
+        ("", "otel:4317", True),  # set
+        ("otel:4317", "otel-2:4317", True),  # changed
+        ("otel:4317", "", True),  # unset
+        ("otel:4317", "otel:4317", False),  # unchanged
+        ("", "", False),
+    ],
+)
+def test_a_changed_otlp_endpoint_updates_the_deployments(
+    before: str, after: str, applied_again: bool
+) -> None:
+    deployer = Deployer(dataclasses.replace(CONFIG, otlp_endpoint=before))
+    first = deployer.plan(parse(gateway()))
+    deployer.applied(GW_KEY, first.apply[GW_KEY])
+    complete = cluster(ready=True)
+    assert deployer.plan(complete).apply == {}
+    deployer.config = dataclasses.replace(CONFIG, otlp_endpoint=after)
+    plan = deployer.plan(complete)
+    assert (GW_KEY in plan.apply) is applied_again
+    if applied_again:
+        assert _container_env(plan.apply[GW_KEY]).get("WEFT_OTLP_ENDPOINT") == (after or None)
