@@ -10,7 +10,7 @@ How one CONNECT stream flows:
    waypoint; anything else is refused (404), so the waypoint is no open relay. The stream is
    accepted (200) and joined by a `Relay` to a `BufferedEnd` the code below reads.
 3. The protocol is what the Service port declares, else what the first bytes show
-   (`waypoint.protocol`). HTTP/1.1 is served with h11 (`waypoint.h1`), h2c and gRPC with h2
+   (`waypoint.protocol`). HTTP/1.1 is served with llhttp (`waypoint.h1`), h2c and gRPC with h2
    (`waypoint.h2c`); anything else is passed through as TCP: an endpoint is picked and the
    client's stream is spliced to an outbound HBONE stream, byte for byte.
 4. Each request is decided by the HTTPRoutes of its Service port (`waypoint.routing`,
@@ -39,7 +39,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import h11
 import structlog
 
 from meshcore import hbone
@@ -47,11 +46,12 @@ from meshcore.identity.certs import CertificateError
 from meshcore.identity.spiffe import IdentityError, SpiffeId
 from meshcore.meshstate import MeshService, ServicePort, Workload
 from meshcore.resources.gateway import Timeouts
-from waypoint import h2c, protocol, routing, telemetry, tracing
+from waypoint import h1, h2c, protocol, routing, telemetry, tracing
 from waypoint.decision import GrpcRouteTables, Router, RouteTables
 from waypoint.h1 import (
     H1Channel,
     H1Error,
+    H1LocalError,
     decode_headers,
     encode_headers,
     header,
@@ -173,7 +173,7 @@ class Backend:
         self.end = end
         self.relay = relay
         self.peer = peer
-        self.h1 = H1Channel(end, h11.CLIENT)
+        self.h1 = H1Channel(end, h1.Role.CLIENT)
         self.reused = False  # taken from the kept-alive ones for this request
 
     @property
@@ -498,7 +498,7 @@ class Waypoint:
     # --- HTTP/1.1 -----------------------------------------------------------------------
 
     async def _serve_http(self, end: BufferedEnd, client: Client, dest: Destination) -> None:
-        server = H1Channel(end, h11.SERVER)
+        server = H1Channel(end, h1.Role.SERVER)
         backends: dict[str, Backend] = {}
         try:
             while True:
@@ -512,9 +512,9 @@ class Waypoint:
                     return
                 except EndClosed:
                     return
-                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                if isinstance(event, h1.ConnectionClosed):
                     return
-                assert isinstance(event, h11.Request), event
+                assert isinstance(event, h1.Request), event
                 keep = await self._request(server, event, client, dest, backends)
                 if not keep or not server.reusable():
                     return
@@ -528,24 +528,24 @@ class Waypoint:
         record.response_code = err.status
         record.response_flags = telemetry.DOWNSTREAM_PROTOCOL_ERROR
         record.reason = str(err)
-        if server.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            with contextlib.suppress(EndClosed, h11.LocalProtocolError):
+        if server.our_state in (h1.IDLE, h1.SEND_RESPONSE):
+            with contextlib.suppress(EndClosed, H1LocalError):
                 await self._respond(server, err.status, (("connection", "close"),), b"")
         record.done(0.0)
 
     async def _respond(self, server: H1Channel, status: int, headers: Headers, body: bytes) -> int:
         """A response made here; the body bytes sent."""
         all_headers = (*headers, ("content-length", str(len(body))))
-        await server.send(h11.Response(status_code=status, headers=encode_headers(all_headers)))
+        await server.send(h1.Response(status_code=status, headers=encode_headers(all_headers)))
         if body:
-            await server.send(h11.Data(data=body))
-        await server.send(h11.EndOfMessage())
+            await server.send(h1.Data(data=body))
+        await server.send(h1.EndOfMessage())
         return len(body)
 
     async def _request(
         self,
         server: H1Channel,
-        request: h11.Request,
+        request: h1.Request,
         client: Client,
         dest: Destination,
         backends: dict[str, Backend],
@@ -573,8 +573,8 @@ class Waypoint:
             ),
         )
         record.trace_id = trace.trace_id or record.trace_id
-        if server.conn.they_are_waiting_for_100_continue:
-            await server.send(h11.InformationalResponse(status_code=100, headers=[]))
+        if server.they_are_waiting_for_100_continue:
+            await server.send(h1.InformationalResponse(status_code=100, headers=[]))
         try:
             return await self._forward_request(
                 server, request, headers, client, dest, record, backends, trace
@@ -587,16 +587,25 @@ class Waypoint:
             record.response_code = record.response_code or err.status
             record.response_flags = telemetry.DOWNSTREAM_PROTOCOL_ERROR
             record.reason = str(err)
-            if server.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                with contextlib.suppress(EndClosed, h11.LocalProtocolError):
+            if server.our_state in (h1.IDLE, h1.SEND_RESPONSE):
+                with contextlib.suppress(EndClosed, H1LocalError):
                     await self._respond(server, err.status, (("connection", "close"),), b"")
+            return False
+        except H1LocalError as err:  # what we would send is not HTTP/1.1 (a route's header)
+            record.response_code = record.response_code or 500
+            record.reason = f"cannot send: {err}"
+            if server.our_state in (h1.IDLE, h1.SEND_RESPONSE):
+                with contextlib.suppress(EndClosed, H1LocalError):
+                    await self._respond(server, 500, (("connection", "close"),), b"")
+            else:
+                server.end.reset()
             return False
         except TimeoutError:  # the client's body stalled (HEAD_TIMEOUT between pieces)
             record.response_flags = telemetry.DOWNSTREAM_RESET
             record.reason = f"the request body stalled for {HEAD_TIMEOUT:g} s"
-            if server.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            if server.our_state in (h1.IDLE, h1.SEND_RESPONSE):
                 record.response_code = 408
-                with contextlib.suppress(EndClosed, h11.LocalProtocolError):
+                with contextlib.suppress(EndClosed, H1LocalError):
                     await self._respond(server, 408, (("connection", "close"),), b"")
             return False
         finally:
@@ -606,7 +615,7 @@ class Waypoint:
     async def _forward_request(
         self,
         server: H1Channel,
-        request: h11.Request,
+        request: h1.Request,
         headers: Headers,
         client: Client,
         dest: Destination,
@@ -629,7 +638,7 @@ class Waypoint:
             record.reason = decision.reason
             return await self._answer_here(server, decision.status, decision.headers, record)
         candidates = self._backend_candidates(decision, dest, record)
-        out = h11.Request(
+        out = h1.Request(
             method=request.method,
             target=decision.path.encode("latin-1"),
             headers=encode_headers(
@@ -656,7 +665,7 @@ class Waypoint:
         assert budget is not None
         record.response_flags = telemetry.UPSTREAM_TIMEOUT
         record.reason = f"route timeout ({budget:g} s)"
-        if server.conn.our_state is h11.SEND_RESPONSE:  # nothing sent yet: a 504
+        if server.our_state is h1.SEND_RESPONSE:  # nothing sent yet: a 504
             return await self._answer_here(server, 504, (), record)
         server.end.reset()  # the response had started
         return False
@@ -664,7 +673,7 @@ class Waypoint:
     async def _exchange(
         self,
         server: H1Channel,
-        out: h11.Request,
+        out: h1.Request,
         headers: Headers,
         decision: routing.Forward,
         candidates: list[tuple[Workload, int]],
@@ -709,7 +718,7 @@ class Waypoint:
                 record.upstream_host = backend.host
                 record.destination = backend.peer
                 # a client span per try
-                sent = h11.Request(
+                sent = h1.Request(
                     method=out.method,
                     target=out.target,
                     headers=trace.attempt(list(out.headers), record, decision.backend_port),
@@ -776,7 +785,7 @@ class Waypoint:
                 )
             record.response_code = response.status_code
             await server.send(
-                h11.Response(
+                h1.Response(
                     status_code=response.status_code,
                     headers=encode_headers(response_headers),
                     reason=response.reason,
@@ -859,7 +868,7 @@ class Waypoint:
         self,
         server: H1Channel,
         backend: Backend,
-        request: h11.Request,
+        request: h1.Request,
         record: RequestRecord,
         tee: Tee | None = None,
     ) -> None:
@@ -869,9 +878,9 @@ class Waypoint:
         await _from_backend(
             backend.h1.send(request, flush=not server.ready()), "sending the request"
         )
-        while server.conn.their_state is h11.SEND_BODY:
+        while server.their_state is h1.SEND_BODY:
             event = await server.next_event(HEAD_TIMEOUT)
-            if isinstance(event, h11.Data):
+            if isinstance(event, h1.Data):
                 record.request_bytes += len(event.data)
                 if tee is not None:
                     tee.add(event.data)
@@ -879,14 +888,14 @@ class Waypoint:
                     backend.h1.send(event, flush=not server.ready()),
                     "request body",
                 )
-            elif isinstance(event, h11.EndOfMessage):
+            elif isinstance(event, h1.EndOfMessage):
                 break
-        if backend.h1.conn.our_state is h11.SEND_BODY:  # (already read, when sent again)
-            await _from_backend(backend.h1.send(h11.EndOfMessage()), "request end")
+        if backend.h1.our_state is h1.SEND_BODY:  # (already read, when sent again)
+            await _from_backend(backend.h1.send(h1.EndOfMessage()), "request end")
 
     def _mirror(
         self,
-        request: h11.Request,
+        request: h1.Request,
         tee: Tee,
         targets: tuple[routing.MirrorTarget, ...],
         client: Client,
@@ -906,7 +915,7 @@ class Waypoint:
             task.add_done_callback(self._mirrors.discard)
 
     async def _send_mirror(
-        self, request: h11.Request, body: bytes, target: routing.MirrorTarget, client: Client
+        self, request: h1.Request, body: bytes, target: routing.MirrorTarget, client: Client
     ) -> None:
         mirror = f"{target.namespace}/{target.name}:{target.port}"
         service = self.view.service(target.namespace, target.name)
@@ -916,7 +925,7 @@ class Waypoint:
             return
         workload, port = endpoints[0]
         headers = [(n, v + b"-shadow" if n == b"host" else v) for n, v in request.headers]
-        copy = h11.Request(method=request.method, target=request.target, headers=headers)
+        copy = h1.Request(method=request.method, target=request.target, headers=headers)
         backend: Backend | None = None
         try:
             async with asyncio.timeout(MIRROR_TIMEOUT):
@@ -929,11 +938,11 @@ class Waypoint:
                 )
                 await _from_backend(backend.h1.send(copy), "mirror")
                 if body:
-                    await _from_backend(backend.h1.send(h11.Data(data=body)), "mirror")
-                await _from_backend(backend.h1.send(h11.EndOfMessage()), "mirror")
+                    await _from_backend(backend.h1.send(h1.Data(data=body)), "mirror")
+                await _from_backend(backend.h1.send(h1.EndOfMessage()), "mirror")
                 response = await self._response_head(backend)
                 while not isinstance(
-                    await _from_backend(backend.h1.next_event(), "mirror"), h11.EndOfMessage
+                    await _from_backend(backend.h1.next_event(), "mirror"), h1.EndOfMessage
                 ):
                     pass
             log.info("request.mirrored", mirror=mirror, response_code=response.status_code)
@@ -943,19 +952,19 @@ class Waypoint:
             if backend is not None:
                 backend.close()
 
-    async def _resend(self, backend: Backend, request: h11.Request, body: bytes) -> None:
+    async def _resend(self, backend: Backend, request: h1.Request, body: bytes) -> None:
         """The request again, with the body kept from the first try."""
         await _from_backend(backend.h1.send(request), "sending the request again")
         if body:
-            await _from_backend(backend.h1.send(h11.Data(data=body)), "request body")
-        await _from_backend(backend.h1.send(h11.EndOfMessage()), "request end")
+            await _from_backend(backend.h1.send(h1.Data(data=body)), "request body")
+        await _from_backend(backend.h1.send(h1.EndOfMessage()), "request end")
 
-    async def _response_head(self, backend: Backend) -> h11.Response:
+    async def _response_head(self, backend: Backend) -> h1.Response:
         while True:
             event = await _from_backend(backend.h1.next_event(RESPONSE_TIMEOUT), "response")
-            if isinstance(event, h11.Response):
+            if isinstance(event, h1.Response):
                 return event
-            if isinstance(event, h11.InformationalResponse):
+            if isinstance(event, h1.InformationalResponse):
                 continue  # 100 Continue was ours to send; others are not passed on
             raise BackendError(
                 "the backend closed the connection before responding", telemetry.UPSTREAM_RESET
@@ -966,11 +975,11 @@ class Waypoint:
     ) -> None:
         while True:
             event = await _from_backend(backend.h1.next_event(RESPONSE_TIMEOUT), "response body")
-            if isinstance(event, h11.Data):
+            if isinstance(event, h1.Data):
                 record.response_bytes += len(event.data)
                 await server.send(event, flush=not backend.h1.ready())
-            elif isinstance(event, h11.EndOfMessage):
-                await server.send(h11.EndOfMessage())
+            elif isinstance(event, h1.EndOfMessage):
+                await server.send(h1.EndOfMessage())
                 return
             else:
                 raise BackendError("the backend closed mid-response", telemetry.UPSTREAM_RESET)
@@ -993,9 +1002,9 @@ class Waypoint:
 
     async def _drain_body(self, server: H1Channel, record: RequestRecord) -> bool:
         drained = 0
-        while server.conn.their_state is h11.SEND_BODY:
+        while server.their_state is h1.SEND_BODY:
             event = await server.next_event(HEAD_TIMEOUT)
-            if isinstance(event, h11.Data):
+            if isinstance(event, h1.Data):
                 drained += len(event.data)
                 record.request_bytes += len(event.data)
                 if drained > MAX_DRAIN:
