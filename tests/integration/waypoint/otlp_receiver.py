@@ -1,10 +1,18 @@
 """A real OTLP/gRPC trace receiver on loopback: `opentelemetry.proto.collector.trace.v1.
 TraceService/Export` served by grpcio from opentelemetry-proto's generated classes, keeping
 every span it is sent. What the waypoint's exporter talks to in the tests, as it would to a
-collector: over the network, in protobuf, nothing of ours mocked."""
+collector: over the network, in protobuf, nothing of ours mocked.
+
+`python -m tests.integration.waypoint.otlp_receiver --listen <ip>:<port>` runs one on its own
+and prints each span it gets as a JSON line: what the lab's end-to-end test runs where the
+lab's pods can reach it (the control plane's namespace)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import sys
 import threading
 import time
 from concurrent import futures
@@ -82,16 +90,19 @@ class _Service(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 class OtlpReceiver:
-    """Start with `start()`; its address is `endpoint` (`127.0.0.1:<port>`)."""
+    """Start with `start()`; its address is `endpoint` (`127.0.0.1:<port>` unless `listen`
+    says another)."""
 
-    def __init__(self) -> None:
+    def __init__(self, listen: str = "127.0.0.1:0") -> None:
         self.spans: list[ReceivedSpan] = []
         self.exports = 0
         self.changed = threading.Condition()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Service(self), self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
-        self.endpoint = f"127.0.0.1:{self.port}"
+        self.port = self._server.add_insecure_port(listen)
+        if not self.port:
+            raise OSError(f"the OTLP receiver cannot listen on {listen}")
+        self.endpoint = f"{listen.rpartition(':')[0]}:{self.port}"
 
     def start(self) -> OtlpReceiver:
         self._server.start()
@@ -110,3 +121,23 @@ class OtlpReceiver:
                     raise TimeoutError(f"{len(self.spans)} spans received, {count} expected")
                 self.changed.wait(left)
             return list(self.spans)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:4317")
+    listen = parser.parse_args().listen
+    receiver = OtlpReceiver(listen).start()
+    print(json.dumps({"listening": receiver.endpoint}), flush=True)
+    printed = 0
+    with receiver.changed:
+        while True:
+            receiver.changed.wait()
+            for span in receiver.spans[printed:]:
+                print(json.dumps(dataclasses.asdict(span)), flush=True)
+            printed = len(receiver.spans)
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
