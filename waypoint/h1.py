@@ -12,7 +12,6 @@ framing kept) is pure, at the end.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections import deque
 from collections.abc import Sequence
@@ -246,7 +245,8 @@ class H1Channel:
         `timeout` seconds go by before the whole event is in.
 
         The timeout is a deadline for the reads only (an event already parsed costs no
-        timer), in this task: `asyncio.wait_for` would make a task per event."""
+        timer), kept by the end itself: `asyncio.wait_for` would make a task per event, and
+        `asyncio.timeout` costs several loop lookups."""
         deadline = None
         while True:
             if self._events:
@@ -255,13 +255,9 @@ class H1Channel:
                 raise self._error
             if self._eof:
                 return self._at_eof()
-            if timeout is None:
-                data = await self.end.read()
-            else:
-                if deadline is None:
-                    deadline = asyncio.get_running_loop().time() + timeout
-                async with asyncio.timeout_at(deadline):
-                    data = await self.end.read()
+            if timeout is not None and deadline is None:
+                deadline = self.end.time() + timeout
+            data = await self.end.read(deadline)
             if data:
                 self._feed(data)
             else:

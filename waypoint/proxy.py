@@ -99,6 +99,8 @@ MAX_MIRROR_BODY = 1024 * 1024
 MAX_MIRRORS_IN_FLIGHT = 256
 MIRROR_TIMEOUT = 10.0
 IDEMPOTENT_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+# In place of asyncio.timeout(None), which costs loop lookups per request for nothing
+_NO_TIMEOUT = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -653,6 +655,10 @@ class Waypoint:
             ),
         )
         budget = route_timeout(decision.timeouts)
+        if budget is None:  # (no timeout object: each costs loop lookups, per request)
+            return await self._exchange(
+                server, out, headers, decision, candidates, client, record, backends, trace
+            )
         timeout = asyncio.timeout(budget)
         try:
             async with timeout:
@@ -717,15 +723,17 @@ class Waypoint:
                     return await self._answer_here(server, 503, (), record)
                 record.upstream_host = backend.host
                 record.destination = backend.peer
-                # a client span per try
-                sent = h1.Request(
-                    method=out.method,
-                    target=out.target,
-                    headers=trace.attempt(list(out.headers), record, decision.backend_port),
-                )
+                sent = out
+                if trace is not NO_TRACE:  # a client span per try, its context sent on
+                    sent = h1.Request(
+                        out.method,
+                        out.target,
+                        trace.attempt(list(out.headers), record, decision.backend_port),
+                    )
                 failure: BackendError | None = None
+                this_try = None if per_try is None else asyncio.timeout(per_try)
                 try:
-                    async with asyncio.timeout(per_try) as this_try:
+                    async with this_try or _NO_TIMEOUT:
                         if body is None:
                             await self._send_request(server, backend, sent, record, tee)
                             body = b"" if bodiless else None
@@ -740,7 +748,7 @@ class Waypoint:
                 except BackendError as err:
                     failure = err
                 except TimeoutError:
-                    if not this_try.expired():
+                    if this_try is None or not this_try.expired():
                         raise
                     failure = BackendError(
                         f"per-try timeout ({per_try:g} s)", telemetry.UPSTREAM_TIMEOUT

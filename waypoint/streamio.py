@@ -39,7 +39,11 @@ class BufferedEnd:
         self._buffer = bytearray()
         self._eof = False  # the partner's peer half-closed
         self._failed = False  # reset, or the relay is over
-        self._data = asyncio.Event()
+        # read() waits on a bare future of the loop it first ran in, not an asyncio.Event:
+        # Event.wait() and asyncio.timeout() look the loop up (a getpid() syscall each on
+        # Python 3.11), several times a request
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
         self._partner_paused = False
@@ -53,7 +57,7 @@ class BufferedEnd:
             return
         self.received += len(data)
         self._buffer += data
-        self._data.set()
+        self._wake()
         if len(self._buffer) > READ_HIGH and not self._partner_paused:
             self._partner_paused = True
             self._partner().pause_reading()
@@ -63,7 +67,7 @@ class BufferedEnd:
             self._splice.forward_eof()
         else:
             self._eof = True
-            self._data.set()
+            self._wake()
         if self.relay is not None:
             self.relay.eof_sent()
 
@@ -100,16 +104,31 @@ class BufferedEnd:
     def failed(self) -> bool:
         return self._failed
 
-    async def read(self) -> bytes:
+    def time(self) -> float:
+        """The event loop's clock (deadlines for `read`)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
+
+    async def read(self, deadline: float | None = None) -> bytes:
         """What arrived since the last read; b"" once the peer half-closed and all is read.
-        EndClosed if the stream was reset (or the relay ended) first."""
+        EndClosed if the stream was reset (or the relay ended) first; TimeoutError if
+        nothing came by `deadline` (the loop's time, `time()`)."""
         while not self._buffer:
             if self._eof:
                 return b""
             if self._failed:
                 raise EndClosed(f"{self.name or 'stream'} was reset")
-            self._data.clear()
-            await self._data.wait()
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            waiter = self._waiter = self._loop.create_future()
+            timer = None if deadline is None else self._loop.call_at(deadline, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         data = bytes(self._buffer)
         self._buffer.clear()
         if self._partner_paused:
@@ -179,7 +198,17 @@ class BufferedEnd:
     def _fail(self) -> None:
         self._failed = True
         self._writable.set()  # writers wake up and find out
-        self._data.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class _SpliceEnd:
