@@ -67,10 +67,8 @@ class GrpcRecord(RequestRecord):
 
     grpc_status: str = ""
 
-    def labels(self) -> dict[str, str]:
-        labels = super().labels()
-        labels["grpc_response_status"] = self.grpc_status
-        return labels
+    def grpc_response_status(self) -> str:
+        return self.grpc_status
 
 
 class StreamGone(ConnectionError):

@@ -129,13 +129,16 @@ class RequestRecord:
             "destination_service_namespace": self.destination_service_namespace or "unknown",
             "request_protocol": self.protocol,
             "response_code": str(self.response_code),
-            "grpc_response_status": "",
+            "grpc_response_status": self.grpc_response_status(),
             "response_flags": self.response_flags,
             "connection_security_policy": "mutual_tls",
         }
 
+    def grpc_response_status(self) -> str:
+        return ""
+
     def done(self, duration_ms: float) -> None:
-        requests, duration, request_bytes, response_bytes = _series(self.labels())
+        requests, duration, request_bytes, response_bytes = _series(self)
         requests.inc()
         duration.observe(duration_ms)
         request_bytes.observe(self.request_bytes)
@@ -165,26 +168,45 @@ class RequestRecord:
         )
 
 
-# The four series of one label set, looked up once: `labels(**...)` with 21 labels costs
-# more than the rest of the accounting. Bounded: a label set is one (source workload,
-# destination workload, code, flags) combination; past the bound lookups are not cached.
+# The four series of a request's label set, looked up once: `labels(**...)` with 21 labels,
+# and even making the label dict, cost more than the rest of the accounting. The key is what
+# the labels are made of, the workloads by identity: an entry holds its workloads, so their
+# ids cannot be reused by other objects while it is cached. Bounded: an entry is one (source
+# workload, destination workload, code, flags...) combination; when full, it starts over.
 _SERIES_CACHE_MAX = 4096
-_series_cache: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
+_series_cache: dict[tuple[object, ...], tuple[Any, Any, Any, Any, object]] = {}
 
 
-def _series(labels: dict[str, str]) -> tuple[Any, Any, Any, Any]:
-    key = tuple(labels[name] for name in LABELS)
-    series = _series_cache.get(key)
-    if series is None:
-        series = (
-            REQUESTS.labels(*key),
-            DURATION.labels(*key),
-            REQUEST_BYTES.labels(*key),
-            RESPONSE_BYTES.labels(*key),
+def _series(record: RequestRecord) -> tuple[Any, Any, Any, Any]:
+    source, destination = record.source, record.destination
+    key = (
+        id(source.workload),
+        source.principal,
+        id(destination.workload),
+        destination.principal,
+        record.destination_service,
+        record.destination_service_name,
+        record.destination_service_namespace,
+        record.protocol,
+        record.response_code,
+        record.response_flags,
+        record.grpc_response_status(),
+    )
+    cached = _series_cache.get(key)
+    if cached is None:
+        labels = record.labels()
+        values = [labels[name] for name in LABELS]
+        cached = (
+            REQUESTS.labels(*values),
+            DURATION.labels(*values),
+            REQUEST_BYTES.labels(*values),
+            RESPONSE_BYTES.labels(*values),
+            (source.workload, destination.workload),  # (keeps the ids taken)
         )
-        if len(_series_cache) < _SERIES_CACHE_MAX:
-            _series_cache[key] = series
-    return series
+        if len(_series_cache) >= _SERIES_CACHE_MAX:
+            _series_cache.clear()
+        _series_cache[key] = cached
+    return cached[0], cached[1], cached[2], cached[3]
 
 
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
