@@ -9,6 +9,7 @@ waypoint pod: `WEFT_GATEWAY`, `WEFT_CONTROLLER_ADDR`, `WEFT_TRUST_DOMAIN`, and
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import click
@@ -21,6 +22,7 @@ from meshcore.logs import configure_logging
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.names import check_dns_label
 from meshcore.signals import stop_requested
+from waypoint import telemetry
 from waypoint.app import WaypointProcess, WaypointProcessConfig
 
 log = structlog.get_logger("waypoint")
@@ -121,12 +123,14 @@ def run(
 
     async def main() -> int:
         stop = stop_requested()
+        telemetry.ACCESS_LOG.open(sys.stderr)
         await process.start()
         waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(process.failed.wait())}
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
             w.cancel()
         await process.stop()
+        telemetry.ACCESS_LOG.close()
         log.info("waypoint.stopped", gateway=f"{namespace}/{name}", failed=process.failed.is_set())
         return 1 if process.failed.is_set() else 0
 
