@@ -22,25 +22,15 @@ from meshcore import ports
 from meshcore.resources.core import ObjectMeta, ResourceKey, parse_metadata
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.fields import Fields
+from meshcore.resources.groups import SECURITY
 from meshcore.resources.names import check_dns_subdomain, check_labels
 
-GROUP = "security.weft.dev"
-ISTIO_GROUP = "security.istio.io"
+GROUP = SECURITY.group
+ISTIO_GROUP = SECURITY.istio_group
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 
 
-class _ServedVersions(frozenset[str]):
-    """The apiVersions a kind is served as. Istio's group is let through to the parser, which
-    rejects it saying what to change; listing the set names only weft's versions."""
-
-    def __contains__(self, item: object) -> bool:
-        return super().__contains__(item) or (
-            isinstance(item, str) and item.startswith(f"{ISTIO_GROUP}/")
-        )
-
-
-_OUR_VERSIONS = frozenset({f"{GROUP}/v1", f"{GROUP}/v1beta1"})
-SECURITY_VERSIONS: frozenset[str] = _ServedVersions(_OUR_VERSIONS)
+SECURITY_VERSIONS: frozenset[str] = SECURITY.versions
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -275,16 +265,7 @@ def _choice(f: Fields, name: str, enum_type: type[_E], default: _E) -> _E:
 
 
 def _check_group(f: Fields, kind: str) -> None:
-    api_version = f.raw("apiVersion")
-    if isinstance(api_version, str) and api_version.startswith(f"{ISTIO_GROUP}/"):
-        ours = f"{GROUP}/{api_version.partition('/')[2]}"
-        if ours not in _OUR_VERSIONS:
-            ours = f"{GROUP}/v1"
-        raise f.fail(
-            "apiVersion",
-            f"weft serves {kind} in group {GROUP}, not {ISTIO_GROUP}: change apiVersion to "
-            f"{ours} (the fields and their meaning are Istio's)",
-        )
+    SECURITY.check(f, kind)
 
 
 def _metadata(f: Fields, ignored: list[str]) -> ObjectMeta:
