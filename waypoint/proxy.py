@@ -707,6 +707,9 @@ class Waypoint:
             header(headers, "content-length") in (None, "0")
             and header(headers, "transfer-encoding") is None
         )
+        # A non-idempotent request (POST, PATCH...) is tried again only when none of it
+        # reached a backend (a connection that reset before a byte went): never on a code
+        idempotent = record.method in IDEMPOTENT_METHODS
         tee = Tee() if decision.mirrors or (attempts and not bodiless) else None
         body: bytes | None = None  # the whole request body, once sent: for another try
         reconnected = False
@@ -757,6 +760,7 @@ class Waypoint:
                     response.status_code not in retry_codes
                     or record.retries >= attempts
                     or body is None
+                    or not idempotent
                 ):
                     break
                 trace.attempt_done(0 if failure else response.status_code, str(failure or ""))
@@ -771,7 +775,11 @@ class Waypoint:
                     reconnected = True
                     log.info("waypoint.retried_on_new_connection", endpoint=backend.host)
                     continue
-                if body is not None and record.retries < attempts:
+                if (
+                    body is not None
+                    and record.retries < attempts
+                    and (idempotent or not backend.end.sent)
+                ):
                     record.retries += 1
                     log.info(
                         "request.retried",

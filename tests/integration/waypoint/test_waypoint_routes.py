@@ -257,12 +257,26 @@ def test_a_listed_code_is_retried_with_the_body_kept(tmp_path: Path) -> None:
         flaky = await with_flaky(mesh, failures=2)
         client = await mesh.http(vip=ROUTED_VIP)
         with capture_logs() as logs:
-            client.send_raw(b"POST /r HTTP/1.1\r\nHost: routed\r\nContent-Length: 4\r\n\r\nabcd")
+            client.send_raw(b"PUT /r HTTP/1.1\r\nHost: routed\r\nContent-Length: 4\r\n\r\nabcd")
             response, raw = await client.response()
         assert response.status_code == 200 and raw == b"4"  # the body went again, whole
         assert len(flaky.requests) == 3 and all(r.endswith(b"abcd") for r in flaky.requests)
         (line,) = [e for e in logs if e["event"] == "request.completed"]
         assert line["retries"] == 2
+
+    run(tmp_path, body)
+
+
+def test_a_non_idempotent_request_that_reached_the_backend_is_not_tried_again(
+    tmp_path: Path,
+) -> None:
+    async def body(mesh: Mesh) -> None:
+        flaky = await with_flaky(mesh, failures=2)
+        client = await mesh.http(vip=ROUTED_VIP)
+        client.send_raw(b"POST /r HTTP/1.1\r\nHost: routed\r\nContent-Length: 4\r\n\r\nabcd")
+        response, _ = await client.response()
+        assert response.status_code == 503  # the backend's own answer, passed on
+        assert len(flaky.requests) == 1
 
     run(tmp_path, body)
 
