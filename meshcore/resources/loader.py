@@ -17,6 +17,7 @@ from meshcore.resources.core import (
     parse_service,
     parse_service_account,
 )
+from meshcore.resources.destinationrule import DESTINATION_RULE_VERSIONS, parse_destination_rule
 from meshcore.resources.errors import ManifestError, ManifestErrors
 from meshcore.resources.fields import Fields
 from meshcore.resources.gateway import (
@@ -47,6 +48,7 @@ KINDS: dict[str, tuple[frozenset[str], _Parser]] = {
     "Gateway": (GATEWAY_VERSIONS, parse_gateway),
     "HTTPRoute": (HTTPROUTE_VERSIONS, parse_http_route),
     "GRPCRoute": (GRPCROUTE_VERSIONS, parse_grpc_route),
+    "DestinationRule": (DESTINATION_RULE_VERSIONS, parse_destination_rule),
 }
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")

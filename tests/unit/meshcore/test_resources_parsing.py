@@ -30,6 +30,7 @@ from meshcore.resources import (
     parse_resource,
 )
 from meshcore.resources.core import OwnerReference
+from meshcore.resources.loader import KINDS
 from meshcore.resources.names import (
     check_dns_label,
     check_dns_subdomain,
@@ -614,8 +615,7 @@ BAD_MANIFESTS = [
         "unknown kind",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\n",
         "ConfigMap cfg: kind: unknown kind 'ConfigMap' "
-        "(known: AuthorizationPolicy, Deployment, GRPCRoute, Gateway, HTTPRoute, Namespace, "
-        "PeerAuthentication, Pod, Service, ServiceAccount)",
+        f"(known: {', '.join(sorted(KINDS))})",  # every kind the loader serves
     ),
     (
         "missing kind",
