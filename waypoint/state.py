@@ -11,7 +11,10 @@ from collections.abc import Callable, Mapping
 
 from meshcore.meshstate import MeshService, ServicePort, StateValue, Workload
 from meshcore.resources import ResourceKey
+from meshcore.resources.destinationrule import DestinationRule, TrafficPolicy, rule_for
 from meshcore.resources.gateway import GRPCRoute, HTTPRoute
+from meshcore.resources.ratelimit import RateLimitPolicy
+from meshcore.resources.virtualservice import VirtualService
 from ztunnel.state import MeshView
 
 
@@ -23,21 +26,37 @@ class WaypointView:
         self.by_name: dict[tuple[str, str], MeshService] = {}
         self.http_routes: tuple[HTTPRoute, ...] = ()
         self.grpc_routes: tuple[GRPCRoute, ...] = ()
+        self.rate_limit_policies: tuple[RateLimitPolicy, ...] = ()
+        self.virtual_services: tuple[VirtualService, ...] = ()
+        self.destination_rules: tuple[DestinationRule, ...] = ()
+        self._rule_by_service: dict[tuple[str, str], DestinationRule | None] = {}
         self.on_update: list[Callable[[], object]] = []
 
     def update(self, state: Mapping[ResourceKey, object]) -> None:
         mesh: dict[ResourceKey, StateValue] = {}
-        http, grpc = [], []
+        rules: list[DestinationRule] = []
+        rate_limits: list[RateLimitPolicy] = []
+        http, grpc, vs = [], [], []
         for key, value in state.items():
             if isinstance(value, HTTPRoute):
                 http.append(value)
             elif isinstance(value, GRPCRoute):
                 grpc.append(value)
+            elif isinstance(value, DestinationRule):
+                rules.append(value)
+            elif isinstance(value, RateLimitPolicy):
+                rate_limits.append(value)
+            elif isinstance(value, VirtualService):
+                vs.append(value)
             else:
                 mesh[key] = value  # type: ignore[assignment]  # MeshView ignores the rest
         self.mesh.update(mesh)
         self.by_name = {(s.namespace, s.name): s for s in self.mesh.by_vip.values()}
+        self.destination_rules = tuple(rules)
+        self._rule_by_service = {}
         self.http_routes, self.grpc_routes = tuple(http), tuple(grpc)
+        self.rate_limit_policies = tuple(rate_limits)
+        self.virtual_services = tuple(sorted(vs, key=lambda v: (v.key.namespace, v.key.name)))
         for callback in self.on_update:
             callback()
 
@@ -63,6 +82,33 @@ class WaypointView:
     def endpoints(self, service: MeshService, port: int) -> list[tuple[Workload, int]]:
         """Ready endpoints of a Service port as (workload, target port), in random order."""
         return self.mesh.endpoints(service, port)
+
+    def destination_rule(self, namespace: str, name: str) -> DestinationRule | None:
+        """The DestinationRule for a Service (by its host), cached until the next update."""
+        key = (namespace, name)
+        if key not in self._rule_by_service:
+            self._rule_by_service[key] = rule_for(self.destination_rules, namespace, name)
+        return self._rule_by_service[key]
+
+    def traffic_policy(self, namespace: str, name: str, subset: str = "") -> TrafficPolicy | None:
+        rule = self.destination_rule(namespace, name)
+        return rule.policy_for(subset) if rule is not None else None
+
+    def subset_endpoints(
+        self, service: MeshService, port: int, subset: str
+    ) -> list[tuple[Workload, int]]:
+        """A subset's endpoints: the Service's whose pod labels match the subset's; none when
+        no DestinationRule for the Service defines it."""
+        rule = self.destination_rule(service.namespace, service.name)
+        found = rule.subset(subset) if rule is not None else None
+        if found is None:
+            return []
+        labels = found.labels
+        return [
+            (w, p)
+            for w, p in self.endpoints(service, port)
+            if all(w.labels.get(k) == v for k, v in labels.items())
+        ]
 
     def workload_at(self, ip: str) -> Workload | None:
         return self.mesh.by_ip.get(ip)
