@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 from meshcore.meshstate import MeshService, ServicePort
-from waypoint import routing
+from waypoint import routing, vsrouting
 from waypoint.state import WaypointView
 
 _Table = TypeVar("_Table")
@@ -51,8 +51,31 @@ class _PerServicePort(Generic[_Table]):
         return service is not None and self.view.port(service, port) is not None
 
 
+class VirtualServiceTables(_PerServicePort[vsrouting.VSTable]):
+    """VirtualServices whose hosts name a Service, for its ports no HTTPRoute attaches to."""
+
+    def _build(self, service: MeshService, port: ServicePort) -> vsrouting.VSTable:
+        return vsrouting.build_vs_table(
+            self.view.virtual_services,
+            service_namespace=service.namespace,
+            service_name=service.name,
+            port=port.port,
+            service_ports=self._ports,
+        )
+
+    def _ports(self, namespace: str, name: str) -> tuple[int, ...] | None:
+        service = self.view.service(namespace, name)
+        return None if service is None else tuple(p.port for p in service.ports)
+
+
 class RouteTables(_PerServicePort[routing.RouteTable]):
-    """HTTPRoutes: `decide()` answers with routing's `Forward` or `Respond`."""
+    """HTTPRoutes: `decide()` answers with routing's `Forward` or `Respond`. A Service port
+    no HTTPRoute attaches to is routed by the VirtualServices naming the Service, if any
+    (Istio: the HTTPRoute wins), else passed through."""
+
+    def __init__(self, view: WaypointView, rand: Callable[[], float] = random.random) -> None:
+        super().__init__(view, rand)
+        self.virtual_services = VirtualServiceTables(view, lambda: self.rand())
 
     def _build(self, service: MeshService, port: ServicePort) -> routing.RouteTable:
         return routing.build_table(
@@ -67,7 +90,12 @@ class RouteTables(_PerServicePort[routing.RouteTable]):
     def decide(
         self, service: MeshService, port: ServicePort, request: routing.Request
     ) -> routing.Forward | routing.Respond:
-        return routing.route(self.table(service, port), request, self.rand)
+        table = self.table(service, port)
+        if table.empty and self.view.virtual_services:
+            vs_table = self.virtual_services.table(service, port)
+            if not vs_table.empty:
+                return vsrouting.route_vs(vs_table, request, self.rand)
+        return routing.route(table, request, self.rand)
 
 
 class GrpcRouteTables(_PerServicePort[routing.GRPCRouteTable]):

@@ -16,7 +16,7 @@ client gets GOAWAY ENHANCE_YOUR_CALM and its connection (its HBONE stream) ends.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import h2.settings
@@ -79,13 +79,16 @@ class H2Request:
     def grpc(self) -> bool:
         return is_grpc(header(self.headers, "content-type"))
 
-    def route_request(self, client_namespace: str) -> routing.Request:
+    def route_request(
+        self, client_namespace: str, source_labels: Mapping[str, str] | None = None
+    ) -> routing.Request:
         return routing.Request(
             self.method,
             self.path,
             self.headers,
             host=self.authority,
             client_namespace=client_namespace,
+            source_labels=source_labels,
         )
 
 

@@ -154,6 +154,7 @@ class Request:
     host: str = ""  # empty: taken from the Host (or :authority) header
     client_namespace: str | None = None  # from the client's verified identity
     scheme: str = "http"  # as the client spoke it (the redirect default)
+    source_labels: Mapping[str, str] | None = None  # the client workload's (VirtualService)
 
     @property
     def authority(self) -> str:
@@ -184,6 +185,21 @@ class MirrorTarget:
 
 
 @dataclass(frozen=True)
+class Fault:
+    """A fault injected into this request (a VirtualService's `fault`, already drawn): wait
+    `delay` seconds, then answer here with `abort_status` (HTTP) or `abort_grpc` (a gRPC
+    call: trailers-only with that grpc-status) instead of forwarding; neither: forward."""
+
+    delay: float = 0.0
+    abort_status: int | None = None  # HTTP status; for a gRPC call, mapped to a grpc-status
+    abort_grpc: int | None = None  # grpc-status; for plain HTTP, its HTTP equivalent
+
+    @property
+    def aborts(self) -> bool:
+        return self.abort_status is not None or self.abort_grpc is not None
+
+
+@dataclass(frozen=True)
 class Forward:
     backend_namespace: str
     backend_name: str
@@ -198,6 +214,8 @@ class Forward:
     route_key: ResourceKey | None = None  # None: no route applied (passthrough)
     rule_index: int = -1
     rule_name: str = ""
+    subset: str = ""  # a VirtualService destination's subset (a DestinationRule names its labels)
+    fault: Fault | None = None  # injected into this request (VirtualService); None: none
 
 
 @dataclass(frozen=True)

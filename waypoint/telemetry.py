@@ -70,6 +70,15 @@ UPSTREAM_TIMEOUT = "UT"  # the route's timeout went by
 NO_HEALTHY_UPSTREAM = "UH"
 DOWNSTREAM_PROTOCOL_ERROR = "DPE"
 DOWNSTREAM_RESET = "DC"  # the client went away before the response was done
+FAULT_INJECTED = "FI"  # aborted by a VirtualService fault: answered here, no backend
+DELAY_INJECTED = "DI"  # delayed by a VirtualService fault
+
+
+def fault_flags(fault: object) -> str:
+    """The response flags of an injected fault (a `routing.Fault`), as Envoy's ("DI,FI")."""
+    delayed = bool(getattr(fault, "delay", 0))
+    aborted = bool(getattr(fault, "aborts", False))
+    return ",".join(f for f, on in ((DELAY_INJECTED, delayed), (FAULT_INJECTED, aborted)) if on)
 
 
 @dataclass(frozen=True)
