@@ -60,6 +60,8 @@ class ControllerConfig:
     # OTLP/gRPC collector the waypoints it deploys send spans to ("" : none), see
     # controller.deployer
     waypoint_otlp_endpoint: str = ""
+    # Redis for the Global RateLimitPolicy counters of the waypoints it deploys ("": none)
+    waypoint_redis_addr: str = ""
 
 
 class Controller:
@@ -119,6 +121,7 @@ class Controller:
                     self.config.trust_domain,
                     self._grpc_address(),
                     otlp_endpoint=self.config.waypoint_otlp_endpoint,
+                    redis_addr=self.config.waypoint_redis_addr,
                 ),
             )
             self.deployer = DeployerLoop(deployer, LabObjectWriter(self.config.lab_api))

@@ -67,6 +67,8 @@ class DeployerConfig:
     image: str = WAYPOINT_IMAGE
     # OTLP/gRPC collector for the waypoints' spans, their WEFT_OTLP_ENDPOINT; "": no tracing
     otlp_endpoint: str = ""
+    # Redis for Global RateLimitPolicy counters, the waypoints' WEFT_REDIS_ADDR; "": none
+    redis_addr: str = ""
 
 
 # --- pure: what a Gateway asks for ---------------------------------------------------------------
@@ -144,6 +146,8 @@ def waypoint_objects(gw: Gateway, config: DeployerConfig, replicas: int) -> list
     ]
     if config.otlp_endpoint:
         env.append({"name": "WEFT_OTLP_ENDPOINT", "value": config.otlp_endpoint})
+    if config.redis_addr:
+        env.append({"name": "WEFT_REDIS_ADDR", "value": config.redis_addr})
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
         {

@@ -80,6 +80,14 @@ def cli() -> None:
     "http:// or https:// URL), set as WEFT_OTLP_ENDPOINT in their pods; empty: no spans. "
     "Env: WEFT_WAYPOINT_OTLP_ENDPOINT.",
 )
+@click.option(
+    "--waypoint-redis-addr",
+    envvar="WEFT_WAYPOINT_REDIS_ADDR",
+    default="",
+    help="Redis for Global RateLimitPolicy counters (host:port or unix:/path), set as "
+    "WEFT_REDIS_ADDR in the pods of the waypoints it deploys; empty: none (Global policies "
+    "then decide by their failureMode). Env: WEFT_WAYPOINT_REDIS_ADDR.",
+)
 def run(
     source_dir: Path,
     state_dir: Path,
@@ -94,6 +102,7 @@ def run(
     serving_addresses: tuple[str, ...],
     lab_api: Path | None,
     waypoint_otlp_endpoint: str,
+    waypoint_redis_addr: str,
 ) -> None:
     """Watch the source, serve mesh state and certificates to nodes."""
     configure_logging()
@@ -110,6 +119,7 @@ def run(
         extra_roots=extra_roots,
         lab_api=lab_api,
         waypoint_otlp_endpoint=waypoint_otlp_endpoint,
+        waypoint_redis_addr=waypoint_redis_addr,
     )
 
     async def main() -> None:

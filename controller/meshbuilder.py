@@ -52,6 +52,8 @@ from meshcore.meshstate import (
 from meshcore.ports import PortError, parse_port_list
 from meshcore.resources import Namespace, Pod, Resource, ResourceKey, Service
 from meshcore.resources.gateway import AddressType, Gateway, GRPCRoute, HTTPRoute, ParentKind
+from meshcore.resources.ratelimit import RateLimitPolicy
+from meshcore.resources.ratelimit import TargetKind as RateLimitTargetKind
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
 
 log = structlog.get_logger("controller.meshbuilder")
@@ -212,6 +214,7 @@ class MeshBuilder:
         state: dict[ResourceKey, StateValue] = {bundle.key: bundle}
         gateways: list[Gateway] = []
         routes: list[HTTPRoute | GRPCRoute] = []
+        rate_limits: list[RateLimitPolicy] = []
         problems: dict[ResourceKey, Problem] = {}
         for r in resources.values():
             if isinstance(r, Namespace):
@@ -229,6 +232,9 @@ class MeshBuilder:
             elif isinstance(r, HTTPRoute | GRPCRoute):
                 state[r.key] = r  # as parsed: a waypoint routes with it
                 routes.append(r)
+            elif isinstance(r, RateLimitPolicy):
+                state[r.key] = r  # as parsed: a waypoint enforces it
+                rate_limits.append(r)
 
         waypoints: dict[str, Waypoint] = {}
         for gw in gateways:
@@ -270,6 +276,8 @@ class MeshBuilder:
 
         for route in routes:
             self._check_route_parents(problems, route, state)
+        for policy in rate_limits:
+            self._check_rate_limit_targets(problems, policy, state, resources, waypoints)
 
         # A pod's binding depends on the waypoints too: a Gateway added, removed or retyped
         # (rare) rebuilds every workload.
@@ -389,6 +397,39 @@ class MeshBuilder:
             )
             self._report(problems, route.key, f"spec.parentRefs[{i}]", reason, False)
             return  # one problem per resource
+
+    def _check_rate_limit_targets(
+        self,
+        problems: dict[ResourceKey, Problem],
+        policy: RateLimitPolicy,
+        state: Mapping[ResourceKey, StateValue],
+        resources: Mapping[ResourceKey, Resource],
+        waypoints: Mapping[str, Waypoint],
+    ) -> None:
+        """A RateLimitPolicy is enforced by waypoints: a target that does not exist, or that
+        no waypoint serves, is reported (the policy still goes to the waypoints, and takes
+        effect once the target exists and is bound)."""
+        ns = policy.metadata.namespace
+        for i, ref in enumerate(policy.target_refs):
+            where = f"{ns}/{ref.name}"
+            reason = ""
+            if ref.kind is RateLimitTargetKind.SERVICE:
+                svc = state.get(ResourceKey(MeshService.kind, ns, ref.name))
+                if not isinstance(svc, MeshService):
+                    reason = f"no Service {where}: nothing for the policy to limit"
+                elif not svc.waypoint:
+                    reason = (
+                        f"no waypoint serves Service {where}: the policy takes no effect until "
+                        f"the Service or its namespace is labelled {USE_WAYPOINT_LABEL}=<gateway>"
+                    )
+            elif ref.kind is RateLimitTargetKind.HTTPROUTE:
+                if ResourceKey(HTTPRoute.kind, ns, ref.name) not in resources:
+                    reason = f"no HTTPRoute {where}: nothing for the policy to limit"
+            elif where not in waypoints:
+                reason = f"no waypoint Gateway {where}: nothing enforces the policy"
+            if reason:
+                self._report(problems, policy.key, f"spec.targetRefs[{i}]", reason, False)
+                return  # one problem per resource
 
     def _service(
         self,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from meshcore.resources import ResourceKey
 from meshcore.resources.gateway import GRPCRoute, HTTPRoute
+from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
 
 DATAPLANE_MODE_LABEL = "weft.dev/dataplane-mode"
@@ -153,4 +154,5 @@ StateValue = (
     | PeerAuthentication
     | HTTPRoute  # sent as parsed, for waypoints
     | GRPCRoute
+    | RateLimitPolicy  # sent as parsed, for waypoints
 )

@@ -22,6 +22,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev python3-bpfcc bpfcc-tools libbpfcc
   bpftool clang llvm iproute2 nftables procps psmisc curl
   iperf3 stunnel4 haproxy linux-headers-amd64
+  redis-server  # Global RateLimitPolicy counters (the lab's, and the tests')
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

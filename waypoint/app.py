@@ -26,6 +26,7 @@ from meshcore import adminserver, hbone
 from meshcore.configclient import Applied, ConfigClient, NodeCredential
 from meshcore.identity.certs import CertificateError
 from waypoint.proxy import Waypoint, WaypointConfig
+from waypoint.ratelimit_store import RedisStore
 from waypoint.state import WaypointView
 from waypoint.tracing import Tracing
 from ztunnel.identity import IdentityManager
@@ -57,6 +58,8 @@ class WaypointProcessConfig:
     admin_socket: Path | None = None
     # OTLP/gRPC collector for spans (`host:port` or an http(s):// URL); "" is no tracing
     otlp_endpoint: str = ""
+    # Redis for Global RateLimitPolicy counters (`host:port` or `unix:/path`); "" is none
+    redis_addr: str = ""
 
     @property
     def proxy(self) -> WaypointConfig:
@@ -86,8 +89,14 @@ class WaypointProcess:
             if config.otlp_endpoint
             else None
         )
+        self.ratelimit_store = RedisStore(config.redis_addr) if config.redis_addr else None
         self.proxy = Waypoint(
-            config.proxy, self.view, self.identities, self.pool, tracing=self.tracing
+            config.proxy,
+            self.view,
+            self.identities,
+            self.pool,
+            tracing=self.tracing,
+            ratelimit_store=self.ratelimit_store,
         )
         self._servers: list[asyncio.AbstractServer] = []
         self._runners: list[web.AppRunner] = []
@@ -166,6 +175,8 @@ class WaypointProcess:
         for runner in self._runners:
             await runner.cleanup()
         await self.client.close()
+        if self.ratelimit_store is not None:
+            await self.ratelimit_store.close()
         if self.tracing is not None:  # the queued spans go out (bounded by the export timeout)
             await asyncio.to_thread(self.tracing.shutdown)
 
@@ -208,5 +219,12 @@ class WaypointProcess:
             "pool": self.pool.stats(),
             "inbound": self.proxy.stats(),
             "tracing": {"otlp_endpoint": self.config.otlp_endpoint or None},
+            "rate_limits": {
+                "redis": self.config.redis_addr or None,
+                "policies": sorted(
+                    f"{p.metadata.namespace}/{p.metadata.name}"
+                    for p in self.view.rate_limit_policies
+                ),
+            },
         }
         return web.json_response(body)

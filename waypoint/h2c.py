@@ -41,8 +41,9 @@ import structlog
 from h2.stream import StreamState
 
 from meshcore.meshstate import Workload
-from waypoint import h2wire, routing, telemetry, tracing
+from waypoint import h2wire, ratelimit_store, routing, telemetry, tracing
 from waypoint.h2wire import H2Request, H2RequestError
+from waypoint.ratelimit import GRPC_RESOURCE_EXHAUSTED, RATE_LIMITED
 from waypoint.streamio import BufferedEnd, EndClosed
 from waypoint.telemetry import Peer, RequestRecord
 from waypoint.tracing import NO_TRACE, RequestTrace
@@ -480,6 +481,28 @@ class Front:
                 stream_id, request, decision.status, grpc, decision.reason, decision.headers, record
             )
             return
+        limiter = self.waypoint.rate_limits.for_request(self.dest.service, decision.route_key)
+        if limiter is not None:  # (no await at all when no policy applies)
+            verdict = await ratelimit_store.check(
+                limiter,
+                self.waypoint.ratelimit_store,
+                request.path,
+                request.headers,
+                self.client.principal,
+            )
+            if verdict is not None and not verdict.allowed:
+                record.response_flags = RATE_LIMITED
+                record.reason = f"rate limited by RateLimitPolicy {limiter.name}"
+                await self._answer(
+                    stream_id,
+                    request,
+                    429,
+                    GRPC_RESOURCE_EXHAUSTED if request.grpc else None,
+                    record.reason,
+                    verdict.headers(),
+                    record,
+                )
+                return
         candidates = self.waypoint._backend_candidates(decision, self.dest, record)
         budget = decision.timeouts.request if decision.timeouts else None
         timeout = asyncio.timeout(budget or None)

@@ -3,7 +3,8 @@
 Every option falls back to the environment the controller's deployer (and the lab) give a
 waypoint pod: `WEFT_GATEWAY`, `WEFT_CONTROLLER_ADDR`, `WEFT_TRUST_DOMAIN`, and
 `WEFT_CREDENTIAL`, the folder of the pod's credential (key.pem, cert.pem, roots.pem for
-`spiffe://<td>/ns/<ns>/sa/<gateway>`); and `WEFT_OTLP_ENDPOINT`, where spans go (unset: none).
+`spiffe://<td>/ns/<ns>/sa/<gateway>`); `WEFT_OTLP_ENDPOINT`, where spans go (unset: none); and
+`WEFT_REDIS_ADDR`, the Redis of Global RateLimitPolicy counters (unset: none).
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ def cli() -> None:
     help="OTLP/gRPC collector for spans (host:port, or an http:// or https:// URL); "
     "unset: no spans (trace context is still propagated).",
 )
+@click.option(
+    "--redis-addr",
+    default="",
+    envvar="WEFT_REDIS_ADDR",
+    help="Redis for Global RateLimitPolicy counters (host:port or unix:/path); unset: Global "
+    "policies decide by their failureMode.",
+)
 @nodeoptions.ADMIN_SOCKET
 @nodeoptions.admin_addr(WaypointProcessConfig.admin_addr)
 @nodeoptions.metrics_addr(WaypointProcessConfig.metrics_addr)
@@ -95,6 +103,7 @@ def run(
     credential: Path,
     hbone_addr: str,
     otlp_endpoint: str,
+    redis_addr: str,
     admin_socket: Path | None,
     admin_addr: str,
     metrics_addr: str,
@@ -115,6 +124,7 @@ def run(
         metrics_addr=metrics_addr,
         readiness_addr=readiness_addr,
         otlp_endpoint=otlp_endpoint,
+        redis_addr=redis_addr,
     )
     try:
         process = WaypointProcess(config)

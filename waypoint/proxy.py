@@ -46,7 +46,7 @@ from meshcore.identity.certs import CertificateError
 from meshcore.identity.spiffe import IdentityError, SpiffeId
 from meshcore.meshstate import MeshService, ServicePort, Workload
 from meshcore.resources.gateway import Timeouts
-from waypoint import h1, h2c, protocol, routing, telemetry, tracing
+from waypoint import h1, h2c, protocol, ratelimit_store, routing, telemetry, tracing
 from waypoint.decision import GrpcRouteTables, Router, RouteTables
 from waypoint.h1 import (
     H1Channel,
@@ -58,6 +58,7 @@ from waypoint.h1 import (
     hop_headers_removed,
 )
 from waypoint.protocol import AppProtocol
+from waypoint.ratelimit import RATE_LIMITED, RateLimitTables
 from waypoint.state import WaypointView
 from waypoint.streamio import BufferedEnd, EndClosed
 from waypoint.telemetry import Peer, RequestRecord
@@ -196,6 +197,8 @@ class Waypoint:
         pool: Pool,
         router: Router | None = None,
         tracing: Tracing | None = None,  # OpenTelemetry spans (waypoint.tracing); None: off
+        # Global RateLimitPolicy counters (Redis); None: Global policies decide by failureMode
+        ratelimit_store: ratelimit_store.RedisStore | None = None,
     ) -> None:
         self.config = config
         self.view = view
@@ -204,9 +207,16 @@ class Waypoint:
         self.tracing = tracing
         self.router: Router = router or RouteTables(view)
         self.grpc_tables = GrpcRouteTables(view)
+        self.rate_limits = RateLimitTables(config.gateway)
+        self.ratelimit_store = ratelimit_store
+        view.on_update.append(self._rate_limits_changed)
+        self._rate_limits_changed()
         self._setups = SetupTasks("waypoint.failed_unexpectedly")
         self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
         self._mirrors: set[asyncio.Future[None]] = set()
+
+    def _rate_limits_changed(self) -> None:
+        self.rate_limits.update(self.view.rate_limit_policies, self.view.by_name.values())
 
     async def start(self) -> None:
         """Fetch our own certificate (the listener needs it before the first handshake)."""
@@ -639,6 +649,15 @@ class Waypoint:
             record.response_flags = telemetry.NO_ROUTE if decision.status == 404 else "-"
             record.reason = decision.reason
             return await self._answer_here(server, decision.status, decision.headers, record)
+        limiter = self.rate_limits.for_request(dest.service, decision.route_key)
+        if limiter is not None:  # (no await at all when no policy applies)
+            verdict = await ratelimit_store.check(
+                limiter, self.ratelimit_store, record.path, headers, client.principal
+            )
+            if verdict is not None and not verdict.allowed:
+                record.response_flags = RATE_LIMITED
+                record.reason = f"rate limited by RateLimitPolicy {limiter.name}"
+                return await self._answer_here(server, 429, verdict.headers(), record)
         candidates = self._backend_candidates(decision, dest, record)
         out = h1.Request(
             method=request.method,

@@ -263,11 +263,13 @@ class Service:
 if TYPE_CHECKING:  # those modules parse with helpers from this one, so no runtime import
     from meshcore.resources.destinationrule import DestinationRule
     from meshcore.resources.gateway import Gateway, GRPCRoute, HTTPRoute
+    from meshcore.resources.ratelimit import RateLimitPolicy
     from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
 
 Resource: TypeAlias = (
     "Namespace | ServiceAccount | Pod | Deployment | Service"
     " | AuthorizationPolicy | PeerAuthentication | Gateway | HTTPRoute | GRPCRoute"
+    " | RateLimitPolicy"
     " | DestinationRule"
 )
 

@@ -28,6 +28,7 @@ from meshcore.resources.gateway import (
     parse_grpc_route,
     parse_http_route,
 )
+from meshcore.resources.ratelimit import RATELIMIT_VERSIONS, parse_rate_limit_policy
 from meshcore.resources.security import (
     SECURITY_VERSIONS,
     parse_authorization_policy,
@@ -48,6 +49,7 @@ KINDS: dict[str, tuple[frozenset[str], _Parser]] = {
     "Gateway": (GATEWAY_VERSIONS, parse_gateway),
     "HTTPRoute": (HTTPROUTE_VERSIONS, parse_http_route),
     "GRPCRoute": (GRPCROUTE_VERSIONS, parse_grpc_route),
+    "RateLimitPolicy": (RATELIMIT_VERSIONS, parse_rate_limit_policy),
     "DestinationRule": (DESTINATION_RULE_VERSIONS, parse_destination_rule),
 }
 
