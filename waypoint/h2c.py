@@ -455,7 +455,10 @@ class Front:
             return routing.Forward(
                 "", "", dest.target.port, request.path, request.authority, request.headers
             )
-        route_request = request.route_request(self.client.namespace)
+        workload = self.client.workload
+        route_request = request.route_request(
+            self.client.namespace, workload.labels if workload is not None else None
+        )
         if request.grpc:
             tables = self.waypoint.grpc_tables
             table = tables.table(dest.service, dest.port)
@@ -501,6 +504,22 @@ class Front:
                     record.reason,
                     verdict.headers(),
                     record,
+                )
+                return
+        if decision.fault is not None:  # a VirtualService fault, drawn by the router
+            fault = decision.fault
+            record.response_flags = telemetry.fault_flags(fault)
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.abort_status is not None:
+                record.reason = "fault injected (abort)"
+                grpc = None
+                if request.grpc:
+                    grpc = fault.abort_grpc
+                    if grpc is None:
+                        grpc = _grpc_for_http(fault.abort_status)
+                await self._answer(
+                    stream_id, request, fault.abort_status, grpc, record.reason, (), record
                 )
                 return
         candidates = self.waypoint._backend_candidates(decision, self.dest, record)

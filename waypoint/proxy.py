@@ -46,7 +46,17 @@ from meshcore.identity.certs import CertificateError
 from meshcore.identity.spiffe import IdentityError, SpiffeId
 from meshcore.meshstate import MeshService, ServicePort, Workload
 from meshcore.resources.gateway import Timeouts
-from waypoint import h1, h2c, protocol, ratelimit_store, routing, telemetry, tracing
+from waypoint import (
+    h1,
+    h2c,
+    outlier_metrics,
+    protocol,
+    ratelimit_store,
+    routing,
+    telemetry,
+    tracing,
+    trafficpolicy,
+)
 from waypoint.decision import GrpcRouteTables, Router, RouteTables
 from waypoint.h1 import (
     H1Channel,
@@ -63,6 +73,7 @@ from waypoint.state import WaypointView
 from waypoint.streamio import BufferedEnd, EndClosed
 from waypoint.telemetry import Peer, RequestRecord
 from waypoint.tracing import NO_TRACE, RequestTrace, Tracing
+from waypoint.trafficpolicy import Admission, ClusterKey, ClusterState, TrafficPolicies
 from ztunnel import admission, metrics, tls
 from ztunnel.admission import ForwardedError
 from ztunnel.hbone_conn import HboneConnection, Stream, StreamClosed
@@ -178,6 +189,7 @@ class Backend:
         self.peer = peer
         self.h1 = H1Channel(end, h1.Role.CLIENT)
         self.reused = False  # taken from the kept-alive ones for this request
+        self.requests = 0  # requests sent on it (DestinationRule maxRequestsPerConnection)
 
     @property
     def usable(self) -> bool:
@@ -214,6 +226,8 @@ class Waypoint:
         self._setups = SetupTasks("waypoint.failed_unexpectedly")
         self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
         self._mirrors: set[asyncio.Future[None]] = set()
+        # DestinationRule state per cluster: load balancing, circuit breakers, ejections
+        self.traffic = outlier_metrics.watch(TrafficPolicies(on_eject=outlier_metrics.ejected))
 
     def _rate_limits_changed(self) -> None:
         self.rate_limits.update(self.view.rate_limit_policies, self.view.by_name.values())
@@ -638,7 +652,11 @@ class Waypoint:
         decision: routing.Forward | routing.Respond
         if dest.service is not None and dest.port is not None:
             route_request = routing.Request(
-                record.method, record.path, headers, client_namespace=client.namespace
+                record.method,
+                record.path,
+                headers,
+                client_namespace=client.namespace,
+                source_labels=client.workload.labels if client.workload is not None else None,
             )
             decision = self.router.decide(dest.service, dest.port, route_request)
         else:  # a pod addressed directly (workload waypoint): no routes, as it came
@@ -658,6 +676,13 @@ class Waypoint:
                 record.response_flags = RATE_LIMITED
                 record.reason = f"rate limited by RateLimitPolicy {limiter.name}"
                 return await self._answer_here(server, 429, verdict.headers(), record)
+        if decision.fault is not None:  # a VirtualService fault, drawn by the router
+            record.response_flags = telemetry.fault_flags(decision.fault)
+            if decision.fault.delay:
+                await asyncio.sleep(decision.fault.delay)
+            if decision.fault.abort_status is not None:
+                record.reason = "fault injected (abort)"
+                return await self._answer_here(server, decision.fault.abort_status, (), record)
         candidates = self._backend_candidates(decision, dest, record)
         out = h1.Request(
             method=request.method,
@@ -675,13 +700,13 @@ class Waypoint:
         )
         budget = route_timeout(decision.timeouts)
         if budget is None:  # (no timeout object: each costs loop lookups, per request)
-            return await self._exchange(
+            return await self._exchange_admitted(
                 server, out, headers, decision, candidates, client, record, backends, trace
             )
         timeout = asyncio.timeout(budget)
         try:
             async with timeout:
-                return await self._exchange(
+                return await self._exchange_admitted(
                     server, out, headers, decision, candidates, client, record, backends, trace
                 )
         except TimeoutError:
@@ -695,6 +720,72 @@ class Waypoint:
         server.end.reset()  # the response had started
         return False
 
+    async def _exchange_admitted(
+        self,
+        server: H1Channel,
+        out: h1.Request,
+        headers: Headers,
+        decision: routing.Forward,
+        candidates: list[tuple[Workload, int]],
+        client: Client,
+        record: RequestRecord,
+        backends: dict[str, Backend],
+        trace: RequestTrace = NO_TRACE,
+    ) -> bool:
+        """`_exchange` within the cluster's circuit breakers (a DestinationRule's
+        connectionPool): over a limit, 503 at once with `x-weft-overloaded` (flag UO)."""
+        cluster = self._cluster(decision)
+        if cluster is None or cluster.breaker is None:
+            return await self._exchange(
+                server, out, headers, decision, candidates, client, record, backends, trace, cluster
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        admission = cluster.admit(waiter)
+        if admission is Admission.OVERFLOW:
+            record.response_flags = trafficpolicy.UPSTREAM_OVERFLOW
+            record.reason = f"circuit breaker open for {cluster.hostname} (DestinationRule)"
+            overloaded = ((trafficpolicy.OVERLOADED_HEADER, "true"),)
+            return await self._answer_here(server, 503, overloaded, record)
+        if admission is Admission.PENDING:
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._release(cluster)  # granted, then given up
+                else:
+                    cluster.breaker.cancel(waiter)
+                raise
+        try:
+            return await self._exchange(
+                server, out, headers, decision, candidates, client, record, backends, trace, cluster
+            )
+        finally:
+            if record.retries:
+                cluster.retry_done()
+            self._release(cluster)
+
+    @staticmethod
+    def _release(cluster: ClusterState) -> None:
+        """A request's slot, to the first waiter still waiting (or back to the pool)."""
+        while True:
+            granted = cluster.release()
+            if not isinstance(granted, asyncio.Future):
+                return
+            if not granted.done():
+                granted.set_result(None)
+                return
+
+    def _cluster(self, decision: routing.Forward) -> ClusterState | None:
+        """The DestinationRule state of the Service (or subset) the decision names."""
+        if not decision.backend_name:
+            return None
+        service = self.view.service(decision.backend_namespace, decision.backend_name)
+        if service is None:
+            return None
+        key = ClusterKey(service.namespace, service.name, decision.backend_port, decision.subset)
+        policy = self.view.traffic_policy(service.namespace, service.name, decision.subset)
+        return self.traffic.cluster(key, policy, service.hostname)
+
     async def _exchange(
         self,
         server: H1Channel,
@@ -706,6 +797,7 @@ class Waypoint:
         record: RequestRecord,
         backends: dict[str, Backend],
         trace: RequestTrace = NO_TRACE,
+        cluster: ClusterState | None = None,
     ) -> bool:
         """Send the request to a backend and its response back; whether the client
         connection may carry another request.

@@ -265,12 +265,14 @@ if TYPE_CHECKING:  # those modules parse with helpers from this one, so no runti
     from meshcore.resources.gateway import Gateway, GRPCRoute, HTTPRoute
     from meshcore.resources.ratelimit import RateLimitPolicy
     from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
+    from meshcore.resources.virtualservice import VirtualService
 
 Resource: TypeAlias = (
     "Namespace | ServiceAccount | Pod | Deployment | Service"
     " | AuthorizationPolicy | PeerAuthentication | Gateway | HTTPRoute | GRPCRoute"
     " | RateLimitPolicy"
     " | DestinationRule"
+    " | VirtualService"
 )
 
 

@@ -34,6 +34,7 @@ from meshcore.resources.security import (
     parse_authorization_policy,
     parse_peer_authentication,
 )
+from meshcore.resources.virtualservice import VIRTUAL_SERVICE_VERSIONS, parse_virtual_service
 
 _Parser = Callable[[Fields, list[str]], Resource]
 
@@ -49,6 +50,7 @@ KINDS: dict[str, tuple[frozenset[str], _Parser]] = {
     "Gateway": (GATEWAY_VERSIONS, parse_gateway),
     "HTTPRoute": (HTTPROUTE_VERSIONS, parse_http_route),
     "GRPCRoute": (GRPCROUTE_VERSIONS, parse_grpc_route),
+    "VirtualService": (VIRTUAL_SERVICE_VERSIONS, parse_virtual_service),
     "RateLimitPolicy": (RATELIMIT_VERSIONS, parse_rate_limit_policy),
     "DestinationRule": (DESTINATION_RULE_VERSIONS, parse_destination_rule),
 }
