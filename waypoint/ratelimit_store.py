@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -29,6 +30,7 @@ log = structlog.get_logger("waypoint.ratelimit")
 
 STORE_TIMEOUT = 0.1  # seconds for one decision (connect included)
 BACKOFF = 1.0  # seconds the store is left alone after it failed
+MAX_CONNECTIONS = 16  # to Redis, per waypoint replica (a decision takes one for one round trip)
 KEY_PREFIX = "weft:rl"
 
 # KEYS[1]: the counter's prefix; ARGV[1]: the window in seconds.
@@ -49,7 +51,7 @@ class StoreError(Exception):
     """The counter store did not answer (in time)."""
 
 
-def parse_addr(addr: str) -> dict[str, object]:
+def parse_addr(addr: str) -> dict[str, Any]:
     """`host:port`, `unix:/path/redis.sock` or a `redis://` / `unix://` URL, as redis-py's
     connection arguments."""
     if addr.startswith("unix:") and not addr.startswith("unix://"):
@@ -77,16 +79,25 @@ class RedisStore:
         self.backoff = backoff
         self._clock = clock
         args = parse_addr(addr)
+        # A blocking pool: past MAX_CONNECTIONS a decision waits for a connection (within its
+        # timeout) instead of failing, as redis-py's default pool does past its bound.
+        common: dict[str, Any] = {
+            "max_connections": MAX_CONNECTIONS,
+            "timeout": timeout,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+        }
         if "url" in args:
-            self.client = aioredis.Redis.from_url(
-                str(args["url"]), socket_timeout=timeout, socket_connect_timeout=timeout
+            pool = aioredis.BlockingConnectionPool.from_url(str(args["url"]), **common)
+        elif "unix_socket_path" in args:
+            pool = aioredis.BlockingConnectionPool(
+                connection_class=aioredis.UnixDomainSocketConnection,
+                path=args["unix_socket_path"],
+                **common,
             )
         else:
-            self.client = aioredis.Redis(
-                **args,  # type: ignore[arg-type]
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-            )
+            pool = aioredis.BlockingConnectionPool(**args, **common)
+        self.client = aioredis.Redis(connection_pool=pool)
         self._script = self.client.register_script(WINDOW_SCRIPT)
         self._down_until = 0.0
 
@@ -106,6 +117,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.client.connection_pool.disconnect()
 
 
 def counter_key(limiter: Limiter, bucket: str) -> str:
