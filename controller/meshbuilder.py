@@ -51,6 +51,7 @@ from meshcore.meshstate import (
 )
 from meshcore.ports import PortError, parse_port_list
 from meshcore.resources import Namespace, Pod, Resource, ResourceKey, Service
+from meshcore.resources.destinationrule import DestinationRule
 from meshcore.resources.gateway import AddressType, Gateway, GRPCRoute, HTTPRoute, ParentKind
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.ratelimit import TargetKind as RateLimitTargetKind
@@ -215,6 +216,7 @@ class MeshBuilder:
         gateways: list[Gateway] = []
         routes: list[HTTPRoute | GRPCRoute] = []
         rate_limits: list[RateLimitPolicy] = []
+        destination_rules: list[DestinationRule] = []
         problems: dict[ResourceKey, Problem] = {}
         for r in resources.values():
             if isinstance(r, Namespace):
@@ -235,6 +237,9 @@ class MeshBuilder:
             elif isinstance(r, RateLimitPolicy):
                 state[r.key] = r  # as parsed: a waypoint enforces it
                 rate_limits.append(r)
+            elif isinstance(r, DestinationRule):
+                state[r.key] = r  # as parsed: a waypoint applies it
+                destination_rules.append(r)
 
         waypoints: dict[str, Waypoint] = {}
         for gw in gateways:
@@ -324,6 +329,8 @@ class MeshBuilder:
                 # the bad pod is tried (and reported) again next time, not taken as built.
                 cache[pod.key] = cached
             state[workload.key] = workload
+        for rule in destination_rules:
+            self._check_destination_rule(problems, rule, state)
         self._cache = cache
         self._built = state
         self._problems = problems
@@ -372,6 +379,37 @@ class MeshBuilder:
                 keeps_last_good=keeps_last_good,
             )
         problems[resource] = problem
+
+    def _check_destination_rule(
+        self,
+        problems: dict[ResourceKey, Problem],
+        rule: DestinationRule,
+        state: Mapping[ResourceKey, StateValue],
+    ) -> None:
+        """A host naming no Service, or a subset no ready endpoint of the Service matches, is
+        reported (the rule still goes to the waypoints: traffic to an empty subset gets 503)."""
+        target = rule.service()
+        if target is None:
+            return  # a wildcard host: applies to whichever Services it matches
+        ns, name = target
+        if not isinstance(state.get(ResourceKey(MeshService.kind, ns, name)), MeshService):
+            reason = f"no Service {ns}/{name}: the rule applies to nothing"
+            self._report(problems, rule.key, "spec.host", reason, False)
+            return
+        members = [
+            w.labels
+            for w in state.values()
+            if isinstance(w, Workload)
+            and any((m.namespace, m.name) == (ns, name) for m in w.services)
+        ]
+        for i, subset in enumerate(rule.subsets):
+            if not any(all(lb.get(k) == v for k, v in subset.labels.items()) for lb in members):
+                reason = (
+                    f"no endpoint of Service {ns}/{name} has the labels of subset "
+                    f"{subset.name!r}: requests routed to it get 503 (no healthy upstream)"
+                )
+                self._report(problems, rule.key, f"spec.subsets[{i}].labels", reason, False)
+                return  # one problem per resource
 
     def _check_route_parents(
         self,

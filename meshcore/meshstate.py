@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meshcore.resources import ResourceKey
+from meshcore.resources.destinationrule import DestinationRule
 from meshcore.resources.gateway import GRPCRoute, HTTPRoute
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
@@ -154,5 +155,6 @@ StateValue = (
     | PeerAuthentication
     | HTTPRoute  # sent as parsed, for waypoints
     | GRPCRoute
+    | DestinationRule  # sent as parsed, for waypoints
     | RateLimitPolicy  # sent as parsed, for waypoints
 )

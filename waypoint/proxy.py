@@ -734,6 +734,12 @@ class Waypoint:
     ) -> bool:
         """`_exchange` within the cluster's circuit breakers (a DestinationRule's
         connectionPool): over a limit, 503 at once with `x-weft-overloaded` (flag UO)."""
+        if decision.subset and decision.backend_name:
+            rule = self.view.destination_rule(decision.backend_namespace, decision.backend_name)
+            if rule is None or rule.subset(decision.subset) is None:
+                record.response_flags = NO_CLUSTER
+                record.reason = f"no DestinationRule defines subset {decision.subset!r}"
+                return await self._answer_here(server, 503, (), record)
         cluster = self._cluster(decision)
         if cluster is None or cluster.breaker is None:
             return await self._exchange(
@@ -829,12 +835,15 @@ class Waypoint:
             while True:
                 try:
                     backend = await self._backend_for(
-                        _rotated(candidates, record.retries), client, backends
+                        _rotated(candidates, record.retries), client, backends, cluster
                     )
                 except BackendError as err:
                     record.response_flags = err.flags
                     record.reason = str(err)
                     return await self._answer_here(server, 503, (), record)
+                backend.requests += 1
+                if cluster is not None:
+                    cluster.attempt_started(backend.host)
                 record.upstream_host = backend.host
                 record.destination = backend.peer
                 sent = out
@@ -867,11 +876,20 @@ class Waypoint:
                     failure = BackendError(
                         f"per-try timeout ({per_try:g} s)", telemetry.UPSTREAM_TIMEOUT
                     )
+                except BaseException:
+                    if cluster is not None:
+                        cluster.attempt_abandoned(backend.host)
+                    raise
+                if cluster is not None:  # (least request, outlier detection)
+                    cluster.attempt_done(backend.host, None if failure else response.status_code)
+                # A DestinationRule's maxRetries bounds the requests retrying at once
+                retry_allowed = cluster is None or record.retries > 0 or cluster.may_retry()
                 if failure is None and (
                     response.status_code not in retry_codes
                     or record.retries >= attempts
                     or body is None
                     or not idempotent
+                    or not retry_allowed
                 ):
                     break
                 trace.attempt_done(0 if failure else response.status_code, str(failure or ""))
@@ -890,7 +908,10 @@ class Waypoint:
                     body is not None
                     and record.retries < attempts
                     and (idempotent or not backend.end.sent)
+                    and retry_allowed
                 ):
+                    if cluster is not None and record.retries == 0:
+                        cluster.retry_started()  # held until the request ends
                     record.retries += 1
                     log.info(
                         "request.retried",
@@ -932,7 +953,11 @@ class Waypoint:
             if backend is not None:
                 self._drop(backend, backends)
             raise
-        if backend.h1.reusable() and backend.usable:
+        if (
+            backend.h1.reusable()
+            and backend.usable
+            and (cluster is None or cluster.keep_alive(backend.requests))
+        ):
             backends[backend.host] = backend
             if len(backends) > MAX_BACKENDS:
                 oldest = next(iter(backends))
@@ -944,7 +969,9 @@ class Waypoint:
     def _backend_candidates(
         self, decision: routing.Forward, dest: Destination, record: RequestRecord
     ) -> list[tuple[Workload, int]]:
-        """Ready endpoints of the backend the decision names, in random order."""
+        """Ready endpoints of the backend the decision names (of its subset, when it names
+        one), ejected ones left out, in the order of its DestinationRule's load balancer
+        (round robin when none): the first is the pick, the others for retries."""
         if not decision.backend_name:  # the pod itself
             return self._candidates(dest)
         service = self.view.service(decision.backend_namespace, decision.backend_name)
@@ -953,13 +980,31 @@ class Waypoint:
         record.destination_service = service.hostname
         record.destination_service_name = service.name
         record.destination_service_namespace = service.namespace
-        return self.view.endpoints(service, decision.backend_port)
+        if decision.subset:
+            endpoints = self.view.subset_endpoints(service, decision.backend_port, decision.subset)
+        else:
+            endpoints = self.view.endpoints(service, decision.backend_port)
+        cluster = self._cluster(decision)
+        if cluster is None or not endpoints:
+            return endpoints
+        key = None
+        hashing = cluster.balancer.hashing
+        if hashing is not None:
+            request_headers = decision.request_headers
+            key, _ = trafficpolicy.hash_key(
+                hashing, lambda name: header(request_headers, name), record.source_address
+            )
+        return cluster.order(endpoints, _endpoint_host, key)
 
     async def _backend_for(
-        self, candidates: list[tuple[Workload, int]], client: Client, backends: dict[str, Backend]
+        self,
+        candidates: list[tuple[Workload, int]],
+        client: Client,
+        backends: dict[str, Backend],
+        cluster: ClusterState | None = None,
     ) -> Backend:
         """A kept-alive connection to the first candidate, else a new one (trying the next
-        candidate when one cannot be reached)."""
+        candidate when one cannot be reached: a gateway error for outlier detection)."""
         if not candidates:
             raise BackendError("no ready endpoint", telemetry.NO_HEALTHY_UPSTREAM)
         last: BackendError | None = None
@@ -975,6 +1020,9 @@ class Waypoint:
                 end = await self._open(workload, port, client)
             except BackendError as err:
                 log.info("waypoint.endpoint_failed", endpoint=host, error=str(err))
+                if cluster is not None:
+                    cluster.attempt_started(host)
+                    cluster.attempt_done(host, None)
                 last = err
                 continue
             buffered = BufferedEnd("backend")
@@ -1144,6 +1192,13 @@ def route_timeout(timeouts: Timeouts | None) -> float | None:
     timeout (`backendRequest` bounds each try, in `_exchange`); None: no limit (0 disables
     a timeout, as the Gateway API says)."""
     return (timeouts.request or None) if timeouts is not None else None
+
+
+NO_CLUSTER = "NC"  # Envoy's flag for a route to a cluster that does not exist (a subset)
+
+
+def _endpoint_host(endpoint: tuple[Workload, int]) -> str:
+    return f"{endpoint[0].addresses[0]}:{endpoint[1]}"
 
 
 def _rotated(candidates: list[tuple[Workload, int]], by: int) -> list[tuple[Workload, int]]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import ipaddress
 
 from meshcore.api import mesh_pb2 as pb
+from meshcore.api.destinationrule_convert import (
+    destination_rule_from_proto,
+    destination_rule_to_proto,
+)
 from meshcore.api.errors import ConversionError
 from meshcore.api.policy_convert import policy_from_proto, policy_to_proto
 from meshcore.api.ratelimit_convert import rate_limit_from_proto, rate_limit_to_proto
@@ -24,6 +28,7 @@ from meshcore.meshstate import (
     Workload,
 )
 from meshcore.resources import GRPCRoute, HTTPRoute, ResourceKey
+from meshcore.resources.destinationrule import DestinationRule
 from meshcore.resources.ratelimit import RateLimitPolicy
 
 __all__ = ["ConversionError", "from_proto", "key_from_proto", "key_to_proto", "to_proto"]
@@ -94,6 +99,8 @@ def to_proto(value: StateValue) -> pb.Resource:
         )
     elif isinstance(value, HTTPRoute | GRPCRoute):
         route_to_proto(value, out)
+    elif isinstance(value, DestinationRule):
+        destination_rule_to_proto(value, out)
     elif isinstance(value, RateLimitPolicy):
         rate_limit_to_proto(value, out)
     else:
@@ -173,6 +180,8 @@ def from_proto(msg: pb.Resource) -> StateValue:
         value = policy_from_proto(msg)
     elif body in ("http_route", "grpc_route"):
         value = route_from_proto(msg)
+    elif body == "destination_rule":
+        value = destination_rule_from_proto(msg)
     elif body == "rate_limit_policy":
         value = rate_limit_from_proto(msg)
     else:
