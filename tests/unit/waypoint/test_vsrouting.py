@@ -258,3 +258,11 @@ def test_rewrite_redirect_headers_and_mirror() -> None:
     assert fwd.response_header_ops[0].add == (("x-r", "2"),)
     no_mirror = vsrouting.route_vs(t, req("/api/x"), seq(0.6))
     assert isinstance(no_mirror, Forward) and no_mirror.mirrors == ()
+
+
+def test_fault_flags_are_envoys() -> None:
+    from waypoint.telemetry import fault_flags
+
+    assert fault_flags(Fault(0.5)) == "DI"
+    assert fault_flags(Fault(0.0, 503)) == "FI"
+    assert fault_flags(Fault(0.5, None, 14)) == "DI,FI"
