@@ -4,11 +4,16 @@ It watches the lab's objects folder (its source of truth), is the CA, and serves
 `<control ip>:15012`. Node credentials are written when the nodes are created, signed by
 the controller's CA (which this module creates first, in the controller's state folder);
 waypoint pods get a credential for their service account from the same CA when they start.
+
+Beside it, in the same namespace, a redis-server on `<control ip>:6379` (no persistence) for
+Global RateLimitPolicy counters, given to every waypoint through the controller's
+`--waypoint-redis-addr`; always while the lab is up (a few MB), when redis-server is installed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +37,7 @@ log = structlog.get_logger("lab.controlplane")
 
 TRUST_DOMAIN = "cluster.local"
 GRPC_PORT = 15012
+REDIS_PORT = 6379
 
 
 class ControlPlane:
@@ -41,6 +47,10 @@ class ControlPlane:
         self.paths = paths
         self.ip = control_plane_ip(config)
         self.process: Supervised | None = None
+        self.redis: Supervised | None = None
+        self.redis_binary = shutil.which("redis-server")
+        # Global RateLimitPolicy counters; "" when redis-server is not installed
+        self.redis_addr = f"{self.ip}:{REDIS_PORT}" if self.redis_binary else ""
         self.ca: CertificateAuthority | None = None
 
     @property
@@ -65,6 +75,7 @@ class ControlPlane:
                 write_node_credential, ca, node, self.paths.node_credential(node)
             )
         self.paths.manifests.mkdir(parents=True, exist_ok=True)
+        self._start_redis()
         spec = ProcessSpec(
             name="control/controller",
             argv=self.controller_argv(),
@@ -79,6 +90,44 @@ class ControlPlane:
         self.process = Supervised(spec)
         self.process.start()
         log.info("controller.starting", address=self.address)
+
+    def _start_redis(self) -> None:
+        if not self.redis_binary:
+            log.warning(
+                "redis.not_installed",
+                effect="Global RateLimitPolicy decides by failureMode",
+                fix="apt-get install redis-server (scripts/setup.sh)",
+            )
+            return
+        self.redis = Supervised(
+            ProcessSpec(
+                name="control/redis",
+                argv=self.redis_argv(),
+                env=node_process_env(),
+                netns=self.names.control_netns,
+                cgroup=f"{self.names.control_cgroup}/redis",
+                log_path=self.paths.logs / "redis.log",
+                restart=RestartPolicy.ALWAYS,
+                grace_seconds=2.0,
+                host_mounts=True,
+            )
+        )
+        self.redis.start()
+        log.info("redis.starting", address=self.redis_addr)
+
+    def redis_argv(self) -> list[str]:
+        """Counters only: in memory, no snapshot or append-only file, on the lab's address
+        (reached by the pods over the underlay, so protected mode is off)."""
+        return [
+            self.redis_binary or "redis-server",
+            "--bind", self.ip,
+            "--port", str(REDIS_PORT),
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "no",
+            "--daemonize", "no",
+            "--dir", str(self.paths.controller),
+        ]  # fmt: skip
 
     def controller_argv(self) -> list[str]:
         argv = [
@@ -101,6 +150,8 @@ class ControlPlane:
         ]
         if self.config.otlp_endpoint:
             argv += ["--waypoint-otlp-endpoint", self.config.otlp_endpoint]
+        if self.redis_addr:
+            argv += ["--waypoint-redis-addr", self.redis_addr]
         return argv
 
     def write_pod_credential(self, namespace: str, pod: str, service_account: str) -> Path:
@@ -137,6 +188,8 @@ class ControlPlane:
     async def stop(self) -> None:
         if self.process is not None:
             await self.process.stop()
+        if self.redis is not None:
+            await self.redis.stop()
 
     def status(self) -> dict[str, Any]:
         st = self.process.status if self.process else None
