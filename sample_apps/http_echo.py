@@ -4,7 +4,11 @@
                                [--body-bytes N]
 
 Identity comes from POD_NAME, POD_NAMESPACE, POD_IP, NODE_NAME, VERSION, SERVICE_ACCOUNT.
-Routes: /healthz, /status/<code>, /delay/<ms>, anything else echoes. With --upstream, each
+Routes: /healthz, /status/<code>, /delay/<ms>, anything else echoes. Any echoed request can
+also fail or wait on demand, as the Gateway API conformance echo does: `?codes=503:2,200:1`
+(this pod answers 503 twice, then 200 once, and again), `?delay=200ms` (or `1s`, or a bare
+number of milliseconds); with `&pod=echo-b` (names, comma-separated) only those pods do, so
+one of a Service's pods can be made to fail. With --upstream, each
 request (but /healthz) also GETs the upstream and embeds the answer; a failed or non-2xx
 upstream turns the answer into 502. Protocol handling lives in `httpwire`, answers in
 `echo_core`; this module only moves bytes and waits.
@@ -14,17 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import re
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 import click
 from structlog.typing import FilteringBoundLogger
 
 from sample_apps.echo_core import (
+    MAX_DELAY_MS,
     Endpoint,
     Identity,
+    Route,
     RouteKind,
     UpstreamResult,
     echo_response,
@@ -57,6 +67,78 @@ MAX_UPSTREAM_BODY = 1 << 20
 # (a rolling restart should not cost quick requests), then everything is cancelled.
 DRAIN_GRACE_S = 0.4
 CANCEL_GRACE_S = 0.2
+
+
+MAX_CODE_CYCLES = 64  # distinct ?codes= specs whose position a pod remembers
+_DELAY = re.compile(r"(\d{1,6})(ms|s)?")
+
+
+@dataclass(frozen=True)
+class FailureSpec:
+    """What a request's query asks of this pod: a cycle of status codes, a delay."""
+
+    codes: tuple[int, ...] = ()  # one entry per answer of the cycle: 503:2,200:1 -> 503 503 200
+    delay_ms: int = 0
+    pods: tuple[str, ...] = ()  # only these pods fail or wait; empty: every pod
+    error: str | None = None  # a malformed query: answered 400 with this message
+
+
+def failure_spec(path: str) -> FailureSpec:
+    """`?codes=503:2,200:1` and `?delay=200ms` of a request target (either may be absent)."""
+    _, _, query = path.partition("?")
+    if not query:
+        return FailureSpec()
+    params = parse_qs(query)
+    codes: list[int] = []
+    for item in ",".join(params.get("codes", [])).split(","):
+        if not item:
+            continue
+        code, _, times = item.partition(":")
+        if not code.isdigit() or not 200 <= int(code) <= 599:
+            return FailureSpec(error=f"codes: {code!r} is not a status code 200-599")
+        if times and (not times.isdigit() or not 1 <= int(times) <= 1000):
+            return FailureSpec(error=f"codes: {item!r}: the count must be 1-1000")
+        codes.extend([int(code)] * (int(times) if times else 1))
+    delay_ms = 0
+    delays = params.get("delay", [])
+    if delays:
+        match = _DELAY.fullmatch(delays[-1])
+        if match is None:
+            return FailureSpec(error="delay: write milliseconds as 200ms, 200, or seconds as 1s")
+        delay_ms = int(match[1]) * (1000 if match[2] == "s" else 1)
+    pods = tuple(p for v in params.get("pod", []) for p in v.split(",") if p)
+    return FailureSpec(tuple(codes), min(delay_ms, MAX_DELAY_MS), pods)
+
+
+class CodeCycles:
+    """Where this pod is in each `?codes=` cycle (per spec, so different tests do not mix);
+    bounded: the least recently used spec is forgotten."""
+
+    def __init__(self, limit: int = MAX_CODE_CYCLES) -> None:
+        self._limit = limit
+        self._next: OrderedDict[tuple[int, ...], int] = OrderedDict()
+
+    def next(self, codes: tuple[int, ...]) -> int:
+        i = self._next.pop(codes, 0)
+        self._next[codes] = (i + 1) % len(codes)
+        if len(self._next) > self._limit:
+            self._next.popitem(last=False)
+        return codes[i]
+
+
+def apply_failures(route: Route, spec: FailureSpec, cycles: CodeCycles, pod: str = "") -> Route:
+    """The route with the query's status and delay for pod `pod` (a route already in error
+    is kept)."""
+    if route.kind is not RouteKind.ECHO or route.error is not None:
+        return route
+    if spec.pods and pod not in spec.pods:
+        return route
+    if spec.error is not None:
+        return dataclasses.replace(route, status=400, error=spec.error)
+    if not spec.codes and not spec.delay_ms:
+        return route
+    status = cycles.next(spec.codes) if spec.codes else route.status
+    return dataclasses.replace(route, status=status, delay_ms=route.delay_ms + spec.delay_ms)
 
 
 @dataclass(frozen=True)
@@ -113,6 +195,7 @@ class EchoServer:
         self._answering = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._cycles = CodeCycles()
 
     async def start(self) -> Endpoint:
         self._server = await asyncio.start_server(
@@ -274,6 +357,9 @@ class EchoServer:
         loop = asyncio.get_running_loop()
         started = loop.time()
         route = route_for(request.path)
+        if "?" in request.path:
+            spec = failure_spec(request.path)
+            route = apply_failures(route, spec, self._cycles, self._config.identity.pod)
         upstream: UpstreamResult | None = None
         if route.kind is RouteKind.HEALTH:
             response = health_response(self._config.identity)
