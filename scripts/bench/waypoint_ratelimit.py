@@ -151,7 +151,9 @@ def main() -> None:
                     mesh.set_routes(policy_yaml(kind) if kind != "none" else "")
                     rows.append((kind, *await routed(mesh, args.requests, args.concurrency)))
                 base_rps, base_cpu = rows[0][1], rows[0][2]
-                print(f"routed requests, concurrency {args.concurrency}, {args.requests} each:")
+                print(
+                    f"routed requests, concurrency {args.concurrency}, {args.requests} per policy:"
+                )
                 print(
                     f"  {'policy':<8}{'req/s':>10}{'req/s ratio':>13}{'CPU s/1000':>12}"
                     f"{'CPU ratio':>11}"
