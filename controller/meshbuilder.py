@@ -56,6 +56,8 @@ from meshcore.resources.gateway import AddressType, Gateway, GRPCRoute, HTTPRout
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.ratelimit import TargetKind as RateLimitTargetKind
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
+from meshcore.resources.virtualservice import VirtualService
+from meshcore.vscheck import virtual_service_problem
 
 log = structlog.get_logger("controller.meshbuilder")
 
@@ -215,6 +217,7 @@ class MeshBuilder:
         state: dict[ResourceKey, StateValue] = {bundle.key: bundle}
         gateways: list[Gateway] = []
         routes: list[HTTPRoute | GRPCRoute] = []
+        virtual_services: list[VirtualService] = []
         rate_limits: list[RateLimitPolicy] = []
         destination_rules: list[DestinationRule] = []
         problems: dict[ResourceKey, Problem] = {}
@@ -234,6 +237,9 @@ class MeshBuilder:
             elif isinstance(r, HTTPRoute | GRPCRoute):
                 state[r.key] = r  # as parsed: a waypoint routes with it
                 routes.append(r)
+            elif isinstance(r, VirtualService):
+                state[r.key] = r  # as parsed: a waypoint routes with it
+                virtual_services.append(r)
             elif isinstance(r, RateLimitPolicy):
                 state[r.key] = r  # as parsed: a waypoint enforces it
                 rate_limits.append(r)
@@ -281,6 +287,8 @@ class MeshBuilder:
 
         for route in routes:
             self._check_route_parents(problems, route, state)
+        for vs in virtual_services:
+            self._check_virtual_service(problems, vs, routes, state)
         for policy in rate_limits:
             self._check_rate_limit_targets(problems, policy, state, resources, waypoints)
 
@@ -379,6 +387,31 @@ class MeshBuilder:
                 keeps_last_good=keeps_last_good,
             )
         problems[resource] = problem
+
+    def _check_virtual_service(
+        self,
+        problems: dict[ResourceKey, Problem],
+        vs: VirtualService,
+        routes: list[HTTPRoute | GRPCRoute],
+        state: Mapping[ResourceKey, StateValue],
+    ) -> None:
+        """A host or destination naming no Service, or a Service an HTTPRoute also binds
+        (the HTTPRoute wins, as in Istio): `meshcore.vscheck`."""
+
+        def service_ports(namespace: str, name: str) -> tuple[int, ...] | None:
+            svc = state.get(ResourceKey(MeshService.kind, namespace, name))
+            return tuple(p.port for p in svc.ports) if isinstance(svc, MeshService) else None
+
+        parents = [
+            (str(r.key), p.namespace, p.name, p.port)
+            for r in routes
+            if isinstance(r, HTTPRoute)
+            for p in r.parent_refs
+            if p.kind is ParentKind.SERVICE
+        ]
+        found = virtual_service_problem(vs, service_ports, parents)
+        if found is not None:
+            self._report(problems, vs.key, found[0], found[1], False)
 
     def _check_destination_rule(
         self,

@@ -15,6 +15,7 @@ from meshcore.resources.destinationrule import DestinationRule
 from meshcore.resources.gateway import GRPCRoute, HTTPRoute
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
+from meshcore.resources.virtualservice import VirtualService
 
 DATAPLANE_MODE_LABEL = "weft.dev/dataplane-mode"
 DATAPLANE_MODE_AMBIENT = "ambient"
@@ -156,5 +157,6 @@ StateValue = (
     | HTTPRoute  # sent as parsed, for waypoints
     | GRPCRoute
     | DestinationRule  # sent as parsed, for waypoints
+    | VirtualService  # sent as parsed, for waypoints
     | RateLimitPolicy  # sent as parsed, for waypoints
 )

@@ -14,6 +14,10 @@ from meshcore.api.destinationrule_convert import (
     destination_rule_to_proto,
 )
 from meshcore.api.errors import ConversionError
+from meshcore.api.networking_convert import (
+    virtual_service_from_proto,
+    virtual_service_to_proto,
+)
 from meshcore.api.policy_convert import policy_from_proto, policy_to_proto
 from meshcore.api.ratelimit_convert import rate_limit_from_proto, rate_limit_to_proto
 from meshcore.api.route_convert import route_from_proto, route_to_proto
@@ -30,6 +34,7 @@ from meshcore.meshstate import (
 from meshcore.resources import GRPCRoute, HTTPRoute, ResourceKey
 from meshcore.resources.destinationrule import DestinationRule
 from meshcore.resources.ratelimit import RateLimitPolicy
+from meshcore.resources.virtualservice import VirtualService
 
 __all__ = ["ConversionError", "from_proto", "key_from_proto", "key_to_proto", "to_proto"]
 
@@ -101,6 +106,8 @@ def to_proto(value: StateValue) -> pb.Resource:
         route_to_proto(value, out)
     elif isinstance(value, DestinationRule):
         destination_rule_to_proto(value, out)
+    elif isinstance(value, VirtualService):
+        virtual_service_to_proto(value, out)
     elif isinstance(value, RateLimitPolicy):
         rate_limit_to_proto(value, out)
     else:
@@ -182,6 +189,8 @@ def from_proto(msg: pb.Resource) -> StateValue:
         value = route_from_proto(msg)
     elif body == "destination_rule":
         value = destination_rule_from_proto(msg)
+    elif body == "virtual_service":
+        value = virtual_service_from_proto(msg)
     elif body == "rate_limit_policy":
         value = rate_limit_from_proto(msg)
     else:
