@@ -219,6 +219,14 @@ class WaypointProcess:
             "pool": self.pool.stats(),
             "inbound": self.proxy.stats(),
             "tracing": {"otlp_endpoint": self.config.otlp_endpoint or None},
+            # DestinationRules: the clusters with circuit breakers or outlier detection,
+            # their requests in flight and ejected endpoints (`weftctl waypoint status`)
+            "destination_rules": {
+                "rules": sorted(
+                    f"{r.metadata.namespace}/{r.metadata.name}" for r in self.view.destination_rules
+                ),
+                "clusters": self.proxy.traffic.describe(),
+            },
             "rate_limits": {
                 "redis": self.config.redis_addr or None,
                 "policies": sorted(

@@ -8,9 +8,12 @@ only write and read cluster objects, through a `Cluster`: the lab's API today
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,6 +79,39 @@ class LabCluster:
         items: list[dict[str, Any]] = self._request("GET", f"/v1/objects?{query}")["items"]
         return items
 
+    def admin_dumps(self, namespace: str, pods: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Each pod's admin `/config_dump` (127.0.0.1:15000, inside its network namespace,
+        as `weftctl lab exec` enters it); None for a pod that cannot be read."""
+        running = {
+            p["name"]: p
+            for p in self._request("GET", "/v1/status").get("pods", [])
+            if p.get("namespace") == namespace
+        }
+        out: dict[str, dict[str, Any] | None] = {}
+        for pod in pods:
+            info = running.get(pod)
+            out[pod] = None
+            if info is None or not info.get("netns"):
+                continue
+            try:
+                done = subprocess.run(
+                    ["ip", "netns", "exec", info["netns"], sys.executable, "-c", _GET_DUMP],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                )
+                if done.returncode == 0:
+                    out[pod] = json.loads(done.stdout)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                pass  # shown as unreadable
+        return out
+
+
+_GET_DUMP = (
+    "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+    "'http://127.0.0.1:15000/config_dump', timeout=3).read().decode())"
+)
+
 
 # --- pure: the Gateway, and what its status says ---------------------------------------------
 
@@ -137,6 +173,27 @@ def waypoint_summary(gw: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str
             "Programmed": programmed,
         },
     }
+
+
+def outlier_rows(dumps: Mapping[str, Mapping[str, Any] | None]) -> list[dict[str, Any]]:
+    """The endpoints each waypoint replica has ejected now (a DestinationRule's outlier
+    detection), from their config dumps."""
+    rows: list[dict[str, Any]] = []
+    for pod, dump in sorted(dumps.items()):
+        clusters = ((dump or {}).get("destination_rules") or {}).get("clusters") or []
+        for c in clusters:
+            for e in c.get("ejected") or []:
+                rows.append(
+                    {
+                        "pod": pod,
+                        "service": c.get("service", ""),
+                        "subset": c.get("subset") or "",
+                        "endpoint": e.get("endpoint", ""),
+                        "times_ejected": e.get("times_ejected", 0),
+                        "back_in_s": e.get("back_in_s", 0),
+                    }
+                )
+    return rows
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -342,6 +399,16 @@ def status(ctx: click.Context, namespace: str, name: str, output: str) -> None:
             f"`weftctl waypoint apply -n {namespace} --name {name}`"
         )
     summary = waypoint_summary(found[0], pods)
+    if isinstance(cluster, LabCluster):  # what the replicas hold: their admin config dumps
+        replicas = [
+            p["metadata"]["name"]
+            for p in pods
+            if p.get("metadata", {}).get("labels", {}).get(GATEWAY_NAME_LABEL) == name
+        ]
+        try:
+            summary["outlier_ejections"] = outlier_rows(cluster.admin_dumps(namespace, replicas))
+        except ClusterError as err:
+            fail(str(err))
     if emit(summary, output):
         return
     click.echo(
@@ -363,6 +430,28 @@ def status(ctx: click.Context, namespace: str, name: str, output: str) -> None:
     click.echo(f"\naddress:  {', '.join(summary['addresses']) or '- (none yet)'}")
     replicas = summary["replicas"]
     click.echo(f"replicas: {replicas['ready']}/{replicas['desired']} ready")
+    ejections = summary.get("outlier_ejections")
+    if ejections is not None:
+        click.echo("\nendpoints ejected (DestinationRule outlierDetection):")
+        if not ejections:
+            click.echo("  none")
+        else:
+            click.echo(
+                table(
+                    ["REPLICA", "SERVICE", "SUBSET", "ENDPOINT", "TIMES", "BACK IN"],
+                    [
+                        [
+                            r["pod"],
+                            r["service"],
+                            r["subset"] or "-",
+                            r["endpoint"],
+                            str(r["times_ejected"]),
+                            f"{r['back_in_s']:g}s",
+                        ]
+                        for r in ejections
+                    ],
+                )
+            )
 
 
 @waypoint.command()
