@@ -41,12 +41,13 @@ import structlog
 from h2.stream import StreamState
 
 from meshcore.meshstate import Workload
-from waypoint import h2wire, ratelimit_store, routing, telemetry, tracing
+from waypoint import h2wire, ratelimit_store, routing, telemetry, tracing, trafficpolicy
 from waypoint.h2wire import H2Request, H2RequestError
 from waypoint.ratelimit import GRPC_RESOURCE_EXHAUSTED, RATE_LIMITED
 from waypoint.streamio import BufferedEnd, EndClosed
 from waypoint.telemetry import Peer, RequestRecord
 from waypoint.tracing import NO_TRACE, RequestTrace
+from waypoint.trafficpolicy import ClusterState
 from ztunnel.relay import Relay
 
 if TYPE_CHECKING:
@@ -526,9 +527,27 @@ class Front:
         budget = decision.timeouts.request if decision.timeouts else None
         timeout = asyncio.timeout(budget or None)
         state = _Exchange()
+        # A DestinationRule's state for the Service: circuit breakers, outlier detection
+        state.cluster = self.waypoint._cluster(decision)
         try:
             async with timeout:
-                await self._exchange(stream_id, request, decision, candidates, record, state, trace)
+                breaker = state.cluster if state.cluster and state.cluster.breaker else None
+                if breaker is not None and not await self.waypoint._admit(breaker):
+                    record.response_flags = trafficpolicy.UPSTREAM_OVERFLOW
+                    record.reason = f"circuit breaker open for {breaker.hostname}"
+                    grpc = h2wire.GRPC_UNAVAILABLE if request.grpc else None
+                    overloaded = ((trafficpolicy.OVERLOADED_HEADER, "true"),)
+                    await self._answer(
+                        stream_id, request, 503, grpc, record.reason, overloaded, record
+                    )
+                    return
+                try:
+                    await self._exchange(
+                        stream_id, request, decision, candidates, record, state, trace
+                    )
+                finally:
+                    if breaker is not None:
+                        self.waypoint._release(breaker)
         except TimeoutError:
             if not timeout.expired():
                 raise
@@ -565,6 +584,9 @@ class Front:
         record.upstream_host = backend.host
         record.destination = backend.peer
         state.backend = backend
+        if state.cluster is not None:
+            state.cluster.attempt_started(backend.host)
+        abandoned = False
         link = backend.link
         out_id = link.conn.get_next_available_stream_id()
         queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
@@ -599,10 +621,15 @@ class Front:
                 with contextlib.suppress(asyncio.CancelledError, StreamGone):
                     await upload
         except BaseException:
+            abandoned = True
             link.reset(out_id)
             raise
         finally:
             link.forget(out_id)
+            if state.cluster is not None and abandoned:
+                state.cluster.attempt_abandoned(backend.host)
+            elif state.cluster is not None:  # (least request, outlier detection)
+                state.cluster.attempt_done(backend.host, state.status or None)
 
     async def _upload(
         self, stream_id: int, backend: Backend, out_id: int, record: GrpcRecord
@@ -806,6 +833,7 @@ class _Exchange:
     responded: bool = False  # the response head went to the client
     status: int = 0  # the backend's response status (0: none yet)
     grpc_status: str = ""  # the backend's grpc-status (trailers, or a trailers-only head)
+    cluster: ClusterState | None = None  # the Service's DestinationRule state
 
 
 def _grpc_for_http(status: int) -> int:

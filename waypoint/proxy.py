@@ -745,22 +745,11 @@ class Waypoint:
             return await self._exchange(
                 server, out, headers, decision, candidates, client, record, backends, trace, cluster
             )
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        admission = cluster.admit(waiter)
-        if admission is Admission.OVERFLOW:
+        if not await self._admit(cluster):
             record.response_flags = trafficpolicy.UPSTREAM_OVERFLOW
             record.reason = f"circuit breaker open for {cluster.hostname} (DestinationRule)"
             overloaded = ((trafficpolicy.OVERLOADED_HEADER, "true"),)
             return await self._answer_here(server, 503, overloaded, record)
-        if admission is Admission.PENDING:
-            try:
-                await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._release(cluster)  # granted, then given up
-                else:
-                    cluster.breaker.cancel(waiter)
-                raise
         try:
             return await self._exchange(
                 server, out, headers, decision, candidates, client, record, backends, trace, cluster
@@ -769,6 +758,24 @@ class Waypoint:
             if record.retries:
                 cluster.retry_done()
             self._release(cluster)
+
+    async def _admit(self, cluster: ClusterState) -> bool:
+        """A slot under the cluster's circuit breakers, waiting for one while the pending
+        limit allows; False when over a limit (answer 503 at once). Release it after."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        admission = cluster.admit(waiter)
+        if admission is Admission.OVERFLOW:
+            return False
+        if admission is Admission.PENDING:
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._release(cluster)  # granted, then given up
+                elif cluster.breaker is not None:
+                    cluster.breaker.cancel(waiter)
+                raise
+        return True
 
     @staticmethod
     def _release(cluster: ClusterState) -> None:

@@ -20,6 +20,7 @@ from meshcore.meshstate import ServiceMembership, ServicePort
 from meshcore.resources import ResourceKey
 from sample_apps.echo_core import Identity
 from sample_apps.http_echo import EchoConfig, EchoServer
+from tests.integration.waypoint.h2_mesh import h2_client
 from tests.integration.waypoint.waypoint_mesh import (
     HTTP_PORT,
     NS,
@@ -38,7 +39,7 @@ PAIR_VIP = "10.96.0.30"
 PODS = {"pair-a": ("127.0.0.2", "v1"), "pair-b": ("127.0.0.3", "v2")}
 
 
-async def add_pair(mesh: Mesh, rules: str) -> list[EchoServer]:
+async def add_pair(mesh: Mesh, rules: str, port_name: str = "http") -> list[EchoServer]:
     """Service `pair` with two pods (pair-a v1, pair-b v2), and these DestinationRules."""
     echoes: list[EchoServer] = []
     state: dict[ResourceKey, object] = {}
@@ -52,7 +53,7 @@ async def add_pair(mesh: Mesh, rules: str) -> list[EchoServer]:
         w = workload(pod, ip, WEB_ID, (ServiceMembership(NS, "pair", {HTTP_PORT: port}),))
         w = dataclasses.replace(w, labels={"app": "pair", "version": version})
         state[w.key] = w
-    svc = service("pair", PAIR_VIP, (ServicePort("http", HTTP_PORT),))
+    svc = service("pair", PAIR_VIP, (ServicePort(port_name, HTTP_PORT),))
     state[svc.key] = svc
     mesh.state.update(state)
     mesh.inbound.view.update(mesh.state)  # type: ignore[arg-type]
@@ -197,6 +198,40 @@ def test_a_failing_pod_is_ejected_then_comes_back(tmp_path: Path) -> None:
             assert mesh.waypoint.traffic.ejected() == {"pair.shop.svc.cluster.local": []}
             pods = Counter([(await get(client, "/x"))[2] for _ in range(4)])
             assert pods == {"pair-a": 2, "pair-b": 2}
+        finally:
+            await stop(echoes)
+
+    run(tmp_path, body)
+
+
+def test_h2c_requests_share_the_breaker_and_the_outlier_detection(tmp_path: Path) -> None:
+    dr = rule(
+        """
+        host: pair
+        trafficPolicy:
+          connectionPool: {http: {http2MaxRequests: 1}}
+          outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 30s, maxEjectionPercent: 50}
+        """
+    )
+
+    async def body(mesh: Mesh) -> None:
+        echoes = await add_pair(mesh, dr, port_name="http2-web")
+        try:
+            client = await h2_client(mesh, PAIR_VIP, HTTP_PORT)
+            slow = await asyncio.gather(
+                *(client.request("/slow?delay=300ms", method="GET") for _ in range(2))
+            )
+            assert sorted(r.status for r in slow) == [200, 503]
+            (over,) = [r for r in slow if r.status == 503]
+            assert over.headers.get("x-weft-overloaded") == "true"
+            replies = [
+                await client.request("/x?codes=503&pod=pair-b", method="GET") for _ in range(8)
+            ]
+            assert [r.json()["pod"] for r in replies[4:]] == ["pair-a"] * 4
+            assert [r.status for r in replies[4:]] == [200] * 4
+            ((_, hosts),) = mesh.waypoint.traffic.ejected().items()
+            assert [h.rsplit(":", 1)[0] for h in hosts] == [PODS["pair-b"][0]]
+            client.close()
         finally:
             await stop(echoes)
 
