@@ -66,8 +66,8 @@ async def stop(echoes: list[EchoServer]) -> None:
         await echo.stop()
 
 
-async def get(client: HttpClient, path: str) -> tuple[int, dict[str, str], str]:
-    client.send_raw(f"GET {path} HTTP/1.1\r\nHost: pair\r\n\r\n".encode())
+async def get(client: HttpClient, path: str, extra: str = "") -> tuple[int, dict[str, str], str]:
+    client.send_raw(f"GET {path} HTTP/1.1\r\nHost: pair\r\n{extra}\r\n".encode())
     response, raw = await client.response()
     pod = json.loads(raw).get("pod", "") if raw.startswith(b"{") else ""
     return response.status_code, headers_of(response), pod
@@ -232,6 +232,31 @@ def test_h2c_requests_share_the_breaker_and_the_outlier_detection(tmp_path: Path
             ((_, hosts),) = mesh.waypoint.traffic.ejected().items()
             assert [h.rsplit(":", 1)[0] for h in hosts] == [PODS["pair-b"][0]]
             client.close()
+        finally:
+            await stop(echoes)
+
+    run(tmp_path, body)
+
+
+def test_consistent_hash_keeps_a_user_on_one_pod(tmp_path: Path) -> None:
+    dr = rule(
+        """
+        host: pair
+        trafficPolicy:
+          loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+        """
+    )
+
+    async def body(mesh: Mesh) -> None:
+        echoes = await add_pair(mesh, dr)
+        try:
+            client = await mesh.http(vip=PAIR_VIP)
+            pods_of: dict[str, set[str]] = {}
+            for user in [f"user-{i}" for i in range(12)] * 3:
+                _, _, pod = await get(client, "/x", f"x-user: {user}\r\n")
+                pods_of.setdefault(user, set()).add(pod)
+            assert all(len(pods) == 1 for pods in pods_of.values()), pods_of
+            assert {p for pods in pods_of.values() for p in pods} == {"pair-a", "pair-b"}
         finally:
             await stop(echoes)
 
