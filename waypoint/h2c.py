@@ -584,9 +584,6 @@ class Front:
         record.upstream_host = backend.host
         record.destination = backend.peer
         state.backend = backend
-        if state.cluster is not None:
-            state.cluster.attempt_started(backend.host)
-        abandoned = False
         link = backend.link
         out_id = link.conn.get_next_available_stream_id()
         queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
@@ -596,6 +593,9 @@ class Front:
         if trace is not NO_TRACE:  # a client span for the backend stream, in its traceparent
             sent = trace.attempt(h2wire.encode(head), record, decision.backend_port)
             head = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in sent]
+        if state.cluster is not None:
+            state.cluster.attempt_started(backend.host)
+        abandoned = False
         try:
             try:
                 await link.send_headers(out_id, head)

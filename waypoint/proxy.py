@@ -838,6 +838,7 @@ class Waypoint:
         body: bytes | None = None  # the whole request body, once sent: for another try
         reconnected = False
         backend: Backend | None = None
+        open_attempt = ""  # the endpoint of a try in flight (DestinationRule state)
         try:
             while True:
                 try:
@@ -851,6 +852,7 @@ class Waypoint:
                 backend.requests += 1
                 if cluster is not None:
                     cluster.attempt_started(backend.host)
+                    open_attempt = backend.host
                 record.upstream_host = backend.host
                 record.destination = backend.peer
                 sent = out
@@ -883,12 +885,9 @@ class Waypoint:
                     failure = BackendError(
                         f"per-try timeout ({per_try:g} s)", telemetry.UPSTREAM_TIMEOUT
                     )
-                except BaseException:
-                    if cluster is not None:
-                        cluster.attempt_abandoned(backend.host)
-                    raise
                 if cluster is not None:  # (least request, outlier detection)
                     cluster.attempt_done(backend.host, None if failure else response.status_code)
+                    open_attempt = ""
                 # A DestinationRule's maxRetries bounds the requests retrying at once
                 retry_allowed = cluster is None or record.retries > 0 or cluster.may_retry()
                 if failure is None and (
@@ -959,6 +958,8 @@ class Waypoint:
         except BaseException:  # cancelled (a route timeout), or the client went: not reused
             if backend is not None:
                 self._drop(backend, backends)
+            if cluster is not None and open_attempt:  # no outcome to count
+                cluster.attempt_abandoned(open_attempt)
             raise
         if (
             backend.h1.reusable()
