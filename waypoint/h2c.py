@@ -523,6 +523,7 @@ class Front:
                     stream_id, request, fault.abort_status, grpc, record.reason, (), record
                 )
                 return
+        decision = self.waypoint._with_hash_cookie(decision)
         candidates = self.waypoint._backend_candidates(decision, self.dest, record)
         budget = decision.timeouts.request if decision.timeouts else None
         timeout = asyncio.timeout(budget or None)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 import time
 import weakref
@@ -683,6 +684,7 @@ class Waypoint:
             if decision.fault.abort_status is not None:
                 record.reason = "fault injected (abort)"
                 return await self._answer_here(server, decision.fault.abort_status, (), record)
+        decision = self._with_hash_cookie(decision)
         candidates = self._backend_candidates(decision, dest, record)
         out = h1.Request(
             method=request.method,
@@ -787,6 +789,32 @@ class Waypoint:
             if not granted.done():
                 granted.set_result(None)
                 return
+
+    def _with_hash_cookie(self, decision: routing.Forward) -> routing.Forward:
+        """A consistent hash on a cookie with a ttl that the request does not carry: as Envoy,
+        make one up, hash on it and set it on the response (the request goes on with it)."""
+        if not self.view.destination_rules:
+            return decision
+        cluster = self._cluster(decision)
+        hashing = cluster.balancer.hashing if cluster is not None else None
+        if hashing is None or hashing.http_cookie is None or hashing.http_cookie.ttl is None:
+            return decision
+        request_headers = decision.request_headers
+        _, made = trafficpolicy.hash_key(hashing, lambda n: header(request_headers, n), "")
+        if made is None:
+            return decision
+        pair = f"{hashing.http_cookie.name}={made}"
+        cookie = header(request_headers, "cookie")
+        headers = (
+            *((n, v) for n, v in request_headers if n != "cookie"),
+            ("cookie", f"{cookie}; {pair}" if cookie else pair),
+        )
+        set_cookie = routing.HeaderOps(add=(trafficpolicy.set_cookie_header(hashing, made),))
+        return dataclasses.replace(
+            decision,
+            request_headers=headers,
+            response_header_ops=(*decision.response_header_ops, set_cookie),
+        )
 
     def _cluster(self, decision: routing.Forward) -> ClusterState | None:
         """The DestinationRule state of the Service (or subset) the decision names."""

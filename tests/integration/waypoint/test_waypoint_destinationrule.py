@@ -261,3 +261,36 @@ def test_consistent_hash_keeps_a_user_on_one_pod(tmp_path: Path) -> None:
             await stop(echoes)
 
     run(tmp_path, body)
+
+
+def test_a_hash_cookie_is_set_when_missing_and_then_keeps_the_client_on_one_pod(
+    tmp_path: Path,
+) -> None:
+    dr = rule(
+        """
+        host: pair
+        trafficPolicy:
+          loadBalancer: {consistentHash: {httpCookie: {name: sticky, path: /, ttl: 60s}}}
+        """
+    )
+
+    async def body(mesh: Mesh) -> None:
+        echoes = await add_pair(mesh, dr)
+        try:
+            client = await mesh.http(vip=PAIR_VIP)
+            sticky: dict[str, set[str]] = {}
+            for _ in range(6):
+                _, headers, first = await get(client, "/x")
+                set_cookie = headers["set-cookie"]
+                assert set_cookie.startswith("sticky=") and "Max-Age=60" in set_cookie
+                value = set_cookie.split(";", 1)[0]
+                pods = {(await get(client, "/x", f"cookie: {value}\r\n"))[2] for _ in range(4)}
+                _, again, _ = await get(client, "/x", f"cookie: {value}\r\n")
+                assert "set-cookie" not in again
+                assert first in pods
+                sticky[value] = pods
+            assert all(len(p) == 1 for p in sticky.values()), sticky
+        finally:
+            await stop(echoes)
+
+    run(tmp_path, body)
