@@ -25,6 +25,7 @@ SCRIPTS = [
     "controller_scale.py",
     "lab_updown.py",
     "waypoint_inproc.py",
+    "waypoint_ratelimit.py",
     "waypoint_vs_haproxy.py",
     "ztunnel_vs_stunnel.py",
 ]
@@ -59,5 +60,6 @@ def test_benchmark_runs_in_smoke_mode_and_cleans_up(script: str) -> None:
         assert not state_dir(name).exists()
     for folder in re.findall(r"working in (\S+)", err):
         assert not Path(folder).exists()
-    if script not in ("controller_scale.py", "waypoint_inproc.py"):  # no lab
+    no_lab = ("controller_scale.py", "waypoint_inproc.py", "waypoint_ratelimit.py")
+    if script not in no_lab:
         assert re.search(r"\(id [0-9a-f]{6}\) up", err), "a lab benchmark names its lab"
