@@ -524,12 +524,12 @@ class Front:
                 )
                 return
         decision = self.waypoint._with_hash_cookie(decision)
-        candidates = self.waypoint._backend_candidates(decision, self.dest, record)
-        budget = decision.timeouts.request if decision.timeouts else None
-        timeout = asyncio.timeout(budget or None)
         state = _Exchange()
         # A DestinationRule's state for the Service: circuit breakers, outlier detection
         state.cluster = self.waypoint._cluster(decision)
+        candidates = self.waypoint._backend_candidates(decision, self.dest, record, state.cluster)
+        budget = decision.timeouts.request if decision.timeouts else None
+        timeout = asyncio.timeout(budget or None)
         try:
             async with timeout:
                 breaker = state.cluster if state.cluster and state.cluster.breaker else None

@@ -685,7 +685,8 @@ class Waypoint:
                 record.reason = "fault injected (abort)"
                 return await self._answer_here(server, decision.fault.abort_status, (), record)
         decision = self._with_hash_cookie(decision)
-        candidates = self._backend_candidates(decision, dest, record)
+        cluster = self._cluster(decision)  # (looked up once a request)
+        candidates = self._backend_candidates(decision, dest, record, cluster)
         out = h1.Request(
             method=request.method,
             target=decision.path.encode("latin-1"),
@@ -703,14 +704,16 @@ class Waypoint:
         budget = route_timeout(decision.timeouts)
         if budget is None:  # (no timeout object: each costs loop lookups, per request)
             return await self._exchange_admitted(
-                server, out, headers, decision, candidates, client, record, backends, trace
-            )
+                server, out, headers, decision, candidates, client, record, backends, trace,
+                cluster,
+            )  # fmt: skip
         timeout = asyncio.timeout(budget)
         try:
             async with timeout:
                 return await self._exchange_admitted(
-                    server, out, headers, decision, candidates, client, record, backends, trace
-                )
+                    server, out, headers, decision, candidates, client, record, backends, trace,
+                    cluster,
+                )  # fmt: skip
         except TimeoutError:
             if not timeout.expired():
                 raise  # not ours: a client too slow with its body (handled by the caller)
@@ -732,7 +735,8 @@ class Waypoint:
         client: Client,
         record: RequestRecord,
         backends: dict[str, Backend],
-        trace: RequestTrace = NO_TRACE,
+        trace: RequestTrace,
+        cluster: ClusterState | None,
     ) -> bool:
         """`_exchange` within the cluster's circuit breakers (a DestinationRule's
         connectionPool): over a limit, 503 at once with `x-weft-overloaded` (flag UO)."""
@@ -742,7 +746,6 @@ class Waypoint:
                 record.response_flags = NO_CLUSTER
                 record.reason = f"no DestinationRule defines subset {decision.subset!r}"
                 return await self._answer_here(server, 503, (), record)
-        cluster = self._cluster(decision)
         if cluster is None or cluster.breaker is None:
             return await self._exchange(
                 server, out, headers, decision, candidates, client, record, backends, trace, cluster
@@ -1003,7 +1006,11 @@ class Waypoint:
         return True
 
     def _backend_candidates(
-        self, decision: routing.Forward, dest: Destination, record: RequestRecord
+        self,
+        decision: routing.Forward,
+        dest: Destination,
+        record: RequestRecord,
+        cluster: ClusterState | None,
     ) -> list[tuple[Workload, int]]:
         """Ready endpoints of the backend the decision names (of its subset, when it names
         one), ejected ones left out, in the order of its DestinationRule's load balancer
@@ -1020,7 +1027,6 @@ class Waypoint:
             endpoints = self.view.subset_endpoints(service, decision.backend_port, decision.subset)
         else:
             endpoints = self.view.endpoints(service, decision.backend_port)
-        cluster = self._cluster(decision)
         if cluster is None or not endpoints:
             return endpoints
         key = None
