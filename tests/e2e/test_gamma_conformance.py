@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import RUN_ID
-from tests.integration.lab.labtools import Lab, leftovers, weftctl
+from tests.e2e import waypoint_lab as wl
+from tests.integration.lab.labtools import Lab, weftctl
 
 pytestmark = pytest.mark.e2e
 
@@ -32,81 +32,16 @@ CONSUMER_NS = "gamma-consumer"
 SETTLE_S = 20.0  # how long a new route may take to show in the waypoint's answers
 
 
-def _echo(version: str) -> str:
-    return f"""
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: echo-{version}, namespace: {NS}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: echo, version: {version}}}}}
-  template:
-    metadata: {{labels: {{app: echo, version: {version}}}}}
-    spec:
-      containers:
-      - name: echo
-        image: weft/http-echo
-        args: ["--port", "8080", "--version", "{version}"]
-        ports: [{{name: http, containerPort: 8080}}]
-        env:
-        - name: POD_NAME
-          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-        - name: POD_IP
-          valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo-{version}, namespace: {NS}}}
-spec:
-  selector: {{app: echo, version: {version}}}
-  ports:
-  - {{name: http, port: 80, targetPort: http}}
-  - {{name: http-alt, port: 8080, targetPort: http}}
-"""
+PORTS = (("http", 80), ("http-alt", 8080))  # each Service's
 
-
-def _client(namespace: str) -> str:
-    return f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {namespace}, labels: {{app: client}}}}
-spec:
-  nodeName: node-1
-  containers:
-  - name: main
-    command: ["sleep", "3600"]
-"""
-
-
-MANIFESTS = "---".join(
-    [
-        f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NS}
-  labels: {{weft.dev/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {CONSUMER_NS}
-  labels: {{weft.dev/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: {NS}}}
-spec:
-  selector: {{app: echo}}
-  ports:
-  - {{name: http, port: 80, targetPort: http}}
-  - {{name: http-alt, port: 8080, targetPort: http}}
-""",
-        _client(NS),
-        _client(CONSUMER_NS),
-        _echo("v1"),
-        _echo("v2"),
-    ]
+MANIFESTS = wl.manifests(
+    wl.enrolled_namespace(NS),
+    wl.enrolled_namespace(CONSUMER_NS),
+    wl.service(NS, "echo", {"app": "echo"}, PORTS),
+    wl.client_pod(NS),
+    wl.client_pod(CONSUMER_NS),
+    wl.versioned_echo(NS, "echo", "v1", pod_env=("POD_NAME", "POD_IP"), ports=PORTS),
+    wl.versioned_echo(NS, "echo", "v2", pod_env=("POD_NAME", "POD_IP"), ports=PORTS),
 )
 
 # Run in a client pod: argv[1] is a JSON list of [host, port, path, headers]; one connection
@@ -156,27 +91,15 @@ def get(
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    manifests = tmp_path_factory.mktemp("gamma") / "app.yaml"
-    manifests.write_text(MANIFESTS)
-    lab = Lab(f"weft-e2e-gamma-{RUN_ID}")
-    lab_id = ""
-    try:
-        lab.run("up", "--nodes", "2", "--manifests", str(manifests), "--wait", "60")
-        lab_id = lab.status()["id"]
-        applied = weftctl(
-            "waypoint", "--lab", lab.name, "apply", "-n", NS,
-            "--enroll-namespace", "--wait", "--timeout", "30",
-        )  # fmt: skip
+    workdir = tmp_path_factory.mktemp("gamma")
+    with wl.running_lab(f"weft-e2e-gamma-{RUN_ID}", MANIFESTS, workdir) as lab:
+        applied = wl.apply_waypoint(lab, NS)
         assert f"waypoint {NS}/waypoint is programmed" in applied.stdout
         yield lab
-    finally:
-        lab.force_down()
-    assert leftovers(lab_id) == []
 
 
 def send(lab: Lab, reqs: list[Req], namespace: str = NS) -> list[dict[str, Any]]:
-    out = lab.exec("client", namespace, "python3", "-c", CLIENT, json.dumps(reqs)).stdout
-    result: list[dict[str, Any]] = json.loads(out.strip().splitlines()[-1])
+    result: list[dict[str, Any]] = wl.in_client(lab, namespace, CLIENT, json.dumps(reqs))
     return result
 
 
@@ -188,12 +111,7 @@ def until(
 ) -> list[dict[str, Any]]:
     """The answers to `reqs` once `ok` holds for them (the route took effect), or the last
     answers after SETTLE_S, for the test's assertions to show what was wrong."""
-    deadline = time.monotonic() + SETTLE_S
-    while True:
-        got = send(lab, reqs, namespace)
-        if ok(got) or time.monotonic() > deadline:
-            return got
-        time.sleep(0.3)
+    return wl.poll_until(lambda: send(lab, reqs, namespace), ok, SETTLE_S, interval=0.3)
 
 
 @pytest.fixture
@@ -203,8 +121,7 @@ def route(lab: Lab, tmp_path: Path) -> Iterator[Callable[[str], None]]:
 
     def apply(yaml: str) -> None:
         path = tmp_path / f"route{len(applied)}.yaml"
-        path.write_text(yaml)
-        lab.run("apply", "-f", str(path))
+        wl.apply_yaml(lab, path, yaml)
         applied.append(path)
 
     yield apply
@@ -607,12 +524,11 @@ def test_mesh_httproute_named_rule(lab: Lab, route: Callable[[str], None]) -> No
     got = until(lab, reqs, lambda g: versions(g) == want)
     assert versions(got) == want, got
     # the named rule is accepted as written (no "Dropped Rule", no PartiallyInvalid)
-    deadline = time.monotonic() + SETTLE_S
-    while True:
-        status = weftctl("route", "--lab", lab.name, "status", "-n", NS, "named").stdout
-        if "Accepted" in status or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    status = wl.poll_until(
+        lambda: weftctl("route", "--lab", lab.name, "status", "-n", NS, "named").stdout,
+        lambda s: "Accepted" in s,
+        SETTLE_S,
+    )
     assert "Accepted" in status and "PartiallyInvalid" not in status, status
 
 

@@ -8,8 +8,6 @@ drops to 0, `weftctl waypoint status` lists it, and it comes back after baseEjec
 from __future__ import annotations
 
 import json
-import textwrap
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RUN_ID
-from tests.integration.lab.labtools import Lab, leftovers, weftctl
+from tests.e2e import waypoint_lab as wl
+from tests.integration.lab.labtools import Lab, weftctl
 
 pytestmark = pytest.mark.e2e
 
@@ -25,58 +24,12 @@ NS = "dre2e"
 EJECTION_S = 8
 
 
-def _echo(version: str, node: str) -> str:
-    return f"""
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: echo-{version}, namespace: {NS}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: echo, version: {version}}}}}
-  template:
-    metadata: {{labels: {{app: echo, version: {version}}}}}
-    spec:
-      nodeName: {node}
-      containers:
-      - name: echo
-        image: weft/http-echo
-        args: ["--port", "8080", "--version", "{version}"]
-        ports: [{{name: http, containerPort: 8080}}]
-        env:
-        - name: POD_NAME
-          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-        - name: POD_IP
-          valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
-"""
-
-
-MANIFESTS = (
-    f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NS}
-  labels: {{weft.dev/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: {NS}}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {NS}, labels: {{app: client}}}}
-spec:
-  nodeName: node-1
-  containers:
-  - name: main
-    command: ["sleep", "3600"]
----"""
-    + _echo("v1", "node-2")
-    + "---"
-    + _echo("v2", "node-2")
+MANIFESTS = wl.manifests(
+    wl.enrolled_namespace(NS),
+    wl.service(NS, "echo", {"app": "echo"}),
+    wl.client_pod(NS),
+    wl.echo_deployment(NS, "echo", "v1", "node-2", ("POD_NAME", "POD_IP")),
+    wl.echo_deployment(NS, "echo", "v2", "node-2", ("POD_NAME", "POD_IP")),
 )
 
 POLICY = f"""
@@ -106,66 +59,34 @@ spec:
   - route: [{{destination: {{host: echo}}}}]
 """
 
-# Run in the client pod: requests over one kept-alive connection; (status, pod) of each.
-CLIENT = textwrap.dedent("""
-    import http.client, json, sys
-    path, count = sys.argv[1], int(sys.argv[2])
-    conn = http.client.HTTPConnection("echo", 80, timeout=5)
-    out = []
-    for _ in range(count):
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read()
-        try:
-            pod = json.loads(body).get("pod", "")
-        except ValueError:
-            pod = ""
-        out.append([resp.status, pod])
-    print(json.dumps(out))
-""")
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    manifests = tmp_path_factory.mktemp("dr") / "app.yaml"
-    manifests.write_text(MANIFESTS)
-    lab = Lab(f"weft-e2e-dr-{RUN_ID}")
-    lab_id = ""
-    try:
-        lab.run("up", "--nodes", "2", "--manifests", str(manifests), "--wait", "60")
-        lab_id = lab.status()["id"]
+    with wl.running_lab(f"weft-e2e-dr-{RUN_ID}", MANIFESTS, tmp_path_factory.mktemp("dr")) as lab:
         yield lab
-    finally:
-        lab.force_down()
-    assert leftovers(lab_id) == []
 
 
 def _requests(lab: Lab, path: str, count: int) -> list[tuple[int, str]]:
-    out = lab.exec("client", NS, "python3", "-c", CLIENT, path, str(count), timeout=60).stdout
-    return [(int(s), str(p)) for s, p in json.loads(out.strip().splitlines()[-1])]
+    """(status, pod) of each of `count` requests over one kept-alive connection."""
+    return [
+        (s, str(wl.echo_said(body).get("pod", "")))
+        for s, body in wl.keepalive_gets(lab, NS, path, count)
+    ]
 
 
 def test_a_subset_gets_its_pods_traffic_and_a_failing_pod_is_ejected_then_returns(
     lab: Lab, tmp_path: Path
 ) -> None:
-    applied = weftctl(
-        "waypoint", "--lab", lab.name, "apply", "-n", NS, "--enroll-namespace", "--wait",
-        "--timeout", "30",
-    )  # fmt: skip
+    applied = wl.apply_waypoint(lab, NS)
     assert f"waypoint {NS}/waypoint is programmed" in applied.stdout
     (v1,) = lab.pods(NS, "echo-v1")
     (v2,) = lab.pods(NS, "echo-v2")
-    policy = tmp_path / "dr.yaml"
-    policy.write_text(POLICY)
-    lab.run("apply", "-f", str(policy))
+    wl.apply_yaml(lab, tmp_path / "dr.yaml", POLICY)
 
     # the rules reach the waypoint within seconds: /v2 goes to subset v2 only
-    deadline = time.monotonic() + 30
-    while True:
-        pods = {p for _, p in _requests(lab, "/v2/warm", 10)}
-        if pods == {v2["name"]} or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    pods = wl.poll_until(
+        lambda: {p for _, p in _requests(lab, "/v2/warm", 10)}, lambda p: p == {v2["name"]}, 30
+    )
     assert pods == {v2["name"]}
     assert {p for _, p in _requests(lab, "/v2/x", 20)} == {v2["name"]}
     # round robin over both pods otherwise
@@ -187,10 +108,10 @@ def test_a_subset_gets_its_pods_traffic_and_a_failing_pod_is_ejected_then_return
     assert "endpoints ejected" in text and v2["ip"] in text, text
 
     # after baseEjectionTime it is back
-    deadline = time.monotonic() + EJECTION_S + 15
-    while True:
-        share = Counter(p for _, p in _requests(lab, "/x", 10))
-        if share.get(v2["name"], 0) > 0 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    share = wl.poll_until(
+        lambda: Counter(p for _, p in _requests(lab, "/x", 10)),
+        lambda s: s.get(v2["name"], 0) > 0,
+        EJECTION_S + 15,
+        interval=1,
+    )
     assert share.get(v2["name"], 0) >= 4, share

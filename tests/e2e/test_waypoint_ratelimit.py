@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,51 +17,20 @@ from typing import Any
 import pytest
 
 from tests.conftest import RUN_ID
-from tests.integration.lab.labtools import Lab, leftovers, weftctl
+from tests.e2e import waypoint_lab as wl
+from tests.integration.lab.labtools import Lab
 
 pytestmark = pytest.mark.e2e
 
 NS = "rle2e"
 LIMIT = 100
 
-MANIFESTS = f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NS}
-  labels: {{weft.dev/dataplane-mode: ambient}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: echo, namespace: {NS}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: echo}}}}
-  template:
-    metadata: {{labels: {{app: echo}}}}
-    spec:
-      containers:
-      - name: echo
-        image: weft/http-echo
-        args: ["--port", "8080"]
-        ports: [{{name: http, containerPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: {NS}}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {NS}, labels: {{app: client}}}}
-spec:
-  nodeName: node-1
-  containers:
-  - name: main
-    command: ["sleep", "3600"]
-"""
+MANIFESTS = wl.manifests(
+    wl.enrolled_namespace(NS),
+    wl.echo_deployment(NS),
+    wl.service(NS, "echo", {"app": "echo"}),
+    wl.client_pod(NS),
+)
 
 # A Day window: the count cannot be split by a window's edge during the test (but at midnight)
 POLICY = f"""
@@ -101,17 +69,8 @@ CLIENT = textwrap.dedent("""
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    manifests = tmp_path_factory.mktemp("rl") / "app.yaml"
-    manifests.write_text(MANIFESTS)
-    lab = Lab(f"weft-e2e-rl-{RUN_ID}")
-    lab_id = ""
-    try:
-        lab.run("up", "--nodes", "2", "--manifests", str(manifests), "--wait", "60")
-        lab_id = lab.status()["id"]
+    with wl.running_lab(f"weft-e2e-rl-{RUN_ID}", MANIFESTS, tmp_path_factory.mktemp("rl")) as lab:
         yield lab
-    finally:
-        lab.force_down()
-    assert leftovers(lab_id) == []
 
 
 def config_dump(lab: Lab, pod: str) -> dict[str, Any]:
@@ -135,39 +94,23 @@ def decisions(lab: Lab, pod: str) -> dict[str, float]:
 
 
 def test_a_global_limit_holds_across_two_waypoint_replicas(lab: Lab, tmp_path: Path) -> None:
-    applied = weftctl(
-        "waypoint",
-        "--lab",
-        lab.name,
-        "apply",
-        "-n",
-        NS,
-        "--enroll-namespace",
-        "--replicas",
-        "2",
-        "--wait",
-        "--timeout",
-        "30",
-    )
+    applied = wl.apply_waypoint(lab, NS, "--replicas", "2")
     assert f"waypoint {NS}/waypoint is programmed" in applied.stdout
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    lab.run("apply", "-f", str(policy))
+    wl.apply_yaml(lab, tmp_path / "policy.yaml", POLICY)
 
-    deadline = time.monotonic() + 30
-    while True:  # both replicas ready, and both hold the policy
+    def replicas() -> tuple[list[dict[str, Any]], bool]:
+        """The ready waypoint pods, and whether they are both and both hold the policy."""
         pods = [p for p in lab.pods(NS, "waypoint-") if p.get("ready")]
-        if len(pods) == 2 and all(
+        return pods, len(pods) == 2 and all(
             config_dump(lab, p["name"])["rate_limits"]["policies"] == [f"{NS}/echo-limit"]
             for p in pods
-        ):
-            break
-        assert time.monotonic() < deadline, lab.pods(NS, "waypoint-")
-        time.sleep(0.5)
+        )
+
+    pods, holding = wl.poll_until(replicas, lambda r: r[1], 30)
+    assert holding, lab.pods(NS, "waypoint-")
     assert all(config_dump(lab, p["name"])["rate_limits"]["redis"] for p in pods)
 
-    out = lab.exec("client", NS, "python3", "-c", CLIENT, "60", "5", timeout=120).stdout
-    result = json.loads(out.strip().splitlines()[-1])
+    result = wl.in_client(lab, NS, CLIENT, "60", "5", timeout=120)
     codes = {int(k): v for k, v in result["codes"].items()}
     assert sum(codes.values()) == 3 * LIMIT
     assert set(codes) <= {200, 429}, codes

@@ -9,86 +9,28 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import RUN_ID
-from tests.integration.lab.labtools import Lab, leftovers, weftctl
+from tests.e2e import waypoint_lab as wl
+from tests.integration.lab.labtools import Lab
 
 pytestmark = pytest.mark.e2e
 
 NS = "rese2e"
 
 
-def _echo(name: str, version: str) -> str:
-    return f"""
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}-{version}, namespace: {NS}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}, version: {version}}}}}
-  template:
-    metadata: {{labels: {{app: {name}, version: {version}}}}}
-    spec:
-      nodeName: node-2
-      containers:
-      - name: echo
-        image: weft/http-echo
-        args: ["--port", "8080", "--version", "{version}"]
-        ports: [{{name: http, containerPort: 8080}}]
-        env:
-        - name: POD_NAME
-          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}-{version}, namespace: {NS}}}
-spec:
-  selector: {{app: {name}, version: {version}}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
-"""
-
-
-MANIFESTS = (
-    f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NS}
-  labels: {{weft.dev/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: {NS}}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: pool, namespace: {NS}}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {NS}, labels: {{app: client}}}}
-spec:
-  nodeName: node-1
-  containers:
-  - name: main
-    command: ["sleep", "3600"]
----"""
-    + _echo("echo", "v1")
-    + "---"
-    + _echo("echo", "v2")
-    + "---"
-    + _echo("shadow", "v1")
+MANIFESTS = wl.manifests(
+    wl.enrolled_namespace(NS),
+    wl.service(NS, "echo", {"app": "echo"}),
+    wl.service(NS, "pool", {"app": "echo"}),
+    wl.client_pod(NS),
+    wl.versioned_echo(NS, "echo", "v1", "node-2", ("POD_NAME",)),
+    wl.versioned_echo(NS, "echo", "v2", "node-2", ("POD_NAME",)),
+    wl.versioned_echo(NS, "shadow", "v1", "node-2", ("POD_NAME",)),
 )
 
 ROUTES = f"""
@@ -152,40 +94,24 @@ Result = tuple[int, str, str, float]
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    manifests = tmp_path_factory.mktemp("res") / "app.yaml"
-    manifests.write_text(MANIFESTS)
-    lab = Lab(f"weft-e2e-res-{RUN_ID}")
-    lab_id = ""
-    try:
-        lab.run("up", "--nodes", "2", "--manifests", str(manifests), "--wait", "60")
-        lab_id = lab.status()["id"]
-        weftctl(
-            "waypoint", "--lab", lab.name, "apply", "-n", NS, "--enroll-namespace", "--wait",
-            "--timeout", "30",
-        )  # fmt: skip
-        routes = tmp_path_factory.mktemp("res") / "routes.yaml"
-        routes.write_text(ROUTES)
-        lab.run("apply", "-f", str(routes))
+    with wl.running_lab(f"weft-e2e-res-{RUN_ID}", MANIFESTS, tmp_path_factory.mktemp("res")) as lab:
+        wl.apply_waypoint(lab, NS)
+        wl.apply_yaml(lab, tmp_path_factory.mktemp("res") / "routes.yaml", ROUTES)
         yield lab
-    finally:
-        lab.force_down()
-    assert leftovers(lab_id) == []
 
 
 def _calls(lab: Lab, calls: list[tuple[str, str, str]]) -> list[Result]:
-    out = lab.exec("client", NS, "python3", "-c", CLIENT, json.dumps(calls), timeout=60).stdout
-    return [(int(s), str(p), str(o), float(t)) for s, p, o, t in json.loads(out.splitlines()[-1])]
+    out = wl.in_client(lab, NS, CLIENT, json.dumps(calls))
+    return [(int(s), str(p), str(o), float(t)) for s, p, o, t in out]
 
 
 def _until_routed(lab: Lab) -> None:
     """The route reaches the waypoint within seconds: /slow starts timing out."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        ((status, *_),) = _calls(lab, [("echo", "GET", "/slow?delay=2s")])
-        if status == 504:
-            return
-        time.sleep(0.5)
-    raise AssertionError("the HTTPRoute's timeout never took effect")
+    ((status, *_),) = wl.poll_until(
+        lambda: _calls(lab, [("echo", "GET", "/slow?delay=2s")]), lambda r: r[0][0] == 504, 30
+    )
+    if status != 504:
+        raise AssertionError("the HTTPRoute's timeout never took effect")
 
 
 def test_a_route_timeout_is_a_504_in_time(lab: Lab) -> None:

@@ -16,71 +16,20 @@ from typing import Any
 import pytest
 
 from tests.conftest import RUN_ID
-from tests.integration.lab.labtools import Lab, leftovers, weftctl
+from tests.e2e import waypoint_lab as wl
+from tests.integration.lab.labtools import Lab, weftctl
 
 pytestmark = pytest.mark.e2e
 
 NS = "wpe2e"
 
 
-def _echo(version: str) -> str:
-    return f"""
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: echo-{version}, namespace: {NS}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: echo, version: {version}}}}}
-  template:
-    metadata: {{labels: {{app: echo, version: {version}}}}}
-    spec:
-      containers:
-      - name: echo
-        image: weft/http-echo
-        args: ["--port", "8080", "--version", "{version}"]
-        ports: [{{name: http, containerPort: 8080}}]
-        env:
-        - name: POD_NAME
-          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-        - name: POD_IP
-          valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo-{version}, namespace: {NS}}}
-spec:
-  selector: {{app: echo, version: {version}}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
-"""
-
-
-MANIFESTS = (
-    f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NS}
-  labels: {{weft.dev/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: {NS}}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {NS}, labels: {{app: client}}}}
-spec:
-  nodeName: node-1
-  containers:
-  - name: main
-    command: ["sleep", "3600"]
----"""
-    + _echo("v1")
-    + "---"
-    + _echo("v2")
+MANIFESTS = wl.manifests(
+    wl.enrolled_namespace(NS),
+    wl.service(NS, "echo", {"app": "echo"}),
+    wl.client_pod(NS),
+    wl.versioned_echo(NS, "echo", "v1", pod_env=("POD_NAME", "POD_IP")),
+    wl.versioned_echo(NS, "echo", "v2", pod_env=("POD_NAME", "POD_IP")),
 )
 
 ROUTE = f"""
@@ -101,26 +50,6 @@ spec:
     - {{name: echo-v2, port: 80, weight: 20}}
 """
 
-# Run in the client pod: requests to http://echo/ over one kept-alive connection (each is
-# routed by the waypoint on its own), printed as one JSON list of (status, version, peer ip).
-CLIENT = textwrap.dedent("""
-    import http.client, json, sys
-    path, count, header, host, port = sys.argv[1:6]
-    out = []
-    conn = http.client.HTTPConnection(host, int(port), timeout=5)
-    count = int(count)
-    for _ in range(count):
-        conn.request("GET", path, headers={"x-version": header} if header else {})
-        resp = conn.getresponse()
-        body = resp.read()
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = {}
-        out.append([resp.status, data.get("version", ""), data.get("client", {}).get("ip", "")])
-    print(json.dumps(out))
-""")
-
 # Run in the client pod: one connection attempt and one request; what happened.
 PROBE = textwrap.dedent("""
     import http.client, json
@@ -135,37 +64,20 @@ PROBE = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    manifests = tmp_path_factory.mktemp("wp") / "app.yaml"
-    manifests.write_text(MANIFESTS)
-    lab = Lab(f"weft-e2e-wp-{RUN_ID}")
-    lab_id = ""
-    try:
-        lab.run("up", "--nodes", "2", "--manifests", str(manifests), "--wait", "60")
-        lab_id = lab.status()["id"]
+    with wl.running_lab(f"weft-e2e-wp-{RUN_ID}", MANIFESTS, tmp_path_factory.mktemp("wp")) as lab:
         yield lab
-    finally:
-        lab.force_down()
-    assert leftovers(lab_id) == []
 
 
 def requests(
     lab: Lab, path: str, count: int, header: str = "", to: tuple[str, int] = ("echo", 80)
 ) -> list[list[Any]]:
-    host, port = to
-    out = lab.exec(
-        "client",
-        NS,
-        "python3",
-        "-c",
-        CLIENT,
-        path,
-        str(count),
-        header,
-        host,
-        str(port),
-        timeout=60,
-    ).stdout
-    result: list[list[Any]] = json.loads(out.strip().splitlines()[-1])
+    """[status, version, peer ip] of each of `count` requests over one kept-alive connection,
+    with `x-version: header` if given."""
+    sent = {"x-version": header} if header else {}
+    result: list[list[Any]] = []
+    for status, body in wl.keepalive_gets(lab, NS, path, count, to, sent):
+        data = wl.echo_said(body)
+        result.append([status, data.get("version", ""), data.get("client", {}).get("ip", "")])
     return result
 
 
@@ -177,22 +89,9 @@ def waypoint_pod(lab: Lab) -> dict[str, Any]:
 def test_a_namespace_waypoint_routes_by_header_and_weight_and_fails_closed(
     lab: Lab, tmp_path: Path
 ) -> None:
-    applied = weftctl(
-        "waypoint",
-        "--lab",
-        lab.name,
-        "apply",
-        "-n",
-        NS,
-        "--enroll-namespace",
-        "--wait",
-        "--timeout",
-        "30",
-    )
+    applied = wl.apply_waypoint(lab, NS)
     assert f"waypoint {NS}/waypoint is programmed" in applied.stdout
-    route = tmp_path / "route.yaml"
-    route.write_text(ROUTE)
-    lab.run("apply", "-f", str(route))
+    wl.apply_yaml(lab, tmp_path / "route.yaml", ROUTE)
     client_ip = next(p["ip"] for p in lab.pods(NS, "client"))
 
     # (a) the header sends everything to v2 (the route reaches the waypoint within seconds)

@@ -24,7 +24,8 @@ from lab.addressing import control_plane_ip
 from lab.config import LabConfig
 from lab.naming import LabNames
 from tests.conftest import RUN_ID
-from tests.integration.lab.labtools import Lab, leftovers, weftctl
+from tests.e2e import waypoint_lab as wl
+from tests.integration.lab.labtools import Lab
 
 pytestmark = pytest.mark.e2e
 
@@ -32,44 +33,12 @@ NS = "wptrace"
 REPO = Path(__file__).resolve().parents[2]
 OTLP_ENDPOINT = f"{control_plane_ip(LabConfig())}:4317"  # the default underlay's
 
-MANIFESTS = f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NS}
-  labels: {{weft.dev/dataplane-mode: ambient}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: echo, namespace: {NS}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: echo}}}}
-  template:
-    metadata: {{labels: {{app: echo}}}}
-    spec:
-      containers:
-      - name: echo
-        image: weft/http-echo
-        args: ["--port", "8080"]
-        ports: [{{name: http, containerPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: {NS}}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {NS}, labels: {{app: client}}}}
-spec:
-  nodeName: node-1
-  containers:
-  - name: main
-    command: ["sleep", "3600"]
-"""
+MANIFESTS = wl.manifests(
+    wl.enrolled_namespace(NS),
+    wl.echo_deployment(NS),
+    wl.service(NS, "echo", {"app": "echo"}),
+    wl.client_pod(NS),
+)
 
 # Run in the client pod: one request with the given traceparent; the traceparent the echo got.
 CLIENT = textwrap.dedent("""
@@ -137,27 +106,10 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    manifests = tmp_path_factory.mktemp("wptrace") / "app.yaml"
-    manifests.write_text(MANIFESTS)
-    lab = Lab(f"weft-e2e-tr-{RUN_ID}")
-    lab_id = ""
-    try:
-        lab.run(
-            "up",
-            "--nodes",
-            "2",
-            "--manifests",
-            str(manifests),
-            "--otlp-endpoint",
-            OTLP_ENDPOINT,
-            "--wait",
-            "60",
-        )
-        lab_id = lab.status()["id"]
+    workdir = tmp_path_factory.mktemp("wptrace")
+    up_args = ("--otlp-endpoint", OTLP_ENDPOINT)
+    with wl.running_lab(f"weft-e2e-tr-{RUN_ID}", MANIFESTS, workdir, up_args) as lab:
         yield lab
-    finally:
-        lab.force_down()
-    assert leftovers(lab_id) == []
 
 
 @pytest.fixture
@@ -172,24 +124,12 @@ def receiver(lab: Lab) -> Iterator[Receiver]:
 def test_the_waypoint_sends_its_spans_to_the_labs_otlp_endpoint(
     lab: Lab, receiver: Receiver
 ) -> None:
-    weftctl(
-        "waypoint",
-        "--lab",
-        lab.name,
-        "apply",
-        "-n",
-        NS,
-        "--enroll-namespace",
-        "--wait",
-        "--timeout",
-        "30",
-    )
+    wl.apply_waypoint(lab, NS)
     # until the namespace's traffic goes through the waypoint (which, tracing, replaces the
     # parent; without tracing it would pass the traceparent on as it came)
     for _ in range(30):
         trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
-        out = lab.exec("client", NS, "python3", "-c", CLIENT, f"00-{trace_id}-{parent_id}-01")
-        got = json.loads(out.stdout.strip().splitlines()[-1])
+        got = wl.in_client(lab, NS, CLIENT, f"00-{trace_id}-{parent_id}-01")
         if got.get("status") == 200 and parent_id not in got["headers"].get("traceparent", ""):
             break
         time.sleep(0.5)

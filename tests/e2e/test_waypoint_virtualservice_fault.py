@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import RUN_ID
-from tests.integration.lab.labtools import Lab, leftovers, weftctl
+from tests.e2e import waypoint_lab as wl
+from tests.integration.lab.labtools import Lab, weftctl
 
 pytestmark = pytest.mark.e2e
 
@@ -45,20 +45,10 @@ COUNTER = textwrap.dedent("""
     http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
 """)
 
-MANIFESTS = f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NS}
-  labels: {{weft.dev/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: counter, namespace: {NS}}}
-spec:
-  selector: {{app: counter}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
----
+MANIFESTS = wl.manifests(
+    wl.enrolled_namespace(NS),
+    wl.service(NS, "counter", {"app": "counter"}, target_port=8080),
+    f"""
 apiVersion: v1
 kind: Pod
 metadata: {{name: counter, namespace: {NS}, labels: {{app: counter}}}}
@@ -68,16 +58,9 @@ spec:
   - name: main
     command: ["python3", "-c", {json.dumps(COUNTER)}]
     ports: [{{name: http, containerPort: 8080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {NS}, labels: {{app: client}}}}
-spec:
-  nodeName: node-1
-  containers:
-  - name: main
-    command: ["sleep", "3600"]
-"""
+""",
+    wl.client_pod(NS),
+)
 
 VIRTUAL_SERVICE = f"""
 apiVersion: networking.weft.dev/v1
@@ -99,42 +82,16 @@ spec:
   rules: [{{backendRefs: [{{name: counter, port: 80}}]}}]
 """
 
-# Run in the client pod: `count` requests over one kept-alive connection; their statuses.
-CLIENT = textwrap.dedent("""
-    import http.client, json, sys
-    host, port, path, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    conn = http.client.HTTPConnection(host, port, timeout=5)
-    out = []
-    for _ in range(count):
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read()
-        out.append([resp.status, body.decode("latin-1")[:40]])
-    print(json.dumps(out))
-""")
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    manifests = tmp_path_factory.mktemp("vs") / "app.yaml"
-    manifests.write_text(MANIFESTS)
-    lab = Lab(f"weft-e2e-vs-{RUN_ID}")
-    lab_id = ""
-    try:
-        lab.run("up", "--nodes", "2", "--manifests", str(manifests), "--wait", "60")
-        lab_id = lab.status()["id"]
+    with wl.running_lab(f"weft-e2e-vs-{RUN_ID}", MANIFESTS, tmp_path_factory.mktemp("vs")) as lab:
         yield lab
-    finally:
-        lab.force_down()
-    assert leftovers(lab_id) == []
 
 
-def _requests(lab: Lab, to: tuple[str, int], path: str, count: int) -> list[list[object]]:
-    out = lab.exec(
-        "client", NS, "python3", "-c", CLIENT, to[0], str(to[1]), path, str(count), timeout=60
-    ).stdout
-    result: list[list[object]] = json.loads(out.strip().splitlines()[-1])
-    return result
+def _requests(lab: Lab, to: tuple[str, int], path: str, count: int) -> list[tuple[int, str]]:
+    """(status, body) of each of `count` requests over one kept-alive connection."""
+    return wl.keepalive_gets(lab, NS, path, count, to)
 
 
 def _backend_count(lab: Lab, counter_ip: str) -> int:
@@ -146,31 +103,15 @@ def _backend_count(lab: Lab, counter_ip: str) -> int:
 def test_an_abort_fault_hits_its_share_and_aborted_requests_never_reach_the_backend(
     lab: Lab, tmp_path: Path
 ) -> None:
-    applied = weftctl(
-        "waypoint",
-        "--lab",
-        lab.name,
-        "apply",
-        "-n",
-        NS,
-        "--enroll-namespace",
-        "--wait",
-        "--timeout",
-        "30",
-    )
+    applied = wl.apply_waypoint(lab, NS)
     assert f"waypoint {NS}/waypoint is programmed" in applied.stdout
-    vs = tmp_path / "vs.yaml"
-    vs.write_text(VIRTUAL_SERVICE)
-    lab.run("apply", "-f", str(vs))
+    wl.apply_yaml(lab, tmp_path / "vs.yaml", VIRTUAL_SERVICE)
     (counter,) = lab.pods(NS, "counter")
 
     # the VirtualService reaches the waypoint within seconds: aborts start to show
-    deadline = time.monotonic() + 30
-    while True:
-        statuses = {r[0] for r in _requests(lab, ("counter", 80), "/warm", 20)}
-        if 503 in statuses or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    statuses = wl.poll_until(
+        lambda: {r[0] for r in _requests(lab, ("counter", 80), "/warm", 20)}, lambda s: 503 in s, 30
+    )
     assert statuses == {200, 503}, statuses
 
     before = _backend_count(lab, counter["ip"])
@@ -188,15 +129,12 @@ def test_an_abort_fault_hits_its_share_and_aborted_requests_never_reach_the_back
 
     # an HTTPRoute on the same Service wins: no more aborts, and the VirtualService is
     # reported as the conflict's loser
-    route = tmp_path / "route.yaml"
-    route.write_text(ROUTE)
-    lab.run("apply", "-f", str(route))
-    deadline = time.monotonic() + 30
-    while True:
-        statuses = {r[0] for r in _requests(lab, ("counter", 80), "/after", 40)}
-        if statuses == {200} or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    wl.apply_yaml(lab, tmp_path / "route.yaml", ROUTE)
+    statuses = wl.poll_until(
+        lambda: {r[0] for r in _requests(lab, ("counter", 80), "/after", 40)},
+        lambda s: s == {200},
+        30,
+    )
     assert statuses == {200}
     problems = weftctl("controller", "--lab", lab.name, "problems").stdout
     assert f"VirtualService {NS}/counter" in problems, problems
