@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from meshcore.resources.virtualservice import VirtualService, service_of_host
+from meshcore.resources.names import service_of_host
+from meshcore.resources.virtualservice import VirtualService
 
 # (namespace, name) -> the Service's ports, or None when there is no such Service
 ServicePorts = Callable[[str, str], tuple[int, ...] | None]

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 
 from meshcore.resources.core import ResourceKey
 from meshcore.resources.gateway import Retry, Timeouts
+from meshcore.resources.names import service_of_host
 from meshcore.resources.virtualservice import (
     GRPC_CODES,
     Destination,
@@ -67,7 +68,6 @@ from meshcore.resources.virtualservice import (
     StringMatchType,
     VirtualService,
     host_matches,
-    service_of_host,
 )
 from waypoint.routing import (
     Decision,

@@ -18,7 +18,12 @@ from meshcore.resources.core import ObjectMeta, ResourceKey, parse_metadata
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.fields import Fields
 from meshcore.resources.groups import NETWORKING
-from meshcore.resources.names import check_dns_label, check_dns_subdomain, check_labels
+from meshcore.resources.names import (
+    check_dns_label,
+    check_dns_subdomain,
+    check_labels,
+    service_of_host,
+)
 
 DESTINATION_RULE_VERSIONS: frozenset[str] = NETWORKING.versions
 CLUSTER_DOMAIN = "svc.cluster.local"
@@ -119,7 +124,7 @@ class DestinationRule:
 
     def service(self) -> tuple[str, str] | None:
         """The Service (namespace, name) the host names; None for a wildcard host."""
-        return host_service(self.host, self.metadata.namespace)
+        return service_of_host(self.host, self.metadata.namespace)
 
     def matches(self, namespace: str, name: str) -> bool:
         if self.is_wildcard:
@@ -135,18 +140,6 @@ class DestinationRule:
         if sub is not None and sub.traffic_policy is not None:
             return sub.traffic_policy.merged_over(self.traffic_policy)
         return self.traffic_policy
-
-
-def host_service(host: str, namespace: str) -> tuple[str, str] | None:
-    """`reviews` (in the rule's namespace), `reviews.ns`, `reviews.ns.svc[.cluster.local]`."""
-    if host.startswith("*"):
-        return None
-    parts = host.split(".")
-    if len(parts) == 1:
-        return namespace, parts[0]
-    if len(parts) == 2 or (len(parts) >= 3 and ".".join(parts[2:]) in ("svc", CLUSTER_DOMAIN)):
-        return parts[1], parts[0]
-    return None  # not a cluster Service (a ServiceEntry host in Istio)
 
 
 def rule_for(rules: Iterable[DestinationRule], namespace: str, name: str) -> DestinationRule | None:
@@ -354,7 +347,7 @@ def _check_host(host: str, field: str) -> None:
             f"{host!r}: a wildcard may only be the first label (*.example.com)", field=field
         )
     check_dns_subdomain(host, field)
-    if "." in host and host_service(host, "default") is None:
+    if "." in host and service_of_host(host, "default") is None:
         raise ManifestError(
             f"{host!r} is not a Service of this cluster: write name, name.namespace or "
             f"name.namespace.{CLUSTER_DOMAIN} (ServiceEntry hosts are not supported)",

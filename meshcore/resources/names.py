@@ -75,3 +75,18 @@ def check_port_name(value: str, field: str) -> None:
 def check_env_name(value: str, field: str) -> None:
     if not _ENV_NAME.match(value):
         raise ManifestError(f"{value!r} is not a valid environment variable name", field=field)
+
+
+def service_of_host(host: str, namespace: str) -> tuple[str, str] | None:
+    """The Service (namespace, name) an Istio mesh host names, read in the namespace of the
+    resource that wrote it (a VirtualService's, a DestinationRule's): `name`, `name.ns`,
+    `name.ns.svc`, `name.ns.svc.cluster.local`. None for a wildcard, or a host that is no
+    cluster Service's (a ServiceEntry host in Istio)."""
+    if "*" in host:
+        return None
+    parts = host.split(".")
+    if len(parts) == 1:
+        return namespace, parts[0]
+    if len(parts) == 2 or ".".join(parts[2:]) in ("svc", "svc.cluster.local"):
+        return parts[1], parts[0]
+    return None

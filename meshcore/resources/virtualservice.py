@@ -28,7 +28,7 @@ from meshcore.resources.core import ObjectMeta, ResourceKey, parse_metadata
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.fields import Fields
 from meshcore.resources.groups import NETWORKING
-from meshcore.resources.names import check_dns_subdomain, check_labels
+from meshcore.resources.names import check_dns_subdomain, check_labels, service_of_host
 
 VIRTUAL_SERVICE_VERSIONS: frozenset[str] = NETWORKING.versions
 
@@ -584,20 +584,6 @@ def parse_virtual_service(f: Fields, ignored: list[str]) -> VirtualService:
 
 
 # --- hosts -----------------------------------------------------------------------------------
-
-
-def service_of_host(host: str, namespace: str) -> tuple[str, str] | None:
-    """The Service (namespace, name) a mesh host names, read in the VirtualService's namespace
-    as Istio reads it: `name`, `name.ns`, `name.ns.svc`, `name.ns.svc.<domain>`; None for a
-    wildcard or a host that is no Service's name."""
-    if "*" in host:
-        return None
-    parts = host.split(".")
-    if len(parts) == 1:
-        return namespace, parts[0]
-    if len(parts) == 2 or parts[2] == "svc":
-        return parts[1], parts[0]
-    return None
 
 
 def host_matches(host: str, namespace: str, service_namespace: str, service_name: str) -> bool:

@@ -17,7 +17,6 @@ from meshcore.resources.destinationrule import (
     SimpleLB,
     Subset,
     TrafficPolicy,
-    host_service,
     parse_go_duration,
     rule_for,
     subset_labels,
@@ -214,21 +213,6 @@ def test_istio_group_is_refused_saying_what_to_change() -> None:
     error = only_error(dr("host: a", api="networking.istio.io/v1"))
     assert error.field == "apiVersion"
     assert "change apiVersion to networking.weft.dev/v1" in error.reason
-
-
-@pytest.mark.parametrize(
-    ("host", "expected"),
-    [
-        ("reviews", ("foo", "reviews")),
-        ("reviews.bar", ("bar", "reviews")),
-        ("reviews.bar.svc", ("bar", "reviews")),
-        ("reviews.bar.svc.cluster.local", ("bar", "reviews")),
-        ("*.bar.svc.cluster.local", None),
-        ("reviews.example.com", None),
-    ],
-)
-def test_host_names_a_service(host: str, expected: tuple[str, str] | None) -> None:
-    assert host_service(host, "foo") == expected
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from meshcore.api.convert import from_proto, to_proto
+from meshcore.resources.names import service_of_host
 from meshcore.resources.virtualservice import (
     Abort,
     Delay,
@@ -21,7 +22,6 @@ from meshcore.resources.virtualservice import (
     VirtualService,
     host_matches,
     parse_duration,
-    service_of_host,
 )
 from meshcore.vscheck import virtual_service_problem
 from tests.manifest_parsing import ManifestParser
@@ -271,6 +271,7 @@ def test_durations_are_go_durations(value: str, seconds: float) -> None:
         ("reviews.bar.svc", ("bar", "reviews")),
         ("reviews.bar.svc.cluster.local", ("bar", "reviews")),
         ("www.example.com", None),
+        ("reviews.bar.svc.other.domain", None),
         ("*.bar.svc.cluster.local", None),
     ],
 )
