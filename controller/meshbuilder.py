@@ -395,8 +395,8 @@ class MeshBuilder:
         routes: list[HTTPRoute | GRPCRoute],
         state: Mapping[ResourceKey, StateValue],
     ) -> None:
-        """A host or destination naming no Service, or a Service an HTTPRoute also binds
-        (the HTTPRoute wins, as in Istio): `meshcore.vscheck`."""
+        """A host or destination naming no Service, or a Service an HTTPRoute (or, for gRPC
+        calls, a GRPCRoute) also binds: the route wins, as in Istio (`meshcore.vscheck`)."""
 
         def service_ports(namespace: str, name: str) -> tuple[int, ...] | None:
             svc = state.get(ResourceKey(MeshService.kind, namespace, name))
@@ -404,8 +404,7 @@ class MeshBuilder:
 
         parents = [
             (str(r.key), p.namespace, p.name, p.port)
-            for r in routes
-            if isinstance(r, HTTPRoute)
+            for r in sorted(routes, key=lambda r: not isinstance(r, HTTPRoute))  # HTTP first
             for p in r.parent_refs
             if p.kind is ParentKind.SERVICE
         ]

@@ -8,7 +8,7 @@ problems`: pure, over the mesh's Services and the HTTPRoutes' Service parents.
   backend that does not resolve);
 - a host whose Service port also has an HTTPRoute: the HTTPRoute wins (Istio's rule, for
   ambient waypoints), the VirtualService is the conflict's loser and takes no effect on that
-  port.
+  port; likewise a GRPCRoute, for the gRPC calls on that port.
 
 One problem per VirtualService (the first met), as the controller reports one per resource.
 """
@@ -45,10 +45,12 @@ def virtual_service_problem(
                 continue
             taken = sorted(ports) if rport is None else [rport]
             shown = ", ".join(str(p) for p in taken)
+            kind = route.split(" ", 1)[0]
+            wins = f"the {kind} wins" + ("" if kind == "HTTPRoute" else " for gRPC calls")
             return (
                 f"spec.hosts[{i}]",
-                f"conflict: {route} also binds Service {svc[0]}/{svc[1]} (port {shown}); the "
-                "HTTPRoute wins (Istio's rule), this VirtualService takes no effect there",
+                f"conflict: {route} also binds Service {svc[0]}/{svc[1]} (port {shown}); "
+                f"{wins} (Istio's rule), this VirtualService takes no effect there",
             )
     for ri, rule in enumerate(vs.http):
         dests = [

@@ -77,3 +77,12 @@ def test_an_httproute_on_the_same_service_wins_and_the_virtual_service_is_the_co
     assert problems[KEY].reason.startswith(
         "conflict: HTTPRoute shop/cart also binds Service shop/cart (port 80)"
     )
+
+
+def test_a_grpcroute_on_the_same_service_is_reported_as_winning_for_grpc_calls() -> None:
+    grpc_route = ROUTE.replace("kind: HTTPRoute", "kind: GRPCRoute")
+    _, problems = build(MESH + vs("cart") + grpc_route)
+    assert problems[KEY].reason.startswith(
+        "conflict: GRPCRoute shop/cart also binds Service shop/cart (port 80); the GRPCRoute "
+        "wins for gRPC calls"
+    )
