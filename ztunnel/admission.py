@@ -17,7 +17,10 @@ does.
 
 A workload bound to a waypoint that serves workloads (`weft.dev/waypoint-for: workload|all`)
 is reached only through that waypoint: a stream from any other identity is refused, so L7
-policy cannot be dodged by calling the pod directly.
+policy cannot be dodged by calling the pod directly. A workload behind a Service bound to a
+`for: service` waypoint may be called directly (routes are skipped, as in Istio), except when
+an AuthorizationPolicy with HTTP attributes applies to it through that waypoint
+(ztunnel/waypointguard.py): then only the waypoint's identity, on the certificate, is admitted.
 
 Only workload identities of our trust domain (`spiffe://<td>/ns/<ns>/sa/<sa>`) may open HBONE
 streams: not a node's credential, not another trust domain's workload, not any other path the
@@ -77,6 +80,8 @@ class Verdict(enum.Enum):
     WRONG_IDENTITY = "wrong_identity"  # 403: not the identity the destination runs as
     BAD_PEER = "bad_peer"  # 403: not a workload identity of our trust domain
     WAYPOINT_BYPASS = "waypoint_bypass"  # 403: a waypoint-bound workload, not from it
+    # 403: an L7 AuthorizationPolicy applies through a waypoint, and this is not from it
+    WAYPOINT_POLICY_BYPASS = "waypoint_policy_bypass"
     STRICT = "strict"  # plaintext to a STRICT workload
     DENIED = "denied"  # by AuthorizationPolicy
 
@@ -88,6 +93,7 @@ _STATUS = {
     Verdict.WRONG_IDENTITY: 403,
     Verdict.BAD_PEER: 403,
     Verdict.WAYPOINT_BYPASS: 403,
+    Verdict.WAYPOINT_POLICY_BYPASS: 403,
     Verdict.STRICT: 403,
     Verdict.DENIED: 403,
 }
@@ -120,7 +126,12 @@ class Admission:
     @property
     def by_policy(self) -> bool:
         """Refused by policy (AuthorizationPolicy or STRICT), not by the request's shape."""
-        return self.verdict in (Verdict.DENIED, Verdict.STRICT, Verdict.WAYPOINT_BYPASS)
+        return self.verdict in (
+            Verdict.DENIED,
+            Verdict.STRICT,
+            Verdict.WAYPOINT_BYPASS,
+            Verdict.WAYPOINT_POLICY_BYPASS,
+        )
 
 
 # --- pieces ------------------------------------------------------------------------------
@@ -173,6 +184,21 @@ def waypoint_identity(waypoint: str, trust_domain: str) -> str:
 
 def is_waypoint(view: MeshView, identity: str, trust_domain: str) -> bool:
     return any(waypoint_identity(w, trust_domain) == identity for w in view.waypoints)
+
+
+def policy_bypass(view: MeshView, dest: Workload, peer: str | None, trust_domain: str) -> str:
+    """Why `peer` (None: plaintext) may not reach `dest` around its waypoint, or "": an L7
+    AuthorizationPolicy applies to `dest` through a waypoint and `peer` is not that waypoint."""
+    waypoints = view.waypoint_guard.get((dest.namespace, dest.name))
+    if not waypoints:
+        return ""
+    if peer is not None and any(waypoint_identity(w, trust_domain) == peer for w in waypoints):
+        return ""
+    names = ", ".join(sorted(waypoints))
+    return (
+        f"{dest.namespace}/{dest.name} has an L7 AuthorizationPolicy enforced by waypoint "
+        f"{names}: reached only through it, not from {peer or 'plaintext'}"
+    )
 
 
 def local_destination(view: MeshView, ip: str) -> Workload | None:
@@ -262,6 +288,8 @@ def _admit_hbone(
             source,
             source_ip,
         )
+    if bypass := policy_bypass(view, dest, peer, trust_domain):
+        return Admission(Verdict.WAYPOINT_POLICY_BYPASS, bypass, dest, source, source_ip)
     decision = _authorize(view, dest, a, source_ip, peer, trust_domain, root_namespace)
     verdict = Verdict.ALLOW if decision.allowed else Verdict.DENIED
     return Admission(verdict, decision.reason, dest, source, source_ip, bind, decision)
@@ -298,6 +326,10 @@ def _admit_plaintext(
             source,
             a.peer_address,
             mode=mode,
+        )
+    if bypass := policy_bypass(view, dest, None, trust_domain):
+        return Admission(
+            Verdict.WAYPOINT_POLICY_BYPASS, bypass, dest, source, a.peer_address, mode=mode
         )
     decision = _authorize(view, dest, a, a.peer_address, None, trust_domain, root_namespace)
     verdict = Verdict.ALLOW if decision.allowed else Verdict.DENIED

@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from meshcore.meshstate import MeshService, StateValue, TrustBundle, Waypoint, Workload
 from meshcore.resources import ResourceKey
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
+from ztunnel import waypointguard
+from ztunnel.rbac import DEFAULT_ROOT_NAMESPACE
 
 
 class MeshView:
@@ -20,6 +22,9 @@ class MeshView:
         self.policies: list[AuthorizationPolicy] = []
         self.peer_authentications: list[PeerAuthentication] = []
         self.bundle: TrustBundle | None = None
+        self.root_namespace = DEFAULT_ROOT_NAMESPACE
+        # workloads an L7 AuthorizationPolicy guards: only these waypoints may reach them
+        self.waypoint_guard: waypointguard.Guard = {}
         # called after each update: what was decided on the old view is decided again
         self.on_update: list[Callable[[], object]] = []
 
@@ -28,6 +33,7 @@ class MeshView:
         by_vip: dict[str, MeshService] = {}
         members: dict[tuple[str, str], list[Workload]] = {}
         policies, peer_auths = [], []
+        services: list[MeshService] = []
         waypoints: dict[str, Waypoint] = {}
         for value in state.values():
             if isinstance(value, Workload):
@@ -36,6 +42,7 @@ class MeshView:
                 for m in value.services:
                     members.setdefault((m.namespace, m.name), []).append(value)
             elif isinstance(value, MeshService):
+                services.append(value)
                 for ip in value.addresses:
                     by_vip[ip] = value
             elif isinstance(value, AuthorizationPolicy):
@@ -49,6 +56,13 @@ class MeshView:
         self.by_ip, self.by_vip, self.members = by_ip, by_vip, members
         self.waypoints = waypoints
         self.policies, self.peer_authentications = policies, peer_auths
+        self.waypoint_guard = waypointguard.guarded_workloads(
+            policies,
+            services,
+            {w.key: w for w in by_ip.values()}.values(),
+            waypoints,
+            root_namespace=self.root_namespace,
+        )
         for callback in self.on_update:
             callback()
 
