@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,7 +42,7 @@ import structlog
 from h2.stream import StreamState
 
 from meshcore.meshstate import Workload
-from waypoint import h2wire, ratelimit_store, routing, telemetry, tracing, trafficpolicy
+from waypoint import h2wire, ratelimit_store, routing, telemetry, tracing, trafficpolicy, xfcc
 from waypoint.h2wire import H2Request, H2RequestError
 from waypoint.ratelimit import GRPC_RESOURCE_EXHAUSTED, RATE_LIMITED
 from waypoint.streamio import BufferedEnd, EndClosed
@@ -403,6 +404,13 @@ class Front:
         client = self.client
         try:
             request = h2wire.parse_request(raw)
+            # who called, set here and never taken from the client (waypoint/xfcc.py)
+            request = dataclasses.replace(
+                request,
+                headers=xfcc.sanitize_set(
+                    request.headers, self.waypoint.config.identity, client.principal
+                ),
+            )
         except H2RequestError as err:
             record = GrpcRecord("", "", "", Peer(client.workload, client.principal), client.address)
             record.response_flags = telemetry.DOWNSTREAM_PROTOCOL_ERROR

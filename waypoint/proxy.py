@@ -57,6 +57,7 @@ from waypoint import (
     telemetry,
     tracing,
     trafficpolicy,
+    xfcc,
 )
 from waypoint.decision import GrpcRouteTables, Router, RouteTables
 from waypoint.h1 import (
@@ -579,7 +580,10 @@ class Waypoint:
     ) -> bool:
         """Handle one request; whether the client connection may carry another."""
         started = time.monotonic()
-        headers = decode_headers(request.headers)
+        # who called, set here and never taken from the client (waypoint/xfcc.py)
+        headers = xfcc.sanitize_set(
+            decode_headers(request.headers), self.config.identity, client.principal
+        )
         method = request.method.decode("latin-1")
         path = request.target.decode("latin-1")
         host = header(headers, "host") or ""
