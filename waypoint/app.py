@@ -25,6 +25,8 @@ from aiohttp import web
 from meshcore import adminserver, hbone
 from meshcore.configclient import Applied, ConfigClient, NodeCredential
 from meshcore.identity.certs import CertificateError
+from waypoint.pathnorm import DEFAULT as DEFAULT_PATH_NORMALIZATION
+from waypoint.pathnorm import PathNormalization
 from waypoint.proxy import Waypoint, WaypointConfig
 from waypoint.ratelimit_store import RedisStore
 from waypoint.state import WaypointView
@@ -60,10 +62,17 @@ class WaypointProcessConfig:
     otlp_endpoint: str = ""
     # Redis for Global RateLimitPolicy counters (`host:port` or `unix:/path`); "" is none
     redis_addr: str = ""
+    # How request paths are normalised before AuthorizationPolicy matching (Istio's options)
+    path_normalization: PathNormalization = DEFAULT_PATH_NORMALIZATION
 
     @property
     def proxy(self) -> WaypointConfig:
-        return WaypointConfig(self.namespace, self.name, self.trust_domain)
+        return WaypointConfig(
+            self.namespace,
+            self.name,
+            self.trust_domain,
+            path_normalization=self.path_normalization,
+        )
 
 
 class WaypointProcess:

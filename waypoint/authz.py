@@ -53,6 +53,7 @@ from meshcore.resources.security import (
 DEFAULT_ROOT_NAMESPACE = "weft-system"
 WAYPOINT_GATEWAY_CLASS = "weft-waypoint"
 DENIED_BODY = b"RBAC: access denied"
+GRPC_PERMISSION_DENIED = 7  # what a denied gRPC call gets (trailers-only)
 SPIFFE = "spiffe://"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

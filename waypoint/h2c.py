@@ -42,7 +42,16 @@ import structlog
 from h2.stream import StreamState
 
 from meshcore.meshstate import Workload
-from waypoint import h2wire, ratelimit_store, routing, telemetry, tracing, trafficpolicy, xfcc
+from waypoint import (
+    authz,
+    h2wire,
+    ratelimit_store,
+    routing,
+    telemetry,
+    tracing,
+    trafficpolicy,
+    xfcc,
+)
 from waypoint.h2wire import H2Request, H2RequestError
 from waypoint.ratelimit import GRPC_RESOURCE_EXHAUSTED, RATE_LIMITED
 from waypoint.streamio import BufferedEnd, EndClosed
@@ -482,6 +491,14 @@ class Front:
         record: GrpcRecord,
         trace: RequestTrace = NO_TRACE,
     ) -> None:
+        access = self.waypoint.authorize(
+            self.dest, self.client, request.method, request.path, request.authority,
+            request.headers,
+        )  # fmt: skip
+        if access is not None and not access.allowed:  # (Envoy: RBAC before the router)
+            self.waypoint.denied(record, access)
+            await self._deny(stream_id, request, record)
+            return
         decision = self._decide(request)
         if isinstance(decision, routing.Respond):
             record.response_flags = telemetry.NO_ROUTE if decision.status == 404 else "-"
@@ -804,6 +821,27 @@ class Front:
             oldest = min(idle, key=lambda b: b.link.last_used)
             self.backends[oldest.host].remove(oldest)
             oldest.close()
+
+    async def _deny(self, stream_id: int, request: H2Request, record: GrpcRecord) -> None:
+        """Envoy's RBAC denial: 403 "RBAC: access denied", or for gRPC grpc-status 7
+        PERMISSION_DENIED trailers-only."""
+        if request.grpc:
+            message = authz.DENIED_BODY.decode()
+            await self._answer(
+                stream_id, request, 403, authz.GRPC_PERMISSION_DENIED, message, (), record
+            )
+            return
+        body = authz.DENIED_BODY
+        head = [(":status", "403"), ("content-type", "text/plain")]
+        head.append(("content-length", str(len(body))))
+        record.response_code = 403
+        no_body = request.method == "HEAD"
+        await self.link.send_headers(stream_id, head, end_stream=no_body)
+        if not no_body:
+            record.response_bytes = len(body)
+            await self.link.send_data(stream_id, body, end_stream=True)
+        if self.link.peer_sending(stream_id):
+            self.link.reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     async def _answer(
         self,

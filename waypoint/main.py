@@ -25,6 +25,8 @@ from meshcore.resources.names import check_dns_label
 from meshcore.signals import stop_requested
 from waypoint import telemetry
 from waypoint.app import WaypointProcess, WaypointProcessConfig
+from waypoint.pathnorm import DEFAULT as DEFAULT_PATH_NORMALIZATION
+from waypoint.pathnorm import PathNormalization, parse_mode
 
 log = structlog.get_logger("waypoint")
 
@@ -92,6 +94,15 @@ def cli() -> None:
     help="Redis for Global RateLimitPolicy counters (host:port or unix:/path); unset: Global "
     "policies decide by their failureMode.",
 )
+@click.option(
+    "--path-normalization",
+    type=click.Choice([m.value for m in PathNormalization], case_sensitive=False),
+    default=DEFAULT_PATH_NORMALIZATION.value,
+    show_default=True,
+    envvar="WEFT_PATH_NORMALIZATION",
+    help="How request paths are normalised before AuthorizationPolicy paths are matched "
+    "(Istio's meshConfig pathNormalization).",
+)
 @nodeoptions.ADMIN_SOCKET
 @nodeoptions.admin_addr(WaypointProcessConfig.admin_addr)
 @nodeoptions.metrics_addr(WaypointProcessConfig.metrics_addr)
@@ -104,6 +115,7 @@ def run(
     hbone_addr: str,
     otlp_endpoint: str,
     redis_addr: str,
+    path_normalization: str,
     admin_socket: Path | None,
     admin_addr: str,
     metrics_addr: str,
@@ -125,6 +137,7 @@ def run(
         readiness_addr=readiness_addr,
         otlp_endpoint=otlp_endpoint,
         redis_addr=redis_addr,
+        path_normalization=parse_mode(path_normalization),
     )
     try:
         process = WaypointProcess(config)

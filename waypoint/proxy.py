@@ -48,9 +48,11 @@ from meshcore.identity.spiffe import IdentityError, SpiffeId
 from meshcore.meshstate import MeshService, ServicePort, Workload
 from meshcore.resources.gateway import Timeouts
 from waypoint import (
+    authz,
     h1,
     h2c,
     outlier_metrics,
+    pathnorm,
     protocol,
     ratelimit_store,
     routing,
@@ -124,6 +126,8 @@ class WaypointConfig:
     trust_domain: str = "cluster.local"
     sniff_timeout: float = SNIFF_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
+    # How a request path is normalised before AuthorizationPolicy paths are matched
+    path_normalization: pathnorm.PathNormalization = pathnorm.DEFAULT
 
     @property
     def gateway(self) -> str:
@@ -225,6 +229,11 @@ class Waypoint:
         self.ratelimit_store = ratelimit_store
         view.on_update.append(self._rate_limits_changed)
         self._rate_limits_changed()
+        # AuthorizationPolicies with targetRefs, compiled per Service (waypoint.authz)
+        self.authz = authz.AuthzTables(config.gateway)
+        self._custom_reported: set[str] = set()
+        view.on_update.append(self._authz_changed)
+        self._authz_changed()
         self._setups = SetupTasks("waypoint.failed_unexpectedly")
         self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
         self._mirrors: set[asyncio.Future[None]] = set()
@@ -233,6 +242,73 @@ class Waypoint:
 
     def _rate_limits_changed(self) -> None:
         self.rate_limits.update(self.view.rate_limit_policies, self.view.by_name.values())
+
+    def _authz_changed(self) -> None:
+        self.authz.update(self.view.mesh.policies)
+        self._custom_reported.clear()
+
+    def authorize(
+        self, dest: Destination, client: Client, method: str, target: str, authority: str,
+        headers: Headers,
+    ) -> authz.Verdict | None:  # fmt: skip
+        """The AuthorizationPolicy verdict on a request (HTTP/1.1 and h2c alike); None when
+        no policy applies to its destination (one dict lookup). Audit lines are written here."""
+        service = dest.service
+        policies = self.authz.for_destination(
+            service.namespace if service is not None else None,
+            service.name if service is not None else None,
+        )
+        if policies is None:
+            return None
+        try:
+            path: str | None = pathnorm.normalize(target, self.config.path_normalization).path
+        except pathnorm.PathError:
+            path = None  # path rules cannot be evaluated: DENY rules match, ALLOW rules do not
+        ours = client.principal.startswith(f"spiffe://{self.config.trust_domain}/")
+        view = authz.RequestView.build(
+            method=method,
+            path=path,
+            host=authority,
+            headers=headers,
+            source_principal=client.principal,
+            source_namespace=client.namespace if ours else "",
+            source_ip=client.address,
+            destination_ip=dest.target.ip,
+            destination_port=dest.target.port,
+        )
+        verdict = policies.evaluate(view)
+        for match in verdict.audit:
+            log.info(
+                "authz.audit",
+                policy=match.policy,
+                rule=match.rule,
+                rbac_policy=match.policy_id,
+                allowed=verdict.allowed,
+                method=method,
+                path=target[:500],
+                authority=authority,
+                source_principal=client.principal,
+                source_address=client.address,
+            )
+        for key in verdict.skipped_custom:
+            if key not in self._custom_reported:
+                self._custom_reported.add(key)
+                log.warning(
+                    "authz.custom_not_enforced",
+                    policy=key,
+                    reason="CUSTOM (external authorization) is not supported by weft's "
+                    "waypoint yet: the policy is not applied",
+                )
+        for note in verdict.notes:
+            log.info("authz.unevaluable", note=note, source_principal=client.principal)
+        return verdict
+
+    @staticmethod
+    def denied(record: RequestRecord, verdict: authz.Verdict) -> None:
+        """Note a denial on the request's record, as Envoy's RBAC filter logs it."""
+        record.response_flags = "-"
+        record.reason = verdict.reason
+        record.rbac_policy = verdict.decided_by.policy_id if verdict.decided_by else ""
 
     async def start(self) -> None:
         """Fetch our own certificate (the listener needs it before the first handshake)."""
@@ -654,6 +730,12 @@ class Waypoint:
         backends: dict[str, Backend],
         trace: RequestTrace = NO_TRACE,
     ) -> bool:
+        access = self.authorize(dest, client, record.method, record.path, record.authority, headers)
+        if access is not None and not access.allowed:  # (Envoy: RBAC before the router)
+            self.denied(record, access)
+            return await self._answer_here(
+                server, 403, (("content-type", "text/plain"),), record, authz.DENIED_BODY
+            )
         decision: routing.Forward | routing.Respond
         if dest.service is not None and dest.port is not None:
             route_request = routing.Request(
@@ -1211,12 +1293,14 @@ class Waypoint:
         status: int,
         headers: Headers,
         record: RequestRecord,
+        body: bytes | None = None,  # None: the status and reason, for errors
     ) -> bool:
         """Answer without a backend; the request body is read and dropped first (up to
         MAX_DRAIN, else the connection closes after the answer)."""
         keep = await self._drain_body(server, record)
         extra: Headers = () if keep else (("connection", "close"),)
-        body = f"{status} {record.reason}\n".encode() if status >= 400 else b""
+        if body is None:
+            body = f"{status} {record.reason}\n".encode() if status >= 400 else b""
         record.response_code = status
         record.response_bytes = await self._respond(server, status, (*headers, *extra), body)
         return keep

@@ -130,6 +130,7 @@ class RequestRecord:
     user_agent: str = ""
     request_id: str = ""
     retries: int = 0  # tries after the first (the route's retry policy)
+    rbac_policy: str = ""  # the AuthorizationPolicy rule that denied (Istio's policy id)
 
     def labels(self) -> dict[str, str]:
         return {
@@ -176,6 +177,7 @@ class RequestRecord:
             user_agent=self.user_agent or None,
             request_id=self.request_id or None,
             retries=self.retries or None,
+            rbac_policy=self.rbac_policy or None,
         )
         if ACCESS_LOG.stream is not None:
             ACCESS_LOG.write(fields)
