@@ -9,7 +9,7 @@ Every resource is built inside its own error boundary: one that cannot be turned
 state (a bad annotation, or a bug met by one object only) becomes a `Problem`, its last good
 value stays in force (or it is left out if it never had one), and the rest of the mesh is
 built as usual. Resources that are built but enforced nowhere (an AuthorizationPolicy with
-targetRefs while there are no waypoints) are reported the same way.
+targetRefs that no waypoint serves) are reported the same way.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from meshcore.resources.destinationrule import DestinationRule
 from meshcore.resources.gateway import AddressType, Gateway, GRPCRoute, HTTPRoute, ParentKind
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.ratelimit import TargetKind as RateLimitTargetKind
-from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
+from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication, TargetKind
 from meshcore.resources.virtualservice import VirtualService
 from meshcore.vscheck import virtual_service_problem
 
@@ -66,9 +66,9 @@ __all__ = ["USE_WAYPOINT_NAMESPACE_LABEL", "BuildError", "MeshBuilder"]
 _HASH_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<hash>[a-z0-9]+)-[a-z0-9]{5}$")
 
 NO_ENFORCEMENT_POINT = (
-    "targetRefs policies are enforced by waypoints, and weft's waypoints do not enforce "
-    "AuthorizationPolicy yet: this policy is enforced nowhere; use a selector (or no selector "
-    "for the whole namespace) to have ztunnel enforce it"
+    "targetRefs policies are enforced by waypoints, and no waypoint serves any of its targets: "
+    "this policy is enforced nowhere; bind the Service to a waypoint, or use a selector (or no "
+    "selector for the whole namespace) to have ztunnel enforce it"
 )
 
 _V = TypeVar("_V", bound=StateValue)
@@ -219,6 +219,7 @@ class MeshBuilder:
         routes: list[HTTPRoute | GRPCRoute] = []
         virtual_services: list[VirtualService] = []
         rate_limits: list[RateLimitPolicy] = []
+        waypoint_policies: list[AuthorizationPolicy] = []
         destination_rules: list[DestinationRule] = []
         problems: dict[ResourceKey, Problem] = {}
         for r in resources.values():
@@ -231,7 +232,7 @@ class MeshBuilder:
             elif isinstance(r, AuthorizationPolicy | PeerAuthentication):
                 state[r.key] = r
                 if isinstance(r, AuthorizationPolicy) and r.for_waypoint:
-                    self._report(problems, r.key, "spec.targetRefs", NO_ENFORCEMENT_POINT, False)
+                    waypoint_policies.append(r)
             elif isinstance(r, Gateway):
                 gateways.append(r)
             elif isinstance(r, HTTPRoute | GRPCRoute):
@@ -291,6 +292,9 @@ class MeshBuilder:
             self._check_virtual_service(problems, vs, routes, state)
         for policy in rate_limits:
             self._check_rate_limit_targets(problems, policy, state, resources, waypoints)
+        for authz in waypoint_policies:
+            if not self._served_by_a_waypoint(authz, state, waypoints):
+                self._report(problems, authz.key, "spec.targetRefs", NO_ENFORCEMENT_POINT, False)
 
         # A pod's binding depends on the waypoints too: a Gateway added, removed or retyped
         # (rare) rebuilds every workload.
@@ -500,6 +504,24 @@ class MeshBuilder:
             if reason:
                 self._report(problems, policy.key, f"spec.targetRefs[{i}]", reason, False)
                 return  # one problem per resource
+
+    @staticmethod
+    def _served_by_a_waypoint(
+        policy: AuthorizationPolicy,
+        state: Mapping[ResourceKey, StateValue],
+        waypoints: Mapping[str, Waypoint],
+    ) -> bool:
+        """Whether a waypoint enforces a targetRefs AuthorizationPolicy: one of its targets is
+        a waypoint Gateway, or a Service bound to a waypoint."""
+        ns = policy.metadata.namespace
+        for ref in policy.target_refs:
+            if ref.kind is TargetKind.GATEWAY and f"{ns}/{ref.name}" in waypoints:
+                return True
+            if ref.kind is TargetKind.SERVICE:
+                svc = state.get(ResourceKey(MeshService.kind, ns, ref.name))
+                if isinstance(svc, MeshService) and svc.waypoint:
+                    return True
+        return False
 
     def _service(
         self,

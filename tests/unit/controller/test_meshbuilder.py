@@ -792,3 +792,12 @@ def test_a_target_refs_policy_is_reported_as_enforced_nowhere_until_waypoints_ex
     assert problem.field == "spec.targetRefs"
     assert "enforced nowhere" in problem.reason
     assert "selector" in problem.reason  # says what to do instead
+
+
+def test_a_target_refs_policy_for_a_service_a_waypoint_serves_is_not_a_problem():
+    resources = parse(SHOP + "---\n" + TARGET_REFS)
+    builder = MeshBuilder(TRUST_DOMAIN)
+    state = builder.build(resources, BUNDLE)
+    key = ResourceKey("AuthorizationPolicy", "shop", "via-waypoint")
+    assert state[key] is resources[key]
+    assert key not in builder.problems()
