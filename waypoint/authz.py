@@ -20,6 +20,10 @@ Istio's order:
 
 AUDIT policies never change the verdict; those that match are in `Verdict.audit`.
 
+A TCP connection through the waypoint (a port that is not HTTP) is judged as a ztunnel judges
+one (`evaluate(..., l4=True)`): an ALLOW rule that uses HTTP fields never matches, other rules
+are applied with those fields left out (Istio's documented reading, as in `ztunnel/rbac.py`).
+
 Matching is Istio's: a rule matches when one of its `from` sources, one of its `to`
 operations and every `when` condition match; within one, every field set must hold (a value
 list matches when any value does, a `not` list when none does). Strings match exactly, by
@@ -32,6 +36,7 @@ by accident.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import re
@@ -521,27 +526,58 @@ def policy_key(policy: AuthorizationPolicy) -> str:
     return f"{policy.metadata.namespace}/{policy.metadata.name}"
 
 
+def l4_part(rule: Rule) -> Rule:
+    """The rule with its HTTP-only fields left out (what a TCP connection can be matched on)."""
+    return Rule(
+        tuple(
+            dataclasses.replace(
+                s,
+                request_principals=(),
+                not_request_principals=(),
+                remote_ip_blocks=(),
+                not_remote_ip_blocks=(),
+            )
+            for s in rule.sources
+        ),
+        tuple(Operation(ports=o.ports, not_ports=o.not_ports) for o in rule.operations),
+        tuple(c for c in rule.conditions if c.is_l4),
+    )
+
+
 @dataclass(frozen=True)
 class CompiledPolicy:
+    """A policy compiled twice: for HTTP requests (`rules`), and for TCP connections through
+    the waypoint (`l4_rules`, Istio's reading as at a ztunnel: an ALLOW rule using HTTP fields
+    never matches, other rules are applied with those fields left out)."""
+
     key: str  # namespace/name
     action: PolicyAction
     provider: str
     rules: tuple[CompiledRule, ...]
+    l4_rules: tuple[CompiledRule, ...] = ()
 
     @classmethod
     def compile(cls, policy: AuthorizationPolicy) -> CompiledPolicy:
         namespace = policy.metadata.namespace
+        allow = policy.action is PolicyAction.ALLOW
         return cls(
             policy_key(policy),
             policy.action,
             policy.provider,
             tuple(compile_rule(i, r, namespace) for i, r in enumerate(policy.rules)),
+            tuple(
+                compile_rule(i, l4_part(r), namespace)
+                for i, r in enumerate(policy.rules)
+                if not (allow and r.has_l7_fields)
+            ),
         )
 
-    def first_match(self, r: RequestView, notes: list[str]) -> CompiledRule | None:
+    def first_match(
+        self, r: RequestView, notes: list[str], *, l4: bool = False
+    ) -> CompiledRule | None:
         """The first rule that matches; a rule that cannot be evaluated matches unless this
         is an ALLOW policy (never an allow by accident)."""
-        for rule in self.rules:
+        for rule in self.l4_rules if l4 else self.rules:
             try:
                 if rule.matches(r):
                     return rule
@@ -632,11 +668,13 @@ class PolicySet:
     def empty(self) -> bool:
         return not (self.custom or self.deny or self.allow or self.audit)
 
-    def evaluate(self, r: RequestView) -> Verdict:
+    def evaluate(self, r: RequestView, *, l4: bool = False) -> Verdict:
+        """The verdict on an HTTP request, or with `l4` on a TCP connection (only its
+        source, destination and ports are read)."""
         notes: list[str] = []
         audit = []
         for p in self.audit:
-            rule = p.first_match(r, notes)
+            rule = p.first_match(r, notes, l4=l4)
             if rule is not None:
                 audit.append(RuleMatch(p.key, rule.index))
         skipped = tuple(p.key for p in self.custom)
@@ -647,7 +685,7 @@ class PolicySet:
             return Verdict(allowed, reason, by, a, tuple(audit), skipped, tuple(notes))
 
         for p in self.deny:
-            rule = p.first_match(r, notes)
+            rule = p.first_match(r, notes, l4=l4)
             if rule is not None:
                 return verdict(
                     False,
@@ -658,7 +696,7 @@ class PolicySet:
         if not self.allow:
             return verdict(True, "allowed: no ALLOW policy applies")
         for p in self.allow:
-            rule = p.first_match(r, notes)
+            rule = p.first_match(r, notes, l4=l4)
             if rule is not None:
                 return verdict(
                     True,

@@ -249,10 +249,11 @@ class Waypoint:
 
     def authorize(
         self, dest: Destination, client: Client, method: str, target: str, authority: str,
-        headers: Headers,
+        headers: Headers, *, l4: bool = False,
     ) -> authz.Verdict | None:  # fmt: skip
-        """The AuthorizationPolicy verdict on a request (HTTP/1.1 and h2c alike); None when
-        no policy applies to its destination (one dict lookup). Audit lines are written here."""
+        """The AuthorizationPolicy verdict on a request (HTTP/1.1 and h2c alike), or with
+        `l4` on a TCP connection passed through; None when no policy applies to its
+        destination (one dict lookup). Audit lines are written here."""
         service = dest.service
         policies = self.authz.for_destination(
             service.namespace if service is not None else None,
@@ -260,10 +261,10 @@ class Waypoint:
         )
         if policies is None:
             return None
-        try:
-            path: str | None = pathnorm.normalize(target, self.config.path_normalization).path
-        except pathnorm.PathError:
-            path = None  # path rules cannot be evaluated: DENY rules match, ALLOW rules do not
+        path: str | None = None  # (None: path rules cannot be evaluated, so never allow)
+        if not l4:
+            with contextlib.suppress(pathnorm.PathError):
+                path = pathnorm.normalize(target, self.config.path_normalization).path
         ours = client.principal.startswith(f"spiffe://{self.config.trust_domain}/")
         view = authz.RequestView.build(
             method=method,
@@ -276,7 +277,7 @@ class Waypoint:
             destination_ip=dest.target.ip,
             destination_port=dest.target.port,
         )
-        verdict = policies.evaluate(view)
+        verdict = policies.evaluate(view, l4=l4)
         for match in verdict.audit:
             log.info(
                 "authz.audit",
@@ -498,8 +499,22 @@ class Waypoint:
         app: AppProtocol,
     ) -> None:
         started = time.monotonic()
-        candidates = self._candidates(dest)
         target = str(dest.target)
+        access = self.authorize(dest, client, "", "", "", (), l4=True)
+        if access is not None and not access.allowed:  # (Envoy: the network RBAC filter)
+            log.info(
+                "connection.denied",
+                reporter=telemetry.REPORTER,
+                protocol=app.value,
+                source_principal=client.principal,
+                source_address=client.address,
+                destination=target,
+                reason=access.reason,
+                rbac_policy=access.decided_by.policy_id if access.decided_by else None,
+            )
+            end.reset()
+            return
+        candidates = self._candidates(dest)
         service_host = dest.service.hostname if dest.service else ""
         labels = metrics.ConnectionLabels(
             telemetry.REPORTER,

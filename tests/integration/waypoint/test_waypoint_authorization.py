@@ -4,6 +4,8 @@ access log, and a path dressed up (`//admin`, `%2Fadmin`, `/a/../admin`) is stil
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -15,11 +17,14 @@ from tests.integration.waypoint.h2_mesh import GRPC_PORT, GRPC_VIP, add_h2_servi
 from tests.integration.waypoint.waypoint_mesh import (
     HTTP_PORT,
     ROUTED_VIP,
+    TCP_PORT,
     WEB_VIP,
     HttpClient,
     Mesh,
     run,
 )
+from waypoint.streamio import BufferedEnd, EndClosed
+from ztunnel.relay import Relay
 
 pytestmark = pytest.mark.integration
 
@@ -135,5 +140,58 @@ def test_a_denied_grpc_call_is_permission_denied_trailers_only(tmp_path: Path) -
         ok = await client.grpc("/echo.Echo/A")
         assert ok.trailers["grpc-status"] == "0"
         assert sum(e.calls for e in echoes.values()) == calls + 1
+
+    run(tmp_path, body)
+
+
+L4_ALLOW = """
+apiVersion: security.weft.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: web-allow-tcp, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]
+    to: [{operation: {ports: ["9000"]}}]
+"""
+
+
+async def tcp_echo(mesh: Mesh, payload: bytes) -> bytes:
+    """What comes back through the waypoint to web's TCP echo ("" when the stream ends)."""
+    stream, status = await mesh.stream(port=TCP_PORT)
+    assert status == 200
+    end = BufferedEnd("test-client")
+    Relay(stream, end).start()
+    got = b""
+    with contextlib.suppress(EndClosed):  # (a denied stream may be reset before the write)
+        end.write(payload)
+        while len(got) < len(payload):
+            piece = await asyncio.wait_for(end.read(), 5)
+            if not piece:
+                break
+            got += piece
+        end.write_eof()  # closed both ways, so the waypoint counts the connection closed
+        assert await asyncio.wait_for(end.read(), 5) == b""
+    return got
+
+
+def test_tcp_through_the_waypoint_is_authorized_as_at_l4(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        # Istio's L4 reading: a DENY rule's HTTP fields are left out (so it denies more) ...
+        mesh.set_routes(POLICIES)
+        with capture_logs() as logs:
+            assert await tcp_echo(mesh, b"ping") == b""
+        denied = [e for e in logs if e.get("event") == "connection.denied"]
+        assert denied[0]["rbac_policy"] == "ns[shop]-policy[web-deny-admin]-rule[0]"
+        # ... and an ALLOW rule with HTTP fields never matches
+        mesh.set_routes(POLICIES.split("---")[0])
+        with capture_logs() as logs:
+            assert await tcp_echo(mesh, b"ping") == b""
+        denied = [e for e in logs if e.get("event") == "connection.denied"]
+        assert "no ALLOW policy matched" in str(denied[0]["reason"])
+        # an ALLOW rule of L4 fields lets it through
+        mesh.set_routes(L4_ALLOW)
+        assert await tcp_echo(mesh, b"ping") == b"ping"
 
     run(tmp_path, body)

@@ -485,3 +485,37 @@ def test_policy_action_enum_is_the_parsers() -> None:
         PolicyAction.DENY,
         PolicyAction.ALLOW,
     }
+
+
+@pytest.mark.parametrize(
+    ("spec", "kw", "allowed"),
+    [
+        # an ALLOW rule with HTTP fields never matches a TCP connection
+        ("action: ALLOW\nrules:\n- to: [{operation: {methods: [GET]}}]", {}, False),
+        ("action: ALLOW\nrules:\n- to: [{operation: {ports: ['8000']}}]", {}, True),
+        ("action: ALLOW\nrules:\n- from: [{source: {namespaces: [foo]}}]", {}, True),
+        # a DENY rule is applied with its HTTP fields left out: it denies more
+        ("action: DENY\nrules:\n- to: [{operation: {paths: [/admin]}}]", {}, False),
+        (
+            "action: DENY\nrules:\n- from: [{source: {namespaces: [bar]}}]\n"
+            "  to: [{operation: {paths: [/admin]}}]",
+            {},
+            True,
+        ),
+        (
+            "action: DENY\nrules:\n- when: [{key: 'request.headers[x]', values: [y]}, "
+            "{key: source.ip, values: [10.9.0.0/16]}]",
+            {},
+            True,
+        ),
+    ],
+)
+def test_tcp_through_the_waypoint_is_judged_as_at_l4(
+    spec: str, kw: dict[str, Any], allowed: bool
+) -> None:
+    tables = AuthzTables(GATEWAY)
+    tables.update(policies(policy("p", spec)))
+    found = tables.for_destination("foo", "httpbin")
+    assert found is not None
+    view = request(method="", path=None, host="", **kw)
+    assert found.evaluate(view, l4=True).allowed is allowed
