@@ -12,8 +12,9 @@ waypoint). Policies with a selector, or with neither, are ztunnel's.
 
 Istio's order:
 
-1. CUSTOM: not yet (no extension providers); such a policy is skipped and named in
-   `Verdict.skipped_custom`, so the caller can log it;
+1. CUSTOM: no extension providers yet (ext_authz); a request one of its rules matches is
+   denied (fail closed, as ztunnel does: never an allow for want of a provider), and every
+   CUSTOM policy is named in `Verdict.skipped_custom`, so the caller can log it;
 2. a matching DENY policy denies;
 3. when any ALLOW policy applies, a request that matches none is denied;
 4. otherwise allowed.
@@ -684,6 +685,16 @@ class PolicySet:
         ) -> Verdict:
             return Verdict(allowed, reason, by, a, tuple(audit), skipped, tuple(notes))
 
+        for p in self.custom:
+            rule = p.first_match(r, notes, l4=l4)
+            if rule is not None:
+                return verdict(
+                    False,
+                    f"denied: CUSTOM policy {p.key} rule {rule.index} applies and external "
+                    "authorization is not supported yet (fail closed)",
+                    RuleMatch(p.key, rule.index),
+                    PolicyAction.CUSTOM,
+                )
         for p in self.deny:
             rule = p.first_match(r, notes, l4=l4)
             if rule is not None:

@@ -298,7 +298,7 @@ class Waypoint:
                     "authz.custom_not_enforced",
                     policy=key,
                     reason="CUSTOM (external authorization) is not supported by weft's "
-                    "waypoint yet: the policy is not applied",
+                    "waypoint yet: requests its rules match are denied (fail closed)",
                 )
         for note in verdict.notes:
             log.info("authz.unevaluable", note=note, source_principal=client.principal)
