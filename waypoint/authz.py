@@ -618,7 +618,7 @@ def scopes(
         elif ref.kind is TargetKind.SERVICE:
             found.append((Scope.SERVICE, f"{namespace}/{ref.name}"))
         elif (
-            str(ref.kind.value) == "GatewayClass"
+            ref.kind is TargetKind.GATEWAY_CLASS
             and ref.name == WAYPOINT_GATEWAY_CLASS
             and namespace == root_namespace
         ):

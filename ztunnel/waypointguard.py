@@ -25,9 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from meshcore.meshstate import WAYPOINT_GATEWAY_CLASS, MeshService, Waypoint, Workload
-from meshcore.resources.security import AuthorizationPolicy
-
-GATEWAY_CLASS_KIND = "GatewayClass"
+from meshcore.resources.security import AuthorizationPolicy, TargetKind
 
 # (namespace, name) of a workload -> the waypoints ("<ns>/<name>") that alone may reach it.
 Guard = Mapping[tuple[str, str], frozenset[str]]
@@ -49,13 +47,12 @@ def _policy_waypoints(
     single: set[tuple[str, str]] = set()
     ns = policy.metadata.namespace
     for ref in policy.target_refs:
-        kind = ref.kind.value
-        if kind == "Gateway" and f"{ns}/{ref.name}" in waypoints:
+        if ref.kind is TargetKind.GATEWAY and f"{ns}/{ref.name}" in waypoints:
             whole.add(f"{ns}/{ref.name}")
-        elif kind == "Service" and (ns, ref.name) in services:
+        elif ref.kind is TargetKind.SERVICE and (ns, ref.name) in services:
             single.add((ns, ref.name))
         elif (
-            kind == GATEWAY_CLASS_KIND
+            ref.kind is TargetKind.GATEWAY_CLASS
             and ref.name == WAYPOINT_GATEWAY_CLASS
             and ns == root_namespace
         ):

@@ -22,12 +22,16 @@ from meshcore import ports
 from meshcore.resources.core import ObjectMeta, ResourceKey, parse_metadata
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.fields import Fields
+from meshcore.resources.gateway import WAYPOINT_CLASS
 from meshcore.resources.groups import SECURITY
 from meshcore.resources.names import check_dns_subdomain, check_labels
 
 GROUP = SECURITY.group
 ISTIO_GROUP = SECURITY.istio_group
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+# Istio's root namespace (istio-system there): its policies without a selector are mesh-wide,
+# and only there may a policy target the GatewayClass of every waypoint.
+ROOT_NAMESPACE = "weft-system"
 
 
 SECURITY_VERSIONS: frozenset[str] = SECURITY.versions
@@ -50,10 +54,14 @@ class MtlsMode(enum.Enum):
 
 
 class TargetKind(enum.Enum):
-    """What a policy's targetRefs may name (Istio also allows GatewayClass and ServiceEntry)."""
+    """What a policy's targetRefs may name (Istio also allows ServiceEntry).
+
+    GATEWAY_CLASS is only `weft-waypoint` from the root namespace: every waypoint of the mesh.
+    """
 
     SERVICE = "Service"
     GATEWAY = "Gateway"
+    GATEWAY_CLASS = "GatewayClass"
 
     @property
     def group(self) -> str:
@@ -589,14 +597,15 @@ def _parse_rule(raw: object, path: str, action: PolicyAction) -> Rule:
     return Rule(tuple(sources), tuple(operations), conditions)
 
 
-def _parse_target_ref(raw: object, path: str) -> PolicyTargetRef:
+def _parse_target_ref(raw: object, path: str, namespace: str | None = None) -> PolicyTargetRef:
+    """One targetRef of a policy in `namespace` (None: unknown, so no GatewayClass)."""
     f = Fields(raw, path)
     group = f.string("group")
     kind_text = f.string("kind", required=True)
     name = f.string("name", required=True)
-    namespace = f.string("namespace")
+    ref_namespace = f.string("namespace")
     f.done()
-    if namespace:
+    if ref_namespace:
         raise f.fail(
             "namespace",
             "cross-namespace references are not supported; leave it out to name an object in "
@@ -606,11 +615,27 @@ def _parse_target_ref(raw: object, path: str) -> PolicyTargetRef:
         kind = TargetKind(kind_text)
     except ValueError:
         raise f.fail(
-            "kind", f"weft attaches policies to a Service or a Gateway, not {kind_text!r}"
+            "kind",
+            f"weft attaches policies to a Service, a Gateway or the GatewayClass "
+            f"{WAYPOINT_CLASS}, not {kind_text!r}",
         ) from None
     accepted = ("", "core") if kind is TargetKind.SERVICE else (GATEWAY_API_GROUP,)
     if group not in accepted:
         raise f.fail("group", f"a {kind.value} is in group {kind.group!r}, not {group!r}")
+    if kind is TargetKind.GATEWAY_CLASS:
+        if name != WAYPOINT_CLASS:
+            raise f.fail(
+                "name",
+                f"the only GatewayClass a policy may target is {WAYPOINT_CLASS}, not {name!r}",
+            )
+        if namespace != ROOT_NAMESPACE:
+            raise f.fail(
+                "kind",
+                f"a GatewayClass is targeted only by a policy in the root namespace "
+                f"{ROOT_NAMESPACE} (it applies to every waypoint of the mesh), not in "
+                f"{namespace or 'this one'!r}; target the waypoint's Gateway or a Service "
+                "instead",
+            )
     check_dns_subdomain(name, f.sub("name"))
     return PolicyTargetRef(kind, name)
 
@@ -623,9 +648,13 @@ def parse_authorization_policy(f: Fields, ignored: list[str]) -> AuthorizationPo
     selector = _selector(spec, ignored)
     target_refs: list[PolicyTargetRef] = []
     if spec.raw("targetRef") is not None:
-        target_refs.append(_parse_target_ref(spec.raw("targetRef"), spec.sub("targetRef")))
+        target_refs.append(
+            _parse_target_ref(spec.raw("targetRef"), spec.sub("targetRef"), meta.namespace)
+        )
     singular = bool(target_refs)
-    target_refs.extend(_parse_target_ref(item, p) for p, item in spec.objects("targetRefs"))
+    target_refs.extend(
+        _parse_target_ref(item, p, meta.namespace) for p, item in spec.objects("targetRefs")
+    )
     if singular and len(target_refs) > 1:
         raise spec.fail("targetRefs", "may not be given together with targetRef")
     if selector is not None and target_refs:

@@ -11,6 +11,8 @@ from ipaddress import ip_network
 
 import pytest
 
+from meshcore.api import mesh_pb2 as pb
+from meshcore.api.convert import from_proto, to_proto
 from meshcore.resources import (
     AuthorizationPolicy,
     Condition,
@@ -352,6 +354,30 @@ GOOD_POLICIES: list[tuple[str, str, AuthorizationPolicy]] = [
         ),
     ),
     (
+        "targetRefs to the GatewayClass of every waypoint, from the root namespace",
+        policy(
+            """
+            targetRefs:
+            - kind: GatewayClass
+              group: gateway.networking.k8s.io
+              name: weft-waypoint
+            action: DENY
+            rules:
+            - to:
+              - operation:
+                  paths: ["/admin*"]
+            """,
+            name="mesh-deny-admin",
+            namespace="weft-system",
+        ),
+        AuthorizationPolicy(
+            meta("mesh-deny-admin", "weft-system"),
+            action=PolicyAction.DENY,
+            target_refs=(PolicyTargetRef(TargetKind.GATEWAY_CLASS, "weft-waypoint"),),
+            rules=(Rule(operations=(Operation(paths=("/admin*",)),)),),
+        ),
+    ),
+    (
         "the older singular targetRef",
         policy("targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: ingress}"),
         AuthorizationPolicy(meta(), target_refs=(PolicyTargetRef(TargetKind.GATEWAY, "ingress"),)),
@@ -412,6 +438,21 @@ def test_authorization_policy_round_trips_to_its_typed_value(
     assert resource.key == ResourceKey(
         "AuthorizationPolicy", expected.metadata.namespace, expected.metadata.name
     )
+
+
+def test_gateway_class_target_survives_the_wire() -> None:
+    parsed = parse_one(
+        policy(
+            "targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, "
+            "name: weft-waypoint}]\naction: DENY\nrules: [{}]",
+            namespace="weft-system",
+        )
+    )
+    msg = pb.Resource.FromString(to_proto(parsed).SerializeToString())
+
+    assert msg.authorization_policy.target_refs[0].kind == "GatewayClass"
+    assert msg.authorization_policy.target_refs[0].group == "gateway.networking.k8s.io"
+    assert from_proto(msg) == parsed
 
 
 def test_policy_without_namespace_lands_in_default() -> None:
@@ -775,17 +816,33 @@ BAD_MANIFESTS = [
     (
         "targetRef to a ServiceEntry",
         policy("targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: ext}]"),
-        f"{AP}: spec.targetRefs[0].kind: weft attaches policies to a Service or a Gateway, "
-        "not 'ServiceEntry'",
+        f"{AP}: spec.targetRefs[0].kind: weft attaches policies to a Service, a Gateway or the "
+        "GatewayClass weft-waypoint, not 'ServiceEntry'",
     ),
     (
-        "targetRef to a GatewayClass",
+        "targetRef to a GatewayClass other than weft-waypoint",
+        policy(
+            "targetRefs:\n- {kind: GatewayClass, group: gateway.networking.k8s.io, name: istio}",
+            namespace="weft-system",
+        ),
+        "AuthorizationPolicy weft-system/p: spec.targetRefs[0].name: the only GatewayClass a "
+        "policy may target is weft-waypoint, not 'istio'",
+    ),
+    (
+        "targetRef to the GatewayClass outside the root namespace",
         policy(
             "targetRefs:\n- {kind: Service, name: a}\n"
-            "- {kind: GatewayClass, group: gateway.networking.k8s.io, name: istio}"
+            "- {kind: GatewayClass, group: gateway.networking.k8s.io, name: weft-waypoint}"
         ),
-        f"{AP}: spec.targetRefs[1].kind: weft attaches policies to a Service or a Gateway, "
-        "not 'GatewayClass'",
+        f"{AP}: spec.targetRefs[1].kind: a GatewayClass is targeted only by a policy in the root "
+        "namespace weft-system (it applies to every waypoint of the mesh), not in 'foo'; target "
+        "the waypoint's Gateway or a Service instead",
+    ),
+    (
+        "targetRef to the GatewayClass without its group",
+        policy("targetRef: {kind: GatewayClass, name: weft-waypoint}", namespace="weft-system"),
+        "AuthorizationPolicy weft-system/p: spec.targetRef.group: a GatewayClass is in group "
+        "'gateway.networking.k8s.io', not ''",
     ),
     (
         "targetRef to a Gateway without its group",

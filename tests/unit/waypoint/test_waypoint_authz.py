@@ -437,6 +437,24 @@ def test_which_policies_apply_at_this_waypoint() -> None:
     assert [p.metadata.name for p in applicable(policies(text), GATEWAY, None)] == ["to-gateway"]
 
 
+def test_a_gateway_class_policy_from_the_root_namespace_applies_at_every_waypoint() -> None:
+    to_class = (
+        "  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, "
+        "name: weft-waypoint}]\n"
+    )
+    (mesh_wide,) = policies(
+        policy("mesh-deny", "action: DENY\nrules:\n- {}", namespace="weft-system", target=to_class)
+    )
+    for gateway in (GATEWAY, "bar/other-waypoint"):
+        assert applicable([mesh_wide], gateway, SERVICE) == [mesh_wide]
+        assert applicable([mesh_wide], gateway, None) == [mesh_wide]
+    assert applicable([mesh_wide], GATEWAY, SERVICE, root_namespace="elsewhere") == []
+    tables = AuthzTables(GATEWAY)
+    tables.update([mesh_wide])
+    found = tables.for_destination("foo", "httpbin")
+    assert found is not None and not found.evaluate(request()).allowed
+
+
 def test_tables_do_one_lookup_and_none_when_nothing_applies() -> None:
     tables = AuthzTables(GATEWAY)
     tables.update(policies(policy("to-service", "action: DENY\nrules:\n- {}")))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
 
@@ -23,7 +22,7 @@ from meshcore.meshstate import (
     Workload,
 )
 from meshcore.resources import ResourceKey, documents_from_text, parse_documents
-from meshcore.resources.security import AuthorizationPolicy, PolicyTargetRef
+from meshcore.resources.security import AuthorizationPolicy, PolicyTargetRef, TargetKind
 from ztunnel.admission import Attempt, Listener, Verdict, admit
 from ztunnel.state import MeshView
 from ztunnel.waypointguard import guarded_workloads
@@ -235,8 +234,8 @@ def test_a_workload_behind_two_guarded_services_admits_either_waypoint() -> None
 
 def _gateway_class_policy(namespace: str) -> AuthorizationPolicy:
     (base,) = parsed(policy("all", "Service/api", GET_ONLY, namespace=namespace))
-    kind = SimpleNamespace(value="GatewayClass")  # weft's parser may not take it yet
-    ref = PolicyTargetRef(kind, "weft-waypoint")  # type: ignore[arg-type]
+    # built by hand: the parser takes a GatewayClass only in the root namespace
+    ref = PolicyTargetRef(TargetKind.GATEWAY_CLASS, "weft-waypoint")
     return dataclasses.replace(base, target_refs=(ref,))
 
 
