@@ -55,6 +55,7 @@ from meshcore.resources.destinationrule import DestinationRule
 from meshcore.resources.gateway import AddressType, Gateway, GRPCRoute, HTTPRoute, ParentKind
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.ratelimit import TargetKind as RateLimitTargetKind
+from meshcore.resources.requestauthn import RequestAuthentication
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication, TargetKind
 from meshcore.resources.virtualservice import VirtualService
 from meshcore.vscheck import virtual_service_problem
@@ -247,6 +248,8 @@ class MeshBuilder:
             elif isinstance(r, DestinationRule):
                 state[r.key] = r  # as parsed: a waypoint applies it
                 destination_rules.append(r)
+            elif isinstance(r, RequestAuthentication):
+                state[r.key] = r  # as parsed: a waypoint validates JWTs with it
 
         waypoints: dict[str, Waypoint] = {}
         for gw in gateways:

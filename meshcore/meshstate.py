@@ -14,6 +14,7 @@ from meshcore.resources import ResourceKey
 from meshcore.resources.destinationrule import DestinationRule
 from meshcore.resources.gateway import GRPCRoute, HTTPRoute
 from meshcore.resources.ratelimit import RateLimitPolicy
+from meshcore.resources.requestauthn import RequestAuthentication
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
 from meshcore.resources.virtualservice import VirtualService
 
@@ -159,4 +160,5 @@ StateValue = (
     | DestinationRule  # sent as parsed, for waypoints
     | VirtualService  # sent as parsed, for waypoints
     | RateLimitPolicy  # sent as parsed, for waypoints
+    | RequestAuthentication  # sent as parsed, for waypoints
 )

@@ -14,6 +14,7 @@ from meshcore.resources import ResourceKey
 from meshcore.resources.destinationrule import DestinationRule, TrafficPolicy, rule_for
 from meshcore.resources.gateway import GRPCRoute, HTTPRoute
 from meshcore.resources.ratelimit import RateLimitPolicy
+from meshcore.resources.requestauthn import RequestAuthentication
 from meshcore.resources.virtualservice import VirtualService
 from ztunnel.state import MeshView
 
@@ -29,6 +30,7 @@ class WaypointView:
         self.rate_limit_policies: tuple[RateLimitPolicy, ...] = ()
         self.virtual_services: tuple[VirtualService, ...] = ()
         self.destination_rules: tuple[DestinationRule, ...] = ()
+        self.request_authentications: tuple[RequestAuthentication, ...] = ()
         self._rule_by_service: dict[tuple[str, str], DestinationRule | None] = {}
         self.on_update: list[Callable[[], object]] = []
 
@@ -36,6 +38,7 @@ class WaypointView:
         mesh: dict[ResourceKey, StateValue] = {}
         rules: list[DestinationRule] = []
         rate_limits: list[RateLimitPolicy] = []
+        authns: list[RequestAuthentication] = []
         http, grpc, vs = [], [], []
         for key, value in state.items():
             if isinstance(value, HTTPRoute):
@@ -48,6 +51,8 @@ class WaypointView:
                 rate_limits.append(value)
             elif isinstance(value, VirtualService):
                 vs.append(value)
+            elif isinstance(value, RequestAuthentication):
+                authns.append(value)
             else:
                 mesh[key] = value  # type: ignore[assignment]  # MeshView ignores the rest
         self.mesh.update(mesh)
@@ -56,6 +61,7 @@ class WaypointView:
         self._rule_by_service = {}
         self.http_routes, self.grpc_routes = tuple(http), tuple(grpc)
         self.rate_limit_policies = tuple(rate_limits)
+        self.request_authentications = tuple(authns)
         self.virtual_services = tuple(sorted(vs, key=lambda v: (v.key.namespace, v.key.name)))
         for callback in self.on_update:
             callback()

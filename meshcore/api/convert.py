@@ -20,6 +20,10 @@ from meshcore.api.networking_convert import (
 )
 from meshcore.api.policy_convert import policy_from_proto, policy_to_proto
 from meshcore.api.ratelimit_convert import rate_limit_from_proto, rate_limit_to_proto
+from meshcore.api.requestauthn_convert import (
+    request_authentication_from_proto,
+    request_authentication_to_proto,
+)
 from meshcore.api.route_convert import route_from_proto, route_to_proto
 from meshcore.meshstate import (
     MeshService,
@@ -34,6 +38,7 @@ from meshcore.meshstate import (
 from meshcore.resources import GRPCRoute, HTTPRoute, ResourceKey
 from meshcore.resources.destinationrule import DestinationRule
 from meshcore.resources.ratelimit import RateLimitPolicy
+from meshcore.resources.requestauthn import RequestAuthentication
 from meshcore.resources.virtualservice import VirtualService
 
 __all__ = ["ConversionError", "from_proto", "key_from_proto", "key_to_proto", "to_proto"]
@@ -110,6 +115,8 @@ def to_proto(value: StateValue) -> pb.Resource:
         virtual_service_to_proto(value, out)
     elif isinstance(value, RateLimitPolicy):
         rate_limit_to_proto(value, out)
+    elif isinstance(value, RequestAuthentication):
+        request_authentication_to_proto(value, out)
     else:
         policy_to_proto(value, out)
     return out
@@ -193,6 +200,8 @@ def from_proto(msg: pb.Resource) -> StateValue:
         value = virtual_service_from_proto(msg)
     elif body == "rate_limit_policy":
         value = rate_limit_from_proto(msg)
+    elif body == "request_authentication":
+        value = request_authentication_from_proto(msg)
     else:
         raise ConversionError(f"{what}: resource has no body")
     if value.key != key:

@@ -264,6 +264,7 @@ if TYPE_CHECKING:  # those modules parse with helpers from this one, so no runti
     from meshcore.resources.destinationrule import DestinationRule
     from meshcore.resources.gateway import Gateway, GRPCRoute, HTTPRoute
     from meshcore.resources.ratelimit import RateLimitPolicy
+    from meshcore.resources.requestauthn import RequestAuthentication
     from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
     from meshcore.resources.virtualservice import VirtualService
 
@@ -273,6 +274,7 @@ Resource: TypeAlias = (
     " | RateLimitPolicy"
     " | DestinationRule"
     " | VirtualService"
+    " | RequestAuthentication"
 )
 
 

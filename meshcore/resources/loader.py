@@ -29,6 +29,7 @@ from meshcore.resources.gateway import (
     parse_http_route,
 )
 from meshcore.resources.ratelimit import RATELIMIT_VERSIONS, parse_rate_limit_policy
+from meshcore.resources.requestauthn import parse_request_authentication
 from meshcore.resources.security import (
     SECURITY_VERSIONS,
     parse_authorization_policy,
@@ -47,6 +48,7 @@ KINDS: dict[str, tuple[frozenset[str], _Parser]] = {
     "Deployment": (frozenset({"apps/v1"}), parse_deployment),
     "AuthorizationPolicy": (SECURITY_VERSIONS, parse_authorization_policy),
     "PeerAuthentication": (SECURITY_VERSIONS, parse_peer_authentication),
+    "RequestAuthentication": (SECURITY_VERSIONS, parse_request_authentication),
     "Gateway": (GATEWAY_VERSIONS, parse_gateway),
     "HTTPRoute": (HTTPROUTE_VERSIONS, parse_http_route),
     "GRPCRoute": (GRPCROUTE_VERSIONS, parse_grpc_route),
