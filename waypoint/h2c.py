@@ -45,6 +45,7 @@ from meshcore.meshstate import Workload
 from waypoint import (
     authz,
     h2wire,
+    jwtauth,
     ratelimit_store,
     routing,
     telemetry,
@@ -491,9 +492,20 @@ class Front:
         record: GrpcRecord,
         trace: RequestTrace = NO_TRACE,
     ) -> None:
+        request_auth = None
+        authn = await self.waypoint.authenticate(
+            self.dest, self.client, request.path, request.headers
+        )
+        if authn is not None:  # (Envoy: jwt_authn before RBAC)
+            if authn.failure:
+                self.waypoint.unauthenticated(record, authn)
+                await self._unauthenticated(stream_id, request, record)
+                return
+            request = dataclasses.replace(request, headers=authn.headers)
+            request_auth = authn.auth
         access = self.waypoint.authorize(
             self.dest, self.client, request.method, request.path, request.authority,
-            request.headers,
+            request.headers, request_auth=request_auth,
         )  # fmt: skip
         if access is not None and not access.allowed:  # (Envoy: RBAC before the router)
             self.waypoint.denied(record, access)
@@ -821,6 +833,29 @@ class Front:
             oldest = min(idle, key=lambda b: b.link.last_used)
             self.backends[oldest.host].remove(oldest)
             oldest.close()
+
+    async def _unauthenticated(
+        self, stream_id: int, request: H2Request, record: GrpcRecord
+    ) -> None:
+        """Envoy's jwt_authn refusal: 401 "Jwt verification fails", or for gRPC
+        grpc-status 16 UNAUTHENTICATED trailers-only."""
+        message = jwtauth.UNAUTHORIZED_BODY.decode()
+        if request.grpc:
+            await self._answer(
+                stream_id, request, 401, jwtauth.GRPC_UNAUTHENTICATED, message, (), record
+            )
+            return
+        body = jwtauth.UNAUTHORIZED_BODY
+        head = [(":status", "401"), *jwtauth.UNAUTHORIZED_HEADERS]
+        head.append(("content-length", str(len(body))))
+        record.response_code = 401
+        no_body = request.method == "HEAD"
+        await self.link.send_headers(stream_id, head, end_stream=no_body)
+        if not no_body:
+            record.response_bytes = len(body)
+            await self.link.send_data(stream_id, body, end_stream=True)
+        if self.link.peer_sending(stream_id):
+            self.link.reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     async def _deny(self, stream_id: int, request: H2Request, record: GrpcRecord) -> None:
         """Envoy's RBAC denial: 403 "RBAC: access denied", or for gRPC grpc-status 7

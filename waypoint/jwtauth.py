@@ -36,6 +36,10 @@ from waypoint.authz import DEFAULT_ROOT_NAMESPACE, WAYPOINT_GATEWAY_CLASS, Reque
 log = structlog.get_logger("waypoint.jwtauth")
 
 UNAUTHORIZED_BODY = b"Jwt verification fails"  # Envoy's jwt_authn body for a bad token
+UNAUTHORIZED_HEADERS = (
+    ("content-type", "text/plain"),
+    ("www-authenticate", 'Bearer realm="weft", error="invalid_token"'),
+)
 GRPC_UNAUTHENTICATED = 16
 LEEWAY = 60.0  # seconds of clock skew allowed on exp / nbf (Envoy's default)
 # Public-key algorithms only: `none` and HMAC (whose "key" would be the public JWKS) never.

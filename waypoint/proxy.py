@@ -51,6 +51,7 @@ from waypoint import (
     authz,
     h1,
     h2c,
+    jwtauth,
     outlier_metrics,
     pathnorm,
     protocol,
@@ -234,6 +235,11 @@ class Waypoint:
         self._custom_reported: set[str] = set()
         view.on_update.append(self._authz_changed)
         self._authz_changed()
+        # RequestAuthentications with targetRefs, per Service (waypoint.jwtauth); JWKS caches
+        # are kept across view updates
+        self.authn = jwtauth.AuthnTables(config.gateway)
+        view.on_update.append(self._authn_changed)
+        self._authn_changed()
         self._setups = SetupTasks("waypoint.failed_unexpectedly")
         self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
         self._mirrors: set[asyncio.Future[None]] = set()
@@ -247,9 +253,43 @@ class Waypoint:
         self.authz.update(self.view.mesh.policies)
         self._custom_reported.clear()
 
+    def _authn_changed(self) -> None:
+        self.authn.update(self.view.request_authentications)
+
+    async def authenticate(
+        self, dest: Destination, client: Client, target: str, headers: Headers
+    ) -> jwtauth.Outcome | None:
+        """RequestAuthentication on a request (HTTP/1.1 and h2c alike), just before
+        authorization: None when no policy applies to its destination (one dict lookup, no
+        await); else the outcome (a failure is answered 401; the outcome's headers are the
+        ones to forward)."""
+        service = dest.service
+        authn = self.authn.for_destination(
+            service.namespace if service is not None else None,
+            service.name if service is not None else None,
+        )
+        if authn is None:
+            return None
+        outcome = await authn.authenticate(headers, target)
+        if outcome.failure:
+            log.info(
+                "jwt.invalid",
+                reason=outcome.failure,
+                issuer=outcome.issuer,
+                source_principal=client.principal,
+                path=target[:500],
+            )
+        return outcome
+
+    @staticmethod
+    def unauthenticated(record: RequestRecord, outcome: jwtauth.Outcome) -> None:
+        """Note a refused token on the request's record."""
+        record.response_flags = "-"
+        record.reason = f"{jwtauth.UNAUTHORIZED_BODY.decode()}: {outcome.failure}"
+
     def authorize(
         self, dest: Destination, client: Client, method: str, target: str, authority: str,
-        headers: Headers, *, l4: bool = False,
+        headers: Headers, *, l4: bool = False, request_auth: authz.RequestAuth | None = None,
     ) -> authz.Verdict | None:  # fmt: skip
         """The AuthorizationPolicy verdict on a request (HTTP/1.1 and h2c alike), or with
         `l4` on a TCP connection passed through; None when no policy applies to its
@@ -276,6 +316,7 @@ class Waypoint:
             source_ip=client.address,
             destination_ip=dest.target.ip,
             destination_port=dest.target.port,
+            request_auth=request_auth,
         )
         verdict = policies.evaluate(view, l4=l4)
         for match in verdict.audit:
@@ -745,7 +786,19 @@ class Waypoint:
         backends: dict[str, Backend],
         trace: RequestTrace = NO_TRACE,
     ) -> bool:
-        access = self.authorize(dest, client, record.method, record.path, record.authority, headers)
+        request_auth = None
+        authn = await self.authenticate(dest, client, record.path, headers)
+        if authn is not None:  # (Envoy: jwt_authn before RBAC)
+            if authn.failure:
+                self.unauthenticated(record, authn)
+                return await self._answer_here(
+                    server, 401, jwtauth.UNAUTHORIZED_HEADERS, record, jwtauth.UNAUTHORIZED_BODY
+                )
+            headers, request_auth = authn.headers, authn.auth
+        access = self.authorize(
+            dest, client, record.method, record.path, record.authority, headers,
+            request_auth=request_auth,
+        )  # fmt: skip
         if access is not None and not access.allowed:  # (Envoy: RBAC before the router)
             self.denied(record, access)
             return await self._answer_here(
