@@ -56,7 +56,12 @@ from meshcore.resources.gateway import AddressType, Gateway, GRPCRoute, HTTPRout
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.ratelimit import TargetKind as RateLimitTargetKind
 from meshcore.resources.requestauthn import RequestAuthentication
-from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication, TargetKind
+from meshcore.resources.security import (
+    AuthorizationPolicy,
+    PeerAuthentication,
+    PolicyAction,
+    TargetKind,
+)
 from meshcore.resources.virtualservice import VirtualService
 from meshcore.vscheck import virtual_service_problem
 
@@ -71,6 +76,30 @@ NO_ENFORCEMENT_POINT = (
     "this policy is enforced nowhere; bind the Service to a waypoint, or use a selector (or no "
     "selector for the whole namespace) to have ztunnel enforce it"
 )
+
+
+def l7_at_ztunnel(policy: AuthorizationPolicy) -> tuple[str, str] | None:
+    """(field, reason) when a policy that ztunnel enforces (a selector, or neither selector nor
+    targetRefs) matches on HTTP attributes, which only a waypoint can see; else None."""
+    fields = policy.l7_only_fields()
+    if policy.for_waypoint or not fields:
+        return None
+    first = next(i for i, rule in enumerate(policy.rules) if rule.l7_only_fields())
+    scope = "its selector" if policy.has_selector else "no selector and no targetRefs"
+    effect = (
+        "so it allows less than written"
+        if policy.action is PolicyAction.ALLOW
+        else "so it matches more connections than written"
+    )
+    reason = (
+        f"{', '.join(fields)} need HTTP, and with {scope} this policy is enforced by ztunnel, "
+        "which treats it as Istio does: ALLOW rules with these fields never match, DENY rules "
+        f"apply without them, {effect}; to enforce them, bind the workloads to a waypoint "
+        "(weftctl waypoint apply) and attach the policy with targetRefs (the waypoint's "
+        "Gateway or the Service) instead"
+    )
+    return f"spec.rules[{first}]", reason
+
 
 _V = TypeVar("_V", bound=StateValue)
 
@@ -234,6 +263,8 @@ class MeshBuilder:
                 state[r.key] = r
                 if isinstance(r, AuthorizationPolicy) and r.for_waypoint:
                     waypoint_policies.append(r)
+                elif isinstance(r, AuthorizationPolicy) and (l7 := l7_at_ztunnel(r)):
+                    self._report(problems, r.key, l7[0], l7[1], False)
             elif isinstance(r, Gateway):
                 gateways.append(r)
             elif isinstance(r, HTTPRoute | GRPCRoute):
@@ -520,6 +551,8 @@ class MeshBuilder:
         for ref in policy.target_refs:
             if ref.kind is TargetKind.GATEWAY and f"{ns}/{ref.name}" in waypoints:
                 return True
+            if ref.kind is TargetKind.GATEWAY_CLASS and waypoints:
+                return True  # the parser takes it only from the root namespace
             if ref.kind is TargetKind.SERVICE:
                 svc = state.get(ResourceKey(MeshService.kind, ns, ref.name))
                 if isinstance(svc, MeshService) and svc.waypoint:

@@ -84,3 +84,53 @@ def test_store_and_builder_problems_are_listed_together(tmp_path: Path) -> None:
     ctl.recompute()
     sources = sorted(p.source for p in ctl.problems())
     assert sources == ["10-bad.yaml", "20-invalid.yaml"]
+
+
+def ztunnel_policy(name: str, scope: str, action: str, rules: str) -> str:
+    return f"""
+apiVersion: security.weft.dev/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  {scope}
+  action: {action}
+  rules: {rules}
+"""
+
+
+def test_l7_fields_in_a_policy_ztunnel_enforces_are_a_problem_naming_them(
+    tmp_path: Path,
+) -> None:
+    ctl = controller(tmp_path)
+    load(ctl, "00-ns.yaml", NAMESPACE)
+    l7_rules = (
+        "[{from: [{source: {principals: [a]}}]}, "
+        "{to: [{operation: {methods: [GET], paths: [/api/*]}}], "
+        "when: [{key: 'request.headers[x-user]', values: [bob]}]}]"
+    )
+    load(
+        ctl,
+        "10-selector.yaml",
+        ztunnel_policy("selected", "selector: {matchLabels: {app: cart}}", "ALLOW", l7_rules),
+    )
+    load(ctl, "20-namespace.yaml", ztunnel_policy("whole-ns", "", "DENY", l7_rules))
+    load(ctl, "30-l4.yaml", ztunnel_policy("l4-only", "selector: {}", "ALLOW", "[{}]"))
+    load(ctl, "40-waypoint.yaml", TARGET_REFS.replace("rules: [{}]", f"rules: {l7_rules}"))
+    ctl.recompute()
+    by_resource = {p.resource: p for p in ctl.problems()}
+    assert "AuthorizationPolicy shop/l4-only" not in by_resource
+    # the targetRefs policy's problem is another: no waypoint serves its Service
+    assert "enforced nowhere" in by_resource["AuthorizationPolicy shop/via-waypoint"].message
+    selected = by_resource["AuthorizationPolicy shop/selected"]
+    assert selected.source == "10-selector.yaml" and selected.field == "spec.rules[1]"
+    assert selected.message == (
+        "10-selector.yaml: AuthorizationPolicy shop/selected: spec.rules[1]: methods, paths, "
+        "request.headers[x-user] need HTTP, and with its selector this policy is enforced by "
+        "ztunnel, which treats it as Istio does: ALLOW rules with these fields never match, "
+        "DENY rules apply without them, so it allows less than written; to enforce them, bind "
+        "the workloads to a waypoint (weftctl waypoint apply) and attach the policy with "
+        "targetRefs (the waypoint's Gateway or the Service) instead"
+    )
+    whole = by_resource["AuthorizationPolicy shop/whole-ns"].message
+    assert "with no selector and no targetRefs this policy is enforced by ztunnel" in whole
+    assert "so it matches more connections than written" in whole

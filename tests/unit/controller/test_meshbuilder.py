@@ -801,3 +801,25 @@ def test_a_target_refs_policy_for_a_service_a_waypoint_serves_is_not_a_problem()
     key = ResourceKey("AuthorizationPolicy", "shop", "via-waypoint")
     assert state[key] is resources[key]
     assert key not in builder.problems()
+
+
+GATEWAY_CLASS_POLICY = """
+apiVersion: security.weft.dev/v1
+kind: AuthorizationPolicy
+metadata: {name: every-waypoint, namespace: weft-system}
+spec:
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: weft-waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin*]}}]}]
+"""
+
+
+def test_a_gateway_class_policy_is_enforced_nowhere_only_while_no_waypoint_exists():
+    key = ResourceKey("AuthorizationPolicy", "weft-system", "every-waypoint")
+    alone = MeshBuilder(TRUST_DOMAIN)
+    alone.build(parse(GATEWAY_CLASS_POLICY), BUNDLE)
+    assert "enforced nowhere" in alone.problems()[key].reason
+    with_waypoint = MeshBuilder(TRUST_DOMAIN)
+    state = with_waypoint.build(parse(SHOP + "---\n" + GATEWAY_CLASS_POLICY), BUNDLE)
+    assert state[key] is not None
+    assert key not in with_waypoint.problems()
