@@ -468,7 +468,7 @@ def _scopes(policy: RequestAuthentication, gateway: str, root_namespace: str) ->
         elif ref.kind is TargetKind.SERVICE:
             found.append(f"{namespace}/{ref.name}")
         elif (
-            str(ref.kind.value) == "GatewayClass"
+            ref.kind is TargetKind.GATEWAY_CLASS
             and ref.name == WAYPOINT_GATEWAY_CLASS
             and namespace == root_namespace
         ):

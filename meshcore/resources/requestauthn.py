@@ -213,9 +213,13 @@ def parse_request_authentication(f: Fields, ignored: list[str]) -> RequestAuthen
     selector = _selector(spec, ignored)
     target_refs: list[PolicyTargetRef] = []
     if spec.raw("targetRef") is not None:
-        target_refs.append(_parse_target_ref(spec.raw("targetRef"), spec.sub("targetRef")))
+        target_refs.append(
+            _parse_target_ref(spec.raw("targetRef"), spec.sub("targetRef"), meta.namespace)
+        )
     singular = bool(target_refs)
-    target_refs.extend(_parse_target_ref(item, p) for p, item in spec.objects("targetRefs"))
+    target_refs.extend(
+        _parse_target_ref(item, p, meta.namespace) for p, item in spec.objects("targetRefs")
+    )
     if singular and len(target_refs) > 1:
         raise spec.fail("targetRefs", "may not be given together with targetRef")
     if selector is not None and target_refs:

@@ -169,6 +169,18 @@ def test_bad_request_authentication_is_refused_with_its_field(
     assert words in error.reason
 
 
+def test_gateway_class_target_is_taken_from_the_root_namespace_only() -> None:
+    spec = """
+    targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: weft-waypoint}]
+    jwtRules: [{issuer: x, jwksUri: "https://x/j"}]
+    """
+    value = parse_one(authn(spec).replace("namespace: foo", "namespace: weft-system"))
+    assert isinstance(value, RequestAuthentication)
+    assert value.target_refs == (PolicyTargetRef(TargetKind.GATEWAY_CLASS, "weft-waypoint"),)
+    assert from_proto(to_proto(value)) == value
+    assert only_error(authn(spec)).field == "spec.targetRefs[0].kind"
+
+
 def test_istio_group_is_refused_naming_ours() -> None:
     error = only_error(authn("{}", api="security.istio.io/v1"))
     assert error.field == "apiVersion"

@@ -218,6 +218,20 @@ def test_no_policy_for_a_service_costs_one_lookup_and_gives_none() -> None:
     assert t.for_destination("shop", "api") is not None
 
 
+def test_gateway_and_gateway_class_policies_apply_to_every_destination() -> None:
+    t = AuthnTables("shop/waypoint")
+    for namespace, ref in (
+        ("shop", PolicyTargetRef(TargetKind.GATEWAY, "waypoint")),
+        ("weft-system", PolicyTargetRef(TargetKind.GATEWAY_CLASS, "weft-waypoint")),
+    ):
+        t.update([RequestAuthentication(ObjectMeta("jwt", namespace), (RULE,), target_refs=(ref,))])
+        assert t.for_destination("shop", "any") is not None
+        assert t.for_destination(None, None) is not None
+    other = PolicyTargetRef(TargetKind.GATEWAY, "another")
+    t.update([RequestAuthentication(ObjectMeta("jwt", "shop"), (RULE,), target_refs=(other,))])
+    assert t.for_destination("shop", "any") is None
+
+
 def test_valid_token_strips_it_and_sets_claim_headers_over_spoofed_ones() -> None:
     remote = FakeRemote([jwks(jwk(RSA1, "k1"))])
     authn = tables(REMOTE_RULE, remote).for_destination("shop", "api")
