@@ -272,19 +272,29 @@ class RemoteJwks:
         self.tried_at = -1e18  # monotonic time of the last attempt
         self.last_error = ""
         self._inflight: asyncio.Future[None] | None = None
+        self._background: asyncio.Future[None] | None = None
 
     async def get(self) -> PyJWKSet | None:
-        """The keys, fetching them when there are none yet or they are stale; None when
-        they cannot be had (logged)."""
+        """The keys, fetched (and awaited) when there are none yet; None when they cannot
+        be had (logged). Stale keys are refreshed in the background and used meanwhile (and
+        kept if the refresh fails)."""
         now = time.monotonic()
         if self.keys is None:
             if now - self.tried_at >= self.min_refresh:
                 await self.refresh()
-        elif now - self.fetched_at >= self.refresh_interval and (
-            now - self.tried_at >= self.min_refresh
+        elif (
+            now - self.fetched_at >= self.refresh_interval
+            and now - self.tried_at >= self.min_refresh
+            and self._background is None
         ):
-            await self.refresh()  # (stale keys stay in use if this fails)
+            self._background = asyncio.ensure_future(self._refresh_in_background())
         return self.keys
+
+    async def _refresh_in_background(self) -> None:
+        try:
+            await self.refresh()
+        finally:
+            self._background = None
 
     async def refresh_for_unknown_kid(self) -> bool:
         """Fetch again for a kid we do not know, unless we did so within `min_refresh`;

@@ -303,6 +303,23 @@ def test_unreachable_jwks_fails_tokens_and_is_retried_only_after_min_refresh() -
     assert run(authn.authenticate((), "/")).failure == ""
 
 
+def test_stale_keys_are_used_while_a_background_refresh_fetches_new_ones() -> None:
+    remote = FakeRemote(
+        [jwks(jwk(RSA1, "k1")), jwks(jwk(RSA2, "k2"))], refresh_interval=60.0, min_refresh=0.0
+    )
+
+    async def scenario() -> None:
+        assert await remote.get() is not None and remote.fetches == 1
+        remote.fetched_at -= 61  # the keys are now stale
+        stale = await remote.get()  # returned at once, the refresh runs behind
+        assert stale is not None and stale.keys[0].key_id == "k1"
+        await asyncio.sleep(0.01)
+        fresh = await remote.get()
+        assert remote.fetches == 2 and fresh is not None and fresh.keys[0].key_id == "k2"
+
+    asyncio.run(scenario())
+
+
 def test_remote_key_sets_survive_table_rebuilds() -> None:
     remote = FakeRemote([jwks(jwk(RSA1, "k1"))])
     t = tables(REMOTE_RULE, remote)
