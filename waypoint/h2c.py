@@ -46,6 +46,7 @@ from waypoint import (
     authz,
     h2wire,
     jwtauth,
+    pathnorm,
     ratelimit_store,
     routing,
     telemetry,
@@ -417,6 +418,8 @@ class Front:
             # who called, set here and never taken from the client (waypoint/xfcc.py)
             request = dataclasses.replace(
                 request,
+                # routed, authorised and forwarded as normalised (waypoint.pathnorm.forwarded)
+                path=pathnorm.forwarded(request.path, self.waypoint.config.path_normalization),
                 headers=xfcc.sanitize_set(
                     request.headers, self.waypoint.config.identity, client.principal
                 ),

@@ -106,6 +106,25 @@ def normalize(target: str, mode: PathNormalization = DEFAULT) -> NormalizedPath:
     return NormalizedPath(path, query)
 
 
+_MAY_CHANGE = ("%", "\\", "//", "/.", "#")
+
+
+def forwarded(target: str, mode: PathNormalization = DEFAULT) -> str:
+    """The request target routes match and the backend gets: the path normalised as the
+    policies saw it, the query as it came (Envoy's `normalize_path`, which Istio turns on,
+    so that a backend never reads a path other than the one authorization judged). A target
+    with no absolute path (`*`, absolute-form) is left as it came. Cheap when there is
+    nothing to normalise (no escape, backslash, double slash, dot segment or fragment)."""
+    path = target.partition("?")[0]
+    if path.startswith("/") and not any(s in path for s in _MAY_CHANGE) and "#" not in target:
+        return target
+    try:
+        normal = normalize(target, mode)
+    except PathError:
+        return target
+    return f"{normal.path}?{normal.query}" if normal.query else normal.path
+
+
 def parse_mode(text: str) -> PathNormalization:
     """The option by its Istio name (case-insensitive), for the CLI and environment."""
     try:

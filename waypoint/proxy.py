@@ -717,7 +717,8 @@ class Waypoint:
             decode_headers(request.headers), self.config.identity, client.principal
         )
         method = request.method.decode("latin-1")
-        path = request.target.decode("latin-1")
+        # routed, authorised and forwarded as normalised (waypoint.pathnorm.forwarded)
+        path = pathnorm.forwarded(request.target.decode("latin-1"), self.config.path_normalization)
         host = header(headers, "host") or ""
         record = RequestRecord(
             method,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from waypoint import pathnorm
 from waypoint.pathnorm import (
     DEFAULT,
     PathError,
@@ -120,3 +121,20 @@ def test_mode_is_parsed_by_its_istio_name() -> None:
 def test_invalid_utf8_and_odd_escapes_do_not_crash() -> None:
     assert normalize("/caf\xc3\xa9/%zz/%").path == "/caf\xc3\xa9/%zz/%"
     assert normalize("/%ff%FE").path == "/%FF%FE"
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/a/b?x=1", "/a/b?x=1"),  # nothing to do: as it came (the cheap path)
+        ("/public/../admin", "/admin"),
+        ("//admin?q=%2F", "/admin?q=%2F"),  # the query is not the path's business
+        ("/%2Fadmin", "/admin"),
+        ("/%5Cadmin", "/admin"),
+        ("/a/./b#frag", "/a/b"),
+        ("/%7euser", "/~user"),  # unreserved escapes decoded, as Envoy
+        ("*", "*"),  # no absolute path: as it came
+    ],
+)
+def test_the_backend_gets_the_path_the_policies_judged(target: str, expected: str) -> None:
+    assert pathnorm.forwarded(target) == expected
