@@ -71,6 +71,11 @@ __all__ = ["USE_WAYPOINT_NAMESPACE_LABEL", "BuildError", "MeshBuilder"]
 
 _HASH_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<hash>[a-z0-9]+)-[a-z0-9]{5}$")
 
+NO_JWT_ENFORCEMENT = (
+    "RequestAuthentication is enforced by waypoints only (ztunnel does not read HTTP): with "
+    "{scope} no waypoint validates these tokens; attach it with targetRefs to a waypoint's "
+    "Gateway or a Service bound to a waypoint"
+)
 NO_ENFORCEMENT_POINT = (
     "targetRefs policies are enforced by waypoints, and no waypoint serves any of its targets: "
     "this policy is enforced nowhere; bind the Service to a waypoint, or use a selector (or no "
@@ -249,6 +254,7 @@ class MeshBuilder:
         routes: list[HTTPRoute | GRPCRoute] = []
         virtual_services: list[VirtualService] = []
         rate_limits: list[RateLimitPolicy] = []
+        request_authns: list[RequestAuthentication] = []
         waypoint_policies: list[AuthorizationPolicy] = []
         destination_rules: list[DestinationRule] = []
         problems: dict[ResourceKey, Problem] = {}
@@ -281,6 +287,7 @@ class MeshBuilder:
                 destination_rules.append(r)
             elif isinstance(r, RequestAuthentication):
                 state[r.key] = r  # as parsed: a waypoint validates JWTs with it
+                request_authns.append(r)
 
         waypoints: dict[str, Waypoint] = {}
         for gw in gateways:
@@ -329,6 +336,22 @@ class MeshBuilder:
         for authz in waypoint_policies:
             if not self._served_by_a_waypoint(authz, state, waypoints):
                 self._report(problems, authz.key, "spec.targetRefs", NO_ENFORCEMENT_POINT, False)
+        for authn in request_authns:
+            if not authn.target_refs:
+                scope = "a selector" if authn.selector is not None else "no targetRefs"
+                field = "spec.selector" if authn.selector is not None else "spec"
+                self._report(
+                    problems, authn.key, field, NO_JWT_ENFORCEMENT.format(scope=scope), False
+                )
+            elif not self._served_by_a_waypoint(authn, state, waypoints):
+                scope = "its targetRefs"
+                self._report(
+                    problems,
+                    authn.key,
+                    "spec.targetRefs",
+                    NO_JWT_ENFORCEMENT.format(scope=scope),
+                    False,
+                )
 
         # A pod's binding depends on the waypoints too: a Gateway added, removed or retyped
         # (rare) rebuilds every workload.
@@ -541,7 +564,7 @@ class MeshBuilder:
 
     @staticmethod
     def _served_by_a_waypoint(
-        policy: AuthorizationPolicy,
+        policy: AuthorizationPolicy | RequestAuthentication,
         state: Mapping[ResourceKey, StateValue],
         waypoints: Mapping[str, Waypoint],
     ) -> bool:

@@ -134,3 +134,33 @@ def test_l7_fields_in_a_policy_ztunnel_enforces_are_a_problem_naming_them(
     whole = by_resource["AuthorizationPolicy shop/whole-ns"].message
     assert "with no selector and no targetRefs this policy is enforced by ztunnel" in whole
     assert "so it matches more connections than written" in whole
+
+
+def request_authn(name: str, scope: str) -> str:
+    return f"""
+apiVersion: security.weft.dev/v1
+kind: RequestAuthentication
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  {scope}
+  jwtRules: [{{issuer: "https://issuer.example", jwksUri: "https://issuer.example/jwks"}}]
+"""
+
+
+def test_a_request_authentication_no_waypoint_enforces_is_a_problem(tmp_path: Path) -> None:
+    ctl = controller(tmp_path)
+    load(ctl, "00-ns.yaml", NAMESPACE)
+    load(ctl, "10-sel.yaml", request_authn("by-selector", "selector: {matchLabels: {app: cart}}"))
+    load(
+        ctl,
+        "20-ref.yaml",
+        request_authn("by-ref", 'targetRefs: [{kind: Service, group: "", name: cart}]'),
+    )
+    ctl.recompute()
+    by_resource = {p.resource: p for p in ctl.problems()}
+    selected = by_resource["RequestAuthentication shop/by-selector"]
+    assert selected.field == "spec.selector"
+    assert "with a selector no waypoint validates these tokens" in selected.message
+    referenced = by_resource["RequestAuthentication shop/by-ref"]
+    assert referenced.field == "spec.targetRefs"
+    assert "with its targetRefs no waypoint validates these tokens" in referenced.message
