@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from meshcore.resources.security import (
+    ROOT_NAMESPACE,
     AuthorizationPolicy,
     Condition,
     IPNetwork,
@@ -56,7 +57,7 @@ from meshcore.resources.security import (
     parse_ip_block,
 )
 
-DEFAULT_ROOT_NAMESPACE = "weft-system"
+DEFAULT_ROOT_NAMESPACE = ROOT_NAMESPACE  # (one definition: meshcore.resources.security)
 WAYPOINT_GATEWAY_CLASS = "weft-waypoint"
 DENIED_BODY = b"RBAC: access denied"
 GRPC_PERMISSION_DENIED = 7  # what a denied gRPC call gets (trailers-only)

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from meshcore.resources.security import MtlsMode, PeerAuthentication
+from meshcore.resources.security import ROOT_NAMESPACE, MtlsMode, PeerAuthentication
 
-DEFAULT_ROOT_NAMESPACE = "weft-system"
+DEFAULT_ROOT_NAMESPACE = ROOT_NAMESPACE  # (one definition: meshcore.resources.security)
 DEFAULT_MODE = MtlsMode.PERMISSIVE
 
 

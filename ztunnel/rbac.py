@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from meshcore.identity.spiffe import SCHEME_PREFIX, SpiffeId
 from meshcore.meshstate import Workload
 from meshcore.resources.security import (
+    ROOT_NAMESPACE,
     AuthorizationPolicy,
     Condition,
     IPNetwork,
@@ -51,7 +52,7 @@ from meshcore.resources.security import (
     parse_ip_block,
 )
 
-DEFAULT_ROOT_NAMESPACE = "weft-system"
+DEFAULT_ROOT_NAMESPACE = ROOT_NAMESPACE  # (one definition: meshcore.resources.security)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
