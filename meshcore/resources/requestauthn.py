@@ -22,8 +22,7 @@ from meshcore.resources.security import (
     PolicyTargetRef,
     _check_group,
     _metadata,
-    _parse_target_ref,
-    _selector,
+    policy_scope,
 )
 
 # An HTTP header name (RFC 9110 token); pseudo-headers (`:path`) and hop-by-hop ones are not
@@ -210,23 +209,7 @@ def parse_request_authentication(f: Fields, ignored: list[str]) -> RequestAuthen
     _check_group(f, "RequestAuthentication")
     meta = _metadata(f, ignored)
     spec = Fields(f.raw("spec"), "spec")
-    selector = _selector(spec, ignored)
-    target_refs: list[PolicyTargetRef] = []
-    if spec.raw("targetRef") is not None:
-        target_refs.append(
-            _parse_target_ref(spec.raw("targetRef"), spec.sub("targetRef"), meta.namespace)
-        )
-    singular = bool(target_refs)
-    target_refs.extend(
-        _parse_target_ref(item, p, meta.namespace) for p, item in spec.objects("targetRefs")
-    )
-    if singular and len(target_refs) > 1:
-        raise spec.fail("targetRefs", "may not be given together with targetRef")
-    if selector is not None and target_refs:
-        raise spec.fail(
-            "targetRef" if singular else "targetRefs",
-            "may not be given together with selector: use one or the other",
-        )
+    selector, target_refs = policy_scope(spec, meta.namespace, ignored)
     rules = tuple(_parse_jwt_rule(item, p) for p, item in spec.objects("jwtRules"))
     ignored.extend(spec.done())
-    return RequestAuthentication(meta, rules, selector, tuple(target_refs))
+    return RequestAuthentication(meta, rules, selector, target_refs)

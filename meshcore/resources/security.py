@@ -640,20 +640,20 @@ def _parse_target_ref(raw: object, path: str, namespace: str | None = None) -> P
     return PolicyTargetRef(kind, name)
 
 
-def parse_authorization_policy(f: Fields, ignored: list[str]) -> AuthorizationPolicy:
-    _check_group(f, "AuthorizationPolicy")
-    meta = _metadata(f, ignored)
-    spec = Fields(f.raw("spec"), "spec")
-    action = _choice(spec, "action", PolicyAction, PolicyAction.ALLOW)
+def policy_scope(
+    spec: Fields, namespace: str, ignored: list[str]
+) -> tuple[Mapping[str, str] | None, tuple[PolicyTargetRef, ...]]:
+    """A policy's `selector`, or its `targetRef`/`targetRefs` (one or the other), as Istio's
+    security kinds share them."""
     selector = _selector(spec, ignored)
     target_refs: list[PolicyTargetRef] = []
     if spec.raw("targetRef") is not None:
         target_refs.append(
-            _parse_target_ref(spec.raw("targetRef"), spec.sub("targetRef"), meta.namespace)
+            _parse_target_ref(spec.raw("targetRef"), spec.sub("targetRef"), namespace)
         )
     singular = bool(target_refs)
     target_refs.extend(
-        _parse_target_ref(item, p, meta.namespace) for p, item in spec.objects("targetRefs")
+        _parse_target_ref(item, p, namespace) for p, item in spec.objects("targetRefs")
     )
     if singular and len(target_refs) > 1:
         raise spec.fail("targetRefs", "may not be given together with targetRef")
@@ -662,6 +662,15 @@ def parse_authorization_policy(f: Fields, ignored: list[str]) -> AuthorizationPo
             "targetRef" if singular else "targetRefs",
             "may not be given together with selector: use one or the other",
         )
+    return selector, tuple(target_refs)
+
+
+def parse_authorization_policy(f: Fields, ignored: list[str]) -> AuthorizationPolicy:
+    _check_group(f, "AuthorizationPolicy")
+    meta = _metadata(f, ignored)
+    spec = Fields(f.raw("spec"), "spec")
+    action = _choice(spec, "action", PolicyAction, PolicyAction.ALLOW)
+    selector, target_refs = policy_scope(spec, meta.namespace, ignored)
     provider = ""
     if spec.raw("provider") is not None:
         pf = Fields(spec.raw("provider"), spec.sub("provider"))
@@ -679,7 +688,7 @@ def parse_authorization_policy(f: Fields, ignored: list[str]) -> AuthorizationPo
         )
     if action is PolicyAction.CUSTOM and not provider:
         raise ManifestError("required when action is CUSTOM", field="spec.provider.name")
-    return AuthorizationPolicy(meta, action, rules, selector, tuple(target_refs), provider)
+    return AuthorizationPolicy(meta, action, rules, selector, target_refs, provider)
 
 
 def _parse_mtls(raw: object, path: str) -> MtlsMode:
