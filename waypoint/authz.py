@@ -44,6 +44,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from meshcore.resources.requestauthn import RequestAuthentication
 from meshcore.resources.security import (
     ROOT_NAMESPACE,
     AuthorizationPolicy,
@@ -603,13 +604,14 @@ class Scope(enum.Enum):
 
 
 def scopes(
-    policy: AuthorizationPolicy,
+    policy: AuthorizationPolicy | RequestAuthentication,
     gateway: str,
     *,
     root_namespace: str = DEFAULT_ROOT_NAMESPACE,
 ) -> list[tuple[Scope, str]]:
-    """Where a policy applies at the waypoint `gateway` (`namespace/name`): (GATEWAY, "")
-    and/or (SERVICE, "namespace/name") entries; [] when it is not this waypoint's."""
+    """Where a policy (an AuthorizationPolicy, a RequestAuthentication: the same targetRefs
+    rules) applies at the waypoint `gateway` (`namespace/name`): (GATEWAY, "") and/or
+    (SERVICE, "namespace/name") entries; [] when it is not this waypoint's."""
     found: list[tuple[Scope, str]] = []
     namespace = policy.metadata.namespace
     for ref in policy.target_refs:

@@ -30,8 +30,7 @@ import structlog
 from jwt import PyJWK, PyJWKSet
 
 from meshcore.resources.requestauthn import JwtHeader, JwtRule, RequestAuthentication
-from meshcore.resources.security import TargetKind
-from waypoint.authz import DEFAULT_ROOT_NAMESPACE, WAYPOINT_GATEWAY_CLASS, RequestAuth
+from waypoint.authz import DEFAULT_ROOT_NAMESPACE, RequestAuth, Scope, scopes
 
 log = structlog.get_logger("waypoint.jwtauth")
 
@@ -467,25 +466,6 @@ class Authenticator:
         )
 
 
-def _scopes(policy: RequestAuthentication, gateway: str, root_namespace: str) -> list[str | None]:
-    """Where a policy applies at `gateway`: None for every request, else "ns/name" Services."""
-    found: list[str | None] = []
-    namespace = policy.metadata.namespace
-    for ref in policy.target_refs:
-        if ref.kind is TargetKind.GATEWAY:
-            if f"{namespace}/{ref.name}" == gateway:
-                found.append(None)
-        elif ref.kind is TargetKind.SERVICE:
-            found.append(f"{namespace}/{ref.name}")
-        elif (
-            ref.kind is TargetKind.GATEWAY_CLASS
-            and ref.name == WAYPOINT_GATEWAY_CLASS
-            and namespace == root_namespace
-        ):
-            found.append(None)
-    return found
-
-
 class AuthnTables:
     """Per-destination authenticators, rebuilt when the waypoint's view changes, so the data
     path does one dict lookup (and nothing more when no RequestAuthentication applies).
@@ -524,8 +504,8 @@ class AuthnTables:
         per_service: dict[str, list[tuple[str, JwtRule, KeySource]]] = {}
         remotes: dict[str, RemoteJwks] = {}
         for policy in sorted(policies, key=lambda p: (p.metadata.namespace, p.metadata.name)):
-            scopes = _scopes(policy, self.gateway, self.root_namespace)
-            if not scopes:
+            found = scopes(policy, self.gateway, root_namespace=self.root_namespace)
+            if not found:
                 continue
             name = f"{policy.metadata.namespace}/{policy.metadata.name}"
             entries = []
@@ -534,11 +514,10 @@ class AuthnTables:
                 if keys.remote is not None:
                     remotes[rule.jwks_uri] = keys.remote
                 entries.append((name, rule, keys))
-            if None in scopes:
+            if any(scope is Scope.GATEWAY for scope, _ in found):
                 wide.extend(entries)
                 continue
-            for service in scopes:
-                assert service is not None
+            for _, service in found:
                 per_service.setdefault(service, []).extend(entries)
         self._remotes = remotes
         self._gateway_wide = Authenticator.of(wide) if wide else None
