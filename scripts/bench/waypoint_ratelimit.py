@@ -26,6 +26,8 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file: the repo's root
 
+from waypoint_inproc import run as routed  # the same routed loop as that bench
+
 from meshcore.logs import configure_logging
 from meshcore.resources import ObjectMeta
 from meshcore.resources.ratelimit import (
@@ -38,11 +40,10 @@ from meshcore.resources.ratelimit import (
     TargetKind,
 )
 from tests.integration.redis_server import RedisServer
-from tests.integration.waypoint.waypoint_mesh import HttpClient, Mesh
+from tests.integration.waypoint.waypoint_mesh import Mesh
 from waypoint.ratelimit import Limiter
 from waypoint.ratelimit_store import RedisStore, check
 
-REQUEST = b"GET /a HTTP/1.1\r\nhost: web.shop.svc.cluster.local\r\nuser-agent: bench\r\n\r\n"
 BIG = 2**31 - 1  # requests per Day: never reached
 
 
@@ -67,24 +68,6 @@ def limiter(kind: RateLimitType, requests: int, unit: RateLimitUnit, name: str) 
         kind,
     )
     return Limiter(policy, time.monotonic, 10_000)
-
-
-async def one_client(client: HttpClient, n: int) -> None:
-    for _ in range(n):
-        client.send_raw(REQUEST)
-        head, _body = await client.response()
-        assert head.status_code == 200, head
-
-
-async def routed(mesh: Mesh, total: int, concurrency: int) -> tuple[float, float]:
-    clients = [await mesh.http() for _ in range(concurrency)]
-    await asyncio.gather(*(one_client(c, 20) for c in clients))  # warm up
-    per = total // concurrency
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(one_client(c, per) for c in clients))
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    done = per * concurrency
-    return done / wall, cpu / done * 1000
 
 
 async def decisions(lim: Limiter, store: RedisStore | None, n: int) -> float:
