@@ -89,8 +89,8 @@ def test_a_real_pod_parses_with_what_the_mesh_needs() -> None:
     assert pod.metadata.labels == {"app": "reviews", "version": "v1"}
     assert pod.metadata.owner_references[0].kind == "ReplicaSet"
     assert pod.spec.node_name == "node-a"
-    assert pod.spec.service_account == "reviews"
-    assert pod.spec.containers[0].ports[0].port == 9080
+    assert pod.spec.service_account_name == "reviews"
+    assert pod.spec.containers[0].ports[0].container_port == 9080
     assert (pod.status.pod_ip, pod.status.host_ip, pod.status.ready) == (
         "10.244.1.7",
         "192.168.56.11",
