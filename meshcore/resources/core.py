@@ -263,6 +263,7 @@ class Service:
 if TYPE_CHECKING:  # those modules parse with helpers from this one, so no runtime import
     from meshcore.resources.destinationrule import DestinationRule
     from meshcore.resources.gateway import Gateway, GRPCRoute, HTTPRoute
+    from meshcore.resources.meshconfig import ConfigMap
     from meshcore.resources.ratelimit import RateLimitPolicy
     from meshcore.resources.requestauthn import RequestAuthentication
     from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
@@ -275,6 +276,7 @@ Resource: TypeAlias = (
     " | DestinationRule"
     " | VirtualService"
     " | RequestAuthentication"
+    " | ConfigMap"
 )
 
 

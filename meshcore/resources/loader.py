@@ -28,6 +28,7 @@ from meshcore.resources.gateway import (
     parse_grpc_route,
     parse_http_route,
 )
+from meshcore.resources.meshconfig import parse_config_map
 from meshcore.resources.ratelimit import RATELIMIT_VERSIONS, parse_rate_limit_policy
 from meshcore.resources.requestauthn import parse_request_authentication
 from meshcore.resources.security import (
@@ -46,6 +47,7 @@ KINDS: dict[str, tuple[frozenset[str], _Parser]] = {
     "Pod": (frozenset({"v1"}), parse_pod),
     "Service": (frozenset({"v1"}), parse_service),
     "Deployment": (frozenset({"apps/v1"}), parse_deployment),
+    "ConfigMap": (frozenset({"v1"}), parse_config_map),  # weft-system/weft: the mesh config
     "AuthorizationPolicy": (SECURITY_VERSIONS, parse_authorization_policy),
     "PeerAuthentication": (SECURITY_VERSIONS, parse_peer_authentication),
     "RequestAuthentication": (SECURITY_VERSIONS, parse_request_authentication),
