@@ -613,8 +613,8 @@ BAD_MANIFESTS = [
     # (id, manifest, "resource: field: reason" after the file name)
     (
         "unknown kind",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\n",
-        "ConfigMap cfg: kind: unknown kind 'ConfigMap' "
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: cfg}\n",
+        "Secret cfg: kind: unknown kind 'Secret' "
         f"(known: {', '.join(sorted(KINDS))})",  # every kind the loader serves
     ),
     (
