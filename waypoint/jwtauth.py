@@ -13,6 +13,12 @@ Validation is PyJWT's (with `cryptography`), never hand-written JOSE. The pure p
 (`extract`, `validate`, `Authenticator.headers_for`) is apart from the I/O part (`RemoteJwks`,
 fetching a `jwksUri` with aiohttp, cached, refreshed periodically and on an unknown `kid` at
 most once per `min_refresh` seconds).
+
+A rule with neither `jwksUri` nor `jwks` has its keys discovered, as istiod does: each fetch
+first reads the issuer's OpenID Connect discovery document
+(`<issuer>/.well-known/openid-configuration`, at most MAX_DISCOVERY_BYTES) and then the
+`jwks_uri` it names, with the same cache, refresh and backoff. Every fetch is bounded by the
+rule's `timeout` (Istio's default 5 s), the two of a discovery by it each.
 """
 
 from __future__ import annotations
@@ -29,7 +35,12 @@ import jwt
 import structlog
 from jwt import PyJWK, PyJWKSet
 
-from meshcore.resources.requestauthn import JwtHeader, JwtRule, RequestAuthentication
+from meshcore.resources.requestauthn import (
+    JwtHeader,
+    JwtRule,
+    RequestAuthentication,
+    discovery_url,
+)
 from waypoint.authz import DEFAULT_ROOT_NAMESPACE, RequestAuth, Scope, scopes
 
 log = structlog.get_logger("waypoint.jwtauth")
@@ -49,6 +60,7 @@ REFRESH_INTERVAL = 20 * 60.0  # Istio's JWKS refresh period
 MIN_REFRESH = 30.0  # at most one fetch per this long for an unknown kid or after a failure
 FETCH_TIMEOUT = 5.0
 MAX_JWKS_BYTES = 1 << 20
+MAX_DISCOVERY_BYTES = 64 * 1024  # an OIDC discovery document (real ones are a few KiB)
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -249,10 +261,39 @@ def claim_text(claims: Mapping[str, object], path: str) -> str | None:
 # --- keys (I/O) ------------------------------------------------------------------------
 
 
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The whole body, refused (ValueError naming `what`) past `limit` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        raise ValueError(f"the {what} is over {limit} bytes ({response.content_length})")
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(16 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise ValueError(f"the {what} is over {limit} bytes")
+    return bytes(body)
+
+
+def jwks_uri_of(document: bytes, url: str) -> str:
+    """The `jwks_uri` of an OpenID Connect discovery document (pure); ValueError naming the
+    URL when it is not JSON, has none, or it is not an http(s) URL."""
+    try:
+        doc = json.loads(document)
+    except ValueError as err:
+        raise ValueError(f"the discovery document at {url} is not JSON: {err}") from None
+    uri = doc.get("jwks_uri") if isinstance(doc, dict) else None
+    if not isinstance(uri, str) or not uri:
+        raise ValueError(f"the discovery document at {url} has no jwks_uri")
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"the discovery document at {url} has jwks_uri {uri[:200]!r}, not http(s)")
+    return uri
+
+
 class RemoteJwks:
-    """One `jwksUri`'s keys: fetched on first need, cached, refreshed every
-    `refresh_interval` and on an unknown kid (at most once per `min_refresh`, which also
-    spaces retries after a failure). Fetches for one URI are never concurrent."""
+    """One `jwksUri`'s keys (or, with `issuer`, the keys its OIDC discovery names): fetched
+    on first need, cached, refreshed every `refresh_interval` and on an unknown kid (at most
+    once per `min_refresh`, which also spaces retries after a failure). Fetches for one URI
+    are never concurrent."""
 
     def __init__(
         self,
@@ -261,8 +302,11 @@ class RemoteJwks:
         refresh_interval: float = REFRESH_INTERVAL,
         min_refresh: float = MIN_REFRESH,
         timeout: float = FETCH_TIMEOUT,
+        issuer: str = "",
     ) -> None:
-        self.uri = uri
+        self.uri = uri  # the JWKS, or with `issuer` the discovery document
+        self.issuer = issuer  # set: discover the JWKS (`uri` is its discovery URL)
+        self.jwks_uri = "" if issuer else uri  # (what discovery found last)
         self.refresh_interval = refresh_interval
         self.min_refresh = min_refresh
         self.timeout = timeout
@@ -313,14 +357,26 @@ class RemoteJwks:
             self.keys = parse_jwks(await self._fetch())
             self.fetched_at = time.monotonic()
             self.last_error = ""
-            log.info("jwt.jwks_fetched", uri=self.uri, keys=len(self.keys.keys))
+            log.info(
+                "jwt.jwks_fetched",
+                uri=self.jwks_uri,
+                keys=len(self.keys.keys),
+                **({"issuer": self.issuer, "discovery_uri": self.uri} if self.issuer else {}),
+            )
             return True
         except (JwtError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
             self.last_error = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
+            if isinstance(err, TimeoutError):
+                self.last_error = f"no answer within {self.timeout:g}s"
             log.error(
                 "jwt.jwks_unreachable",
                 uri=self.uri,
                 error=self.last_error,
+                **(
+                    {"issuer": self.issuer, "jwks_uri": self.jwks_uri or None}
+                    if self.issuer
+                    else {}
+                ),
                 keys_kept=self.keys is not None,
                 consequence="tokens that need these keys get 401 until a fetch succeeds"
                 if self.keys is None
@@ -333,16 +389,19 @@ class RemoteJwks:
 
     async def _fetch(self) -> bytes:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(self.uri, headers={"accept": "application/json"}) as r,
-        ):
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            if self.issuer:
+                self.jwks_uri = ""
+                document = await self._get(session, self.uri, MAX_DISCOVERY_BYTES, "discovery")
+                self.jwks_uri = jwks_uri_of(document, self.uri)
+            return await self._get(session, self.jwks_uri, MAX_JWKS_BYTES, "JWKS")
+
+    @staticmethod
+    async def _get(session: aiohttp.ClientSession, url: str, limit: int, what: str) -> bytes:
+        async with session.get(url, headers={"accept": "application/json"}) as r:
             if r.status != 200:
-                raise ValueError(f"HTTP {r.status} from {self.uri}")
-            body = await r.content.read(MAX_JWKS_BYTES + 1)
-            if len(body) > MAX_JWKS_BYTES:
-                raise ValueError(f"the JWKS is over {MAX_JWKS_BYTES} bytes")
-            return body
+                raise ValueError(f"HTTP {r.status} from {url}")
+            return await _read_bounded(r, limit, f"{what} document at {url}")
 
 
 class KeySource:
@@ -466,6 +525,11 @@ class Authenticator:
         )
 
 
+def _remote_key(rule: JwtRule) -> tuple[str, float]:
+    """Rules share a cache when they fetch the same URL with the same timeout."""
+    return (rule.jwks_uri or discovery_url(rule.issuer), rule.fetch_timeout)
+
+
 class AuthnTables:
     """Per-destination authenticators, rebuilt when the waypoint's view changes, so the data
     path does one dict lookup (and nothing more when no RequestAuthentication applies).
@@ -483,26 +547,28 @@ class AuthnTables:
         self.root_namespace = root_namespace
         self.min_refresh = min_refresh
         self.refresh_interval = refresh_interval
-        self._remotes: dict[str, RemoteJwks] = {}
+        self._remotes: dict[tuple[str, float], RemoteJwks] = {}  # by (URI, timeout)
         self._by_service: dict[str, Authenticator] = {}
         self._gateway_wide: Authenticator | None = None
 
     def _keys(self, rule: JwtRule) -> KeySource:
         remote = None
-        if rule.jwks_uri:
-            remote = self._remotes.get(rule.jwks_uri)
+        if rule.jwks_uri or rule.discovers_keys:
+            remote = self._remotes.get(_remote_key(rule))
             if remote is None:
                 remote = RemoteJwks(
-                    rule.jwks_uri,
+                    rule.jwks_uri or discovery_url(rule.issuer),
                     min_refresh=self.min_refresh,
                     refresh_interval=self.refresh_interval,
+                    timeout=rule.fetch_timeout,
+                    issuer="" if rule.jwks_uri else rule.issuer,
                 )
         return KeySource(rule, remote)
 
     def update(self, policies: Iterable[RequestAuthentication]) -> None:
         wide: list[tuple[str, JwtRule, KeySource]] = []
         per_service: dict[str, list[tuple[str, JwtRule, KeySource]]] = {}
-        remotes: dict[str, RemoteJwks] = {}
+        remotes: dict[tuple[str, float], RemoteJwks] = {}
         for policy in sorted(policies, key=lambda p: (p.metadata.namespace, p.metadata.name)):
             found = scopes(policy, self.gateway, root_namespace=self.root_namespace)
             if not found:
@@ -512,7 +578,7 @@ class AuthnTables:
             for rule in policy.jwt_rules:
                 keys = self._keys(rule)
                 if keys.remote is not None:
-                    remotes[rule.jwks_uri] = keys.remote
+                    remotes[_remote_key(rule)] = keys.remote
                 entries.append((name, rule, keys))
             if any(scope is Scope.GATEWAY for scope, _ in found):
                 wide.extend(entries)
@@ -542,6 +608,7 @@ __all__ = [
     "Outcome",
     "RemoteJwks",
     "extract",
+    "jwks_uri_of",
     "parse_jwks",
     "validate",
 ]

@@ -7,10 +7,12 @@ from meshcore.api.errors import ConversionError
 from meshcore.resources import ObjectMeta
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.requestauthn import (
+    MAX_FETCH_TIMEOUT,
     ClaimToHeader,
     JwtHeader,
     JwtRule,
     RequestAuthentication,
+    check_discoverable_issuer,
     check_jwks,
 )
 from meshcore.resources.security import PolicyTargetRef, TargetKind
@@ -49,6 +51,7 @@ def request_authentication_to_proto(value: RequestAuthentication, out: pb.Resour
                         for c in r.output_claim_to_headers
                     ],
                     output_payload_to_header=r.output_payload_to_header,
+                    timeout=r.timeout,
                 )
                 for r in value.jwt_rules
             ],
@@ -64,10 +67,14 @@ def request_authentication_from_proto(msg: pb.Resource) -> RequestAuthentication
         for i, r in enumerate(m.jwt_rules):
             if not r.issuer:
                 raise ValueError(f"jwt_rules[{i}] has no issuer")
-            if bool(r.jwks_uri) == bool(r.jwks):
-                raise ValueError(f"jwt_rules[{i}] needs exactly one of jwks_uri and jwks")
+            if r.jwks_uri and r.jwks:
+                raise ValueError(f"jwt_rules[{i}] has both jwks_uri and jwks")
             if r.jwks:
                 check_jwks(r.jwks, f"jwt_rules[{i}].jwks")
+            elif not r.jwks_uri:  # keys through the issuer's OIDC discovery
+                check_discoverable_issuer(r.issuer, f"jwt_rules[{i}].issuer")
+            if not 0 <= r.timeout <= MAX_FETCH_TIMEOUT:  # (NaN fails too)
+                raise ValueError(f"jwt_rules[{i}].timeout {r.timeout} is out of range")
             rules.append(
                 JwtRule(
                     issuer=r.issuer,
@@ -82,6 +89,7 @@ def request_authentication_from_proto(msg: pb.Resource) -> RequestAuthentication
                         ClaimToHeader(c.header.lower(), c.claim) for c in r.output_claim_to_headers
                     ),
                     output_payload_to_header=r.output_payload_to_header.lower(),
+                    timeout=r.timeout,
                 )
             )
         return RequestAuthentication(

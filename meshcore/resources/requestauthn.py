@@ -5,6 +5,10 @@ Parsed here, at the edge, into frozen values; what Istio's validation refuses is
 the field path. A waypoint enforces the policies with `targetRefs` (its Gateway, or a Service
 bound to it); `selector` policies are accepted and carried, and are a sidecar's or gateway's
 business in Istio, which weft has not.
+
+Keys come from `jwks` (inline), `jwksUri`, or, with neither, as in Istio, from the issuer's
+OpenID Connect discovery document (`<issuer>/.well-known/openid-configuration`, its
+`jwks_uri`); the issuer must then be an http(s) URL. `timeout` bounds each of those fetches.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from meshcore.resources.security import (
     _metadata,
     policy_scope,
 )
+from meshcore.resources.virtualservice import parse_duration
 
 # An HTTP header name (RFC 9110 token); pseudo-headers (`:path`) and hop-by-hop ones are not
 # headers a policy may set.
@@ -49,6 +54,8 @@ class ClaimToHeader:
 
 DEFAULT_FROM_HEADERS = (JwtHeader("authorization", "Bearer "),)
 DEFAULT_FROM_PARAMS = ("access_token",)
+DEFAULT_FETCH_TIMEOUT = 5.0  # Istio's default jwtRules[].timeout
+MAX_FETCH_TIMEOUT = 60.0  # longer would hold the first requests for a minute
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,16 @@ class JwtRule:
     forward_original_token: bool = False
     output_claim_to_headers: tuple[ClaimToHeader, ...] = ()
     output_payload_to_header: str = ""
+    timeout: float = 0.0  # JWKS / discovery fetch timeout in seconds; 0: DEFAULT_FETCH_TIMEOUT
+
+    @property
+    def discovers_keys(self) -> bool:
+        """No `jwksUri` nor `jwks`: the keys come through the issuer's OIDC discovery."""
+        return not (self.jwks_uri or self.jwks)
+
+    @property
+    def fetch_timeout(self) -> float:
+        return self.timeout or DEFAULT_FETCH_TIMEOUT
 
     @property
     def token_sources(self) -> tuple[tuple[JwtHeader, ...], tuple[str, ...], tuple[str, ...]]:
@@ -119,6 +136,30 @@ def _check_jwks_uri(value: str, field: str) -> None:
         )
 
 
+def check_discoverable_issuer(issuer: str, field: str) -> None:
+    """With neither jwksUri nor jwks the keys are discovered from the issuer, which must then
+    be an http(s) URL (OIDC discovery appends `/.well-known/openid-configuration` to it)."""
+    parsed = urllib.parse.urlsplit(issuer)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ManifestError(
+            f"{issuer!r} is not an http(s) URL, so its keys cannot be discovered "
+            "(<issuer>/.well-known/openid-configuration): give jwksUri or jwks",
+            field=field,
+        )
+    if parsed.query or parsed.fragment:
+        raise ManifestError(
+            f"{issuer!r} has a query or fragment, which OIDC discovery does not allow in an "
+            "issuer: give jwksUri or jwks",
+            field=field,
+        )
+
+
+def discovery_url(issuer: str) -> str:
+    """OIDC Discovery 1.0 section 4: `/.well-known/openid-configuration` appended to the
+    issuer, a trailing "/" of the issuer dropped first (a path component is kept)."""
+    return issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
 def check_jwks(text: str, field: str) -> None:
     """Inline JWKS: JSON with a `keys` array of objects, each with a `kty`."""
     try:
@@ -149,11 +190,7 @@ def _parse_jwt_rule(raw: object, path: str) -> JwtRule:
     elif jwks:
         check_jwks(jwks, f.sub("jwks"))
     else:
-        raise f.fail(
-            "jwksUri",
-            "required (or jwks): weft does not discover keys from the issuer's "
-            "/.well-known/openid-configuration; give the issuer's jwks_uri",
-        )
+        check_discoverable_issuer(issuer, f.sub("issuer"))
     headers = []
     for p, item in f.objects("fromHeaders"):
         hf = Fields(item, p)
@@ -188,8 +225,11 @@ def _parse_jwt_rule(raw: object, path: str) -> JwtRule:
         payload_header = _header_name(
             f.string("outputPayloadToHeader"), f.sub("outputPayloadToHeader")
         )
+    timeout = 0.0
     if f.raw("timeout") is not None:
-        raise f.fail("timeout", "not supported yet: JWKS fetches time out after 5 s")
+        timeout = parse_duration(f.raw("timeout"), f.sub("timeout"))
+        if timeout > MAX_FETCH_TIMEOUT:
+            raise f.fail("timeout", f"must be at most {MAX_FETCH_TIMEOUT:g}s, got {timeout:g}s")
     f.done()
     return JwtRule(
         issuer=issuer,
@@ -202,6 +242,7 @@ def _parse_jwt_rule(raw: object, path: str) -> JwtRule:
         forward_original_token=forward,
         output_claim_to_headers=tuple(outputs),
         output_payload_to_header=payload_header,
+        timeout=timeout,
     )
 
 

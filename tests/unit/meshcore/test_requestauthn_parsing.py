@@ -4,6 +4,7 @@ out. The good ones are Istio's documented examples with the group changed."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -100,7 +101,13 @@ def test_selector_and_inline_jwks_with_default_token_places() -> None:
 
 BAD = [
     ("jwtRules:\n- jwksUri: https://x/jwks\n", "spec.jwtRules[0].issuer", "required"),
-    ("jwtRules:\n- issuer: a\n", "spec.jwtRules[0].jwksUri", "jwks"),
+    ("jwtRules:\n- issuer: a\n", "spec.jwtRules[0].issuer", "jwksUri or jwks"),
+    ("jwtRules:\n- issuer: ftp://a/x\n", "spec.jwtRules[0].issuer", "not an http(s) URL"),
+    ("jwtRules:\n- issuer: https://a/?x=1\n", "spec.jwtRules[0].issuer", "query"),
+    ("jwtRules:\n- issuer: https://a\n  timeout: 5\n", "spec.jwtRules[0].timeout", "duration"),
+    ("jwtRules:\n- issuer: https://a\n  timeout: 5 s\n", "spec.jwtRules[0].timeout", "duration"),
+    ("jwtRules:\n- issuer: https://a\n  timeout: 0s\n", "spec.jwtRules[0].timeout", "at least"),
+    ("jwtRules:\n- issuer: https://a\n  timeout: 2m\n", "spec.jwtRules[0].timeout", "at most 60s"),
     (
         f"jwtRules:\n- issuer: a\n  jwksUri: https://x/j\n  jwks: '{JWKS}'\n",
         "spec.jwtRules[0].jwks",
@@ -185,3 +192,44 @@ def test_istio_group_is_refused_naming_ours() -> None:
     error = only_error(authn("{}", api="security.istio.io/v1"))
     assert error.field == "apiVersion"
     assert "security.weft.dev/v1" in error.reason
+
+
+def test_issuer_without_keys_discovers_them_and_timeout_is_carried() -> None:
+    value = parse_one(
+        authn(
+            """
+            targetRefs: [{kind: Service, name: api}]
+            jwtRules:
+            - issuer: https://accounts.example.com/realms/shop
+              timeout: 1.5s
+            - issuer: https://other.example
+              jwksUri: https://other.example/keys
+              timeout: 500ms
+            - issuer: https://third.example
+            """
+        )
+    )
+    assert isinstance(value, RequestAuthentication)
+    discovered, remote, default = value.jwt_rules
+    assert discovered.discovers_keys and discovered.timeout == 1.5
+    assert not remote.discovers_keys and remote.fetch_timeout == 0.5
+    assert default.timeout == 0.0 and default.fetch_timeout == 5.0  # Istio's default
+    assert from_proto(to_proto(value)) == value
+
+
+def test_proto_with_a_bad_timeout_or_undiscoverable_issuer_is_refused() -> None:
+    from meshcore.api.errors import ConversionError
+
+    value = parse_one(
+        authn("targetRefs: [{kind: Service, name: api}]\njwtRules:\n- issuer: https://a\n")
+    )
+    assert isinstance(value, RequestAuthentication)
+    for mutate, words in (
+        (lambda r: setattr(r, "timeout", -1.0), "timeout"),
+        (lambda r: setattr(r, "timeout", float("nan")), "timeout"),
+        (lambda r: setattr(r, "issuer", "not-a-url"), "http(s)"),
+    ):
+        msg = to_proto(value)
+        mutate(msg.request_authentication.jwt_rules[0])
+        with pytest.raises(ConversionError, match=re.escape(words)):
+            from_proto(msg)

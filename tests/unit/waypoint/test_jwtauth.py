@@ -195,7 +195,7 @@ def policy(rule: JwtRule) -> RequestAuthentication:
 def tables(rule: JwtRule, remote: RemoteJwks | None = None) -> AuthnTables:
     t = AuthnTables("shop/waypoint", min_refresh=30.0)
     if remote is not None:
-        t._remotes[remote.uri] = remote
+        t._remotes[(remote.uri, remote.timeout)] = remote
     t.update([policy(rule)])
     return t
 
