@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from meshcore.resources import ResourceKey
 from meshcore.resources.destinationrule import DestinationRule
 from meshcore.resources.gateway import GRPCRoute, HTTPRoute
+from meshcore.resources.meshconfig import MeshSettings
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.requestauthn import RequestAuthentication
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
@@ -161,4 +162,5 @@ StateValue = (
     | VirtualService  # sent as parsed, for waypoints
     | RateLimitPolicy  # sent as parsed, for waypoints
     | RequestAuthentication  # sent as parsed, for waypoints
+    | MeshSettings  # the mesh config's extension providers, for waypoints
 )

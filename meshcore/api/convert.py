@@ -14,6 +14,7 @@ from meshcore.api.destinationrule_convert import (
     destination_rule_to_proto,
 )
 from meshcore.api.errors import ConversionError
+from meshcore.api.meshsettings_convert import mesh_settings_from_proto, mesh_settings_to_proto
 from meshcore.api.networking_convert import (
     virtual_service_from_proto,
     virtual_service_to_proto,
@@ -37,6 +38,7 @@ from meshcore.meshstate import (
 )
 from meshcore.resources import GRPCRoute, HTTPRoute, ResourceKey
 from meshcore.resources.destinationrule import DestinationRule
+from meshcore.resources.meshconfig import MeshSettings
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.requestauthn import RequestAuthentication
 from meshcore.resources.virtualservice import VirtualService
@@ -117,6 +119,8 @@ def to_proto(value: StateValue) -> pb.Resource:
         rate_limit_to_proto(value, out)
     elif isinstance(value, RequestAuthentication):
         request_authentication_to_proto(value, out)
+    elif isinstance(value, MeshSettings):
+        mesh_settings_to_proto(value, out)
     else:
         policy_to_proto(value, out)
     return out
@@ -202,6 +206,8 @@ def from_proto(msg: pb.Resource) -> StateValue:
         value = rate_limit_from_proto(msg)
     elif body == "request_authentication":
         value = request_authentication_from_proto(msg)
+    elif body == "mesh_settings":
+        value = mesh_settings_from_proto(msg)
     else:
         raise ConversionError(f"{what}: resource has no body")
     if value.key != key:
