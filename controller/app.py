@@ -20,10 +20,12 @@ import structlog
 from aiohttp import web
 from prometheus_client import Gauge
 
+from controller.bootstrap import BootstrapService, TokenReviewer
 from controller.ca import CertificateAuthority
 from controller.deployer import Deployer, DeployerConfig, DeployerLoop, LabObjectWriter
 from controller.distribution import StateLog
 from controller.meshbuilder import MeshBuilder
+from controller.nodeauth import NodeTokenPolicy, PodFacts
 from controller.revocation import REVOKED_NODES_FILE, RevokedNodes
 from controller.server import ControllerService
 from controller.sources import Source
@@ -31,6 +33,8 @@ from controller.store import Problem, ResourceStore
 from meshcore import adminserver
 from meshcore.api import limits
 from meshcore.meshstate import TrustBundle, Waypoint, Workload
+from meshcore.resources import ResourceKey
+from meshcore.resources.core import Pod
 
 log = structlog.get_logger("controller")
 
@@ -62,12 +66,21 @@ class ControllerConfig:
     waypoint_otlp_endpoint: str = ""
     # Redis for the Global RateLimitPolicy counters of the waypoints it deploys ("": none)
     waypoint_redis_addr: str = ""
+    # Kubernetes: where nodes trade their ServiceAccount token for a node credential
+    # (controller.bootstrap; "" : off, as in the lab, whose nodes are given credentials)
+    bootstrap_listen: str = ""
+    node_token_policy: NodeTokenPolicy = field(default_factory=NodeTokenPolicy)
 
 
 class Controller:
-    def __init__(self, config: ControllerConfig, source: Source) -> None:
+    def __init__(
+        self, config: ControllerConfig, source: Source, reviewer: TokenReviewer | None = None
+    ) -> None:
+        """`reviewer`: the API server's TokenReview, for nodes bootstrapping with a token
+        (with `config.bootstrap_listen`)."""
         self.config = config
         self.source = source
+        self.reviewer = reviewer
         self.ca = (
             CertificateAuthority.from_plugin(config.plugin_ca_dir, config.trust_domain)
             if config.plugin_ca_dir
@@ -89,6 +102,8 @@ class Controller:
         self.grpc_port = 0
         self._runners: list[web.AppRunner] = []
         self._server: grpc.aio.Server | None = None
+        self._bootstrap_server: grpc.aio.Server | None = None
+        self.bootstrap_port = 0
         self.deployer: DeployerLoop | None = None
         self._deployer_task: asyncio.Task[None] | None = None
 
@@ -129,6 +144,7 @@ class Controller:
         log.info(
             "controller.started",
             grpc_port=self.grpc_port,
+            bootstrap_port=self.bootstrap_port or None,
             epoch=self.state.epoch,
             trust_domain=self.config.trust_domain,
         )
@@ -180,8 +196,9 @@ class Controller:
     async def stop(self) -> None:
         if self._deployer_task is not None:
             self._deployer_task.cancel()
-        if self._server is not None:
-            await self._server.stop(grace=0.5)
+        for server in (self._server, self._bootstrap_server):
+            if server is not None:
+                await server.stop(grace=0.5)
         for runner in self._runners:
             await runner.cleanup()
 
@@ -211,6 +228,37 @@ class Controller:
         self._server.add_generic_rpc_handlers((self.service.handlers(),))
         self.grpc_port = self._server.add_secure_port(f"{host or '0.0.0.0'}:{port}", credentials)
         await self._server.start()
+        if self.config.bootstrap_listen and self.reviewer is not None:
+            await self._start_bootstrap(key_pem, cert_chain_pem)
+
+    async def _start_bootstrap(self, key_pem: bytes, cert_chain_pem: bytes) -> None:
+        """The token-for-credential listener: TLS authenticating the controller only."""
+        assert self.reviewer is not None
+        service = BootstrapService(
+            self.ca,
+            self.reviewer,
+            self.pod_facts,
+            self.config.node_token_policy,
+            self.service.synced,
+            self.service.revoked,
+        )
+        self._bootstrap_server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", 64 << 10)]
+        )
+        self._bootstrap_server.add_generic_rpc_handlers((service.handlers(),))
+        host, _, port = self.config.bootstrap_listen.rpartition(":")
+        self.bootstrap_port = self._bootstrap_server.add_secure_port(
+            f"{host or '0.0.0.0'}:{port}",
+            grpc.ssl_server_credentials([(key_pem, cert_chain_pem)]),
+        )
+        await self._bootstrap_server.start()
+
+    def pod_facts(self, namespace: str, name: str) -> PodFacts | None:
+        """What the source says of a pod (for node bootstrap), None when it has no such pod."""
+        pod = self.store.resources().get(ResourceKey("Pod", namespace, name))
+        if not isinstance(pod, Pod):
+            return None
+        return PodFacts(pod.metadata.uid, pod.spec.service_account_name, pod.spec.node_name)
 
     # --- HTTP: readiness, metrics, admin ------------------------------------------------------
 

@@ -10,9 +10,12 @@ import structlog
 import uvloop
 
 from controller.app import Controller, ControllerConfig
+from controller.bootstrap import TokenReviewer
 from controller.ca import CertificateAuthority
+from controller.kubesource import KubernetesSource, KubeSettings, api_client
+from controller.nodeauth import NodeTokenPolicy
 from controller.revocation import REVOKED_NODES_FILE, revoke
-from controller.sources import LocalSource
+from controller.sources import LocalSource, Source
 from meshcore import nodeoptions
 from meshcore.configclient import NodeCredential
 from meshcore.logs import configure_logging
@@ -28,10 +31,39 @@ def cli() -> None:
 
 @cli.command()
 @click.option(
+    "--source",
+    "source_kind",
+    type=click.Choice(["folder", "kubernetes"]),
+    default="folder",
+    show_default=True,
+    help="Where the cluster is read from: a folder of YAML (--source-dir), or a Kubernetes "
+    "API server (--kubeconfig, or in-cluster).",
+)
+@click.option(
     "--source-dir",
-    required=True,
     type=click.Path(path_type=Path),
-    help="Folder of Kubernetes YAML to watch (the lab's manifests folder).",
+    default=None,
+    help="Folder of Kubernetes YAML to watch (the lab's manifests folder); --source folder.",
+)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="kubeconfig of the API server to watch (--source kubernetes); default: in-cluster.",
+)
+@click.option(
+    "--bootstrap-listen",
+    default="0.0.0.0:15013",
+    show_default=True,
+    help="--source kubernetes: where nodes trade their ServiceAccount token (audience weft) "
+    "for a node credential; empty: off.",
+)
+@click.option(
+    "--node-service-account",
+    default="weft-system/weft-node",
+    show_default=True,
+    help="namespace/name of the node DaemonSet's ServiceAccount: the only one whose tokens "
+    "make nodes.",
 )
 @click.option(
     "--state-dir",
@@ -89,7 +121,11 @@ def cli() -> None:
     "then decide by their failureMode). Env: WEFT_WAYPOINT_REDIS_ADDR.",
 )
 def run(
-    source_dir: Path,
+    source_kind: str,
+    source_dir: Path | None,
+    kubeconfig: Path | None,
+    bootstrap_listen: str,
+    node_service_account: str,
     state_dir: Path,
     trust_domain: str,
     plugin_ca: Path | None,
@@ -120,10 +156,26 @@ def run(
         lab_api=lab_api,
         waypoint_otlp_endpoint=waypoint_otlp_endpoint,
         waypoint_redis_addr=waypoint_redis_addr,
+        bootstrap_listen=bootstrap_listen if source_kind == "kubernetes" else "",
+        node_token_policy=NodeTokenPolicy(node_service_account),
     )
+    if source_kind == "folder" and source_dir is None:
+        raise click.UsageError("--source folder needs --source-dir")
+    if "/" not in node_service_account:
+        raise click.BadParameter("expected namespace/name", param_hint="--node-service-account")
 
     async def main() -> None:
-        controller = Controller(config, LocalSource(source_dir))
+        source: Source
+        reviewer = None
+        if source_kind == "kubernetes":
+            settings = KubeSettings(kubeconfig=kubeconfig)
+            api = api_client(settings)
+            source = KubernetesSource(settings, api)
+            reviewer = TokenReviewer(api, config.node_token_policy.audience)
+        else:
+            assert source_dir is not None
+            source = LocalSource(source_dir)
+        controller = Controller(config, source, reviewer)
         stop = stop_requested()
         await controller.start()
         follower = asyncio.create_task(controller.run())

@@ -339,7 +339,7 @@ class ControllerService:
             not_after=issued.not_after.isoformat(),
         )
         return pb.CertificateResponse(
-            cert_chain_pem=[issued.cert_pem.decode(), *_split_pem(issued.chain_pem)],
+            cert_chain_pem=[issued.cert_pem.decode(), *split_pem(issued.chain_pem)],
             roots_pem=list(self.ca.trust_bundle),
         )
 
@@ -352,7 +352,7 @@ def _seconds_until(when: dt.datetime) -> float:
     return (when - dt.datetime.now(dt.UTC)).total_seconds()
 
 
-def _split_pem(chain: bytes) -> list[str]:
+def split_pem(chain: bytes) -> list[str]:
     marker = "-----END CERTIFICATE-----"
     text = chain.decode()
     return [part.strip() + "\n" + marker + "\n" for part in text.split(marker) if part.strip()]
