@@ -16,6 +16,7 @@ SAMPLE_APPS = {
     "weft/http-echo": "sample_apps.http_echo",
     "weft/tcp-echo": "sample_apps.tcp_echo",
     "weft/load-client": "sample_apps.load_client",
+    "weft/ext-authz": "sample_apps.extauthz",
     WAYPOINT_IMAGE: "waypoint",
 }
 # image -> what comes between the module and the container's args
