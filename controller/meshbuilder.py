@@ -53,6 +53,15 @@ from meshcore.ports import PortError, parse_port_list
 from meshcore.resources import Namespace, Pod, Resource, ResourceKey, Service
 from meshcore.resources.destinationrule import DestinationRule
 from meshcore.resources.gateway import AddressType, Gateway, GRPCRoute, HTTPRoute, ParentKind
+from meshcore.resources.meshconfig import (
+    MESH_CONFIG_KEY,
+    MESH_CONFIGMAP,
+    ROOT_NAMESPACE,
+    ConfigMap,
+    MeshConfig,
+    MeshSettings,
+    mesh_config_of,
+)
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.ratelimit import TargetKind as RateLimitTargetKind
 from meshcore.resources.requestauthn import RequestAuthentication
@@ -76,11 +85,38 @@ NO_JWT_ENFORCEMENT = (
     "{scope} no waypoint validates these tokens; attach it with targetRefs to a waypoint's "
     "Gateway or a Service bound to a waypoint"
 )
+MESH_CONFIG_WHERE = (
+    f"meshConfig extensionProviders (ConfigMap {ROOT_NAMESPACE}/{MESH_CONFIGMAP}, "
+    f"key {MESH_CONFIG_KEY})"
+)
+CUSTOM_AT_ZTUNNEL = (
+    "action CUSTOM with {scope}: this policy is enforced by ztunnel, which cannot call an "
+    "ext_authz provider ({provider!r}), so connections its rules match are denied (fail "
+    "closed); attach it with targetRefs to a waypoint's Gateway or a Service bound to a "
+    "waypoint to have the provider asked"
+)
 NO_ENFORCEMENT_POINT = (
     "targetRefs policies are enforced by waypoints, and no waypoint serves any of its targets: "
     "this policy is enforced nowhere; bind the Service to a waypoint, or use a selector (or no "
     "selector for the whole namespace) to have ztunnel enforce it"
 )
+
+
+def missing_provider(policy: AuthorizationPolicy, mesh: MeshConfig | None) -> str:
+    """Why a waypoint's CUSTOM policy has no ext_authz provider ("" when it has one): its
+    requests are then denied (fail closed), as Istio does for an unknown provider."""
+    name = policy.provider
+    if policy.action is not PolicyAction.CUSTOM:
+        return ""
+    if mesh is not None and name in mesh.settings.ext_authz_providers:
+        return ""
+    effect = "requests its rules match are denied (fail closed, as Istio does)"
+    if mesh is not None and name in mesh.refused_names:
+        return (
+            f"provider {name!r} is in {MESH_CONFIG_WHERE} but was left out (see that "
+            f"ConfigMap's problem): {effect}"
+        )
+    return f"provider {name!r} is not in {MESH_CONFIG_WHERE}: {effect}"
 
 
 def l7_at_ztunnel(policy: AuthorizationPolicy) -> tuple[str, str] | None:
@@ -257,6 +293,7 @@ class MeshBuilder:
         request_authns: list[RequestAuthentication] = []
         waypoint_policies: list[AuthorizationPolicy] = []
         destination_rules: list[DestinationRule] = []
+        config_maps: list[ConfigMap] = []
         problems: dict[ResourceKey, Problem] = {}
         for r in resources.values():
             if isinstance(r, Namespace):
@@ -269,6 +306,11 @@ class MeshBuilder:
                 state[r.key] = r
                 if isinstance(r, AuthorizationPolicy) and r.for_waypoint:
                     waypoint_policies.append(r)
+                elif isinstance(r, AuthorizationPolicy) and r.action is PolicyAction.CUSTOM:
+                    scope = "a selector" if r.has_selector else "no selector and no targetRefs"
+                    field = "spec.selector" if r.has_selector else "spec.action"
+                    reason = CUSTOM_AT_ZTUNNEL.format(scope=scope, provider=r.provider)
+                    self._report(problems, r.key, field, reason, False)
                 elif isinstance(r, AuthorizationPolicy) and (l7 := l7_at_ztunnel(r)):
                     self._report(problems, r.key, l7[0], l7[1], False)
             elif isinstance(r, Gateway):
@@ -288,6 +330,9 @@ class MeshBuilder:
             elif isinstance(r, RequestAuthentication):
                 state[r.key] = r  # as parsed: a waypoint validates JWTs with it
                 request_authns.append(r)
+            elif isinstance(r, ConfigMap):
+                config_maps.append(r)
+        mesh_config = self._mesh_config(problems, config_maps, state)
 
         waypoints: dict[str, Waypoint] = {}
         for gw in gateways:
@@ -336,6 +381,8 @@ class MeshBuilder:
         for authz in waypoint_policies:
             if not self._served_by_a_waypoint(authz, state, waypoints):
                 self._report(problems, authz.key, "spec.targetRefs", NO_ENFORCEMENT_POINT, False)
+            elif reason := missing_provider(authz, mesh_config):
+                self._report(problems, authz.key, "spec.provider.name", reason, False)
         for authn in request_authns:
             if not authn.target_refs:
                 scope = "a selector" if authn.selector is not None else "no targetRefs"
@@ -448,6 +495,47 @@ class MeshBuilder:
                 keeps_last_good=keeps_last_good,
             )
         problems[resource] = problem
+
+    def _mesh_config(
+        self,
+        problems: dict[ResourceKey, Problem],
+        config_maps: list[ConfigMap],
+        state: dict[ResourceKey, StateValue],
+    ) -> MeshConfig | None:
+        """ConfigMap weft-system/weft's mesh config: its MeshSettings goes into the state (for
+        every waypoint); provider entries left out are reported on the ConfigMap, and a
+        ConfigMap `weft` elsewhere is reported as ignored."""
+        found: MeshConfig | None = None
+        for cm in config_maps:
+            if not cm.is_mesh_config:
+                if cm.metadata.name == MESH_CONFIGMAP:
+                    reason = (
+                        f"ignored: weft reads the mesh config from ConfigMap "
+                        f"{ROOT_NAMESPACE}/{MESH_CONFIGMAP} only"
+                    )
+                    self._report(problems, cm.key, "metadata.namespace", reason, False)
+                continue
+            parsed: list[MeshConfig] = []
+
+            def build(cm: ConfigMap = cm, parsed: list[MeshConfig] = parsed) -> MeshSettings:
+                parsed.append(mesh_config_of(cm))
+                return parsed[0].settings
+
+            settings = self._guarded(problems, cm.key, MeshSettings().key, build)
+            if settings is None:
+                continue
+            state[settings.key] = settings
+            found = parsed[0] if parsed else MeshConfig(settings)
+            if found.errors:
+                field, reason = found.errors[0]
+                more = [f"{f}: {r}" for f, r in found.errors[1:6]]
+                if len(found.errors) > 6:
+                    more.append(f"and {len(found.errors) - 6} more")
+                reason += "; this entry is left out, the other providers are used"
+                if more:
+                    reason += f" (also left out: {'; '.join(more)})"
+                self._report(problems, cm.key, field, reason, False)
+        return found
 
     def _check_virtual_service(
         self,

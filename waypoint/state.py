@@ -13,6 +13,7 @@ from meshcore.meshstate import MeshService, ServicePort, StateValue, Workload
 from meshcore.resources import ResourceKey
 from meshcore.resources.destinationrule import DestinationRule, TrafficPolicy, rule_for
 from meshcore.resources.gateway import GRPCRoute, HTTPRoute
+from meshcore.resources.meshconfig import ExtAuthzProvider, MeshSettings
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.requestauthn import RequestAuthentication
 from meshcore.resources.virtualservice import VirtualService
@@ -31,6 +32,8 @@ class WaypointView:
         self.virtual_services: tuple[VirtualService, ...] = ()
         self.destination_rules: tuple[DestinationRule, ...] = ()
         self.request_authentications: tuple[RequestAuthentication, ...] = ()
+        # The mesh config's ext_authz providers by name (CUSTOM policies); {} without one.
+        self.ext_authz_providers: Mapping[str, ExtAuthzProvider] = {}
         self._rule_by_service: dict[tuple[str, str], DestinationRule | None] = {}
         self.on_update: list[Callable[[], object]] = []
 
@@ -39,6 +42,7 @@ class WaypointView:
         rules: list[DestinationRule] = []
         rate_limits: list[RateLimitPolicy] = []
         authns: list[RequestAuthentication] = []
+        providers: Mapping[str, ExtAuthzProvider] = {}
         http, grpc, vs = [], [], []
         for key, value in state.items():
             if isinstance(value, HTTPRoute):
@@ -53,6 +57,8 @@ class WaypointView:
                 vs.append(value)
             elif isinstance(value, RequestAuthentication):
                 authns.append(value)
+            elif isinstance(value, MeshSettings):
+                providers = value.ext_authz_providers
             else:
                 mesh[key] = value  # type: ignore[assignment]  # MeshView ignores the rest
         self.mesh.update(mesh)
@@ -62,6 +68,7 @@ class WaypointView:
         self.http_routes, self.grpc_routes = tuple(http), tuple(grpc)
         self.rate_limit_policies = tuple(rate_limits)
         self.request_authentications = tuple(authns)
+        self.ext_authz_providers = providers
         self.virtual_services = tuple(sorted(vs, key=lambda v: (v.key.namespace, v.key.name)))
         for callback in self.on_update:
             callback()

@@ -385,7 +385,7 @@ def _provider(raw: object, path: str, name: str) -> ExtAuthzProvider:
     if key in OTHER_PROVIDER_TYPES:
         raise ManifestError(
             f"provider type {key} is not supported by weft (only {_HTTP} and {_GRPC}, "
-            "for AuthorizationPolicy CUSTOM); this entry is left out",
+            "for AuthorizationPolicy CUSTOM)",
             field=f.sub(key),
         )
     kind = ExtAuthzKind.HTTP if key == _HTTP else ExtAuthzKind.GRPC
