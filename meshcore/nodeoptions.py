@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from meshcore.adminserver import AddressError, parse_addr
+from meshcore.nodebootstrap import Bootstrap
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,6 +22,52 @@ CREDENTIAL = click.option(
     type=click.Path(path_type=Path),
     help="The node credential folder (key.pem, cert.pem, roots.pem).",
 )
+
+
+def bootstrap(fn: F) -> F:
+    """--bootstrap-token, --bootstrap-controller, --controller-roots: on Kubernetes, how a
+    node with no credential in its --credential folder gets one (meshcore.nodebootstrap).
+    The function receives them as `bootstrap_token`, `bootstrap_controller`,
+    `controller_roots`; `bootstrap_from` turns them into a `Bootstrap`."""
+    options = (
+        click.option(
+            "--bootstrap-token",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="Projected ServiceAccount token (audience weft) to trade for a node "
+            "credential when --credential has none (Kubernetes).",
+        ),
+        click.option(
+            "--bootstrap-controller",
+            default="",
+            help="host:port of the controller's bootstrap listener (15013), with "
+            "--bootstrap-token.",
+        ),
+        click.option(
+            "--controller-roots",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="PEM roots the controller's certificate chains to, with --bootstrap-token.",
+        ),
+    )
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def bootstrap_from(token: Path | None, controller: str, roots: Path | None) -> Bootstrap | None:
+    """The three bootstrap options as one value; all or none must be given."""
+    given = [bool(token), bool(controller), bool(roots)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise click.UsageError(
+            "--bootstrap-token, --bootstrap-controller and --controller-roots go together"
+        )
+    assert token is not None and roots is not None
+    return Bootstrap(token, controller, roots)
+
+
 ADMIN_SOCKET = click.option(
     "--admin-socket",
     type=click.Path(path_type=Path),

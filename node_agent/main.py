@@ -11,6 +11,7 @@ import uvloop
 
 from meshcore import nodeoptions
 from meshcore.logs import configure_logging
+from meshcore.nodebootstrap import ensure_credential
 from meshcore.signals import run_until_stopped, stop_requested
 from node_agent.agent import AgentConfig, NodeAgent
 from node_agent.programs import KernelFeatureError, check_kernel
@@ -28,6 +29,13 @@ def cli() -> None:
 @click.option("--node-ip", required=True, help="This node's own address.")
 @nodeoptions.CONTROLLER
 @nodeoptions.CREDENTIAL
+@nodeoptions.bootstrap
+@click.option(
+    "--trust-domain",
+    default="cluster.local",
+    show_default=True,
+    help="The mesh's trust domain (names the node identity a bootstrapped credential is for).",
+)
 @click.option(
     "--pin-dir",
     required=True,
@@ -61,6 +69,10 @@ def run(
     node_ip: str,
     controller: str,
     credential: Path,
+    bootstrap_token: Path | None,
+    bootstrap_controller: str,
+    controller_roots: Path | None,
+    trust_domain: str,
     pin_dir: Path,
     pods_cgroup: Path,
     system_cgroup: Path,
@@ -89,7 +101,10 @@ def run(
         excluded_ports=frozenset(excluded),
     )
 
+    how = nodeoptions.bootstrap_from(bootstrap_token, bootstrap_controller, controller_roots)
+
     async def main() -> int:
+        await ensure_credential(credential, node, trust_domain, how)
         agent = NodeAgent(config)
         try:
             await agent.start()

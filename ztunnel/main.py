@@ -10,6 +10,7 @@ import uvloop
 
 from meshcore import nodeoptions
 from meshcore.logs import configure_logging
+from meshcore.nodebootstrap import ensure_credential
 from meshcore.signals import stop_requested
 from ztunnel.app import Ztunnel, ZtunnelConfig
 
@@ -25,6 +26,7 @@ def cli() -> None:
 @click.option("--node", required=True)
 @nodeoptions.CONTROLLER
 @nodeoptions.CREDENTIAL
+@nodeoptions.bootstrap
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @nodeoptions.ADMIN_SOCKET
 @nodeoptions.admin_addr(ZtunnelConfig.admin_addr)
@@ -34,6 +36,9 @@ def run(
     node: str,
     controller: str,
     credential: Path,
+    bootstrap_token: Path | None,
+    bootstrap_controller: str,
+    controller_roots: Path | None,
     trust_domain: str,
     admin_socket: Path | None,
     admin_addr: str,
@@ -53,7 +58,10 @@ def run(
         readiness_addr=readiness_addr,
     )
 
+    how = nodeoptions.bootstrap_from(bootstrap_token, bootstrap_controller, controller_roots)
+
     async def main() -> None:
+        await ensure_credential(credential, node, trust_domain, how)
         ztunnel = Ztunnel(config)
         stop = stop_requested()
         await ztunnel.start()
