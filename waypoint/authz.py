@@ -12,9 +12,11 @@ waypoint). Policies with a selector, or with neither, are ztunnel's.
 
 Istio's order:
 
-1. CUSTOM: no extension providers yet (ext_authz); a request one of its rules matches is
-   denied (fail closed, as ztunnel does: never an allow for want of a provider), and every
-   CUSTOM policy is named in `Verdict.skipped_custom`, so the caller can log it;
+1. CUSTOM: a request one of its rules matches must be allowed by the policy's extension
+   provider (ext_authz, `waypoint.extauthz`) first: the verdict names it in `Verdict.custom`
+   and the caller asks it; its allow does not skip the steps below. A provider the mesh
+   config does not define, or a TCP connection (Envoy's network ext_authz is not supported),
+   is denied (fail closed, never an allow for want of a provider);
 2. a matching DENY policy denies;
 3. when any ALLOW policy applies, a request that matches none is denied;
 4. otherwise allowed.
@@ -41,7 +43,7 @@ import dataclasses
 import enum
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from meshcore.resources.requestauthn import RequestAuthentication
@@ -186,17 +188,26 @@ class RuleMatch:
         return f"ns[{namespace}]-policy[{name}]-rule[{self.rule}]"
 
 
+@dataclass(frozen=True, slots=True)
+class CustomCheck:
+    """A CUSTOM policy's rule matched: the request must be allowed by ext_authz `provider`."""
+
+    match: RuleMatch
+    provider: str
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The decision on a request and why. `decided_by` is the DENY rule that denied or the
-    ALLOW rule that allowed (None: no policy applies, or no ALLOW rule matched)."""
+    ALLOW rule that allowed (None: no policy applies, or no ALLOW rule matched). `custom`:
+    the providers to ask before this verdict holds (each must allow, in order)."""
 
     allowed: bool
     reason: str
     decided_by: RuleMatch | None = None
     action: PolicyAction | None = None
     audit: tuple[RuleMatch, ...] = ()
-    skipped_custom: tuple[str, ...] = ()  # CUSTOM policies not evaluated (namespace/name)
+    custom: tuple[CustomCheck, ...] = ()
     notes: tuple[str, ...] = ()  # what could not be evaluated
 
     @property
@@ -672,32 +683,52 @@ class PolicySet:
     def empty(self) -> bool:
         return not (self.custom or self.deny or self.allow or self.audit)
 
-    def evaluate(self, r: RequestView, *, l4: bool = False) -> Verdict:
+    def evaluate(
+        self, r: RequestView, *, l4: bool = False, providers: Container[str] = ()
+    ) -> Verdict:
         """The verdict on an HTTP request, or with `l4` on a TCP connection (only its
-        source, destination and ports are read)."""
+        source, destination and ports are read). `providers`: the ext_authz providers the
+        mesh config defines (CUSTOM policies name one)."""
         notes: list[str] = []
         audit = []
         for p in self.audit:
             rule = p.first_match(r, notes, l4=l4)
             if rule is not None:
                 audit.append(RuleMatch(p.key, rule.index))
-        skipped = tuple(p.key for p in self.custom)
+        checks: list[CustomCheck] = []
 
         def verdict(
             allowed: bool, reason: str, by: RuleMatch | None = None, a: PolicyAction | None = None
         ) -> Verdict:
-            return Verdict(allowed, reason, by, a, tuple(audit), skipped, tuple(notes))
+            return Verdict(
+                allowed, reason, by, a, tuple(audit), custom=tuple(checks), notes=tuple(notes)
+            )
 
         for p in self.custom:
             rule = p.first_match(r, notes, l4=l4)
-            if rule is not None:
+            if rule is None:
+                continue
+            by = RuleMatch(p.key, rule.index)
+            if l4:
                 return verdict(
                     False,
-                    f"denied: CUSTOM policy {p.key} rule {rule.index} applies and external "
-                    "authorization is not supported yet (fail closed)",
-                    RuleMatch(p.key, rule.index),
+                    f"denied: CUSTOM policy {p.key} rule {rule.index} applies to a TCP "
+                    "connection, and weft's waypoint asks ext_authz providers about HTTP "
+                    "requests only (no network ext_authz): fail closed",
+                    by,
                     PolicyAction.CUSTOM,
                 )
+            if p.provider not in providers:
+                return verdict(
+                    False,
+                    f"denied: CUSTOM policy {p.key} rule {rule.index} names provider "
+                    f"{p.provider!r}, which the mesh config (ConfigMap weft-system/weft, "
+                    "extensionProviders) does not define: fail closed",
+                    by,
+                    PolicyAction.CUSTOM,
+                )
+            if all(c.provider != p.provider for c in checks):
+                checks.append(CustomCheck(by, p.provider))
         for p in self.deny:
             rule = p.first_match(r, notes, l4=l4)
             if rule is not None:
@@ -728,11 +759,13 @@ def evaluate(
     gateway: str,
     service: str | None,
     root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+    providers: Container[str] = (),
 ) -> Verdict:
     """Decide a request to `service` at the waypoint `gateway` against every policy given
     (those that are not this waypoint's, or not for this Service, are skipped)."""
     found = applicable(policies, gateway, service, root_namespace=root_namespace)
-    return PolicySet.of(CompiledPolicy.compile(p) for p in found).evaluate(request)
+    compiled = PolicySet.of(CompiledPolicy.compile(p) for p in found)
+    return compiled.evaluate(request, providers=providers)
 
 
 class AuthzTables:
@@ -777,6 +810,7 @@ __all__ = [
     "DENIED_BODY",
     "AuthzTables",
     "CompiledPolicy",
+    "CustomCheck",
     "PolicySet",
     "RequestAuth",
     "RequestView",

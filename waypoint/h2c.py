@@ -54,6 +54,7 @@ from waypoint import (
     trafficpolicy,
     xfcc,
 )
+from waypoint.extauthz import CheckResult
 from waypoint.h2wire import H2Request, H2RequestError
 from waypoint.ratelimit import GRPC_RESOURCE_EXHAUSTED, RATE_LIMITED
 from waypoint.streamio import BufferedEnd, EndClosed
@@ -510,6 +511,18 @@ class Front:
             self.dest, self.client, request.method, request.path, request.authority,
             request.headers, request_auth=request_auth,
         )  # fmt: skip
+        allowed_headers: routing.Headers = ()  # (ext_authz: added to the response)
+        if access is not None and access.custom:  # (Envoy: ext_authz, then RBAC)
+            checked = await self.waypoint.check_custom(
+                access, self.dest, self.client, record, request.headers, "HTTP/2"
+            )
+            if not checked.allowed:
+                await self._custom_deny(stream_id, request, record, checked)
+                return
+            request = dataclasses.replace(
+                request, headers=checked.request_headers(request.headers)
+            )
+            allowed_headers = checked.downstream
         if access is not None and not access.allowed:  # (Envoy: RBAC before the router)
             self.waypoint.denied(record, access)
             await self._deny(stream_id, request, record)
@@ -525,6 +538,9 @@ class Front:
                 stream_id, request, decision.status, grpc, decision.reason, decision.headers, record
             )
             return
+        if allowed_headers:
+            ops = (*decision.response_header_ops, routing.HeaderOps(set=allowed_headers))
+            decision = dataclasses.replace(decision, response_header_ops=ops)
         limiter = self.waypoint.rate_limits.for_request(self.dest.service, decision.route_key)
         if limiter is not None:  # (no await at all when no policy applies)
             verdict = await ratelimit_store.check(
@@ -878,6 +894,30 @@ class Front:
         if not no_body:
             record.response_bytes = len(body)
             await self.link.send_data(stream_id, body, end_stream=True)
+        if self.link.peer_sending(stream_id):
+            self.link.reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    async def _custom_deny(
+        self, stream_id: int, request: H2Request, record: GrpcRecord, result: CheckResult
+    ) -> None:
+        """An ext_authz denial: the provider's status, headers and body; for gRPC, the status
+        mapped to a grpc-status (403: PERMISSION_DENIED) with the body as the message, as
+        Envoy's local replies to gRPC requests do."""
+        if request.grpc:
+            message = result.body.decode("utf-8", "replace") or record.reason
+            grpc = _grpc_for_http(result.status)
+            await self._answer(
+                stream_id, request, result.status, grpc, message[:1024], result.downstream, record
+            )
+            return
+        head = [(":status", str(result.status)), *result.downstream]
+        head.append(("content-length", str(len(result.body))))
+        record.response_code = result.status
+        no_body = not result.body or request.method == "HEAD"
+        await self.link.send_headers(stream_id, head, end_stream=no_body)
+        if not no_body:
+            record.response_bytes = len(result.body)
+            await self.link.send_data(stream_id, result.body, end_stream=True)
         if self.link.peer_sending(stream_id):
             self.link.reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 

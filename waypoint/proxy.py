@@ -47,8 +47,11 @@ from meshcore.identity.certs import CertificateError
 from meshcore.identity.spiffe import IdentityError, SpiffeId
 from meshcore.meshstate import MeshService, ServicePort, Workload
 from meshcore.resources.gateway import Timeouts
+from meshcore.resources.meshconfig import ExtAuthzProvider as MeshExtAuthzProvider
 from waypoint import (
     authz,
+    extauthz,
+    extauthz_client,
     h1,
     h2c,
     jwtauth,
@@ -58,6 +61,7 @@ from waypoint import (
     ratelimit_store,
     routing,
     telemetry,
+    tls_peek,
     tracing,
     trafficpolicy,
     xfcc,
@@ -232,8 +236,11 @@ class Waypoint:
         self._rate_limits_changed()
         # AuthorizationPolicies with targetRefs, compiled per Service (waypoint.authz)
         self.authz = authz.AuthzTables(config.gateway)
-        self._custom_reported: set[str] = set()
         view.on_update.append(self._authz_changed)
+        # CUSTOM policies' providers, reached as backends are (waypoint.extauthz_client)
+        self.ext_authz = extauthz_client.ExtAuthzClient(
+            self._provider_endpoints, self._open_provider
+        )
         self._authz_changed()
         # RequestAuthentications with targetRefs, per Service (waypoint.jwtauth); JWKS caches
         # are kept across view updates
@@ -251,7 +258,6 @@ class Waypoint:
 
     def _authz_changed(self) -> None:
         self.authz.update(self.view.mesh.policies)
-        self._custom_reported.clear()
 
     def _authn_changed(self) -> None:
         self.authn.update(self.view.request_authentications)
@@ -290,6 +296,7 @@ class Waypoint:
     def authorize(
         self, dest: Destination, client: Client, method: str, target: str, authority: str,
         headers: Headers, *, l4: bool = False, request_auth: authz.RequestAuth | None = None,
+        sni: str | None = "",
     ) -> authz.Verdict | None:  # fmt: skip
         """The AuthorizationPolicy verdict on a request (HTTP/1.1 and h2c alike), or with
         `l4` on a TCP connection passed through; None when no policy applies to its
@@ -316,9 +323,10 @@ class Waypoint:
             source_ip=client.address,
             destination_ip=dest.target.ip,
             destination_port=dest.target.port,
+            sni=sni,
             request_auth=request_auth,
         )
-        verdict = policies.evaluate(view, l4=l4)
+        verdict = policies.evaluate(view, l4=l4, providers=self.view.ext_authz_providers)
         for match in verdict.audit:
             log.info(
                 "authz.audit",
@@ -332,18 +340,64 @@ class Waypoint:
                 source_principal=client.principal,
                 source_address=client.address,
             )
-        for key in verdict.skipped_custom:
-            if key not in self._custom_reported:
-                self._custom_reported.add(key)
-                log.warning(
-                    "authz.custom_not_enforced",
-                    policy=key,
-                    reason="CUSTOM (external authorization) is not supported by weft's "
-                    "waypoint yet: requests its rules match are denied (fail closed)",
-                )
         for note in verdict.notes:
             log.info("authz.unevaluable", note=note, source_principal=client.principal)
         return verdict
+
+    async def check_custom(
+        self, access: authz.Verdict, dest: Destination, client: Client, record: RequestRecord,
+        headers: Headers, protocol: str,
+    ) -> extauthz.CheckResult:  # fmt: skip
+        """Ask the providers of the CUSTOM rules a request matched (`access.custom`), in
+        order: the first denial (noted on the record, flag UAEX as Envoy's), else the allows'
+        header changes together."""
+        check = extauthz.CheckInput(
+            method=record.method,
+            path=record.path,
+            authority=record.authority,
+            headers=headers,
+            source_principal=client.principal,
+            source_ip=client.address,
+            destination_ip=dest.target.ip,
+            destination_port=dest.target.port,
+            destination_principal=self.config.identity,
+            protocol=protocol,
+            request_id=record.request_id,
+        )
+        upstream: list[routing.HeaderOps] = []
+        downstream: list[tuple[str, str]] = []
+        reasons = []
+        for custom in access.custom:
+            provider = self.view.ext_authz_providers.get(custom.provider)
+            if provider is None:  # (gone since the verdict: fail closed)
+                result = extauthz.CheckResult(
+                    extauthz.Outcome.ERROR, False,
+                    f"ext_authz provider {custom.provider!r} is not defined", 403,
+                )  # fmt: skip
+            else:
+                result = await self.ext_authz.check(provider, check)
+            if not result.allowed:
+                record.response_flags = UNAUTHORIZED_EXTERNAL_SERVICE
+                record.reason = f"CUSTOM policy {custom.match.policy}: {result.reason}"
+                record.rbac_policy = custom.match.policy_id
+                return result
+            upstream += result.upstream
+            downstream += result.downstream
+            reasons.append(result.reason)
+        return extauthz.CheckResult(
+            extauthz.Outcome.ALLOW, True, "; ".join(reasons), 0, b"",
+            tuple(upstream), tuple(downstream),
+        )  # fmt: skip
+
+    def _provider_endpoints(self, provider: MeshExtAuthzProvider) -> list[tuple[Workload, int]]:
+        service = self.view.service(provider.service_namespace, provider.service_name)
+        return self.view.endpoints(service, provider.port) if service is not None else []
+
+    async def _open_provider(self, workload: Workload, port: int) -> End:
+        try:
+            return await self._open(workload, port, None)
+        except BackendError as err:
+            raise extauthz_client.CheckError(str(err)) from None
 
     @staticmethod
     def denied(record: RequestRecord, verdict: authz.Verdict) -> None:
@@ -541,7 +595,15 @@ class Waypoint:
     ) -> None:
         started = time.monotonic()
         target = str(dest.target)
-        access = self.authorize(dest, client, "", "", "", (), l4=True)
+        service = dest.service
+        policies = self.authz.for_destination(
+            service.namespace if service is not None else None,
+            service.name if service is not None else None,
+        )
+        sni: str | None = ""  # (only read when a policy asks: it may wait for the client)
+        if policies is not None and policies.uses_sni:
+            sni = await tls_peek.client_sni(end, self.config.sniff_timeout)
+        access = self.authorize(dest, client, "", "", "", (), l4=True, sni=sni)
         if access is not None and not access.allowed:  # (Envoy: the network RBAC filter)
             log.info(
                 "connection.denied",
@@ -621,9 +683,10 @@ class Waypoint:
             return [(dest.workload, dest.target.port)]
         return []
 
-    async def _open(self, workload: Workload, port: int, client: Client) -> End:
+    async def _open(self, workload: Workload, port: int, client: Client | None) -> End:
         """A relay end to one endpoint: an HBONE stream to its node's ztunnel, as the
-        waypoint (or a TCP connection, for an endpoint outside the mesh)."""
+        waypoint (or a TCP connection, for an endpoint outside the mesh). `client`: whose
+        request it carries (None: the waypoint's own, an ext_authz check)."""
         ip = workload.addresses[0]
         if not workload.enrolled:
             try:
@@ -638,7 +701,8 @@ class Waypoint:
                 f"HBONE to {workload.node_address}: {err or type(err).__name__}",
                 telemetry.UPSTREAM_FAILURE,
             ) from None
-        stream = conn.open(hbone.Target(ip, port), {"forwarded": f"for={client.address}"})
+        forwarded = {"forwarded": f"for={client.address}"} if client is not None else {}
+        stream = conn.open(hbone.Target(ip, port), forwarded)
         try:
             response = await asyncio.wait_for(stream.response, CONNECT_TIMEOUT)
         except (TimeoutError, StreamClosed) as err:
@@ -800,6 +864,14 @@ class Waypoint:
             dest, client, record.method, record.path, record.authority, headers,
             request_auth=request_auth,
         )  # fmt: skip
+        allowed_headers: Headers = ()  # (ext_authz: added to the response)
+        if access is not None and access.custom:  # (Envoy: ext_authz, then RBAC)
+            checked = await self.check_custom(access, dest, client, record, headers, "HTTP/1.1")
+            if not checked.allowed:
+                return await self._answer_here(
+                    server, checked.status, checked.downstream, record, checked.body
+                )
+            headers, allowed_headers = checked.request_headers(headers), checked.downstream
         if access is not None and not access.allowed:  # (Envoy: RBAC before the router)
             self.denied(record, access)
             return await self._answer_here(
@@ -823,6 +895,9 @@ class Waypoint:
             record.response_flags = telemetry.NO_ROUTE if decision.status == 404 else "-"
             record.reason = decision.reason
             return await self._answer_here(server, decision.status, decision.headers, record)
+        if allowed_headers:
+            ops = (*decision.response_header_ops, routing.HeaderOps(set=allowed_headers))
+            decision = dataclasses.replace(decision, response_header_ops=ops)
         limiter = self.rate_limits.for_request(dest.service, decision.route_key)
         if limiter is not None:  # (no await at all when no policy applies)
             verdict = await ratelimit_store.check(
@@ -1394,6 +1469,7 @@ def route_timeout(timeouts: Timeouts | None) -> float | None:
 
 
 NO_CLUSTER = "NC"  # Envoy's flag for a route to a cluster that does not exist (a subset)
+UNAUTHORIZED_EXTERNAL_SERVICE = "UAEX"  # Envoy's flag for an ext_authz denial (or error)
 
 
 def _endpoint_host(endpoint: tuple[Workload, int]) -> str:

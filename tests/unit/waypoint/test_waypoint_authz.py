@@ -403,16 +403,17 @@ def test_audit_is_reported_and_does_not_decide() -> None:
     assert not posted.allowed and posted.audit == (RuleMatch("foo/audit-all", 0),)
 
 
-def test_custom_fails_closed_where_it_applies_and_is_reported() -> None:
+def test_custom_with_an_undefined_provider_fails_closed_where_it_applies() -> None:
     text = policy(
         "ext",
         "action: CUSTOM\nprovider: {name: opa}\nrules:\n- to: [{operation: {paths: ['/x*']}}]",
     )
     found = evaluate(policies(text), request(path="/xy"), gateway=GATEWAY, service=SERVICE)
-    assert not found.allowed and found.skipped_custom == ("foo/ext",)
+    assert not found.allowed and found.custom == ()
     assert found.action is PolicyAction.CUSTOM and "fail closed" in found.reason
+    assert "'opa'" in found.reason
     other = evaluate(policies(text), request(path="/other"), gateway=GATEWAY, service=SERVICE)
-    assert other.allowed and other.skipped_custom == ("foo/ext",)
+    assert other.allowed and other.custom == ()
 
 
 def test_which_policies_apply_at_this_waypoint() -> None:
