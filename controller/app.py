@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,16 @@ from prometheus_client import Gauge
 
 from controller.bootstrap import BootstrapService, TokenReviewer
 from controller.ca import CertificateAuthority
-from controller.deployer import Deployer, DeployerConfig, DeployerLoop, LabObjectWriter
+from controller.deployer import (
+    Deployer,
+    DeployerConfig,
+    DeployerLoop,
+    LabObjectWriter,
+    ObjectWriter,
+    WriteError,
+)
 from controller.distribution import StateLog
+from controller.kubewriter import KubernetesObjectWriter
 from controller.meshbuilder import MeshBuilder
 from controller.nodeauth import NodeTokenPolicy, PodFacts
 from controller.revocation import REVOKED_NODES_FILE, RevokedNodes
@@ -74,13 +83,19 @@ class ControllerConfig:
 
 class Controller:
     def __init__(
-        self, config: ControllerConfig, source: Source, reviewer: TokenReviewer | None = None
+        self,
+        config: ControllerConfig,
+        source: Source,
+        reviewer: TokenReviewer | None = None,
+        cluster: KubernetesObjectWriter | None = None,
     ) -> None:
         """`reviewer`: the API server's TokenReview, for nodes bootstrapping with a token
-        (with `config.bootstrap_listen`)."""
+        (with `config.bootstrap_listen`); `cluster`: where to write back on Kubernetes
+        (waypoint objects, status, problems as Events, the CA root ConfigMap)."""
         self.config = config
         self.source = source
         self.reviewer = reviewer
+        self.cluster = cluster
         self.ca = (
             CertificateAuthority.from_plugin(config.plugin_ca_dir, config.trust_domain)
             if config.plugin_ca_dir
@@ -106,6 +121,9 @@ class Controller:
         self.bootstrap_port = 0
         self.deployer: DeployerLoop | None = None
         self._deployer_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._problems_told = asyncio.Event()  # set: the cluster has been told of problems
+        self._problems_told.set()
 
     def workloads(self) -> list[Workload]:
         return [v for v in self.state.values.values() if isinstance(v, Workload)]
@@ -130,7 +148,12 @@ class Controller:
     async def start(self) -> None:
         await self._start_grpc()
         await self._start_http()
-        if self.config.lab_api is not None:
+        writer: ObjectWriter | None = (
+            LabObjectWriter(self.config.lab_api) if self.config.lab_api is not None else None
+        ) or self.cluster
+        if self.cluster is not None:
+            self._spawn(self._publish_roots())
+        if writer is not None:
             deployer = Deployer(
                 DeployerConfig(
                     self.config.trust_domain,
@@ -139,7 +162,7 @@ class Controller:
                     redis_addr=self.config.waypoint_redis_addr,
                 ),
             )
-            self.deployer = DeployerLoop(deployer, LabObjectWriter(self.config.lab_api))
+            self.deployer = DeployerLoop(deployer, writer)
             self._deployer_task = asyncio.create_task(self.deployer.run())
         log.info(
             "controller.started",
@@ -192,10 +215,43 @@ class Controller:
                 removals=len(delta.removals),
             )
             self.service.notify()
+        if self.cluster is not None and self._problems_told.is_set():
+            self._problems_told.clear()
+            self._spawn(self._tell_problems())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_roots(self) -> None:
+        """The CA root ConfigMap node pods mount, retried until the API server takes it."""
+        assert self.cluster is not None
+        delay = 0.5
+        while True:
+            try:
+                await self.cluster.publish_roots(self.ca.trust_bundle)
+                log.info("roots.published")
+                return
+            except WriteError as err:
+                log.warning("roots.publish_failed", error=str(err), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _tell_problems(self) -> None:
+        """Problems as Events, at most once a second however often the state changes."""
+        assert self.cluster is not None
+        try:
+            await self.cluster.tell_problems(self.problems())
+            await asyncio.sleep(1.0)
+        finally:
+            self._problems_told.set()
 
     async def stop(self) -> None:
         if self._deployer_task is not None:
             self._deployer_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         for server in (self._server, self._bootstrap_server):
             if server is not None:
                 await server.stop(grace=0.5)

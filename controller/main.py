@@ -13,6 +13,7 @@ from controller.app import Controller, ControllerConfig
 from controller.bootstrap import TokenReviewer
 from controller.ca import CertificateAuthority
 from controller.kubesource import KubernetesSource, KubeSettings, api_client
+from controller.kubewriter import KubernetesObjectWriter
 from controller.nodeauth import NodeTokenPolicy
 from controller.revocation import REVOKED_NODES_FILE, revoke
 from controller.sources import LocalSource, Source
@@ -166,16 +167,17 @@ def run(
 
     async def main() -> None:
         source: Source
-        reviewer = None
+        reviewer, cluster = None, None
         if source_kind == "kubernetes":
             settings = KubeSettings(kubeconfig=kubeconfig)
             api = api_client(settings)
             source = KubernetesSource(settings, api)
             reviewer = TokenReviewer(api, config.node_token_policy.audience)
+            cluster = KubernetesObjectWriter(api)
         else:
             assert source_dir is not None
             source = LocalSource(source_dir)
-        controller = Controller(config, source, reviewer)
+        controller = Controller(config, source, reviewer, cluster)
         stop = stop_requested()
         await controller.start()
         follower = asyncio.create_task(controller.run())
