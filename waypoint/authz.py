@@ -27,6 +27,14 @@ A TCP connection through the waypoint (a port that is not HTTP) is judged as a z
 one (`evaluate(..., l4=True)`): an ALLOW rule that uses HTTP fields never matches, other rules
 are applied with those fields left out (Istio's documented reading, as in `ztunnel/rbac.py`).
 
+`connection.sni` is the server name of the client's own TLS, which a waypoint sees only on a
+TCP stream it passes through (the HBONE tunnel's TLS is not the client's): the proxy reads it
+from the stream's ClientHello (`waypoint.clienthello`) when a policy for the destination asks,
+and it is judged there as at L4 (an ALLOW rule with it can match a TCP connection). An HTTP
+request's `sni` is "" (the inner hop is plaintext HTTP), so `connection.sni` values never
+match one and `notValues` always do. `sni` None: a ClientHello that could not be read in time
+(or is over the inspected size): the condition cannot be evaluated (never an allow).
+
 Matching is Istio's: a rule matches when one of its `from` sources, one of its `to`
 operations and every `when` condition match; within one, every field set must hold (a value
 list matches when any value does, a `not` list when none does). Strings match exactly, by
@@ -127,7 +135,7 @@ class RequestView:
     source_ip: IPAddress | None = None
     destination_ip: IPAddress | None = None
     destination_port: int = 0
-    sni: str = ""
+    sni: str | None = ""  # TCP: the client's TLS SNI; None: a hello we could not read
     request_auth: RequestAuth | None = None
 
     @classmethod
@@ -143,7 +151,7 @@ class RequestView:
         source_ip: str | IPAddress | None = None,
         destination_ip: str | IPAddress | None = None,
         destination_port: int = 0,
-        sni: str = "",
+        sni: str | None = "",
         request_auth: RequestAuth | None = None,
     ) -> RequestView:
         joined: dict[str, str] = {}
@@ -483,8 +491,19 @@ def _condition_tests(c: Condition, policy_namespace: str) -> list[Test]:
         make = text(lambda r: r.source_namespace)
     elif key == "source.principal":
         make = text(lambda r: _principal(r.source_principal))
-    elif key == "connection.sni":
-        make = text(lambda r: r.sni)
+    elif key == SNI_KEY:
+
+        def sni(values: tuple[str, ...]) -> Test:
+            m = StringMatch.of(values, ignore_case=True)  # (DNS names ignore case)
+
+            def test(r: RequestView) -> bool:
+                if r.sni is None:
+                    raise _Unknown("the TLS ClientHello could not be read in time")
+                return m.matches(r.sni)
+
+            return test
+
+        make = sni
     elif key == "source.serviceAccount":
 
         def service_account(values: tuple[str, ...]) -> Test:
@@ -540,6 +559,9 @@ def policy_key(policy: AuthorizationPolicy) -> str:
     return f"{policy.metadata.namespace}/{policy.metadata.name}"
 
 
+SNI_KEY = "connection.sni"
+
+
 def l4_part(rule: Rule) -> Rule:
     """The rule with its HTTP-only fields left out (what a TCP connection can be matched on)."""
     return Rule(
@@ -554,8 +576,13 @@ def l4_part(rule: Rule) -> Rule:
             for s in rule.sources
         ),
         tuple(Operation(ports=o.ports, not_ports=o.not_ports) for o in rule.operations),
-        tuple(c for c in rule.conditions if c.is_l4),
+        tuple(c for c in rule.conditions if c.is_l4 or c.key == SNI_KEY),
     )
+
+
+def _l7_at_waypoint(rule: Rule) -> bool:
+    """HTTP-only fields, but for `connection.sni`, which the waypoint reads on TCP too."""
+    return any(name != SNI_KEY for name in rule.l7_only_fields())
 
 
 @dataclass(frozen=True)
@@ -569,6 +596,7 @@ class CompiledPolicy:
     provider: str
     rules: tuple[CompiledRule, ...]
     l4_rules: tuple[CompiledRule, ...] = ()
+    uses_sni: bool = False  # a `connection.sni` condition: TCP streams need their SNI read
 
     @classmethod
     def compile(cls, policy: AuthorizationPolicy) -> CompiledPolicy:
@@ -582,8 +610,9 @@ class CompiledPolicy:
             tuple(
                 compile_rule(i, l4_part(r), namespace)
                 for i, r in enumerate(policy.rules)
-                if not (allow and r.has_l7_fields)
+                if not (allow and _l7_at_waypoint(r))
             ),
+            any(c.key == SNI_KEY for r in policy.rules for c in r.conditions),
         )
 
     def first_match(
@@ -682,6 +711,11 @@ class PolicySet:
     @property
     def empty(self) -> bool:
         return not (self.custom or self.deny or self.allow or self.audit)
+
+    @property
+    def uses_sni(self) -> bool:
+        """Whether a TCP connection's verdict needs its TLS SNI (`connection.sni`)."""
+        return any(p.uses_sni for p in (*self.custom, *self.deny, *self.allow, *self.audit))
 
     def evaluate(
         self, r: RequestView, *, l4: bool = False, providers: Container[str] = ()

@@ -614,6 +614,7 @@ class Waypoint:
                 destination=target,
                 reason=access.reason,
                 rbac_policy=access.decided_by.policy_id if access.decided_by else None,
+                sni=sni,
             )
             end.reset()
             return
