@@ -77,11 +77,12 @@ def test_tls_stream_is_allowed_or_denied_by_its_sni(tmp_path: Path, port: int) -
         for name in ("db.shop.example", "cache.internal"):
             hello = client_hello(name)
             assert await echo(mesh, port, hello) == hello, name
-        for name, policy in (
+        refused: tuple[tuple[str | None, str | None], ...] = (
             ("other.example", None),  # no ALLOW matched
             (None, None),  # a hello without SNI
             ("bad.internal", "ns[shop]-policy[web-deny-sni]-rule[0]"),
-        ):
+        )
+        for name, policy in refused:
             with capture_logs() as logs:
                 assert await echo(mesh, port, client_hello(name)) == b"", name
             denied = [e for e in logs if e.get("event") == "connection.denied"]
