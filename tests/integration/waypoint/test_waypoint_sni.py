@@ -82,11 +82,11 @@ def test_tls_stream_is_allowed_or_denied_by_its_sni(tmp_path: Path, port: int) -
             (None, None),  # a hello without SNI
             ("bad.internal", "ns[shop]-policy[web-deny-sni]-rule[0]"),
         )
-        for name, policy in refused:
+        for sni, policy in refused:
             with capture_logs() as logs:
-                assert await echo(mesh, port, client_hello(name)) == b"", name
+                assert await echo(mesh, port, client_hello(sni)) == b"", sni
             denied = [e for e in logs if e.get("event") == "connection.denied"]
-            assert denied and denied[0]["sni"] == (name or ""), logs
+            assert denied and denied[0]["sni"] == (sni or ""), logs
             assert denied[0]["rbac_policy"] == policy
         with capture_logs() as logs:
             assert await echo(mesh, port, b"\x00\x01 not TLS at all") == b""
