@@ -18,6 +18,7 @@ import yaml
 from meshcore.resources.core import ObjectMeta, ResourceKey, parse_metadata
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.fields import Fields
+from meshcore.resources.names import check_dns_subdomain
 from meshcore.resources.security import ROOT_NAMESPACE
 from meshcore.resources.virtualservice import parse_duration
 
@@ -456,6 +457,7 @@ def mesh_config_of(cm: ConfigMap) -> MeshConfig:
 
 def parse_config_map(f: Fields, ignored: list[str]) -> ConfigMap:
     meta, ign = parse_metadata(f.raw("metadata"), "metadata", namespaced=True)
+    check_dns_subdomain(meta.name, "metadata.name")
     ignored.extend(ign)
     data = f.string_map("data")
     if f.raw("binaryData") is not None:

@@ -501,3 +501,9 @@ def test_a_configmap_with_an_unknown_top_level_field_is_refused() -> None:
     with pytest.raises(ManifestError) as caught:
         parse_resource(documents_from_text(text, "cm.yaml")[0])
     assert (caught.value.field, caught.value.reason) == ("spec", "unknown field")
+
+
+def test_a_configmap_name_must_be_a_dns_subdomain() -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_resource(_cm_doc(None, "weft-system", "Weft_Config"))
+    assert caught.value.field == "metadata.name"
