@@ -94,7 +94,7 @@ def counted(name: str, **labels: str) -> float:
 
 @pytest.fixture(params=[ExtAuthzKind.HTTP, ExtAuthzKind.GRPC], ids=["http", "grpc"])
 def kind(request: pytest.FixtureRequest) -> ExtAuthzKind:
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 def test_allowed_request_gets_the_providers_upstream_header(kind: ExtAuthzKind) -> None:
