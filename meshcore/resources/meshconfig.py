@@ -3,6 +3,12 @@
 Istio keeps meshConfig in ConfigMap `istio-system/istio`, key `mesh` (a YAML string). weft reads
 the same shape from `weft-system/weft`; today only `extensionProviders` (the ext_authz kinds,
 `envoyExtAuthzHttp` and `envoyExtAuthzGrpc`) is carried to the data plane.
+
+Two kinds of error, as the rest of the loader has them: what makes the whole text unusable (not
+YAML, not a mapping, a key Istio's meshConfig does not have) is a ManifestError that refuses the
+ConfigMap, so the controller keeps the last good one; a bad `extensionProviders` entry only
+leaves that entry out, and the controller reports it as a problem of the ConfigMap, because one
+typo must not take every other provider (and the CUSTOM policies using them) down with it.
 """
 
 from __future__ import annotations
@@ -29,9 +35,15 @@ __all__ = [
     "MESH_CONFIGMAP",
     "MESH_CONFIG_KEY",
     "ROOT_NAMESPACE",
+    "ConfigMap",
     "ExtAuthzKind",
     "ExtAuthzProvider",
+    "MeshConfig",
     "MeshSettings",
+    "mesh_config_of",
+    "parse_config_map",
+    "parse_mesh_config",
+    "parse_service",
 ]
 
 
