@@ -27,6 +27,7 @@ from controller.deployer import (
     Deployer,
     DeployerConfig,
     DeployerLoop,
+    KubernetesWaypoints,
     LabObjectWriter,
     ObjectWriter,
     WriteError,
@@ -78,6 +79,8 @@ class ControllerConfig:
     # Kubernetes: where nodes trade their ServiceAccount token for a node credential
     # (controller.bootstrap; "" : off, as in the lab, whose nodes are given credentials)
     bootstrap_listen: str = ""
+    # Kubernetes: the image waypoint pods run (the one weft image)
+    waypoint_image: str = "ghcr.io/weft-mesh/weft:0.1.0"
     node_token_policy: NodeTokenPolicy = field(default_factory=NodeTokenPolicy)
 
 
@@ -160,6 +163,7 @@ class Controller:
                     self._grpc_address(),
                     otlp_endpoint=self.config.waypoint_otlp_endpoint,
                     redis_addr=self.config.waypoint_redis_addr,
+                    kubernetes=self._kubernetes_waypoints(),
                 ),
             )
             self.deployer = DeployerLoop(deployer, writer)
@@ -189,14 +193,30 @@ class Controller:
                 "source.batch", changes=len(batch), seconds=round(time.monotonic() - started, 4)
             )
 
-    def _grpc_address(self) -> str:
-        """host:port where a pod reaches this controller's gRPC (for waypoints)."""
-        for address in self.config.serving_addresses:
+    def _reachable_host(self) -> str:
+        """How a pod names this controller: its first serving IP (the lab), else its first
+        qualified DNS name (Kubernetes: weft-controller.weft-system.svc), else the bare one."""
+        addresses = self.config.serving_addresses
+        for address in addresses:
             try:
-                return f"{ipaddress.ip_address(address)}:{self.grpc_port}"
+                return str(ipaddress.ip_address(address))
             except ValueError:
                 continue
-        return f"{CONTROLLER_DNS_NAME}:{self.grpc_port}"
+        return next((a for a in addresses if "." in a), CONTROLLER_DNS_NAME)
+
+    def _grpc_address(self) -> str:
+        """host:port where a pod reaches this controller's gRPC (for waypoints)."""
+        return f"{self._reachable_host()}:{self.grpc_port}"
+
+    def _kubernetes_waypoints(self) -> KubernetesWaypoints | None:
+        if self.cluster is None:
+            return None
+        port = self.config.bootstrap_listen.rpartition(":")[2] or "15013"
+        return KubernetesWaypoints(
+            self.config.waypoint_image,
+            f"{self._reachable_host()}:{port}",
+            "".join(self.ca.trust_bundle),
+        )
 
     def recompute(self) -> None:
         resources = self.store.resources()
@@ -297,6 +317,7 @@ class Controller:
             self.config.node_token_policy,
             self.service.synced,
             self.service.revoked,
+            self.service.waypoint_identities,
         )
         self._bootstrap_server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", 64 << 10)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 import grpc
@@ -24,18 +24,21 @@ import structlog
 from kubernetes import client as kclient
 from prometheus_client import Counter
 
-from controller.ca import CertificateAuthority
+from controller.ca import CertificateAuthority, IssuedCertificate
 from controller.nodeauth import (
     MAX_TOKEN_BYTES,
     NodeGrant,
     NodeTokenPolicy,
     PodFacts,
     TokenRefusal,
+    WaypointGrant,
     authorize_token,
+    authorize_waypoint_token,
 )
 from controller.server import split_pem
 from meshcore.api import mesh_pb2 as pb
 from meshcore.identity.certs import CertificateError
+from meshcore.identity.spiffe import SpiffeId
 
 log = structlog.get_logger("controller.bootstrap")
 
@@ -89,13 +92,16 @@ class BootstrapService:
         policy: NodeTokenPolicy,
         synced: asyncio.Event,
         revoked: Any = frozenset(),
+        waypoints: Callable[[], Container[str]] = frozenset,
     ) -> None:
+        """`waypoints()`: the identities of the Waypoints in the current mesh state."""
         self.ca = ca
         self.reviewer = reviewer
         self.pods = pods
         self.policy = policy
         self.synced = synced
         self.revoked = revoked
+        self.waypoints = waypoints
         self._reviews = asyncio.Semaphore(MAX_REVIEWS)
 
     def handlers(self) -> grpc.GenericRpcHandler:
@@ -106,7 +112,12 @@ class BootstrapService:
                     self.node_credential,
                     request_deserializer=pb.NodeTokenRequest.FromString,
                     response_serializer=pb.CertificateResponse.SerializeToString,
-                )
+                ),
+                "WaypointCredential": grpc.unary_unary_rpc_method_handler(
+                    self.waypoint_credential,
+                    request_deserializer=pb.NodeTokenRequest.FromString,
+                    response_serializer=pb.CertificateResponse.SerializeToString,
+                ),
             },
         )
 
@@ -117,9 +128,10 @@ class BootstrapService:
         log.warning("node.bootstrap_refused", peer=context.peer(), result=result, reason=reason)
         await context.abort(code, reason)
 
-    async def node_credential(
+    async def _reviewed(
         self, request: pb.NodeTokenRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CertificateResponse:
+    ) -> dict[str, Any]:
+        """The TokenReview of the caller's token (bounded), or the call aborted saying why."""
         token = request.token
         if not token or len(token) > MAX_TOKEN_BYTES:
             await self._refuse(
@@ -139,7 +151,7 @@ class BootstrapService:
             )
         async with self._reviews:
             try:
-                status = await self.reviewer.review(token)
+                return await self.reviewer.review(token)
             except Exception as err:  # (the API server unreachable, or answering nonsense)
                 await self._refuse(
                     context,
@@ -148,6 +160,11 @@ class BootstrapService:
                     f"cannot review the token: {err}",
                 )
                 raise
+
+    async def node_credential(
+        self, request: pb.NodeTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CertificateResponse:
+        status = await self._reviewed(request, context)
         verdict = authorize_token(status, self.policy, self.pods)
         if isinstance(verdict, TokenRefusal):
             await self._refuse(
@@ -176,9 +193,45 @@ class BootstrapService:
             "node.bootstrapped",
             node=verdict.node,
             pod=verdict.pod,
-            token=hashlib.sha256(token.encode()).hexdigest()[:12],
+            token=hashlib.sha256(request.token.encode()).hexdigest()[:12],
             not_after=issued.not_after.isoformat(),
         )
+        return self._answer(issued)
+
+    async def waypoint_credential(
+        self, request: pb.NodeTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CertificateResponse:
+        status = await self._reviewed(request, context)
+        verdict = authorize_waypoint_token(
+            status, self.policy.audience, self.ca.trust_domain, self.waypoints(), self.pods
+        )
+        if isinstance(verdict, TokenRefusal):
+            await self._refuse(
+                context, grpc.StatusCode.PERMISSION_DENIED, "refused", verdict.reason
+            )
+        assert isinstance(verdict, WaypointGrant)
+        try:
+            issued = self.ca.sign_workload(
+                request.csr_pem.encode(), {SpiffeId.parse(verdict.identity)}
+            )
+        except CertificateError as err:
+            await self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "bad_csr",
+                f"{err.reason} (the token proves {verdict.identity})",
+            )
+            raise
+        BOOTSTRAPS.labels("issued").inc()
+        log.info(
+            "waypoint.bootstrapped",
+            identity=verdict.identity,
+            pod=verdict.pod,
+            not_after=issued.not_after.isoformat(),
+        )
+        return self._answer(issued)
+
+    def _answer(self, issued: IssuedCertificate) -> pb.CertificateResponse:
         return pb.CertificateResponse(
             cert_chain_pem=[issued.cert_pem.decode(), *split_pem(issued.chain_pem)],
             roots_pem=list(self.ca.trust_bundle),

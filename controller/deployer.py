@@ -61,6 +61,26 @@ RETRY_SECONDS = 5.0  # an object still missing this long after it was applied is
 
 
 @dataclass(frozen=True)
+class KubernetesWaypoints:
+    """What a waypoint pod needs on Kubernetes, where no lab hands it a credential: the weft
+    image, its projected token (audience weft) to trade for one at the controller's bootstrap
+    listener, and the CA root to trust the controller by (ConfigMap weft-ca-root-cert, put
+    in the waypoint's namespace, as Istio puts istio-ca-root-cert in every namespace)."""
+
+    image: str
+    bootstrap_address: str  # host:port of the controller's bootstrap listener
+    roots_pem: str
+
+
+ROOT_CONFIGMAP = "weft-ca-root-cert"
+TOKEN_DIR, ROOTS_DIR, CREDENTIAL_DIR = (
+    "/var/run/secrets/weft",
+    "/var/run/weft/ca",
+    "/var/run/weft/credential",
+)
+
+
+@dataclass(frozen=True)
 class DeployerConfig:
     trust_domain: str = "cluster.local"
     controller_address: str = ""  # host:port of the controller's gRPC, for the waypoint
@@ -69,6 +89,7 @@ class DeployerConfig:
     otlp_endpoint: str = ""
     # Redis for Global RateLimitPolicy counters, the waypoints' WEFT_REDIS_ADDR; "": none
     redis_addr: str = ""
+    kubernetes: KubernetesWaypoints | None = None  # None: the lab
 
 
 # --- pure: what a Gateway asks for ---------------------------------------------------------------
@@ -148,7 +169,19 @@ def waypoint_objects(gw: Gateway, config: DeployerConfig, replicas: int) -> list
         env.append({"name": "WEFT_OTLP_ENDPOINT", "value": config.otlp_endpoint})
     if config.redis_addr:
         env.append({"name": "WEFT_REDIS_ADDR", "value": config.redis_addr})
+    container: dict[str, Any] = {
+        "name": "waypoint",
+        "image": config.image,
+        "args": ["--gateway", f"{ns}/{name}"],
+        "env": env,
+        "ports": [{"name": "mesh", "containerPort": MESH_PORT}],
+    }
+    pod_spec: dict[str, Any] = {"serviceAccountName": name, "containers": [container]}
+    extra: list[dict[str, Any]] = []
+    if config.kubernetes is not None:
+        extra = _on_kubernetes(ns, container, pod_spec, config.kubernetes)
     return [
+        *extra,
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
         {
             "apiVersion": "v1",
@@ -170,21 +203,56 @@ def waypoint_objects(gw: Gateway, config: DeployerConfig, replicas: int) -> list
                     "metadata": {
                         "labels": {**labels, DATAPLANE_MODE_LABEL: DATAPLANE_MODE_NONE},
                     },
-                    "spec": {
-                        "serviceAccountName": name,
-                        "containers": [
-                            {
-                                "name": "waypoint",
-                                "image": config.image,
-                                "args": ["--gateway", f"{ns}/{name}"],
-                                "env": env,
-                                "ports": [{"name": "mesh", "containerPort": MESH_PORT}],
-                            }
-                        ],
-                    },
+                    "spec": pod_spec,
                 },
             },
         },
+    ]
+
+
+def _on_kubernetes(
+    ns: str, container: dict[str, Any], pod_spec: dict[str, Any], k8s: KubernetesWaypoints
+) -> list[dict[str, Any]]:
+    """Fit a waypoint pod for Kubernetes (in place); the extra objects it needs."""
+    container["image"] = k8s.image
+    container["command"] = ["python", "-m", "waypoint", "run"]
+    container["env"] += [
+        {"name": "WEFT_CREDENTIAL", "value": CREDENTIAL_DIR},
+        {"name": "WEFT_BOOTSTRAP_TOKEN", "value": f"{TOKEN_DIR}/token"},
+        {"name": "WEFT_BOOTSTRAP_CONTROLLER", "value": k8s.bootstrap_address},
+        {"name": "WEFT_CONTROLLER_ROOTS", "value": f"{ROOTS_DIR}/root-cert.pem"},
+    ]
+    container["volumeMounts"] = [
+        {"name": "weft-token", "mountPath": TOKEN_DIR, "readOnly": True},
+        {"name": "weft-ca", "mountPath": ROOTS_DIR, "readOnly": True},
+        {"name": "weft-credential", "mountPath": CREDENTIAL_DIR},
+    ]
+    pod_spec["automountServiceAccountToken"] = False  # (only the weft-audience token)
+    pod_spec["volumes"] = [
+        {
+            "name": "weft-token",
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": "weft",
+                            "expirationSeconds": 3600,
+                            "path": "token",
+                        }
+                    }
+                ]
+            },
+        },
+        {"name": "weft-ca", "configMap": {"name": ROOT_CONFIGMAP}},
+        {"name": "weft-credential", "emptyDir": {"medium": "Memory"}},
+    ]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": ROOT_CONFIGMAP, "namespace": ns},
+            "data": {"root-cert.pem": k8s.roots_pem},
+        }
     ]
 
 

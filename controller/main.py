@@ -60,6 +60,12 @@ def cli() -> None:
     "for a node credential; empty: off.",
 )
 @click.option(
+    "--waypoint-image",
+    default=ControllerConfig.waypoint_image,
+    show_default=True,
+    help="--source kubernetes: the image of the waypoint pods it deploys.",
+)
+@click.option(
     "--node-service-account",
     default="weft-system/weft-node",
     show_default=True,
@@ -126,6 +132,7 @@ def run(
     source_dir: Path | None,
     kubeconfig: Path | None,
     bootstrap_listen: str,
+    waypoint_image: str,
     node_service_account: str,
     state_dir: Path,
     trust_domain: str,
@@ -159,6 +166,7 @@ def run(
         waypoint_redis_addr=waypoint_redis_addr,
         bootstrap_listen=bootstrap_listen if source_kind == "kubernetes" else "",
         node_token_policy=NodeTokenPolicy(node_service_account),
+        waypoint_image=waypoint_image,
     )
     if source_kind == "folder" and source_dir is None:
         raise click.UsageError("--source folder needs --source-dir")

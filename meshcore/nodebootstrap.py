@@ -24,7 +24,7 @@ import structlog
 from meshcore.api import mesh_pb2 as pb
 from meshcore.configclient import CONTROLLER_NAME, NodeCredential
 from meshcore.identity.certs import CertificateError, key_to_pem, make_csr, new_private_key
-from meshcore.identity.spiffe import node_id
+from meshcore.identity.spiffe import SpiffeId
 
 log = structlog.get_logger("nodebootstrap")
 
@@ -58,22 +58,23 @@ def usable(folder: Path, now: dt.datetime | None = None) -> NodeCredential | Non
     return credential if credential.not_after - now >= MIN_LIFETIME else None
 
 
+NODE_RPC, WAYPOINT_RPC = "NodeCredential", "WaypointCredential"
+
+
 async def request_credential(
-    node: str, trust_domain: str, how: Bootstrap, timeout: float = 15
+    identity: SpiffeId, how: Bootstrap, rpc: str = NODE_RPC, timeout: float = 15
 ) -> NodeCredential:
-    """One attempt: token + CSR in, a checked credential out."""
+    """One attempt: token + CSR for `identity` in, a checked credential out."""
     token = how.token_file.read_text().strip()
     roots = how.roots_file.read_bytes()
     key = new_private_key()
-    request = pb.NodeTokenRequest(
-        token=token, csr_pem=make_csr(key, node_id(trust_domain, node)).decode()
-    )
+    request = pb.NodeTokenRequest(token=token, csr_pem=make_csr(key, identity).decode())
     credentials = grpc.ssl_channel_credentials(root_certificates=roots)
     async with grpc.aio.secure_channel(
         how.address, credentials, options=[("grpc.ssl_target_name_override", how.server_name)]
     ) as channel:
         call = channel.unary_unary(
-            f"/{SERVICE}/NodeCredential",
+            f"/{SERVICE}/{rpc}",
             request_serializer=pb.NodeTokenRequest.SerializeToString,
             response_deserializer=pb.CertificateResponse.FromString,
         )
@@ -89,29 +90,29 @@ async def request_credential(
         "".join(reply.roots_pem).encode() or roots,
     )
     credential.check()
-    expected = node_id(trust_domain, node)
-    if credential.identity != expected:
-        raise CertificateError(f"the controller issued {credential.identity}, not {expected}")
+    if credential.identity != identity:
+        raise CertificateError(f"the controller issued {credential.identity}, not {identity}")
     return credential
 
 
 async def ensure_credential(
-    folder: Path, node: str, trust_domain: str, how: Bootstrap | None
+    folder: Path, identity: SpiffeId, how: Bootstrap | None, rpc: str = NODE_RPC
 ) -> NodeCredential:
-    """The node credential to start with: the folder's, or (with `how`) a new one, asked for
-    until the controller gives it (backoff with jitter) and saved in `folder`."""
+    """The credential to start with: the folder's, or (with `how`) a new one for `identity`
+    (a node's, or with WAYPOINT_RPC a waypoint's), asked for until the controller gives it
+    (backoff with jitter) and saved in `folder`."""
     found = usable(folder)
     if found is not None or how is None:
         return found if found is not None else NodeCredential.load(folder)
     backoff = BACKOFF_START
     while True:
         try:
-            credential = await request_credential(node, trust_domain, how)
+            credential = await request_credential(identity, how, rpc)
         except (BootstrapRefused, grpc.aio.AioRpcError, CertificateError, OSError) as err:
             reason = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
             log.warning(
-                "node.bootstrap_failed",
-                node=node,
+                "credential.bootstrap_failed",
+                identity=str(identity),
                 controller=how.address,
                 refused=isinstance(err, BootstrapRefused),
                 reason=reason,
@@ -121,5 +122,9 @@ async def ensure_credential(
             backoff = min(backoff * 2, BACKOFF_MAX)
             continue
         await asyncio.to_thread(credential.save, folder)
-        log.info("node.bootstrapped", node=node, not_after=credential.not_after.isoformat())
+        log.info(
+            "credential.bootstrapped",
+            identity=str(identity),
+            not_after=credential.not_after.isoformat(),
+        )
         return NodeCredential.load(folder)

@@ -34,12 +34,14 @@ def bootstrap(fn: F) -> F:
             "--bootstrap-token",
             type=click.Path(path_type=Path, dir_okay=False),
             default=None,
+            envvar="WEFT_BOOTSTRAP_TOKEN",
             help="Projected ServiceAccount token (audience weft) to trade for a node "
             "credential when --credential has none (Kubernetes).",
         ),
         click.option(
             "--bootstrap-controller",
             default="",
+            envvar="WEFT_BOOTSTRAP_CONTROLLER",
             help="host:port of the controller's bootstrap listener (15013), with "
             "--bootstrap-token.",
         ),
@@ -47,6 +49,7 @@ def bootstrap(fn: F) -> F:
             "--controller-roots",
             type=click.Path(path_type=Path, dir_okay=False),
             default=None,
+            envvar="WEFT_CONTROLLER_ROOTS",
             help="PEM roots the controller's certificate chains to, with --bootstrap-token.",
         ),
     )

@@ -10,6 +10,7 @@ import structlog
 import uvloop
 
 from meshcore import nodeoptions
+from meshcore.identity.spiffe import node_id
 from meshcore.logs import configure_logging
 from meshcore.nodebootstrap import ensure_credential
 from meshcore.signals import run_until_stopped, stop_requested
@@ -104,7 +105,7 @@ def run(
     how = nodeoptions.bootstrap_from(bootstrap_token, bootstrap_controller, controller_roots)
 
     async def main() -> int:
-        await ensure_credential(credential, node, trust_domain, how)
+        await ensure_credential(credential, node_id(trust_domain, node), how)
         agent = NodeAgent(config)
         try:
             await agent.start()

@@ -19,7 +19,9 @@ import uvloop
 
 from meshcore import nodeoptions
 from meshcore.identity.certs import CertificateError
+from meshcore.identity.spiffe import workload_id
 from meshcore.logs import configure_logging
+from meshcore.nodebootstrap import WAYPOINT_RPC, ensure_credential
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.names import check_dns_label
 from meshcore.signals import stop_requested
@@ -103,6 +105,7 @@ def cli() -> None:
     help="How request paths are normalised before AuthorizationPolicy paths are matched "
     "(Istio's meshConfig pathNormalization).",
 )
+@nodeoptions.bootstrap
 @nodeoptions.ADMIN_SOCKET
 @nodeoptions.admin_addr(WaypointProcessConfig.admin_addr)
 @nodeoptions.metrics_addr(WaypointProcessConfig.metrics_addr)
@@ -116,6 +119,9 @@ def run(
     otlp_endpoint: str,
     redis_addr: str,
     path_normalization: str,
+    bootstrap_token: Path | None,
+    bootstrap_controller: str,
+    controller_roots: Path | None,
     admin_socket: Path | None,
     admin_addr: str,
     metrics_addr: str,
@@ -139,6 +145,10 @@ def run(
         redis_addr=redis_addr,
         path_normalization=parse_mode(path_normalization),
     )
+    how = nodeoptions.bootstrap_from(bootstrap_token, bootstrap_controller, controller_roots)
+    if how is not None:  # (Kubernetes: the pod's token for its credential, before starting)
+        identity = workload_id(trust_domain, namespace, name)
+        uvloop.run(ensure_credential(credential, identity, how, WAYPOINT_RPC))
     try:
         process = WaypointProcess(config)
     except (CertificateError, OSError) as err:

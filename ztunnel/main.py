@@ -9,6 +9,7 @@ import structlog
 import uvloop
 
 from meshcore import nodeoptions
+from meshcore.identity.spiffe import node_id
 from meshcore.logs import configure_logging
 from meshcore.nodebootstrap import ensure_credential
 from meshcore.signals import stop_requested
@@ -61,7 +62,7 @@ def run(
     how = nodeoptions.bootstrap_from(bootstrap_token, bootstrap_controller, controller_roots)
 
     async def main() -> None:
-        await ensure_credential(credential, node, trust_domain, how)
+        await ensure_credential(credential, node_id(trust_domain, node), how)
         ztunnel = Ztunnel(config)
         stop = stop_requested()
         await ztunnel.start()

@@ -14,6 +14,7 @@ from controller.deployer import (
     Deployer,
     DeployerConfig,
     DeployerLoop,
+    KubernetesWaypoints,
     WriteError,
     waypoint_objects,
 )
@@ -337,3 +338,38 @@ def test_a_changed_otlp_endpoint_updates_the_deployments(
     assert (GW_KEY in plan.apply) is applied_again
     if applied_again:
         assert _container_env(plan.apply[GW_KEY]).get("WEFT_OTLP_ENDPOINT") == (after or None)
+
+
+def test_on_kubernetes_a_waypoint_pod_trades_its_token_for_its_credential() -> None:
+    k8s = KubernetesWaypoints(
+        "ghcr.io/weft-mesh/weft:0.1.0", "weft-controller.weft-system.svc:15013", "ROOTS"
+    )
+    objects = waypoint_objects(
+        the_gateway(gateway()), dataclasses.replace(CONFIG, kubernetes=k8s), 1
+    )
+    config_map = objects[0]
+    assert (config_map["kind"], config_map["metadata"]) == (
+        "ConfigMap",
+        {"name": "weft-ca-root-cert", "namespace": "shop"},
+    )
+    assert config_map["data"] == {"root-cert.pem": "ROOTS"}
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/weft-mesh/weft:0.1.0"
+    assert container["command"] == ["python", "-m", "waypoint", "run"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["WEFT_BOOTSTRAP_CONTROLLER"] == "weft-controller.weft-system.svc:15013"
+    assert env["WEFT_BOOTSTRAP_TOKEN"] == "/var/run/secrets/weft/token"
+    (token,) = pod["volumes"][0]["projected"]["sources"]
+    assert token["serviceAccountToken"]["audience"] == "weft"
+    assert pod["automountServiceAccountToken"] is False
+    # and it is still a Deployment weft's own parser accepts
+    assert isinstance(typed(objects)[ResourceKey("Deployment", "shop", "waypoint")], Deployment)
+
+
+def test_in_the_lab_a_waypoint_pod_has_no_token_volume() -> None:
+    objects = waypoint_objects(the_gateway(gateway()), CONFIG, 1)
+    assert [o["kind"] for o in objects] == ["ServiceAccount", "Service", "Deployment"]
+    pod = objects[2]["spec"]["template"]["spec"]
+    assert "volumes" not in pod

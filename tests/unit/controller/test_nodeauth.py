@@ -15,7 +15,9 @@ from controller.nodeauth import (
     NodeTokenPolicy,
     PodFacts,
     TokenRefusal,
+    WaypointGrant,
     authorize_token,
+    authorize_waypoint_token,
 )
 
 POLICY = NodeTokenPolicy("weft-system/weft-node")
@@ -23,6 +25,8 @@ PODS = {
     ("weft-system", "weft-node-abcde"): PodFacts("uid-1", "weft-node", "node-a"),
     ("weft-system", "weft-node-unscheduled"): PodFacts("uid-2", "weft-node", ""),
     ("weft-system", "other-pod"): PodFacts("uid-3", "default", "node-a"),
+    ("shop", "web-1"): PodFacts("uid-5", "default", "node-a"),
+    ("shop", "waypoint-7f9"): PodFacts("uid-6", "waypoint", "node-b"),
 }
 
 GOOD: dict[str, Any] = {
@@ -78,10 +82,17 @@ def test_a_token_without_node_name_is_judged_by_the_pod_alone() -> None:
         (review(audiences=None), "audience 'weft'"),
         (review(user=None), "names no user"),
         (
-            review(user__username="system:serviceaccount:shop:default"),
+            review(
+                user__username="system:serviceaccount:shop:default",
+                user__extra={POD_NAME: ["web-1"], POD_UID: ["uid-5"]},
+            ),
             "only the node DaemonSet's ServiceAccount",
         ),
-        (review(user__username="admin"), "only the node DaemonSet's ServiceAccount"),
+        (
+            review(user__username="system:serviceaccount:shop:default"),
+            "not known to the controller",
+        ),
+        (review(user__username="admin"), "not a ServiceAccount's"),
         (review(user__extra={}), "not bound to a pod"),
         (review(user__extra={POD_NAME: ["weft-node-abcde"]}), "not bound to a pod"),
         (
@@ -98,7 +109,7 @@ def test_a_token_without_node_name_is_judged_by_the_pod_alone() -> None:
         ),
         (
             review(user__extra={POD_NAME: ["other-pod"], POD_UID: ["uid-3"]}),
-            "runs as 'default'",
+            "runs as 'default', the token is 'weft-node''s",
         ),
         (
             review(user__extra={POD_NAME: ["weft-node-unscheduled"], POD_UID: ["uid-2"]}),
@@ -133,3 +144,41 @@ def test_another_policy_service_account() -> None:
     assert authorize_token(status, policy, lambda ns, n: pods.get((ns, n))) == NodeGrant(
         "n1", "mesh/agent-x"
     )
+
+
+WAYPOINTS = {"spiffe://cluster.local/ns/shop/sa/waypoint"}
+
+
+def waypoint_review(**changes: Any) -> dict[str, Any]:
+    return review(
+        user__username="system:serviceaccount:shop:waypoint",
+        user__extra={POD_NAME: ["waypoint-7f9"], POD_UID: ["uid-6"], NODE_NAME: ["node-b"]},
+        **changes,
+    )
+
+
+def decide_waypoint(status: dict[str, Any]) -> WaypointGrant | TokenRefusal:
+    return authorize_waypoint_token(
+        status, "weft", "cluster.local", WAYPOINTS, lambda ns, name: PODS.get((ns, name))
+    )
+
+
+def test_a_waypoint_pods_token_proves_its_waypoint_identity() -> None:
+    assert decide_waypoint(waypoint_review()) == WaypointGrant(
+        "spiffe://cluster.local/ns/shop/sa/waypoint", "shop/waypoint-7f9"
+    )
+
+
+def test_a_pod_that_is_no_waypoint_gets_nothing() -> None:
+    status = review(
+        user__username="system:serviceaccount:shop:default",
+        user__extra={POD_NAME: ["web-1"], POD_UID: ["uid-5"]},
+    )
+    verdict = decide_waypoint(status)
+    assert isinstance(verdict, TokenRefusal)
+    assert "not the identity of a waypoint" in verdict.reason
+
+
+def test_a_waypoint_token_for_another_audience_is_refused() -> None:
+    verdict = decide_waypoint(waypoint_review(audiences=["api"]))
+    assert isinstance(verdict, TokenRefusal) and "audience" in verdict.reason
