@@ -1,8 +1,9 @@
 """Find a pod's network namespace cookie from its cgroup (I/O).
 
-A pod's processes live in its cgroup (`pod-<uid>` in the lab, `pod<uid>` under kubepods in
-Kubernetes); any of them leads to the pod's network namespace, and a socket opened there
-tells its cookie (SO_NETNS_COOKIE, Linux 5.14+).
+A pod's processes live in its cgroup (`pod-<uid>` in the lab; on Kubernetes wherever the
+kubelet's driver and the pod's QoS class put it, see node_agent/kubelet.py); any of them
+leads to the pod's network namespace, and a socket opened there tells its cookie
+(SO_NETNS_COOKIE, Linux 5.14+).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import struct
 from pathlib import Path
 
 from meshcore.nsenter import run_in_netns
+from node_agent import kubelet
 
 SO_NETNS_COOKIE = 71
 
@@ -24,11 +26,26 @@ def _socket_netns_cookie() -> int:
 
 
 def pod_cgroup(pods_cgroup: Path, uid: str) -> Path | None:
-    for name in (f"pod-{uid}", f"pod{uid.replace('-', '_')}", f"pod{uid}"):
-        candidate = pods_cgroup / name
-        if candidate.is_dir():
-            return candidate
+    for candidate in kubelet.candidates(pods_cgroup, uid):
+        if candidate.path.is_dir():
+            return candidate.path
     return None
+
+
+def pod_cgroups(pods_cgroup: Path) -> dict[str, Path]:
+    """Every pod cgroup under the pods root, by pod uid (the root and its QoS folders only:
+    container cgroups below a pod's are not pods)."""
+    found: dict[str, Path] = {}
+    for folder in kubelet.parent_folders(pods_cgroup):
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            uid = kubelet.pod_uid(entry.name)
+            if uid is not None and entry.is_dir(follow_symlinks=False):
+                found.setdefault(uid, Path(entry.path))
+    return found
 
 
 def first_pid(cgroup: Path) -> int | None:
@@ -42,11 +59,22 @@ def first_pid(cgroup: Path) -> int | None:
     return None
 
 
+def own_netns_cookie() -> int:
+    """The cookie of the agent's own (the node's) netns: a hostNetwork pod shares it, and
+    must never be enrolled or held, or the node's own connects would be captured."""
+    return _socket_netns_cookie()
+
+
 def netns_cookie(pods_cgroup: Path, uid: str) -> int | None:
     """The pod's netns cookie, or None while it has no running process."""
     cgroup = pod_cgroup(pods_cgroup, uid)
     if cgroup is None:
         return None
+    return cgroup_netns_cookie(cgroup)
+
+
+def cgroup_netns_cookie(cgroup: Path) -> int | None:
+    """The netns cookie of a pod cgroup's first process, or None while it has none."""
     pid = first_pid(cgroup)
     if pid is None:
         return None
