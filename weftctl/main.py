@@ -6,7 +6,9 @@ import click
 
 from weftctl.agent_commands import agent
 from weftctl.controller_commands import controller
+from weftctl.install import install, uninstall
 from weftctl.lab_commands import lab
+from weftctl.precheck import precheck
 from weftctl.route_commands import route
 from weftctl.waypoint_commands import waypoint
 from weftctl.ztunnel_commands import ztunnel_config
@@ -24,6 +26,9 @@ cli.add_command(agent)
 cli.add_command(ztunnel_config)
 cli.add_command(waypoint)
 cli.add_command(route)
+cli.add_command(install)
+cli.add_command(uninstall)
+cli.add_command(precheck)
 
 
 if __name__ == "__main__":
