@@ -22,7 +22,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from meshcore import adminserver
 from meshcore.configclient import ConfigClient, NodeCredential
-from node_agent import nft, pods, reconcile, tc
+from meshcore.meshstate import Workload
+from node_agent import nft, pods, podscan, reconcile, tc
+from node_agent.cgroupwatch import CgroupWatch
 from node_agent.maps import Maps
 from node_agent.programs import CGROUP_PROGRAMS, KernelFeatureError, Programs, attached
 
@@ -30,6 +32,7 @@ log = structlog.get_logger("node_agent")
 
 ENROLLED = Gauge("weft_agent_enrolled_pods", "Pods on this node captured by the mesh.")
 PENDING = Gauge("weft_agent_pending_pods", "Enrolled pods whose namespace is not found yet.")
+HELD = Gauge("weft_agent_held_pods", "Pods running here the controller has not told about yet.")
 RECONCILES = Counter("weft_agent_reconciles", "Map reconciliations that changed something.")
 
 OUTBOUND_PORT = 15001
@@ -53,6 +56,12 @@ class AgentConfig:
     metrics_addr: str = "0.0.0.0:15014"  # /metrics only (Istio's CNI agent's port)
     excluded_ports: frozenset[int] = field(default_factory=frozenset)
     underlay_device: str = "eth0"
+    # Capture pods running here that the controller has not told about (ztunnel refuses
+    # them) until it does: no pod of an enrolled namespace starts unprotected on Kubernetes.
+    hold_unknown_pods: bool = False
+    # "all-veths": every veth but the underlay (the lab); "from-netns": the node end of each
+    # pod's veth, found from its netns (Kubernetes, any veth CNI). See node_agent/veths.py.
+    pod_devices: str = "all-veths"
 
 
 class NodeAgent:
@@ -74,6 +83,10 @@ class NodeAgent:
         self.last_plan: dict[str, Any] = {}
         self._dirty = asyncio.Event()
         self._runners: list[web.AppRunner] = []
+        self.found: dict[str, podscan.FoundPod] = {}  # pods running here, by uid
+        self.held: dict[str, reconcile.DesiredPod] = {}
+        self.host_cookie = pods.own_netns_cookie()
+        self.watch = CgroupWatch(config.pods_cgroup, self._dirty.set)
 
     async def start(self) -> None:
         done = await asyncio.to_thread(self.programs.ensure_attached)
@@ -86,7 +99,16 @@ class NodeAgent:
             STEER_MARK,
         )
         log.info("agent.programs", node=self.config.node, programs=done)
+        self.found = await asyncio.to_thread(
+            podscan.scan, self.config.pods_cgroup, {}, self.host_cookie
+        )
         await asyncio.to_thread(self._setup_inbound)
+        try:
+            self.watch.start()
+        except OSError as err:  # pods are still found, by the 1 s pass
+            log.warning(
+                "cgroupwatch.unavailable", root=str(self.config.pods_cgroup), error=str(err)
+            )
         await self._start_http()
 
     def _setup_inbound(self) -> None:
@@ -119,9 +141,16 @@ class NodeAgent:
             return
         self.dnat_steering = {"table": nft.TABLE, "current": True, "enrolled_ips": len(ips)}
 
+    def _pod_devices(self, ipr: IPRoute) -> list[tuple[str, int]]:
+        if self.config.pod_devices == "from-netns":
+            return sorted(
+                {(p.device.name, p.device.index) for p in self.found.values() if p.device}
+            )
+        return tc.pod_devices(ipr, self.config.underlay_device)
+
     def attach_pod_devices(self) -> None:
         with IPRoute() as ipr:
-            for device, index in tc.pod_devices(ipr, self.config.underlay_device):
+            for device, index in self._pod_devices(ipr):
                 for direction, parent, program in (
                     ("ingress", tc.INGRESS, "weft_inbound"),
                     ("egress", tc.EGRESS, "weft_guard"),
@@ -138,7 +167,7 @@ class NodeAgent:
                     log.info(
                         "tc.attached", device=device, direction=direction, action=self.tc_done[key]
                     )
-            present = {d for d, _ in tc.pod_devices(ipr, self.config.underlay_device)}
+            present = {d for d, _ in self._pod_devices(ipr)}
             for key in list(self.tc_done):
                 device = key.split("/", 1)[0]
                 if device != self.config.underlay_device and device not in present:
@@ -162,17 +191,36 @@ class NodeAgent:
 
     async def reconcile(self) -> None:
         assert self.maps is not None
+        self.found = await asyncio.to_thread(
+            podscan.scan, self.config.pods_cgroup, self.found, self.host_cookie
+        )
         await asyncio.to_thread(self.attach_pod_devices)
         desired = reconcile.desired_pods(self.client.state, self.config.node)
+        # A hostNetwork pod shares the node's netns: enrolling it would capture the node.
+        host = {uid for uid, p in self.found.items() if p.host_network}
+        desired = {uid: p for uid, p in desired.items() if uid not in host}
+        if self.config.hold_unknown_pods:
+            known = {v.uid for v in self.client.state.values() if isinstance(v, Workload)}
+            self.held = podscan.unknown_pods(self.found, known)
+            desired = {**self.held, **desired}
+            HELD.set(len(self.held))
         for uid in list(self.cookies):
             if uid not in desired:
                 self.names.pop(self.cookies.pop(uid), None)
         for uid, pod in desired.items():
             if uid not in self.cookies:
-                cookie = await asyncio.to_thread(pods.netns_cookie, self.config.pods_cgroup, uid)
+                found = self.found.get(uid)
+                cookie = found.netns_cookie if found is not None else None
+                if cookie is None:
+                    cookie = await asyncio.to_thread(
+                        pods.netns_cookie, self.config.pods_cgroup, uid
+                    )
+                if cookie == self.host_cookie:  # hostNetwork: capturing it would take the node's
+                    continue
                 if cookie is not None:
                     self.cookies[uid] = cookie
-                    self.names[cookie] = pod.label
+            if uid in self.cookies:  # a held pod keeps its cookie and gets its name
+                self.names[self.cookies[uid]] = pod.label
         plan = reconcile.plan(
             desired,
             self.cookies,
@@ -223,6 +271,7 @@ class NodeAgent:
         )
 
     async def stop(self) -> None:
+        self.watch.close()
         for runner in self._runners:
             await runner.cleanup()
 
@@ -288,6 +337,18 @@ class NodeAgent:
             "excluded_ports": excluded,
             "captured_connections": connections,
             "pending": self.last_plan.get("pending", []),
+            "held": sorted(self.held),
+            "pods_found": [
+                {
+                    "uid": p.uid,
+                    "cgroup": str(p.cgroup),
+                    "netns_cookie": p.netns_cookie,
+                    "host_network": p.host_network,
+                    "ip": p.ip,
+                    "device": p.device.name if p.device else "",
+                }
+                for p in sorted(self.found.values(), key=lambda p: p.uid)
+            ],
             "pin_dir": str(self.config.pin_dir),
             "tc": [
                 {"device": k.split("/")[0], "direction": k.split("/")[1], "action": v}

@@ -92,6 +92,11 @@ def candidates(root: Path, uid: str) -> tuple[PodCgroup, ...]:
     return tuple(out)
 
 
+def is_kubelet_root(root: Path) -> bool:
+    """Is `root` a kubelet's pods root (as opposed to the lab's pods folder)?"""
+    return root.name in ("kubepods", "kubepods.slice") or root.name.endswith("-kubepods.slice")
+
+
 def parent_folders(root: Path) -> tuple[Path, ...]:
     """The folders that hold pod cgroups directly: the root and its QoS folders."""
     prefix = _slice_prefix(root)

@@ -14,7 +14,9 @@ from meshcore.identity.spiffe import node_id
 from meshcore.logs import configure_logging
 from meshcore.nodebootstrap import ensure_credential
 from meshcore.signals import run_until_stopped, stop_requested
+from node_agent import pods
 from node_agent.agent import AgentConfig, NodeAgent
+from node_agent.kubelet import KubeletLayoutError, is_kubelet_root
 from node_agent.programs import KernelFeatureError, check_kernel
 
 log = structlog.get_logger("node_agent")
@@ -47,7 +49,24 @@ def cli() -> None:
     "--pods-cgroup",
     required=True,
     type=click.Path(path_type=Path),
-    help="The cgroup v2 subtree of this node's pods.",
+    help="The cgroup v2 subtree of this node's pods; `auto`: the kubelet's (kubepods.slice "
+    "or kubepods under a cgroup v2 mount, see node_agent/kubelet.py).",
+)
+@click.option(
+    "--pod-devices",
+    type=click.Choice(["auto", "all-veths", "from-netns"]),
+    default="auto",
+    show_default=True,
+    help="Which node devices get the inbound tc programs: every veth but the underlay "
+    "(the lab), or each pod's veth peer found from its netns (any veth CNI). auto: "
+    "from-netns under a kubelet's pods cgroup, else all-veths.",
+)
+@click.option(
+    "--hold-unknown-pods/--no-hold-unknown-pods",
+    default=False,
+    show_default=True,
+    help="Capture pods running here that the controller has not told about yet, so that "
+    "ztunnel refuses their connections until it does (Kubernetes: no pod starts unprotected).",
 )
 @click.option(
     "--system-cgroup",
@@ -76,6 +95,8 @@ def run(
     trust_domain: str,
     pin_dir: Path,
     pods_cgroup: Path,
+    pod_devices: str,
+    hold_unknown_pods: bool,
     system_cgroup: Path,
     admin_socket: Path | None,
     admin_addr: str,
@@ -88,6 +109,14 @@ def run(
         check_kernel()
     except KernelFeatureError as err:
         raise click.ClickException(str(err)) from None
+    if str(pods_cgroup) == "auto":
+        try:
+            pods_cgroup = pods.auto_root()
+        except (KubeletLayoutError, OSError) as err:
+            raise click.ClickException(str(err)) from None
+        log.info("agent.pods_cgroup", path=str(pods_cgroup))
+    if pod_devices == "auto":
+        pod_devices = "from-netns" if is_kubelet_root(pods_cgroup) else "all-veths"
     config = AgentConfig(
         node=node,
         node_ip=node_ip,
@@ -100,6 +129,8 @@ def run(
         admin_addr=admin_addr,
         metrics_addr=metrics_addr,
         excluded_ports=frozenset(excluded),
+        hold_unknown_pods=hold_unknown_pods,
+        pod_devices=pod_devices,
     )
 
     how = nodeoptions.bootstrap_from(bootstrap_token, bootstrap_controller, controller_roots)

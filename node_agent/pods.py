@@ -82,3 +82,9 @@ def cgroup_netns_cookie(cgroup: Path) -> int | None:
         return run_in_netns(f"/proc/{pid}/ns/net", _socket_netns_cookie)
     except (FileNotFoundError, ProcessLookupError):
         return None  # the process just exited
+
+
+def auto_root(mountinfo: Path = Path("/proc/self/mountinfo")) -> Path:
+    """`--pods-cgroup auto`: the kubelet's pods root under a cgroup v2 mount of this process
+    (node_agent/kubelet.py says where it looks); KubeletLayoutError when there is none."""
+    return kubelet.kubepods_root(kubelet.cgroup2_mounts(mountinfo.read_text()))

@@ -93,7 +93,8 @@ def read_host_links(ipr: IPRoute) -> list[Link]:
     return [_link(m) for m in ipr.get_links()]
 
 
-def _read_here() -> PodSide:
+def read_here() -> PodSide:
+    """The pod side, read in the calling thread's netns."""
     with IPRoute() as ipr:
         links = [_link(m) for m in ipr.get_links()]
         routes = [
@@ -112,4 +113,4 @@ def _read_here() -> PodSide:
 
 def read_pod_side(pid: int) -> PodSide:
     """The pod's interface and addresses, read in the netns of process `pid`."""
-    return run_in_netns(f"/proc/{pid}/ns/net", _read_here)
+    return run_in_netns(f"/proc/{pid}/ns/net", read_here)

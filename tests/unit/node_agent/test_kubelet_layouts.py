@@ -199,3 +199,17 @@ def test_auto_without_a_kubepods_root_says_where_it_looked() -> None:
 def test_auto_without_cgroup_v2_says_so() -> None:
     with pytest.raises(KubeletLayoutError, match="no cgroup v2"):
         kubelet.kubepods_root([], lambda p: True)
+
+
+@pytest.mark.parametrize(
+    ("root", "expected"),
+    [
+        ("/sys/fs/cgroup/kubepods.slice", True),
+        ("/sys/fs/cgroup/kubepods", True),
+        ("/sys/fs/cgroup/kubelet.slice/kubelet-kubepods.slice", True),
+        ("/sys/fs/cgroup/unified/weft-ab12/node-1/pods", False),
+        ("/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice", False),
+    ],
+)
+def test_kubelet_roots_are_told_from_the_labs(root: str, expected: bool) -> None:
+    assert kubelet.is_kubelet_root(Path(root)) is expected
