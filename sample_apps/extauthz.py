@@ -10,7 +10,8 @@ header of the 200, which a provider's `headersToUpstreamOnAllow` passes on). Den
 `x-ext-authz-check-result: denied` and the body "denied by ext_authz for not found header
 `x-ext-authz: allow` in the request". For tests: `--delay` (or a request header
 `x-ext-authz-delay: <seconds>`) waits before answering; `x-ext-authz-pad: <bytes>` pads the
-answer (the deny body, or an allowed header) to exercise a client's size bound. Written
+answer (the deny body, or an allowed header) to exercise a client's size bound; an allowed
+request whose check carried a body gets `x-ext-authz-body-bytes: <its size>`. Written
 from the published proto (meshcore/api/ext_authz.proto, Envoy's field numbers) with grpcio
 and aiohttp; each check is logged (`extauthz.checked`).
 """
@@ -38,6 +39,7 @@ ALLOW_VALUE = "allow"
 RESULT_HEADER = "x-ext-authz-check-result"
 DELAY_HEADER = "x-ext-authz-delay"
 PAD_HEADER = "x-ext-authz-pad"
+BODY_BYTES_HEADER = "x-ext-authz-body-bytes"
 DENIED_BODY = (
     f"denied by ext_authz for not found header `{ALLOW_HEADER}: {ALLOW_VALUE}` in the request"
 )
@@ -67,8 +69,8 @@ def decide(headers: Mapping[str, str], default_delay: float = 0.0) -> Decision:
     )
 
 
-def check_response(decision: Decision) -> pb.CheckResponse:
-    """The gRPC answer for a decision."""
+def check_response(decision: Decision, body_bytes: int = 0) -> pb.CheckResponse:
+    """The gRPC answer for a decision (`body_bytes`: of the body the check carried)."""
 
     def header(name: str, value: str) -> pb.HeaderValueOption:
         return pb.HeaderValueOption(
@@ -77,6 +79,8 @@ def check_response(decision: Decision) -> pb.CheckResponse:
 
     if decision.allowed:
         headers = [header(RESULT_HEADER, "allowed")]
+        if body_bytes:
+            headers.append(header(BODY_BYTES_HEADER, str(body_bytes)))
         if decision.pad:
             headers.append(header("x-ext-authz-padding", "p" * decision.pad))
         return pb.CheckResponse(
@@ -102,37 +106,43 @@ class Authorization(pb_grpc.AuthorizationServicer):
     ) -> pb.CheckResponse:
         http = request.attributes.request.http
         decision = decide(http.headers, self.delay)
+        body_bytes = len(http.raw_body) or len(http.body.encode())
         if decision.delay:
             await asyncio.sleep(decision.delay)
         self.log.info(
             "extauthz.checked",
             protocol="grpc",
             allowed=decision.allowed,
+            body_bytes=body_bytes,
             method=http.method,
             path=http.path[:300],
             host=http.host,
             source_principal=request.attributes.source.principal,
             destination_principal=request.attributes.destination.principal,
         )
-        return check_response(decision)
+        return check_response(decision, body_bytes)
 
 
 def http_app(log: FilteringBoundLogger, delay: float) -> web.Application:
     async def check(request: web.Request) -> web.Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
         decision = decide(headers, delay)
+        body_bytes = len(await request.read())
         if decision.delay:
             await asyncio.sleep(decision.delay)
         log.info(
             "extauthz.checked",
             protocol="http",
             allowed=decision.allowed,
+            body_bytes=body_bytes,
             method=request.method,
             path=request.path_qs[:300],
             host=request.host,
         )
         if decision.allowed:
             extra = {"x-ext-authz-padding": "p" * decision.pad} if decision.pad else {}
+            if body_bytes:
+                extra[BODY_BYTES_HEADER] = str(body_bytes)
             return web.Response(status=200, headers={RESULT_HEADER: "allowed", **extra})
         return web.Response(
             status=403,

@@ -135,6 +135,27 @@ def joined(headers: Headers) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class BodyWanted:
+    """How much of a request's body its checks need read first."""
+
+    limit: int  # bytes (the most any provider asks, at most MAX_BODY)
+    partial: bool  # a longer body may be sent cut (else the request is answered 413)
+
+
+def body_wanted(providers: Iterable[ExtAuthzProvider]) -> BodyWanted | None:
+    """The body the providers asked about a request want (`includeRequestBodyInCheck`);
+    None when none wants it. A longer body is sent cut only if every one of them allows a
+    partial body (Envoy: `allowPartialMessage`, else 413 Payload Too Large)."""
+    wanting = [p for p in providers if p.body_max_bytes > 0]
+    if not wanting:
+        return None
+    return BodyWanted(
+        min(max(p.body_max_bytes for p in wanting), MAX_BODY),
+        all(p.body_allow_partial for p in wanting),
+    )
+
+
 def _body(provider: ExtAuthzProvider, check: CheckInput) -> tuple[bytes | None, bool]:
     """The body to send and whether it is partial; None when the provider wants none."""
     if not provider.body_max_bytes or check.body is None:
@@ -358,10 +379,12 @@ def is_grpc(provider: ExtAuthzProvider) -> bool:
 __all__ = [
     "MAX_ANSWER",
     "MAX_BODY",
+    "BodyWanted",
     "CheckInput",
     "CheckResult",
     "HttpCheck",
     "Outcome",
+    "body_wanted",
     "failure",
     "from_grpc",
     "from_http",

@@ -44,6 +44,7 @@ from h2.stream import StreamState
 from meshcore.meshstate import Workload
 from waypoint import (
     authz,
+    extauthz,
     h2wire,
     jwtauth,
     pathnorm,
@@ -70,6 +71,8 @@ log = structlog.get_logger("waypoint.h2c")
 
 # A backend's response head must come within this (the HTTP/1.1 side's RESPONSE_TIMEOUT)
 RESPONSE_TIMEOUT = 300.0
+# A request body read for an ext_authz check must come within this, frame to frame
+BODY_TIMEOUT = 30.0
 # Backend h2 connections per client connection (one per endpoint, more where an endpoint's
 # MAX_CONCURRENT_STREAMS is reached); past this the least recently used idle one is closed,
 # and a stream finding every connection to its endpoint full (none idle to close) is a 503
@@ -513,15 +516,30 @@ class Front:
         )  # fmt: skip
         allowed_headers: routing.Headers = ()  # (ext_authz: added to the response)
         if access is not None and access.custom:  # (Envoy: ext_authz, then RBAC)
+            body: bytes | None = None
+            complete = True
+            wanted = extauthz.body_wanted(self.waypoint.custom_providers(access))
+            if wanted is not None:
+                try:
+                    body, complete = await self._peek_body(stream_id, wanted.limit)
+                except TimeoutError:
+                    record.reason = f"the request body stalled for {BODY_TIMEOUT:g} s"
+                    grpc = h2wire.GRPC_DEADLINE_EXCEEDED if request.grpc else None
+                    await self._answer(stream_id, request, 408, grpc, record.reason, (), record)
+                    return
+                if not complete and not wanted.partial:
+                    record.reason = f"request body over {wanted.limit} B for ext_authz"
+                    grpc = _grpc_for_http(413) if request.grpc else None
+                    await self._answer(stream_id, request, 413, grpc, record.reason, (), record)
+                    return
             checked = await self.waypoint.check_custom(
-                access, self.dest, self.client, record, request.headers, "HTTP/2"
-            )
+                access, self.dest, self.client, record, request.headers, "HTTP/2", body,
+                not complete,
+            )  # fmt: skip
             if not checked.allowed:
                 await self._custom_deny(stream_id, request, record, checked)
                 return
-            request = dataclasses.replace(
-                request, headers=checked.request_headers(request.headers)
-            )
+            request = dataclasses.replace(request, headers=checked.request_headers(request.headers))
             allowed_headers = checked.downstream
         if access is not None and not access.allowed:  # (Envoy: RBAC before the router)
             self.waypoint.denied(record, access)
@@ -896,6 +914,41 @@ class Front:
             await self.link.send_data(stream_id, body, end_stream=True)
         if self.link.peer_sending(stream_id):
             self.link.reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    async def _peek_body(self, stream_id: int, limit: int) -> tuple[bytes, bool]:
+        """The request body up to `limit` bytes (a frame more, at most), for an ext_authz
+        check, and whether that is all of it; its events are put back in front of the
+        stream's queue (not acknowledged: flow control holds the client meanwhile), so the
+        body is forwarded as if never read. TimeoutError: a frame took over BODY_TIMEOUT."""
+        queue = self.link.streams.get(stream_id)
+        if queue is None:
+            return b"", True
+        taken: list[StreamEvent] = []
+        data = bytearray()
+        complete = False
+        try:
+            while len(data) <= limit:
+                ev = await asyncio.wait_for(queue.get(), BODY_TIMEOUT)
+                taken.append(ev)
+                if isinstance(ev, h2.events.DataReceived):
+                    data += ev.data or b""
+                    if ev.stream_ended is not None:
+                        complete = True
+                        break
+                elif isinstance(ev, (h2.events.StreamEnded, h2.events.TrailersReceived)):
+                    complete = True
+                    break
+                elif isinstance(ev, (h2.events.StreamReset, _Gone)):
+                    break
+        finally:
+            again: asyncio.Queue[StreamEvent] = asyncio.Queue()
+            for ev in taken:
+                again.put_nowait(ev)
+            while not queue.empty():
+                again.put_nowait(queue.get_nowait())
+            if self.link.streams.get(stream_id) is queue:
+                self.link.streams[stream_id] = again
+        return bytes(data), complete
 
     async def _custom_deny(
         self, stream_id: int, request: H2Request, record: GrpcRecord, result: CheckResult

@@ -344,9 +344,14 @@ class Waypoint:
             log.info("authz.unevaluable", note=note, source_principal=client.principal)
         return verdict
 
+    def custom_providers(self, access: authz.Verdict) -> list[MeshExtAuthzProvider]:
+        """The defined providers a verdict's CUSTOM rules name."""
+        found = (self.view.ext_authz_providers.get(c.provider) for c in access.custom)
+        return [p for p in found if p is not None]
+
     async def check_custom(
         self, access: authz.Verdict, dest: Destination, client: Client, record: RequestRecord,
-        headers: Headers, protocol: str,
+        headers: Headers, protocol: str, body: bytes | None = None, body_partial: bool = False,
     ) -> extauthz.CheckResult:  # fmt: skip
         """Ask the providers of the CUSTOM rules a request matched (`access.custom`), in
         order: the first denial (noted on the record, flag UAEX as Envoy's), else the allows'
@@ -363,6 +368,8 @@ class Waypoint:
             destination_principal=self.config.identity,
             protocol=protocol,
             request_id=record.request_id,
+            body=body,
+            body_partial=body_partial,
         )
         upstream: list[routing.HeaderOps] = []
         downstream: list[tuple[str, str]] = []
@@ -866,8 +873,20 @@ class Waypoint:
             request_auth=request_auth,
         )  # fmt: skip
         allowed_headers: Headers = ()  # (ext_authz: added to the response)
+        prefetched = b""  # (ext_authz: the body read for the check, forwarded first)
         if access is not None and access.custom:  # (Envoy: ext_authz, then RBAC)
-            checked = await self.check_custom(access, dest, client, record, headers, "HTTP/1.1")
+            body: bytes | None = None
+            wanted = extauthz.body_wanted(self.custom_providers(access))
+            if wanted is not None:
+                prefetched, complete = await self._read_body(server, wanted.limit)
+                if not complete and not wanted.partial:
+                    record.reason = f"request body over {wanted.limit} B for ext_authz"
+                    return await self._answer_here(server, 413, (), record)
+                body = prefetched
+            checked = await self.check_custom(
+                access, dest, client, record, headers, "HTTP/1.1", body,
+                body is not None and server.their_state is h1.SEND_BODY,
+            )  # fmt: skip
             if not checked.allowed:
                 return await self._answer_here(
                     server, checked.status, checked.downstream, record, checked.body
@@ -936,14 +955,14 @@ class Waypoint:
         if budget is None:  # (no timeout object: each costs loop lookups, per request)
             return await self._exchange_admitted(
                 server, out, headers, decision, candidates, client, record, backends, trace,
-                cluster,
+                cluster, prefetched=prefetched,
             )  # fmt: skip
         timeout = asyncio.timeout(budget)
         try:
             async with timeout:
                 return await self._exchange_admitted(
                     server, out, headers, decision, candidates, client, record, backends, trace,
-                    cluster,
+                    cluster, prefetched=prefetched,
                 )  # fmt: skip
         except TimeoutError:
             if not timeout.expired():
@@ -968,6 +987,8 @@ class Waypoint:
         backends: dict[str, Backend],
         trace: RequestTrace,
         cluster: ClusterState | None,
+        *,
+        prefetched: bytes = b"",
     ) -> bool:
         """`_exchange` within the cluster's circuit breakers (a DestinationRule's
         connectionPool): over a limit, 503 at once with `x-weft-overloaded` (flag UO)."""
@@ -979,8 +1000,9 @@ class Waypoint:
                 return await self._answer_here(server, 503, (), record)
         if cluster is None or cluster.breaker is None:
             return await self._exchange(
-                server, out, headers, decision, candidates, client, record, backends, trace, cluster
-            )
+                server, out, headers, decision, candidates, client, record, backends, trace,
+                cluster, prefetched=prefetched,
+            )  # fmt: skip
         if not await self._admit(cluster):
             record.response_flags = trafficpolicy.UPSTREAM_OVERFLOW
             record.reason = f"circuit breaker open for {cluster.hostname} (DestinationRule)"
@@ -988,8 +1010,9 @@ class Waypoint:
             return await self._answer_here(server, 503, overloaded, record)
         try:
             return await self._exchange(
-                server, out, headers, decision, candidates, client, record, backends, trace, cluster
-            )
+                server, out, headers, decision, candidates, client, record, backends, trace,
+                cluster, prefetched=prefetched,
+            )  # fmt: skip
         finally:
             if record.retries:
                 cluster.retry_done()
@@ -1073,6 +1096,8 @@ class Waypoint:
         backends: dict[str, Backend],
         trace: RequestTrace = NO_TRACE,
         cluster: ClusterState | None = None,
+        *,
+        prefetched: bytes = b"",  # the body's start, already read (for ext_authz)
     ) -> bool:
         """Send the request to a backend and its response back; whether the client
         connection may carry another request.
@@ -1129,7 +1154,7 @@ class Waypoint:
                 try:
                     async with this_try or _NO_TIMEOUT:
                         if body is None:
-                            await self._send_request(server, backend, sent, record, tee)
+                            await self._send_request(server, backend, sent, record, tee, prefetched)
                             body = b"" if bodiless else None
                             if tee is not None:
                                 body = None if tee.overflow else bytes(tee.data)
@@ -1319,13 +1344,24 @@ class Waypoint:
         request: h1.Request,
         record: RequestRecord,
         tee: Tee | None = None,
+        prefetched: bytes = b"",
     ) -> None:
         """The request head, then its body as it arrives (client errors propagate as they
         are; a backend failing meanwhile is a BackendError, with the body left unread).
-        `tee` keeps a copy of the body, for mirrors."""
+        `tee` keeps a copy of the body, for mirrors; `prefetched` is the body's start, read
+        already."""
         await _from_backend(
-            backend.h1.send(request, flush=not server.ready()), "sending the request"
+            backend.h1.send(request, flush=not (server.ready() or prefetched)),
+            "sending the request",
         )
+        if prefetched:
+            record.request_bytes += len(prefetched)
+            if tee is not None:
+                tee.add(prefetched)
+            await _from_backend(
+                backend.h1.send(h1.Data(data=prefetched), flush=not server.ready()),
+                "request body",
+            )
         while server.their_state is h1.SEND_BODY:
             event = await server.next_event(HEAD_TIMEOUT)
             if isinstance(event, h1.Data):
@@ -1449,6 +1485,17 @@ class Waypoint:
         record.response_code = status
         record.response_bytes = await self._respond(server, status, (*headers, *extra), body)
         return keep
+
+    @staticmethod
+    async def _read_body(server: H1Channel, limit: int) -> tuple[bytes, bool]:
+        """The request body up to `limit` bytes (a piece more, at most), for an ext_authz
+        check; whether that is all of it. The bytes are forwarded first (`prefetched`)."""
+        data = bytearray()
+        while server.their_state is h1.SEND_BODY and len(data) <= limit:
+            event = await server.next_event(HEAD_TIMEOUT)
+            if isinstance(event, h1.Data):
+                data += event.data
+        return bytes(data), server.their_state is not h1.SEND_BODY
 
     async def _drain_body(self, server: H1Channel, record: RequestRecord) -> bool:
         drained = 0

@@ -225,3 +225,53 @@ def test_a_grpc_call_denied_by_the_provider_is_permission_denied(tmp_path: Path)
         assert seen["x-ext-authz-check-result"] == "allowed"
 
     run(tmp_path, body)
+
+
+@pytest.mark.parametrize("provider", ["sample-http", "sample-grpc"])
+def test_the_request_body_goes_in_the_check_as_configured(tmp_path: Path, provider: str) -> None:
+    async def body(mesh: Mesh) -> None:
+        settings = providers(
+            body_max_bytes=16,
+            headers_to_upstream_on_allow=("x-ext-authz-check-result", "x-ext-authz-body-bytes"),
+        )
+        settings["cut"] = dataclasses.replace(
+            settings[provider], name="cut", body_allow_partial=True
+        )
+        await add_ext_authz(mesh, settings)
+        mesh.set_routes(custom("ext", "web", provider) + custom("cut", "web", "cut", '["/cut*"]'))
+        client = await mesh.http(WEB_VIP)
+        head = b"POST %s HTTP/1.1\r\nHost: web\r\nX-Ext-Authz: allow\r\nContent-Length: %d\r\n\r\n"
+        client.send_raw(head % (b"/headers", 5) + b"hello")
+        ok, raw = await client.response("POST")
+        assert ok.status_code == 200, raw
+        echoed = json.loads(raw)
+        assert echoed["request"]["headers"]["x-ext-authz-body-bytes"] == "5"
+        assert echoed["body_bytes"] == 5  # forwarded whole, after the check read it
+        long = b"x" * 40
+        client.send_raw(head % (b"/headers", len(long)) + long)  # over 16, not partial: 413
+        too_long, _ = await client.response("POST")
+        assert too_long.status_code == 413
+        client.send_raw(head % (b"/cut", len(long)) + long)  # partial allowed: 16 go in the check
+        cut, raw = await client.response("POST")
+        assert cut.status_code == 200, raw
+        echoed = json.loads(raw)
+        assert echoed["request"]["headers"]["x-ext-authz-body-bytes"] == "16"
+        assert echoed["body_bytes"] == 40
+
+    run(tmp_path, body)
+
+
+def test_a_grpc_calls_message_goes_in_the_check_and_on_to_the_backend(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await add_h2_services(mesh)
+        await add_ext_authz(mesh, providers(body_max_bytes=1024))
+        mesh.set_routes(custom("ext", "grpc", "sample-grpc", '["/echo.Echo/*"]'))
+        client = await h2_client(mesh, GRPC_VIP, GRPC_PORT)
+        message = b"\x00\x00\x00\x00\x03abc"
+        allowed = await client.grpc("/echo.Echo/A", (("x-ext-authz", "allow"),), message)
+        assert allowed.trailers.get("grpc-status") == "0", allowed
+        seen = json.loads(allowed.headers["x-request"])
+        assert seen["head"]["x-ext-authz-body-bytes"] == str(len(message))
+        assert seen["body_bytes"] == len(message) and bytes(allowed.body) == message
+
+    run(tmp_path, body)

@@ -342,3 +342,11 @@ def test_two_policies_with_one_provider_ask_it_once() -> None:
     other = CUSTOM.replace("name: ext,", "name: ext2,")
     found = decide(CUSTOM + other, "/headers")
     assert [c.provider for c in found.custom] == ["http-authz"]
+
+
+def test_the_body_wanted_is_the_most_any_provider_asks_capped_partial_only_if_all_allow() -> None:
+    assert extauthz.body_wanted([HTTP, GRPC]) is None
+    small = replace(HTTP, body_max_bytes=10, body_allow_partial=True)
+    big = replace(GRPC, body_max_bytes=10**6, body_allow_partial=False)
+    assert extauthz.body_wanted([small]) == extauthz.BodyWanted(10, True)
+    assert extauthz.body_wanted([small, big, HTTP]) == extauthz.BodyWanted(extauthz.MAX_BODY, False)
