@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import h2.events
@@ -96,9 +96,12 @@ class _H1Conn:
 
 @dataclass
 class _Pools:
-    http: dict[str, list[_H1Conn]] = field(default_factory=dict)  # provider -> idle
-    grpc: dict[str, list[Backend]] = field(default_factory=dict)  # provider -> connections
-    opening: dict[str, asyncio.Lock] = field(default_factory=dict)
+    """Connections by provider (the value: a provider changed in the mesh config is another
+    pool, and `retain` closes the old one)."""
+
+    http: dict[ExtAuthzProvider, list[_H1Conn]] = field(default_factory=dict)  # idle ones
+    grpc: dict[ExtAuthzProvider, list[Backend]] = field(default_factory=dict)
+    opening: dict[ExtAuthzProvider, asyncio.Lock] = field(default_factory=dict)
 
 
 class ExtAuthzClient:
@@ -175,23 +178,41 @@ class ExtAuthzClient:
             return host, buffered, relay
         raise CheckError(f"no endpoint of Service {where} reachable ({last})")
 
+    def _live_hosts(self, provider: ExtAuthzProvider) -> set[str]:
+        """The provider's ready endpoints now: a kept connection to another is closed."""
+        return {f"{w.addresses[0]}:{port}" for w, port in self.resolve(provider)}
+
+    def retain(self, providers: Iterable[ExtAuthzProvider]) -> None:
+        """Close the connections of providers no longer in the mesh config (or changed)."""
+        keep = set(providers)
+        pools = self._pools
+        for provider in [p for p in pools.http if p not in keep]:
+            for conn in pools.http.pop(provider):
+                conn.close()
+        for provider in [p for p in pools.grpc if p not in keep]:
+            for backend in pools.grpc.pop(provider):
+                backend.close()
+        for provider in [p for p in pools.opening if p not in keep]:
+            del pools.opening[provider]
+
     def _lock(self, provider: ExtAuthzProvider) -> asyncio.Lock:
-        return self._pools.opening.setdefault(provider.name, asyncio.Lock())
+        return self._pools.opening.setdefault(provider, asyncio.Lock())
 
     # --- HTTP -------------------------------------------------------------------------------
 
     async def _h1_conn(self, provider: ExtAuthzProvider) -> _H1Conn:
-        idle = self._pools.http.setdefault(provider.name, [])
+        idle = self._pools.http.setdefault(provider, [])
+        live = self._live_hosts(provider) if idle else set()
         while idle:
             conn = idle.pop()
-            if conn.usable:
+            if conn.usable and conn.host in live:
                 return conn
             conn.close()
         host, end, relay = await self._connect(provider)
         return _H1Conn(host, end, relay, H1Channel(end, h1.Role.CLIENT))
 
     def _h1_done(self, provider: ExtAuthzProvider, conn: _H1Conn) -> None:
-        idle = self._pools.http.setdefault(provider.name, [])
+        idle = self._pools.http.setdefault(provider, [])
         if conn.channel.reusable() and conn.usable and len(idle) < MAX_IDLE_HTTP:
             idle.append(conn)
         else:
@@ -230,7 +251,11 @@ class ExtAuthzClient:
                 else:
                     raise CheckError(f"{conn.host} closed the connection mid-answer")
             done = True
-        except (EndClosed, H1Error, H1LocalError) as err:
+        except H1Error as err:
+            if err.status == 431:  # (the answer's head is over h1.MAX_HEAD)
+                raise _Oversize(f"HTTP to {conn.host}: {err}") from None
+            raise CheckError(f"HTTP to {conn.host}: {err}") from None
+        except (EndClosed, H1LocalError) as err:
             raise CheckError(f"HTTP to {conn.host}: {err or type(err).__name__}") from None
         finally:
             if done:
@@ -244,8 +269,9 @@ class ExtAuthzClient:
 
     async def _h2_conn(self, provider: ExtAuthzProvider) -> Backend:
         async with self._lock(provider):
-            conns = self._pools.grpc.setdefault(provider.name, [])
-            for gone in [b for b in conns if not b.usable]:
+            conns = self._pools.grpc.setdefault(provider, [])
+            live = self._live_hosts(provider) if conns else set()
+            for gone in [b for b in conns if not b.usable or b.host not in live]:
                 conns.remove(gone)
                 gone.close()
             for backend in conns:

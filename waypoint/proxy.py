@@ -236,11 +236,11 @@ class Waypoint:
         self._rate_limits_changed()
         # AuthorizationPolicies with targetRefs, compiled per Service (waypoint.authz)
         self.authz = authz.AuthzTables(config.gateway)
-        view.on_update.append(self._authz_changed)
         # CUSTOM policies' providers, reached as backends are (waypoint.extauthz_client)
         self.ext_authz = extauthz_client.ExtAuthzClient(
             self._provider_endpoints, self._open_provider
         )
+        view.on_update.append(self._authz_changed)
         self._authz_changed()
         # RequestAuthentications with targetRefs, per Service (waypoint.jwtauth); JWKS caches
         # are kept across view updates
@@ -258,6 +258,7 @@ class Waypoint:
 
     def _authz_changed(self) -> None:
         self.authz.update(self.view.mesh.policies)
+        self.ext_authz.retain(self.view.ext_authz_providers.values())
 
     def _authn_changed(self) -> None:
         self.authn.update(self.view.request_authentications)

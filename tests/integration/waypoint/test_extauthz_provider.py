@@ -221,3 +221,33 @@ def test_checks_past_the_in_flight_bound_are_errors(kind: ExtAuthzKind) -> None:
         assert client.in_flight == 0
 
     asyncio.run(with_server(body, max_in_flight=2))
+
+
+def test_kept_connections_follow_the_mesh_config_and_the_endpoints(kind: ExtAuthzKind) -> None:
+    async def body(client: ExtAuthzClient, ports: dict[ExtAuthzKind, int]) -> None:
+        p = provider(kind, ports[kind])
+        opened: list[int] = []
+        inner = client.open_end
+        ready = [True]
+
+        async def counting(w: Workload, port: int) -> object:
+            opened.append(port)
+            return await inner(w, port)
+
+        client.open_end = counting  # type: ignore[assignment]
+        client.resolve = lambda q: [(workload(), q.port)] if ready[0] else []
+        assert (await client.check(p, request(ALLOW))).allowed
+        assert (await client.check(p, request(ALLOW))).allowed
+        assert len(opened) == 1
+        changed = replace(p, timeout=4.0)  # a provider changed by the mesh config: a new pool
+        client.retain([changed])
+        assert (await client.check(changed, request(ALLOW))).allowed
+        assert len(opened) == 2
+        ready[0] = False  # the endpoint left the Service: its kept connection is not used
+        gone = await client.check(changed, request(ALLOW))
+        assert not gone.allowed and "no ready endpoint" in gone.reason
+        ready[0] = True
+        assert (await client.check(changed, request(ALLOW))).allowed
+        assert len(opened) == 3
+
+    asyncio.run(with_server(body))
