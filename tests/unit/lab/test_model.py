@@ -433,8 +433,8 @@ def test_template_spec_change_replaces_every_pod(model: ClusterModel) -> None:
             """,
             [
                 "Pod default/proxy: spec.containers[1].image: image 'nginx:1.25' is not a lab "
-                "image (weft/http-echo, weft/load-client, weft/tcp-echo, weft/waypoint); give a "
-                "command to run another program"
+                "image (weft/ext-authz, weft/http-echo, weft/load-client, weft/tcp-echo, "
+                "weft/waypoint); give a command to run another program"
             ],
             id="unknown image without command",
         ),
