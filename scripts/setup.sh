@@ -24,6 +24,8 @@ APT_PACKAGES=(
   iperf3 stunnel4 haproxy linux-headers-amd64
   redis-server  # Global RateLimitPolicy counters (the lab's, and the tests')
 )
+# tests/integration/test_vagrant.py: `vagrant validate` of the Vagrantfile, shellcheck of its scripts
+[[ -n "$EXTRAS" ]] && APT_PACKAGES+=(vagrant shellcheck)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
