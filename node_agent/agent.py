@@ -62,6 +62,7 @@ class AgentConfig:
     # "all-veths": every veth but the underlay (the lab); "from-netns": the node end of each
     # pod's veth, found from its netns (Kubernetes, any veth CNI). See node_agent/veths.py.
     pod_devices: str = "all-veths"
+    watch_cgroups: bool = True  # inotify on the pods cgroup tree; off: the 1 s pass only
 
 
 class NodeAgent:
@@ -104,7 +105,8 @@ class NodeAgent:
         )
         await asyncio.to_thread(self._setup_inbound)
         try:
-            self.watch.start()
+            if self.config.watch_cgroups:
+                self.watch.start()
         except OSError as err:  # pods are still found, by the 1 s pass
             log.warning(
                 "cgroupwatch.unavailable", root=str(self.config.pods_cgroup), error=str(err)

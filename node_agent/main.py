@@ -62,6 +62,12 @@ def cli() -> None:
     "from-netns under a kubelet's pods cgroup, else all-veths.",
 )
 @click.option(
+    "--watch-cgroups/--no-watch-cgroups",
+    default=True,
+    show_default=True,
+    help="Reconcile as soon as a pod or container cgroup appears (inotify), not only every 1 s.",
+)
+@click.option(
     "--hold-unknown-pods/--no-hold-unknown-pods",
     default=False,
     show_default=True,
@@ -96,6 +102,7 @@ def run(
     pin_dir: Path,
     pods_cgroup: Path,
     pod_devices: str,
+    watch_cgroups: bool,
     hold_unknown_pods: bool,
     system_cgroup: Path,
     admin_socket: Path | None,
@@ -130,6 +137,7 @@ def run(
         metrics_addr=metrics_addr,
         excluded_ports=frozenset(excluded),
         hold_unknown_pods=hold_unknown_pods,
+        watch_cgroups=watch_cgroups,
         pod_devices=pod_devices,
     )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import subprocess
 import time
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -32,6 +34,8 @@ from node_agent.cgroupwatch import CgroupWatch
 from tests.conftest import RUN_ID
 
 pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
 
 TOP = f"weft-kl-{RUN_ID}"
 NODE_NS = f"weft-kl-{RUN_ID}-node"
@@ -110,8 +114,8 @@ def shape(cni: str, i: int) -> Shape:
     return Shape(cni, f"veth{suffix}k", f"10.247.0.{10 + i}/24", "10.247.0.1")
 
 
-def wire(pod_ns: str, s: Shape) -> None:
-    """The pod's veth and routes the way `s.cni` makes them."""
+def wire(pod_ns: str, s: Shape, node_ns: str = NODE_NS) -> None:
+    """The pod's veth and routes the way `s.cni` makes them, its other end in `node_ns`."""
     sh("ip", "netns", "add", pod_ns)
     sh(
         "ip",
@@ -125,17 +129,17 @@ def wire(pod_ns: str, s: Shape) -> None:
         "eth0",
         "netns",
         pod_ns,
-        ns=NODE_NS,
+        ns=node_ns,
     )
-    sh("ip", "link", "set", s.host_if, "up", ns=NODE_NS)
+    sh("ip", "link", "set", s.host_if, "up", ns=node_ns)
     sh("ip", "link", "set", "lo", "up", ns=pod_ns)
     sh("ip", "link", "set", "eth0", "up", ns=pod_ns)
     sh("ip", "addr", "add", s.pod_ip, "dev", "eth0", ns=pod_ns)
     ip = s.pod_ip.split("/")[0]
     if s.cni == "flannel":
-        sh("ip", "link", "set", s.host_if, "master", "cni0", ns=NODE_NS)
+        sh("ip", "link", "set", s.host_if, "master", "cni0", ns=node_ns)
     else:
-        sh("ip", "route", "add", f"{ip}/32", "dev", s.host_if, ns=NODE_NS)
+        sh("ip", "route", "add", f"{ip}/32", "dev", s.host_if, ns=node_ns)
     if s.pod_ip.endswith("/32"):
         sh("ip", "route", "add", s.gateway, "dev", "eth0", "scope", "link", ns=pod_ns)
     sh("ip", "route", "add", "default", "via", s.gateway, "dev", "eth0", ns=pod_ns)
@@ -230,7 +234,7 @@ def node() -> Iterator[dict[str, Pod]]:
 PODS = [layout[0] for layout in LAYOUTS]
 
 
-def in_node(fn):  # type: ignore[no-untyped-def]
+def in_node(fn: Callable[[], T]) -> T:
     return run_in_netns(f"/run/netns/{NODE_NS}", fn)
 
 
@@ -281,7 +285,7 @@ def test_pod_devices_from_netns_are_exactly_the_pods_veths(node: dict[str, Pod])
     host_cookie = in_node(pods.own_netns_cookie)
     found: dict[str, podscan.FoundPod] = {}
     for root in {p.root for p in node.values()}:
-        found.update(in_node(lambda r=root: podscan.scan(r, {}, host_cookie)))
+        found.update(in_node(functools.partial(podscan.scan, root, {}, host_cookie)))
     from_netns = {p.device.name for p in found.values() if p.device}
     assert from_netns == {p.shape.host_if for p in node.values() if p.name != "host-network"}
 
