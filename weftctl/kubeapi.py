@@ -172,7 +172,8 @@ class KubeApi:
     def apply(self, ref: ObjectRef, obj: dict[str, Any], dry_run: bool) -> str:
         """Server-side apply (field manager weftctl, conflicts forced: weftctl owns what it
         installs); "created" or "configured"."""
-        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        # Strict: an unknown or duplicate field is an error, as with kubectl's default.
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true"), ("fieldValidation", "Strict")]
         if dry_run:
             query.append(("dryRun", "All"))
         status, body = self.request(
@@ -183,6 +184,9 @@ class KubeApi:
         return "created" if status == 201 else "configured"
 
     def get(self, ref: ObjectRef) -> dict[str, Any] | None:
+        """The object, or None when it is not there (or its kind is not served at all)."""
+        if self.resource(ref) is None:
+            return None
         status, body = self.request("GET", self._path(ref), f"get {ref}")
         return None if status == 404 else body
 

@@ -1,0 +1,453 @@
+"""`weftctl install` / `uninstall` / `precheck` against a real Kubernetes API server
+(tests/kubeapi.py: etcd and an API server built from Kubernetes' own libraries).
+
+That server runs no controllers: no Deployment ever becomes available and no Namespace
+finishes terminating, so these tests install with --no-wait (and check that --wait gives up
+at its timeout, naming what it waited for). They run the manifests the user would install
+(daemonset/, once it has its kustomization) and a small tree of the same shape that does not
+depend on daemonset/'s progress."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from tests.conftest import RUN_ID
+from tests.kubeapi import KubeAPI, running_kube_api
+from weftctl.install import install, uninstall
+from weftctl.kubeapi import KubeApi
+from weftctl.manifests import DEFAULT_DIR, Manifest, load
+from weftctl.precheck import precheck
+from weftctl.render import ObjectRef, Rendered, RenderSettings, render
+
+pytestmark = [pytest.mark.integration, pytest.mark.kubernetes]
+
+IMAGE = "ghcr.io/weft-mesh/weft:0.1.0"
+CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "ratelimitpolicies.policy.weft.dev"},
+    "spec": {
+        "group": "policy.weft.dev",
+        "scope": "Namespaced",
+        "names": {
+            "plural": "ratelimitpolicies",
+            "singular": "ratelimitpolicy",
+            "kind": "RateLimitPolicy",
+            "listKind": "RateLimitPolicyList",
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def workload(kind: str, name: str) -> dict[str, Any]:
+    labels = {"app": name}
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": labels},
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "serviceAccountName": name,
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": IMAGE,
+                        "args": [
+                            "python",
+                            "-m",
+                            "controller",
+                            "run",
+                            "--trust-domain",
+                            "cluster.local",
+                        ],
+                    }
+                ],
+            },
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "weft-system"},
+        "spec": spec,
+    }
+
+
+SMALL_TREE: dict[str, Any] = {
+    "kustomization.yaml": {"resources": ["namespace.yaml", "crds", "rbac.yaml", "workloads.yaml"]},
+    "namespace.yaml": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "weft-system"}}
+    ],
+    "crds/kustomization.yaml": {"resources": ["ratelimitpolicies.yaml"]},
+    "crds/ratelimitpolicies.yaml": [CRD],
+    "rbac.yaml": [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": n, "namespace": "weft-system"},
+        }
+        for n in ("weft-controller", "weft-node")
+    ]
+    + [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "weft-controller"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+            ],
+        }
+    ],
+    "workloads.yaml": [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "weft", "namespace": "weft-system"},
+            "data": {"mesh": ""},
+        },
+        workload("Deployment", "weft-controller"),
+        workload("DaemonSet", "weft-node"),
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": "weft-waypoint"},
+            "spec": {"controllerName": "weft.dev/waypoint-controller"},
+        },
+    ],
+}
+
+
+def write_tree(root: Path, files: dict[str, Any]) -> Path:
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, list):
+            path.write_text(yaml.safe_dump_all(content))
+        else:
+            path.write_text(yaml.safe_dump(content))
+    return root
+
+
+def shipped_or_skip() -> Path:
+    if not (DEFAULT_DIR / "kustomization.yaml").exists():
+        pytest.skip("daemonset/ has no kustomization.yaml yet")
+    return DEFAULT_DIR
+
+
+@pytest.fixture(params=["small-tree", "daemonset"])
+def manifests(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    if request.param == "daemonset":
+        return shipped_or_skip()
+    return write_tree(tmp_path / f"weft-{RUN_ID}-manifests", SMALL_TREE)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[KubeAPI]:
+    """etcd and the API server for this module, in /tmp/weft-kube-<run>-install."""
+    with running_kube_api("install") as api:
+        yield api
+
+
+@pytest.fixture
+def kube(server: KubeAPI) -> Iterator[KubeApi]:
+    api = KubeApi.from_kubeconfig(server.kubeconfig, None)
+    yield api
+    api.close()
+
+
+def known_refs() -> list[ObjectRef]:
+    """Everything these tests may have created: both trees' objects and the bad Service."""
+    docs = [d for content in SMALL_TREE.values() if isinstance(content, list) for d in content]
+    refs = [i.ref for i in render([Manifest("small", d) for d in docs], RenderSettings())]
+    if (DEFAULT_DIR / "kustomization.yaml").exists():
+        refs += [i.ref for i in render(load(DEFAULT_DIR), RenderSettings())]
+    refs.append(ObjectRef("v1", "Service", f"weft-bad-{RUN_ID}", "weft-system"))
+    return refs
+
+
+def reset(kube: KubeApi) -> None:
+    """Remove what the tests made, playing the namespace controller the test server lacks:
+    the namespace's content first, then the namespace, then its finalizer."""
+    refs = known_refs()
+    for ref in refs:
+        if ref.kind != "Namespace":
+            kube.delete(ref)
+    namespace = ObjectRef("v1", "Namespace", "weft-system")
+    kube.delete(namespace)
+    live = kube.get(namespace)
+    if live is not None:
+        live["spec"] = {"finalizers": []}
+        kube.request("PUT", "/api/v1/namespaces/weft-system/finalize", "finalize", body=live)
+    for ref in refs:
+        for _ in range(50):  # bounded: CRDs are removed by the server's own cleanup
+            if kube.get(ref) is None if kube.resource(ref) else True:
+                break
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def clean(kube: KubeApi) -> Iterator[None]:
+    """Each test starts and ends without any of weft's objects, even when it fails."""
+    reset(kube)
+    yield
+    reset(kube)
+    kube.forget_discovery()
+
+
+def content(live: dict[str, Any] | None) -> dict[str, Any]:
+    """An object without the server's bookkeeping of writes. (The test server records no
+    managedFields when apply creates an object, so the next apply adds them and bumps
+    resourceVersion even when nothing changed; a real server does neither.)"""
+    assert live is not None
+    meta = {
+        k: v for k, v in live["metadata"].items() if k not in ("resourceVersion", "managedFields")
+    }
+    return {**live, "metadata": meta}
+
+
+def run(command: Any, *args: str) -> Result:
+    return CliRunner().invoke(command, list(args), catch_exceptions=False)
+
+
+def objects(manifests: Path) -> list[Rendered]:
+    return render(load(manifests), RenderSettings())
+
+
+def expected_present(kube: KubeApi, items: list[Rendered]) -> list[Rendered]:
+    """Everything but what needs Gateway API, which the test server does not have."""
+    return [i for i in items if i.ref.group != "gateway.networking.k8s.io"]
+
+
+def test_dry_run_is_checked_by_the_server_and_creates_nothing(
+    server: KubeAPI,
+    kube: KubeApi,
+    manifests: Path,
+    clean: None,
+) -> None:
+    items = objects(manifests)
+    already = {str(i.ref) for i in items if kube.get(i.ref) is not None}
+    result = run(
+        install,
+        "--kubeconfig",
+        str(server.kubeconfig),
+        "--manifests",
+        str(manifests),
+        "--dry-run",
+    )
+    assert result.exit_code == 0, result.output
+    assert "(server dry run)" in result.output
+    assert "nothing was kept" in result.output
+    created = [
+        str(i.ref) for i in items if str(i.ref) not in already and kube.get(i.ref) is not None
+    ]
+    assert created == []
+
+
+def test_install_applies_everything_and_again_changes_nothing(
+    server: KubeAPI,
+    kube: KubeApi,
+    manifests: Path,
+    clean: None,
+) -> None:
+    kubeconfig = str(server.kubeconfig)
+    result = run(install, "--kubeconfig", kubeconfig, "--manifests", str(manifests), "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert "weft is installed" in result.output
+    items = objects(manifests)
+    if any(i.ref.kind == "GatewayClass" for i in items):
+        assert (
+            "GatewayClass weft-waypoint: skipped: Gateway API CRDs are not installed"
+            in result.output
+        )
+    present = expected_present(kube, items)
+    versions = {}
+    for item in present:
+        live = kube.get(item.ref)
+        assert live is not None, f"{item.ref} was not created"
+        # The test server keeps no managedFields for built-in kinds (a real one does): where
+        # it keeps them, weftctl must be the manager.
+        managers = {m["manager"] for m in live["metadata"].get("managedFields") or ()}
+        assert "weftctl" in managers or (not managers and not item.ref.is_crd), item.ref
+        versions[str(item.ref)] = content(live)
+    for item in present:
+        if item.ref.is_crd:
+            conditions = kube.get(item.ref)["status"]["conditions"]  # type: ignore[index]
+            assert {"type": "Established", "status": "True"}.items() <= next(
+                c for c in conditions if c["type"] == "Established"
+            ).items()
+
+    again = run(install, "--kubeconfig", kubeconfig, "--manifests", str(manifests), "--no-wait")
+    assert again.exit_code == 0, again.output
+    unchanged = {str(i.ref): content(kube.get(i.ref)) for i in present}
+    assert unchanged == versions, "a second install with the same manifests changed objects"
+
+
+def test_install_patches_settings_onto_the_live_objects(
+    server: KubeAPI,
+    kube: KubeApi,
+    tmp_path: Path,
+    clean: None,
+) -> None:
+    manifests = write_tree(tmp_path / "m", SMALL_TREE)
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("extensionProviders: []\n")
+    result = run(
+        install,
+        "--kubeconfig", str(server.kubeconfig),
+        "--manifests", str(manifests),
+        "--no-wait",
+        "--image", "registry.local/weft:dev",
+        "--trust-domain", "example.org",
+        "--set-mesh-config", str(mesh),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    deployment = kube.get(ObjectRef("apps/v1", "Deployment", "weft-controller", "weft-system"))
+    assert deployment is not None
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.local/weft:dev"
+    assert container["args"][-2:] == ["--trust-domain", "example.org"]
+    cm = kube.get(ObjectRef("v1", "ConfigMap", "weft", "weft-system"))
+    assert cm is not None and cm["data"]["mesh"] == "extensionProviders: []\n"
+
+
+def test_a_refused_object_is_named_with_the_servers_reason_and_the_rest_applied(
+    server: KubeAPI,
+    kube: KubeApi,
+    tmp_path: Path,
+    clean: None,
+) -> None:
+    tree = dict(SMALL_TREE)
+    bad_service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"weft-bad-{RUN_ID}", "namespace": "weft-system"},
+        "spec": {"ports": [{"port": 80, "portz": 81}]},  # a typo
+    }
+    tree["workloads.yaml"] = [bad_service, *SMALL_TREE["workloads.yaml"]]
+    manifests = write_tree(tmp_path / "m", tree)
+    result = CliRunner().invoke(
+        install,
+        ["--kubeconfig", str(server.kubeconfig), "--manifests", str(manifests), "--no-wait"],
+    )
+    assert result.exit_code == 1, result.output
+    assert (
+        f"workloads.yaml#0: apply Service weft-system/weft-bad-{RUN_ID}: the API server refused it"
+        in result.output
+    )
+    assert "portz" in result.output  # the server's own message
+    assert "1 object(s) not applied" in result.output
+    assert kube.get(ObjectRef("apps/v1", "DaemonSet", "weft-node", "weft-system")) is not None
+
+
+def test_wait_gives_up_at_its_timeout_naming_what_is_not_ready(
+    server: KubeAPI,
+    tmp_path: Path,
+    clean: None,
+) -> None:
+    manifests = write_tree(tmp_path / "m", SMALL_TREE)
+    result = CliRunner().invoke(
+        install,
+        ["--kubeconfig", str(server.kubeconfig), "--manifests", str(manifests), "--timeout", "2"],
+    )
+    assert result.exit_code == 1, result.output
+    assert "not ready after 2s: Deployment weft-system/weft-controller" in result.output
+    assert "DaemonSet weft-system/weft-node" in result.output
+
+
+def test_uninstall_removes_in_reverse_and_keeps_crds_unless_purged(
+    server: KubeAPI,
+    kube: KubeApi,
+    manifests: Path,
+    clean: None,
+) -> None:
+    kubeconfig = str(server.kubeconfig)
+    assert (
+        run(
+            install, "--kubeconfig", kubeconfig, "--manifests", str(manifests), "--no-wait"
+        ).exit_code
+        == 0
+    )
+    items = expected_present(kube, objects(manifests))
+    result = run(uninstall, "--kubeconfig", kubeconfig, "--manifests", str(manifests), "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert "CRDs are kept" in result.output
+    for item in items:
+        live = kube.get(item.ref)
+        if item.ref.is_crd:
+            assert live is not None, f"{item.ref} was removed without --purge-crds"
+        elif item.ref.kind == "Namespace":
+            # No namespace controller here: it stays Terminating, as a cluster's would briefly.
+            assert live is None or live["metadata"].get("deletionTimestamp")
+        else:
+            assert live is None, f"{item.ref} is still there"
+    lines = [line for line in result.output.splitlines() if line.endswith(" deleted")]
+    assert lines[-1].startswith("namespace/")  # namespaced objects went first
+
+    purged = run(
+        uninstall,
+        "--kubeconfig",
+        kubeconfig,
+        "--manifests",
+        str(manifests),
+        "--no-wait",
+        "--purge-crds",
+    )
+    assert purged.exit_code == 0, purged.output
+    for item in items:
+        if item.ref.is_crd:
+            live = kube.get(item.ref)
+            assert live is None or live["metadata"].get("deletionTimestamp"), item.ref
+    again = run(uninstall, "--kubeconfig", kubeconfig, "--manifests", str(manifests), "--no-wait")
+    assert again.exit_code == 0, again.output  # nothing left is not an error
+
+
+def test_precheck_reads_the_cluster(server: KubeAPI) -> None:
+    result = CliRunner().invoke(
+        precheck, ["--no-node", "--kubeconfig", str(server.kubeconfig), "-o", "json"]
+    )
+    checks = {c["name"]: c for c in json.loads(result.output)}
+    assert set(checks) == {"kubernetes", "gateway-api", "weft", "istio"}
+    assert checks["gateway-api"]["verdict"] == "warn"
+    assert checks["istio"]["verdict"] == "ok"
+    assert result.exit_code == (1 if any(c["verdict"] == "fail" for c in checks.values()) else 0)
+
+
+def test_precheck_names_an_unreachable_cluster(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    result = CliRunner().invoke(precheck, ["--no-node", "--kubeconfig", str(kubeconfig)])
+    assert result.exit_code == 1
+    assert "cannot reach the API server at https://127.0.0.1:1" in result.output
