@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from meshcore.configclient import ConfigClient, NodeCredential
 from meshcore.meshstate import Workload
 from node_agent import nft, pods, podscan, reconcile, tc
 from node_agent.cgroupwatch import CgroupWatch
+from node_agent.cniserver import CniAdd, CniServer
 from node_agent.maps import Maps
 from node_agent.programs import CGROUP_PROGRAMS, KernelFeatureError, Programs, attached
 
@@ -33,6 +35,8 @@ log = structlog.get_logger("node_agent")
 ENROLLED = Gauge("weft_agent_enrolled_pods", "Pods on this node captured by the mesh.")
 PENDING = Gauge("weft_agent_pending_pods", "Enrolled pods whose namespace is not found yet.")
 HELD = Gauge("weft_agent_held_pods", "Pods running here the controller has not told about yet.")
+CNI_POD_TTL = 120.0  # a pod the CNI plugin told about whose sandbox never showed a process
+
 RECONCILES = Counter("weft_agent_reconciles", "Map reconciliations that changed something.")
 
 OUTBOUND_PORT = 15001
@@ -63,6 +67,7 @@ class AgentConfig:
     # pod's veth, found from its netns (Kubernetes, any veth CNI). See node_agent/veths.py.
     pod_devices: str = "all-veths"
     watch_cgroups: bool = True  # inotify on the pods cgroup tree; off: the 1 s pass only
+    cni_socket: Path | None = None  # where the weft-cni plugin waits for new pods (cniserver)
 
 
 class NodeAgent:
@@ -88,6 +93,10 @@ class NodeAgent:
         self.held: dict[str, reconcile.DesiredPod] = {}
         self.host_cookie = pods.own_netns_cookie()
         self.watch = CgroupWatch(config.pods_cgroup, self._dirty.set)
+        self.wanted: set[str] = set()  # uids the last pass meant to capture (enrolled or held)
+        self.cni_pods: dict[str, tuple[float, podscan.FoundPod]] = {}  # told by the plugin
+        self._reconciling = asyncio.Lock()
+        self.cni = CniServer(config.cni_socket, self.on_cni_add) if config.cni_socket else None
 
     async def start(self) -> None:
         done = await asyncio.to_thread(self.programs.ensure_attached)
@@ -111,7 +120,34 @@ class NodeAgent:
             log.warning(
                 "cgroupwatch.unavailable", root=str(self.config.pods_cgroup), error=str(err)
             )
+        if self.cni is not None:
+            await self.cni.start()
         await self._start_http()
+
+    async def on_cni_add(self, request: CniAdd) -> str:
+        """The weft-cni plugin's ADD: answer only once the new pod is in the capture maps
+        when it should be (enrolled, or held while unknown); "" when done, else why not."""
+        if not self.ready or self.maps is None:
+            return "the node agent is not synced with the controller yet"
+        try:
+            pod = await asyncio.to_thread(
+                podscan.read_netns, request.pod_uid, request.netns, self.host_cookie
+            )
+        except (OSError, NetlinkError) as err:
+            return f"cannot read the pod's netns {request.netns}: {err}"
+        if pod.host_network:
+            return ""
+        if not pod.ip and request.ips:
+            pod = dataclasses.replace(pod, ip=request.ips[0])
+        self.cni_pods[request.pod_uid] = (time.monotonic(), pod)
+        async with self._reconciling:
+            await self.reconcile()
+        if request.pod_uid not in self.wanted:
+            return ""  # known and not enrolled, or not held: nothing to wait for
+        cookie = self.cookies.get(request.pod_uid)
+        if cookie is None or cookie not in self.maps.read_enrolled():
+            return f"{request.label} is not in the capture maps yet"
+        return ""
 
     def _setup_inbound(self) -> None:
         """Steering route, and the inbound program on the underlay device (traffic from
@@ -181,7 +217,8 @@ class NodeAgent:
             await self.client.synced.wait()
             log.info("agent.synced", node=self.config.node, version=self.client.version)
             while True:
-                await self.reconcile()
+                async with self._reconciling:
+                    await self.reconcile()
                 self.ready = True
                 # A periodic pass also picks up pods whose processes just started.
                 with contextlib.suppress(TimeoutError):
@@ -193,9 +230,15 @@ class NodeAgent:
 
     async def reconcile(self) -> None:
         assert self.maps is not None
-        self.found = await asyncio.to_thread(
+        scanned = await asyncio.to_thread(
             podscan.scan, self.config.pods_cgroup, self.found, self.host_cookie
         )
+        now = time.monotonic()
+        for uid, (at, _pod) in list(self.cni_pods.items()):
+            if uid in scanned or now - at > CNI_POD_TTL:
+                del self.cni_pods[uid]
+        # Pods the CNI plugin told about count as found until their cgroup shows a process.
+        self.found = {**{uid: pod for uid, (_at, pod) in self.cni_pods.items()}, **scanned}
         await asyncio.to_thread(self.attach_pod_devices)
         desired = reconcile.desired_pods(self.client.state, self.config.node)
         # A hostNetwork pod shares the node's netns: enrolling it would capture the node.
@@ -206,6 +249,7 @@ class NodeAgent:
             self.held = podscan.unknown_pods(self.found, known)
             desired = {**self.held, **desired}
             HELD.set(len(self.held))
+        self.wanted = set(desired)
         for uid in list(self.cookies):
             if uid not in desired:
                 self.names.pop(self.cookies.pop(uid), None)
@@ -274,6 +318,8 @@ class NodeAgent:
 
     async def stop(self) -> None:
         self.watch.close()
+        if self.cni is not None:
+            await self.cni.stop()
         for runner in self._runners:
             await runner.cleanup()
 

@@ -68,6 +68,13 @@ def cli() -> None:
     help="Reconcile as soon as a pod or container cgroup appears (inotify), not only every 1 s.",
 )
 @click.option(
+    "--cni-socket",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Serve the weft-cni plugin here (e.g. /var/run/weft/cni.sock): a new pod's sandbox "
+    "is handed back to the runtime only once the pod is in the capture maps.",
+)
+@click.option(
     "--hold-unknown-pods/--no-hold-unknown-pods",
     default=False,
     show_default=True,
@@ -103,6 +110,7 @@ def run(
     pods_cgroup: Path,
     pod_devices: str,
     watch_cgroups: bool,
+    cni_socket: Path | None,
     hold_unknown_pods: bool,
     system_cgroup: Path,
     admin_socket: Path | None,
@@ -138,6 +146,7 @@ def run(
         excluded_ports=frozenset(excluded),
         hold_unknown_pods=hold_unknown_pods,
         watch_cgroups=watch_cgroups,
+        cni_socket=cni_socket,
         pod_devices=pod_devices,
     )
 

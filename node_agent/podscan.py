@@ -69,6 +69,17 @@ def read_pod(
     return FoundPod(uid, cgroup, cookie, False, ip, device)
 
 
+def read_netns(uid: str, netns: str, host_cookie: int) -> FoundPod:
+    """A pod read from its netns path (the CNI plugin's CNI_NETNS), before it has a process."""
+    cookie, side = run_in_netns(netns, _cookie_and_side)
+    if cookie == host_cookie:
+        return FoundPod(uid, Path(), cookie, host_network=True)
+    with IPRoute() as ipr:
+        host_links = veths.read_host_links(ipr)
+    device = veths.host_peer(side.interface, host_links) if side.interface else None
+    return FoundPod(uid, Path(), cookie, False, side.addresses[0] if side.addresses else "", device)
+
+
 def scan(root: Path, previous: Mapping[str, FoundPod], host_cookie: int) -> dict[str, FoundPod]:
     """Every pod under `root` with a process, re-reading only new or incomplete ones."""
     cgroups = pods.pod_cgroups(root)

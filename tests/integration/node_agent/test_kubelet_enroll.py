@@ -179,6 +179,10 @@ class Node:
     namespaces: list[str]
     count: int = 0
 
+    @property
+    def cni_socket(self) -> Path:
+        return self.work / "cni.sock"
+
     def start_agent(self, *extra: str) -> Agent:
         sock = self.work / f"agent-{len(self.started)}.sock"
         log = self.work / f"agent-{len(self.started)}.log"
@@ -195,6 +199,7 @@ class Node:
             "--admin-addr", "",
             "--metrics-addr", "",
             "--hold-unknown-pods",
+            "--cni-socket", str(self.cni_socket),
             *extra,
         ]  # fmt: skip
         with open(log, "wb") as out:
@@ -356,6 +361,92 @@ def test_a_host_network_pod_is_neither_enrolled_nor_held(node: Node, agent: Agen
     status = agent.status()
     assert uid not in status["held"]
     assert not any(uid in e["pod"] for e in status["enrolled"])
+
+
+# --- the CNI plugin: the sandbox is handed back only once the pod is captured -----------
+
+
+def cni_add(
+    node: Node, uid: str, namespace: str, name: str, ip: str, pod_ns: str
+) -> dict[str, Any]:
+    """Run node_agent/cniplugin.py as the runtime would, chained after a CNI that gave `ip`."""
+    prev = {"cniVersion": "1.0.0", "ips": [{"address": f"{ip}/32", "interface": 0}]}
+    config = {
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "weft-cni",
+        "agent_socket": str(node.cni_socket),
+        "prevResult": prev,
+    }
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "abc",
+        "CNI_NETNS": f"/run/netns/{pod_ns}",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/opt/cni/bin",
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uid}",
+    }
+    plugin = Path(pods.__file__).with_name("cniplugin.py")
+    proc = subprocess.run(
+        [sys.executable, str(plugin)],
+        input=json.dumps(config),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    out = json.loads(proc.stdout)
+    assert (proc.returncode == 0) == ("code" not in out), proc.stdout + proc.stderr
+    return dict(out)
+
+
+@pytest.mark.parametrize(
+    ("declared", "namespace"), [(False, "shop"), (True, "shop")], ids=["unknown", "known"]
+)
+def test_the_cni_add_returns_only_once_the_pod_is_in_the_capture_map(
+    node: Node, agent: Agent, declared: bool, namespace: str
+) -> None:
+    uid, ip, container, pod_ns = node.new_pod()
+    name = f"cni-{node.count}"
+    if declared:
+        node.declare(name, namespace, uid, ip)
+        until("known", lambda: f"{namespace}/{name}" in agent.status()["pending"])
+    cookie = run_in_netns(f"/run/netns/{pod_ns}", pods.own_netns_cookie)
+    out = cni_add(node, uid, namespace, name, ip, pod_ns)
+    assert out["ips"][0]["address"] == f"{ip}/32"  # the previous result, passed on
+    enrolled = EnrolledMap()
+    try:
+        assert cookie in enrolled  # no process of the pod exists yet: captured before it runs
+    finally:
+        enrolled.close()
+    assert pods.first_pid(container.parent) is None
+    node.run(container, pod_ns)  # the sandbox's process appears: the entry stays
+    until(
+        "found",
+        lambda: any(p["uid"] == uid and p["cgroup"] != "." for p in agent.status()["pods_found"]),
+    )
+    assert cookie in agent.enrolled().values()
+
+
+def test_the_cni_add_of_a_known_unenrolled_pod_returns_without_capturing_it(
+    node: Node, agent: Agent
+) -> None:
+    uid, ip, _container, pod_ns = node.new_pod()
+    node.declare("cni-plain", "plain", uid, ip)
+    until(
+        "known",
+        lambda: (
+            "plain/cni-plain" not in agent.status()["pending"] and uid not in agent.status()["held"]
+        ),
+    )
+    cookie = run_in_netns(f"/run/netns/{pod_ns}", pods.own_netns_cookie)
+    cni_add(node, uid, "plain", "cni-plain", ip, pod_ns)
+    assert cookie not in agent.enrolled().values()
+
+
+def test_the_cni_add_fails_for_a_netns_the_agent_cannot_read(node: Node, agent: Agent) -> None:
+    out = cni_add(node, str(uuid.uuid4()), "shop", "ghost", "10.9.9.9", f"weft-ke-{RUN_ID}-absent")
+    assert out["code"] == 11 and "cannot read the pod's netns" in out["msg"]
 
 
 # --- the window: first process -> in the capture map ------------------------------------
