@@ -85,7 +85,14 @@ def cli() -> None:
     "--system-cgroup",
     required=True,
     type=click.Path(path_type=Path),
-    help="The cgroup v2 subtree where ztunnel runs.",
+    help="The cgroup v2 subtree where ztunnel runs; `auto`: the pod cgroup the agent runs in "
+    "(the node DaemonSet's pod, shared with ztunnel).",
+)
+@click.option(
+    "--underlay-device",
+    default=AgentConfig.underlay_device,
+    show_default=True,
+    help="The node's own network device, where traffic from other nodes comes in.",
 )
 @nodeoptions.ADMIN_SOCKET
 @nodeoptions.admin_addr(AgentConfig.admin_addr)
@@ -113,6 +120,7 @@ def run(
     cni_socket: Path | None,
     hold_unknown_pods: bool,
     system_cgroup: Path,
+    underlay_device: str,
     admin_socket: Path | None,
     admin_addr: str,
     metrics_addr: str,
@@ -130,6 +138,12 @@ def run(
         except (KubeletLayoutError, OSError) as err:
             raise click.ClickException(str(err)) from None
         log.info("agent.pods_cgroup", path=str(pods_cgroup))
+    if str(system_cgroup) == "auto":
+        try:
+            system_cgroup = pods.own_pod_cgroup(pods_cgroup)
+        except KubeletLayoutError as err:
+            raise click.ClickException(str(err)) from None
+        log.info("agent.system_cgroup", path=str(system_cgroup))
     if pod_devices == "auto":
         pod_devices = "from-netns" if is_kubelet_root(pods_cgroup) else "all-veths"
     config = AgentConfig(
@@ -147,6 +161,7 @@ def run(
         hold_unknown_pods=hold_unknown_pods,
         watch_cgroups=watch_cgroups,
         cni_socket=cni_socket,
+        underlay_device=underlay_device,
         pod_devices=pod_devices,
     )
 

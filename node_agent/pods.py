@@ -84,6 +84,24 @@ def cgroup_netns_cookie(cgroup: Path) -> int | None:
         return None  # the process just exited
 
 
+def own_pod_cgroup(pods_cgroup: Path, pid: int | None = None) -> Path:
+    """`--system-cgroup auto`: the pod cgroup this process runs in (the node DaemonSet's pod,
+    which ztunnel shares), found by looking for its pid (hostPID: the host's) under the pods
+    root; KubeletLayoutError when it is not there."""
+    wanted = str(os.getpid() if pid is None else pid)
+    for cgroup in pod_cgroups(pods_cgroup).values():
+        for dirpath, _dirs, _files in os.walk(cgroup):
+            try:
+                if wanted in (Path(dirpath) / "cgroup.procs").read_text().split():
+                    return cgroup
+            except FileNotFoundError:
+                continue
+    raise kubelet.KubeletLayoutError(
+        f"--system-cgroup auto: process {wanted} is in no pod cgroup under {pods_cgroup}; "
+        "run the agent in the node DaemonSet's pod (hostPID) or pass --system-cgroup PATH"
+    )
+
+
 def auto_root(mountinfo: Path = Path("/proc/self/mountinfo")) -> Path:
     """`--pods-cgroup auto`: the kubelet's pods root under a cgroup v2 mount of this process
     (node_agent/kubelet.py says where it looks); KubeletLayoutError when there is none."""

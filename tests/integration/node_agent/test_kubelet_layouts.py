@@ -246,6 +246,19 @@ def test_each_layouts_pod_cgroup_is_found_by_uid(node: dict[str, Pod], name: str
 
 
 @pytest.mark.parametrize("name", PODS)
+def test_system_cgroup_auto_finds_the_pod_a_process_runs_in(
+    node: dict[str, Pod], name: str
+) -> None:
+    pod = node[name]
+    assert pods.own_pod_cgroup(pod.root, pod.proc.pid) == pod.cgroup
+
+
+def test_system_cgroup_auto_outside_any_pod_says_so(node: dict[str, Pod]) -> None:
+    with pytest.raises(kubelet.KubeletLayoutError, match="--system-cgroup PATH"):
+        pods.own_pod_cgroup(node["systemd-guaranteed"].root)  # the test runs in no pod
+
+
+@pytest.mark.parametrize("name", PODS)
 def test_each_layouts_netns_cookie_is_the_pods_own(node: dict[str, Pod], name: str) -> None:
     pod = node[name]
     expected = run_in_netns(f"/run/netns/{pod.netns}", pods.own_netns_cookie)
