@@ -222,6 +222,8 @@ def install(
         if wait:
             _wait_rollouts(kube, rest, deadline, timeout)
         click.echo("weft is installed")
+    except KubeError as err:  # while waiting: the API server went away, say
+        raise click.ClickException(str(err)) from None
     finally:
         kube.close()
 
@@ -279,15 +281,16 @@ def uninstall(
                 errors.append(str(err))
                 click.echo(f"error: {err}", err=True)
         if wait:
-            errors.extend(
-                f"{item.ref} still there after {timeout:g}s"
-                for item in deleted
-                if not _wait_gone(kube, item.ref, deadline)
-            )
+            for item in deleted:
+                if not _wait_gone(kube, item.ref, deadline):
+                    errors.append(f"{item.ref} still there after {timeout:g}s")
+                    click.echo(f"error: {errors[-1]} (finalizers: kubectl get -o yaml)", err=True)
         if errors:
             raise click.ClickException(f"{len(errors)} object(s) not removed (listed above)")
         if not purge_crds:
             click.echo("weft's CRDs are kept (weftctl uninstall --purge-crds removes them)")
+    except KubeError as err:
+        raise click.ClickException(str(err)) from None
     finally:
         kube.close()
 
@@ -295,17 +298,11 @@ def uninstall(
 def _wait_gone(kube: KubeApi, ref: ObjectRef, deadline: float) -> bool:
     """Poll until the object is gone (finalizers done); False at the deadline."""
     said = False
-    while True:
-        try:
-            if kube.get(ref) is None:
-                return True
-        except KubeError as err:
-            if err.reason == "NotServed":
-                return True  # its CRD went first, and the object with it
-            raise
+    while kube.get(ref) is not None:  # None too once its CRD went, and the object with it
         if not said:
             click.echo(f"{ref}: waiting until it is gone")
             said = True
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL_SECONDS)
+    return True

@@ -1,9 +1,10 @@
 """`weftctl install` / `uninstall` / `precheck` against a real Kubernetes API server
 (tests/kubeapi.py: etcd and an API server built from Kubernetes' own libraries).
 
-That server runs no controllers: no Deployment ever becomes available and no Namespace
-finishes terminating, so these tests install with --no-wait (and check that --wait gives up
-at its timeout, naming what it waited for). They run the manifests the user would install
+That server runs no controllers: no Deployment ever becomes available, and a deleted
+Namespace goes at once, leaving its content (no namespace controller), so these tests install
+with --no-wait, check that the waits give up at their timeout naming what they waited for,
+and clean up by deleting each object. They run the manifests the user would install
 (daemonset/, once it has its kustomization) and a small tree of the same shape that does not
 depend on daemonset/'s progress."""
 
@@ -189,7 +190,7 @@ def known_refs() -> list[ObjectRef]:
 
 def reset(kube: KubeApi) -> None:
     """Remove what the tests made, playing the namespace controller the test server lacks:
-    the namespace's content first, then the namespace, then its finalizer."""
+    the namespace's content first, then the namespace (and its finalizer, if any)."""
     refs = known_refs()
     for ref in refs:
         if ref.kind != "Namespace":
@@ -398,7 +399,7 @@ def test_uninstall_removes_in_reverse_and_keeps_crds_unless_purged(
         if item.ref.is_crd:
             assert live is not None, f"{item.ref} was removed without --purge-crds"
         elif item.ref.kind == "Namespace":
-            # No namespace controller here: it stays Terminating, as a cluster's would briefly.
+            # Terminating on a real cluster until its content is gone; gone at once here.
             assert live is None or live["metadata"].get("deletionTimestamp")
         else:
             assert live is None, f"{item.ref} is still there"
@@ -421,6 +422,51 @@ def test_uninstall_removes_in_reverse_and_keeps_crds_unless_purged(
             assert live is None or live["metadata"].get("deletionTimestamp"), item.ref
     again = run(uninstall, "--kubeconfig", kubeconfig, "--manifests", str(manifests), "--no-wait")
     assert again.exit_code == 0, again.output  # nothing left is not an error
+
+
+def test_uninstall_waits_for_finalizers_only_until_its_timeout(
+    server: KubeAPI, kube: KubeApi, tmp_path: Path, clean: None
+) -> None:
+    """A finalizer nobody removes (as a stuck controller's would) holds the ClusterRole.
+    (Cluster-scoped: the test server removes a Namespace at once, leaving its content.)"""
+    tree = dict(SMALL_TREE)
+    rbac = [dict(d) for d in SMALL_TREE["rbac.yaml"]]
+    role = next(d for d in rbac if d["kind"] == "ClusterRole")
+    role["metadata"] = {**role["metadata"], "finalizers": [f"weft.dev/test-hold-{RUN_ID}"]}
+    tree["rbac.yaml"] = rbac
+    manifests = write_tree(tmp_path / "m", tree)
+    kubeconfig = str(server.kubeconfig)
+    held = ObjectRef("rbac.authorization.k8s.io/v1", "ClusterRole", "weft-controller")
+    try:
+        assert (
+            run(
+                install, "--kubeconfig", kubeconfig, "--manifests", str(manifests), "--no-wait"
+            ).exit_code
+            == 0
+        )
+        started = time.monotonic()
+        waited = CliRunner().invoke(
+            uninstall, ["--kubeconfig", kubeconfig, "--manifests", str(manifests), "--timeout", "2"]
+        )
+        assert waited.exit_code == 1, waited.output
+        assert "ClusterRole weft-controller still there after 2s" in waited.output
+        assert time.monotonic() - started < 30
+        assert (
+            kube.get(ObjectRef("apps/v1", "Deployment", "weft-controller", "weft-system")) is None
+        )
+    finally:
+        kube.request(
+            "PATCH",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles/weft-controller",
+            "release the test finalizer",
+            body={"metadata": {"finalizers": None}},
+            content_type="application/merge-patch+json",
+        )
+    for _ in range(50):  # bounded: removing the last finalizer ends the deletion
+        if kube.get(held) is None:
+            break
+        time.sleep(0.1)
+    assert kube.get(held) is None
 
 
 def test_precheck_reads_the_cluster(server: KubeAPI) -> None:
