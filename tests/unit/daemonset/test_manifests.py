@@ -179,7 +179,8 @@ def test_the_node_agent_and_ztunnel_take_their_arguments() -> None:
     assert ztunnel["command"] == ["python", "-m", "ztunnel"]
     params = _invoke(agent_run, agent["args"][1:])
     _node_common(agent["args"], params)
-    assert str(params["pods_cgroup"]) == "auto"
+    assert str(params["pods_cgroup"]) == str(params["system_cgroup"]) == "auto"
+    assert params["hold_unknown_pods"] is True  # no pod of an enrolled namespace unprotected
     assert params["node_ip"] == "$(NODE_IP)"
     assert str(params["pin_dir"]).startswith("/sys/fs/bpf/")
     params = _invoke(ztunnel_run, ztunnel["args"][1:])
