@@ -10,6 +10,7 @@ is an error, not a silent no-op.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ from weftctl.manifests import Manifest
 
 WEFT_REPOSITORY = "ghcr.io/weft-mesh/weft"
 TRUST_DOMAIN_FLAG = "--trust-domain"
+WAYPOINT_IMAGE_FLAG = "--waypoint-image"  # controller/main.py: the image of waypoint pods
+CONTROLLER_MODULE = "controller"
 MESH_CONFIG_MAP = "weft"
 MESH_KEY = "mesh"
 CRD_KIND = "CustomResourceDefinition"
@@ -121,6 +124,11 @@ def containers(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield f"{field}[{i}]", c
 
 
+def _runs_module(container: dict[str, Any], module: str) -> bool:
+    argv = [*(container.get("command") or ()), *(container.get("args") or ())]
+    return any(a == "-m" and b == module for a, b in itertools.pairwise(argv))
+
+
 def _patch_image(items: list[Rendered], image: str) -> None:
     patched = 0
     for item in items:
@@ -129,6 +137,11 @@ def _patch_image(items: list[Rendered], image: str) -> None:
             if isinstance(current, str) and repository(current) == WEFT_REPOSITORY:
                 c["image"] = image
                 patched += 1
+                if _runs_module(c, CONTROLLER_MODULE):
+                    # The waypoints the controller deploys run the same image.
+                    args = c.setdefault("args", [])
+                    if not _set_flag(args, WAYPOINT_IMAGE_FLAG, image):
+                        args.extend([WAYPOINT_IMAGE_FLAG, image])
     if not patched:
         raise RenderError(
             f"--image: no container in the manifests runs {WEFT_REPOSITORY}, nothing to replace"

@@ -13,7 +13,13 @@ import yaml
 from click.testing import CliRunner
 
 from weftctl.install import install
-from weftctl.manifests import DEFAULT_DIR, ManifestSourceError, load, manifests_dir
+from weftctl.manifests import (
+    DEFAULT_DIR,
+    Manifest,
+    ManifestSourceError,
+    load,
+    manifests_dir,
+)
 from weftctl.render import (
     RenderError,
     RenderSettings,
@@ -172,6 +178,29 @@ def test_image_replaces_every_weft_container_and_nothing_else(tree: Path) -> Non
     assert node["initContainers"][0]["image"] == "registry.local/weft:dev"
     assert [c["image"] for c in node["containers"]] == ["registry.local/weft:dev"] * 2
     assert by["ConfigMap weft-system/weft"]["data"]["note"] == f"cluster.local {IMAGE}"
+
+
+def test_image_also_goes_to_the_waypoints_the_controller_deploys(tmp_path: Path) -> None:
+    controller = json.loads(json.dumps(CONTROLLER))
+    main = controller["spec"]["template"]["spec"]["containers"][0]
+    main["command"] = ["python", "-m", "controller"]
+    main["args"] = ["run", "--trust-domain", "cluster.local"]
+    given = json.loads(json.dumps(controller))
+    given["metadata"]["name"] = "given"
+    given["spec"]["template"]["spec"]["containers"][0]["args"] += ["--waypoint-image", IMAGE]
+    root = write_tree(
+        tmp_path, {"kustomization.yaml": {"resources": ["d.yaml"]}, "d.yaml": [controller, given]}
+    )
+    items = render(load(root), RenderSettings(image="r/weft:2"))
+    args = [i.obj["spec"]["template"]["spec"]["containers"][0]["args"] for i in items]
+    assert args == [
+        ["run", "--trust-domain", "cluster.local", "--waypoint-image", "r/weft:2"],
+        ["run", "--trust-domain", "cluster.local", "--waypoint-image", "r/weft:2"],
+    ]
+    # the node's containers (python -m node_agent) take no such flag
+    node = render([Manifest("n", NODE)], RenderSettings(image="r/weft:2"))[0].obj
+    agent = node["spec"]["template"]["spec"]["containers"][0]
+    assert "args" not in agent
 
 
 def test_rendering_never_changes_the_loaded_objects(tree: Path) -> None:
