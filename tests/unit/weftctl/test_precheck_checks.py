@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from node_agent.programs import CGROUP_PROGRAMS
-from weftctl.precheck import cni_files
+from weftctl.precheck import cni_files, node_checks
 from weftctl.prechecks import (
     CAP_BPF,
     CAP_NET_ADMIN,
@@ -270,3 +270,23 @@ def test_istio() -> None:
 def test_exit_code_is_one_on_any_fail() -> None:
     assert exit_code([check_btf(False), check_kernel("6.1")]) == 0
     assert exit_code([check_btf(True), check_kernel("4.19")]) == 1
+
+
+def test_node_checks_read_a_node_tree(tmp_path: Path) -> None:
+    """The probing half, on a prepared tree shaped like a k3s node's /proc, /sys and CNI folder."""
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/mounts").write_text(f"{UNIFIED}\n{BPF}\n")
+    (tmp_path / "proc/self/status").write_text(
+        f"Name:\tweftctl\nCapEff:\t{caps(CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN):016x}\n"
+    )
+    (tmp_path / "sys/kernel/btf").mkdir(parents=True)
+    (tmp_path / "sys/kernel/btf/vmlinux").write_bytes(b"")
+    k3s = tmp_path / "var/lib/rancher/k3s/agent/etc/cni/net.d"
+    k3s.mkdir(parents=True)
+    (k3s / "10-flannel.conflist").write_text(json.dumps(K3S_FLANNEL))
+    checks = {c.name: c for c in node_checks(tmp_path)}
+    assert [checks[n].verdict for n in ("cgroup-v2", "btf", "bpffs", "cni")] == [OK] * 4
+    assert "10-flannel.conflist: Flannel" in checks["cni"].why
+    assert checks["capabilities"].verdict is OK  # read from the tree's status, not ours
+    (tmp_path / "proc/self/status").write_text("Name:\tweftctl\n")
+    assert {c.name: c for c in node_checks(tmp_path)}["capabilities"].verdict is WARN
