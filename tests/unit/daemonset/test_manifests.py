@@ -186,7 +186,9 @@ def test_the_node_agent_and_ztunnel_take_their_arguments() -> None:
     params = _invoke(ztunnel_run, ztunnel["args"][1:])
     _node_common(ztunnel["args"], params)
     for c in (agent, ztunnel):
-        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
+        env = {
+            e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e
+        }
         assert env["NODE_NAME"] == "spec.nodeName"
         for var in re.findall(r"\$\((\w+)\)", " ".join(c["args"])):
             assert var in env, f"{c['name']}: $({var}) has no env"
