@@ -97,7 +97,7 @@ def test_values_land_where_the_processes_read_them() -> None:
             {
                 "name": "authz",
                 "envoyExtAuthzHttp": {"service": "authz.auth.svc.cluster.local", "port": 8000},
-            }  # fmt: skip
+            }
         ]
     }
     docs = render_chart(
