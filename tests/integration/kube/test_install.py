@@ -328,7 +328,12 @@ def test_install_patches_settings_onto_the_live_objects(
     assert deployment is not None
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.local/weft:dev"
-    assert container["args"][-2:] == ["--trust-domain", "example.org"]
+    assert container["args"][-4:] == [
+        "--trust-domain",
+        "example.org",
+        "--waypoint-image",
+        "registry.local/weft:dev",
+    ]
     cm = kube.get(ObjectRef("v1", "ConfigMap", "weft", "weft-system"))
     assert cm is not None and cm["data"]["mesh"] == "extensionProviders: []\n"
 
