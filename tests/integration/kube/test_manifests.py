@@ -25,6 +25,7 @@ from tests.kubeapi import KubeAPI, running_kube_api
 from tests.unit.daemonset import invalid
 from tests.unit.daemonset.crdschema import CRDS, DAEMONSET, load_crds
 from tests.unit.daemonset.examples import examples
+from tests.unit.daemonset.helmrender import render_chart
 
 pytestmark = [pytest.mark.integration, pytest.mark.kubernetes]
 
@@ -137,6 +138,26 @@ def test_every_manifest_passes_a_server_side_dry_run(api: KubeAPI) -> None:
     # nothing was created by the dry run
     apps = k8s.AppsV1Api(api.api_client)
     assert apps.list_namespaced_daemon_set("weft-system").items == []
+
+
+def test_the_helm_charts_objects_pass_a_server_side_dry_run(api: KubeAPI) -> None:
+    """`helm template | kubectl apply --dry-run=server`, with the chart rendered by
+    tests/unit/daemonset/helmrender.py (no helm binary here), default and custom values."""
+    kubectl(api, "apply", "--server-side", "-f", str(DAEMONSET / "namespace.yaml"))
+    for values in (
+        {},
+        {"trustDomain": "example.org", "ca": {"pluginSecret": "weft-ca"}, "logLevel": "debug",
+         "meshConfig": {"extensionProviders": [
+             {"name": "a", "envoyExtAuthzGrpc": {"service": "a.b.svc.cluster.local", "port": 9000}}
+         ]}},
+    ):  # fmt: skip
+        docs = render_chart(DAEMONSET / "helm" / "weft", values)
+        text = yaml.safe_dump_all(docs)
+        done = kubectl(
+            api, "apply", "--server-side", "--dry-run=server", "--validate=strict", "-f", "-",
+            input_text=text,
+        )  # fmt: skip
+        assert len([line for line in done.stdout.splitlines() if line.strip()]) == len(docs)
 
 
 def _plural(kind: str) -> tuple[str, str]:

@@ -130,6 +130,7 @@ def test_values_land_where_the_processes_read_them() -> None:
     p = params(controller_run, controller["args"])
     assert p["trust_domain"] == "example.org"
     assert str(p["plugin_ca"]) == "/etc/weft/ca"
+    assert p["waypoint_image"] == "registry.example/weft:9.9.9"
     volumes = _find(docs, "Deployment", "weft-controller")["spec"]["template"]["spec"]["volumes"]
     assert {"name": "plugin-ca"} | {"secret": {"secretName": "my-ca", "optional": True,
                                                "defaultMode": 0o440}} in volumes  # fmt: skip

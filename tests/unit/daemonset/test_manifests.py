@@ -129,6 +129,7 @@ def test_the_controller_takes_its_arguments() -> None:
     assert params["kubeconfig"] is None  # in-cluster
     assert str(params["state_dir"]) == "/var/lib/weft/controller"
     assert params["node_service_account"] == NODE_SA
+    assert params["waypoint_image"] == c["image"]
     assert params["bootstrap_listen"] == "0.0.0.0:15013"
     assert set(params["serving_addresses"]) == {
         "weft-controller.weft-system.svc",
@@ -180,7 +181,9 @@ def test_the_node_agent_and_ztunnel_take_their_arguments() -> None:
     params = _invoke(agent_run, agent["args"][1:])
     _node_common(agent["args"], params)
     assert str(params["pods_cgroup"]) == str(params["system_cgroup"]) == "auto"
-    assert params["hold_unknown_pods"] is True  # no pod of an enrolled namespace unprotected
+    # not held: the agent cannot tell a new controller pod from any unknown pod, and holding
+    # it would keep the mesh from ever learning of it (daemonset/README.md)
+    assert params["hold_unknown_pods"] is False
     assert params["node_ip"] == "$(NODE_IP)"
     assert str(params["pin_dir"]).startswith("/sys/fs/bpf/")
     params = _invoke(ztunnel_run, ztunnel["args"][1:])
