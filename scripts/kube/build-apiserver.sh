@@ -11,6 +11,7 @@
 #
 #   scripts/kube/build-apiserver.sh            build if needed, print the apiserver binary path
 #   scripts/kube/build-apiserver.sh --kubectl  the same, but print kubectl's path
+# Exit status: 0 built (or cached), 3 Debian's archive unreachable, 1 any other failure.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,6 +23,8 @@ WANT="apiserver"
 
 say() { printf '[build-apiserver] %s\n' "$*" >&2; }
 die() { printf '[build-apiserver] error: %s\n' "$*" >&2; exit 1; }
+# Exit status 3: Debian's archive cannot be reached (tests skip, naming why); 1: anything else.
+unreachable() { printf '[build-apiserver] error: %s\n' "$*" >&2; exit 3; }
 
 pins_hash="$(sha256sum "$PINS" | cut -c1-16)"
 src_hash="$(cat "$PINS" "$HERE/build-apiserver.sh" "$HERE"/apiserver/*.go | sha256sum | cut -c1-16)"
@@ -52,11 +55,11 @@ if [[ ! -f "$ROOTDIR/.complete" ]]; then
     -o "Dir::State::Lists=$APT/lists" -o "Dir::Cache=$APT/cache" -o "Dir::State::status=$APT/status"
     -o Debug::NoLocking=1 -o APT::Architecture=amd64 -o Acquire::Languages=none -o APT::Sandbox::User=root)
   say "fetching Debian unstable's package index from $MIRROR (private apt state in $APT)"
-  apt-get "${apt_opts[@]}" -qq update || die "cannot reach Debian's archive at $MIRROR (set WEFT_DEBIAN_MIRROR to a mirror)"
+  apt-get "${apt_opts[@]}" -qq update || unreachable "cannot reach Debian's archive at $MIRROR (set WEFT_DEBIAN_MIRROR to a mirror)"
   mapfile -t pkgs < <(grep -v '^#' "$PINS" | grep .)
   say "downloading ${#pkgs[@]} pinned packages"
   (cd "$APT/debs-$pins_hash" && apt-get "${apt_opts[@]}" -qq download "${pkgs[@]}") \
-    || die "apt-get download failed: a pinned version may have left unstable; update $PINS (see docs/kubernetes-test-apiserver.md)"
+    || unreachable "apt-get download failed: a pinned version may have left unstable; update $PINS (see docs/kubernetes-test-apiserver.md)"
   rm -rf "$ROOTDIR"
   mkdir -p "$ROOTDIR"
   say "unpacking into $ROOTDIR"
@@ -87,7 +90,12 @@ go build -o "$BUILD/openapi-gen" k8s.io/kube-openapi/cmd/openapi-gen
   k8s.io/apimachinery/pkg/apis/meta/v1 k8s.io/apimachinery/pkg/runtime k8s.io/apimachinery/pkg/util/intstr \
   k8s.io/apimachinery/pkg/api/resource k8s.io/apimachinery/pkg/version)
 say "building weft-kube-apiserver"
-(cd "$PKG" && go build -trimpath -o "$BIN.tmp" .)
+# Report the Kubernetes version the libraries are (golang-k8s-apiserver-dev 0.36.x is 1.36.x).
+minor_patch="$(sed -n 's/^golang-k8s-apiserver-dev=0\.\([0-9]*\.[0-9]*\).*/\1/p' "$PINS")"
+ver="k8s.io/component-base/version"
+ldflags="-X $ver.gitVersion=v1.$minor_patch -X $ver.gitMajor=1 -X $ver.gitMinor=${minor_patch%%.*}"
+ldflags+=" -X $ver.gitTreeState=clean -X $ver.buildDate=1970-01-01T00:00:00Z"
+(cd "$PKG" && go build -trimpath -ldflags "$ldflags" -o "$BIN.tmp" .)
 mv "$BIN.tmp" "$BIN"
 say "built $BIN in $((SECONDS - started))s"
 [[ "$WANT" == kubectl ]] && echo "$KUBECTL" || echo "$BIN"

@@ -188,3 +188,15 @@ func shareOpenAPI(server, crdServer *genericapiserver.GenericAPIServer) {
 		crdServer.StaticOpenAPISpec = server.StaticOpenAPISpec
 	}
 }
+
+// discoveryWithSlash answers /api/ and /apis/ as /api and /apis (kube-apiserver's aggregator
+// does; the Python client asks for /apis/).
+func discoveryWithSlash(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/" || r.URL.Path == "/apis/" {
+			r = r.Clone(r.Context())
+			r.URL.Path = strings.TrimSuffix(r.URL.Path, "/")
+		}
+		h.ServeHTTP(w, r)
+	})
+}

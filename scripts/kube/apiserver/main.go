@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -126,6 +127,9 @@ func run(ctx context.Context, f flags) error {
 	dyn, err := dynamic.NewForConfig(coreConfig.LoopbackClientConfig)
 	if err != nil {
 		return err
+	}
+	coreConfig.BuildHandlerChainFunc = func(h http.Handler, c *genericapiserver.Config) http.Handler {
+		return genericapiserver.DefaultBuildHandlerChain(discoveryWithSlash(h), c)
 	}
 	coreConfig.SharedInformerFactory = informers.NewSharedInformerFactory(client, 10*time.Minute)
 	// NamespaceLifecycle only: objects cannot be created in a namespace that does not exist.

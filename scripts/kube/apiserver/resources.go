@@ -46,6 +46,9 @@ type resource struct {
 	onUpdate func(obj, old runtime.Object)
 	// keepStatusOnCreate: a Node is registered by its kubelet with its status.
 	keepStatusOnCreate bool
+	// returnDeleted: DELETE answers with the object rather than a Status, as kube-apiserver
+	// does for these kinds (clients' generated code expects it).
+	returnDeleted bool
 }
 
 var (
@@ -67,16 +70,16 @@ func resources() []*resource {
 			}},
 		{gv: core, plural: "pods", singular: "pod", kind: "Pod", namespaced: true, status: true, shortNames: []string{"po"}, categories: []string{"all"},
 			newObj: func() runtime.Object { return &corev1.Pod{} }, newList: func() runtime.Object { return &corev1.PodList{} },
-			validName: dnsSubdomain, onCreate: podOnCreate, fields: podFields},
+			validName: dnsSubdomain, onCreate: podOnCreate, fields: podFields, returnDeleted: true},
 		{gv: core, plural: "services", singular: "service", kind: "Service", namespaced: true, status: true, shortNames: []string{"svc"}, categories: []string{"all"},
 			newObj: func() runtime.Object { return &corev1.Service{} }, newList: func() runtime.Object { return &corev1.ServiceList{} },
-			validName: dns1035, onCreate: serviceOnCreate, onUpdate: serviceOnUpdate},
+			validName: dns1035, onCreate: serviceOnCreate, onUpdate: serviceOnUpdate, returnDeleted: true},
 		{gv: core, plural: "endpoints", singular: "endpoints", kind: "Endpoints", namespaced: true, shortNames: []string{"ep"},
 			newObj: func() runtime.Object { return &corev1.Endpoints{} }, newList: func() runtime.Object { return &corev1.EndpointsList{} },
 			validName: dnsSubdomain},
 		{gv: core, plural: "serviceaccounts", singular: "serviceaccount", kind: "ServiceAccount", namespaced: true, shortNames: []string{"sa"},
 			newObj: func() runtime.Object { return &corev1.ServiceAccount{} }, newList: func() runtime.Object { return &corev1.ServiceAccountList{} },
-			validName: dnsSubdomain},
+			validName: dnsSubdomain, returnDeleted: true},
 		{gv: core, plural: "nodes", singular: "node", kind: "Node", status: true, shortNames: []string{"no"},
 			newObj: func() runtime.Object { return &corev1.Node{} }, newList: func() runtime.Object { return &corev1.NodeList{} },
 			validName: dnsSubdomain, keepStatusOnCreate: true},
@@ -166,6 +169,7 @@ func newStore(r *resource, getter generic.RESTOptionsGetter) (*genericregistry.S
 		UpdateStrategy:            s,
 		DeleteStrategy:            s,
 		ResetFieldsStrategy:       s,
+		ReturnDeletedObject:       r.returnDeleted,
 		TableConvertor:            rest.NewDefaultTableConvertor(gr),
 		PredicateFunc: func(label labels.Selector, field fields.Selector) storage.SelectionPredicate {
 			return storage.SelectionPredicate{Label: label, Field: field, GetAttrs: s.attrs}

@@ -78,6 +78,27 @@ func (s *strategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Object
 	}
 }
 
+// CheckGracefulDelete: a pod bound to a node is deleted gracefully, as kube-apiserver does: it
+// gets a deletionTimestamp (a MODIFIED event) and stays until kubelet, which tests play, deletes
+// it with gracePeriodSeconds=0. Unbound and finished pods, and every other kind, go at once.
+func (s *strategy) CheckGracefulDelete(ctx context.Context, obj runtime.Object, options *metav1.DeleteOptions) bool {
+	p, ok := obj.(*corev1.Pod)
+	if !ok || options == nil {
+		return false
+	}
+	period := int64(corev1.DefaultTerminationGracePeriodSeconds)
+	if options.GracePeriodSeconds != nil {
+		period = *options.GracePeriodSeconds
+	} else if p.Spec.TerminationGracePeriodSeconds != nil {
+		period = *p.Spec.TerminationGracePeriodSeconds
+	}
+	if p.Spec.NodeName == "" || p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded {
+		period = 0
+	}
+	options.GracePeriodSeconds = &period
+	return true
+}
+
 // generation: the kinds whose kube-apiserver strategy counts spec changes in
 // metadata.generation (workloads, pods since 1.33), not namespaces, nodes or services.
 func (r *resource) generation() bool {

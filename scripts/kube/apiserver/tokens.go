@@ -218,7 +218,9 @@ func (t *tokenSource) AuthenticateToken(ctx context.Context, token string) (*aut
 	info := serviceaccount.ServiceAccountInfo{Name: k.ServiceAccount.Name, Namespace: k.Namespace, UID: k.ServiceAccount.UID, CredentialID: "JTI=" + c.ID}
 	if k.Pod != nil {
 		pod, err := t.get(ctx, k.Namespace, "pods", k.Pod.Name)
-		if err != nil || string(pod.GetUID()) != k.Pod.UID || pod.GetDeletionTimestamp() != nil {
+		// As kube-apiserver: a token outlives its pod's deletionTimestamp by 60 s at most.
+		deleting := pod != nil && pod.GetDeletionTimestamp() != nil && pod.GetDeletionTimestamp().Time.Before(t.clock().Add(-60*time.Second))
+		if err != nil || string(pod.GetUID()) != k.Pod.UID || deleting {
 			return nil, false, fmt.Errorf("pod %s/%s (uid %s) the token is bound to is no longer valid", k.Namespace, k.Pod.Name, k.Pod.UID)
 		}
 		info.PodName, info.PodUID = k.Pod.Name, k.Pod.UID
@@ -399,7 +401,8 @@ func newAuthenticator(tokenFile string, tokens *tokenSource) (authenticator.Requ
 		return nil, fmt.Errorf("static token file %s: %w", tokenFile, err)
 	}
 	bearer := bearertoken.New(tokenunion.New(static, tokens))
-	return union.New(group.NewAuthenticatedGroupAdder(bearer), anonymous.NewAuthenticator(nil)), nil
+	// FailOnError, as kube-apiserver: a bad token is a 401, not an anonymous request.
+	return union.NewFailOnError(group.NewAuthenticatedGroupAdder(bearer), anonymous.NewAuthenticator(nil)), nil
 }
 
 // authenticatedAllowed: every authenticated user may do everything (no RBAC evaluation);
