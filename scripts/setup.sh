@@ -24,6 +24,7 @@ APT_PACKAGES=(
   iperf3 stunnel4 haproxy linux-headers-amd64
   redis-server  # Global RateLimitPolicy counters (the lab's, and the tests')
 )
+[[ -n "$EXTRAS" ]] && APT_PACKAGES+=(etcd-server)  # the test Kubernetes API server's store (tests/kubeapi.py)
 # tests/integration/test_vagrant.py: `vagrant validate` of the Vagrantfile, shellcheck of its scripts
 [[ -n "$EXTRAS" ]] && APT_PACKAGES+=(vagrant shellcheck)
 missing=()
@@ -70,4 +71,11 @@ say "installing weft into $VENV (pip install -e .$EXTRAS)"
 "$VENV/bin/pip" install -q --upgrade pip >/dev/null
 "$VENV/bin/pip" install -q -e "$ROOT$EXTRAS" || die "pip install failed"
 "$VENV/bin/python" -c 'import bcc, pyroute2' || die "the venv cannot import bcc and pyroute2"
+if [[ -n "$EXTRAS" ]]; then
+  # Built once from Debian unstable's packaged k8s.io libraries, then cached (a few minutes cold).
+  say "building the test Kubernetes API server (scripts/kube/build-apiserver.sh)"
+  rc=0; "$ROOT/scripts/kube/build-apiserver.sh" >/dev/null || rc=$?
+  ((rc == 3)) && say "warning: Debian's archive is unreachable; tests marked kubernetes will be skipped"
+  ((rc == 0 || rc == 3)) || die "scripts/kube/build-apiserver.sh failed"
+fi
 say "ready: $VENV/bin/weftctl"

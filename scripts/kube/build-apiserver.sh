@@ -78,7 +78,7 @@ PKG="$BUILD/src/weft-kube-apiserver"
 mkdir -p "$PKG/openapi"
 cp "$HERE"/apiserver/*.go "$PKG/"
 export GOROOT="$ROOTDIR/usr/lib/go-1.27" GOPATH="$BUILD:$ROOTDIR/usr/share/gocode" GO111MODULE=off \
-  GOPROXY=off GOFLAGS= GOTOOLCHAIN=local GOCACHE="$CACHE/gocache" CGO_ENABLED=0 GOTELEMETRY=off
+  GOPROXY=off GOFLAGS='' GOTOOLCHAIN=local GOCACHE="$CACHE/gocache" CGO_ENABLED=0 GOTELEMETRY=off
 export PATH="$GOROOT/bin:$PATH"
 say "building openapi-gen (kube-openapi) and generating the OpenAPI definitions of k8s.io/api"
 go build -o "$BUILD/openapi-gen" k8s.io/kube-openapi/cmd/openapi-gen
