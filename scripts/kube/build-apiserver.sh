@@ -97,5 +97,6 @@ ldflags="-X $ver.gitVersion=v1.$minor_patch -X $ver.gitMajor=1 -X $ver.gitMinor=
 ldflags+=" -X $ver.gitTreeState=clean -X $ver.buildDate=1970-01-01T00:00:00Z"
 (cd "$PKG" && go build -trimpath -ldflags "$ldflags" -o "$BIN.tmp" .)
 mv "$BIN.tmp" "$BIN"
+find "$CACHE/bin" -name 'weft-kube-apiserver-*' ! -path "$BIN" -delete # earlier sources' builds
 say "built $BIN in $((SECONDS - started))s"
 [[ "$WANT" == kubectl ]] && echo "$KUBECTL" || echo "$BIN"

@@ -462,3 +462,90 @@ spec:
     refused = kube_api.kubectl("apply", "--dry-run=server", "-f", str(manifest), check=False)
     assert refused.returncode != 0 and "imagee" in refused.stderr
     assert k8s.AppsV1Api(kube_api.api_client).list_namespaced_daemon_set(namespace).items == []
+
+
+def test_the_server_plays_the_defaults_weft_reads(kube_api: KubeAPI, namespace: str) -> None:
+    core = k8s.CoreV1Api(kube_api.api_client)
+    # The service-account controller's part: every namespace gets "default".
+    deadline = time.monotonic() + 10
+    while not any(
+        sa.metadata.name == "default"
+        for sa in core.list_namespaced_service_account(namespace).items
+    ):
+        assert time.monotonic() < deadline, "no default ServiceAccount within 10 s"
+        time.sleep(0.1)
+    svc = k8s.V1Service(
+        metadata=k8s.V1ObjectMeta(name="web"),
+        spec=k8s.V1ServiceSpec(
+            selector={"app": "web"}, ports=[k8s.V1ServicePort(name="http", port=80)]
+        ),
+    )
+    first = core.create_namespaced_service(namespace, svc)
+    second = core.create_namespaced_service(
+        namespace, k8s.V1Service(metadata=k8s.V1ObjectMeta(name="api"), spec=svc.spec)
+    )
+    assert (
+        first.spec.cluster_ip.startswith("10.96.")
+        and first.spec.cluster_ip != second.spec.cluster_ip
+    )
+    assert (first.spec.type, first.spec.ports[0].protocol, first.spec.ports[0].target_port) == (
+        "ClusterIP",
+        "TCP",
+        80,
+    )
+    with pytest.raises(ApiException) as immutable:
+        core.patch_namespaced_service("web", namespace, {"spec": {"clusterIP": "10.96.255.1"}})
+    assert immutable.value.status == 422 and "spec.clusterIP" in immutable.value.body
+
+    apps = k8s.AppsV1Api(kube_api.api_client)
+    deploy = {
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+            },
+        },
+    }
+    created = apps.create_namespaced_deployment(namespace, deploy)
+    assert created.metadata.generation == 1
+    apps.patch_namespaced_deployment_status(
+        "web", namespace, {"status": {"observedGeneration": 1, "readyReplicas": 1}}
+    )
+    bumped = apps.patch_namespaced_deployment("web", namespace, {"spec": {"replicas": 3}})
+    assert (bumped.metadata.generation, bumped.status.ready_replicas) == (2, 1)
+
+
+def test_server_side_apply_with_kubectl_tracks_field_managers(
+    kube_api: KubeAPI, namespace: str, tmp_path: Any
+) -> None:
+    manifest = tmp_path / "cm.yaml"
+    manifest.write_text(
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: weft-cfg, namespace: {namespace}}}\ndata: {{a: '1'}}\n"
+    )
+    kube_api.kubectl("apply", "--server-side", "--field-manager=weft-test", "-f", str(manifest))
+    core = k8s.CoreV1Api(kube_api.api_client)
+    core.patch_namespaced_config_map("weft-cfg", namespace, {"data": {"b": "2"}})
+    cm = core.read_namespaced_config_map("weft-cfg", namespace)
+    assert cm.data == {"a": "1", "b": "2"}
+    assert {"weft-test"} <= {m.manager for m in cm.metadata.managed_fields}
+    manifest.write_text(manifest.read_text().replace("a: '1'", "a: '3'"))
+    kube_api.kubectl("apply", "--server-side", "--field-manager=weft-test", "-f", str(manifest))
+    assert core.read_namespaced_config_map("weft-cfg", namespace).data == {"a": "3", "b": "2"}
+
+
+def test_deleting_a_namespace_deletes_what_was_in_it(kube_api: KubeAPI) -> None:
+    core = k8s.CoreV1Api(kube_api.api_client)
+    name = f"weft-{RUN_ID}-doomed"
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    core.create_namespaced_pod(name, pod("a"))
+    core.create_namespaced_config_map(name, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="c")))
+    core.delete_namespace(name)
+    deadline = time.monotonic() + 15
+    while core.list_namespaced_pod(name).items or core.list_namespaced_config_map(name).items:
+        assert time.monotonic() < deadline, "the namespace's objects were not deleted within 15 s"
+        time.sleep(0.2)
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(name, pod("late"))
+    assert refused.value.status == 404  # NamespaceLifecycle admission
