@@ -31,8 +31,6 @@ type strategy struct {
 	statusOnly bool
 }
 
-var _ = names.SimpleNameGenerator
-
 func (s *strategy) GenerateName(base string) string {
 	return names.SimpleNameGenerator.GenerateName(base)
 }
