@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
@@ -192,6 +193,17 @@ class KubeAPI:
         config.api_key = {"authorization": token}
         config.api_key_prefix = {"authorization": "Bearer"}
         return k8s.ApiClient(config)
+
+    def get_json(self, path: str, token: str | None = None) -> Any:
+        """GET `path` (e.g. "/api/v1/namespaces") as the admin or `token`; the decoded JSON."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_path))
+        headers = {
+            "Authorization": f"Bearer {token or self.admin_token}",
+            "Accept": "application/json",
+        }
+        req = urllib.request.Request(self.url + path, headers=headers)
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            return json.loads(resp.read())
 
     def compact_etcd(self) -> int:
         """Compact etcd's history up to its current revision as kube-apiserver does every 5

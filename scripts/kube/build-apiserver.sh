@@ -11,7 +11,8 @@
 #
 #   scripts/kube/build-apiserver.sh            build if needed, print the apiserver binary path
 #   scripts/kube/build-apiserver.sh --kubectl  the same, but print kubectl's path
-# Exit status: 0 built (or cached), 3 Debian's archive unreachable, 1 any other failure.
+# Exit status: 0 built (or cached), 3 Debian's archive unreachable, 1 any other failure (a
+# pinned version gone from unstable included: the pins need updating, tests must not skip).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,11 +56,11 @@ if [[ ! -f "$ROOTDIR/.complete" ]]; then
     -o "Dir::State::Lists=$APT/lists" -o "Dir::Cache=$APT/cache" -o "Dir::State::status=$APT/status"
     -o Debug::NoLocking=1 -o APT::Architecture=amd64 -o Acquire::Languages=none -o APT::Sandbox::User=root)
   say "fetching Debian unstable's package index from $MIRROR (private apt state in $APT)"
-  apt-get "${apt_opts[@]}" -qq update || unreachable "cannot reach Debian's archive at $MIRROR (set WEFT_DEBIAN_MIRROR to a mirror)"
+  apt-get "${apt_opts[@]}" -qq --error-on=any update || unreachable "cannot reach Debian's archive at $MIRROR (set WEFT_DEBIAN_MIRROR to a mirror)"
   mapfile -t pkgs < <(grep -v '^#' "$PINS" | grep .)
   say "downloading ${#pkgs[@]} pinned packages"
   (cd "$APT/debs-$pins_hash" && apt-get "${apt_opts[@]}" -qq download "${pkgs[@]}") \
-    || unreachable "apt-get download failed: a pinned version may have left unstable; update $PINS (see docs/kubernetes-test-apiserver.md)"
+    || die "apt-get download failed: a pinned version may have left unstable; update $PINS (see docs/kubernetes-test-apiserver.md)"
   rm -rf "$ROOTDIR"
   mkdir -p "$ROOTDIR"
   say "unpacking into $ROOTDIR"

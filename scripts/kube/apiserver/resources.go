@@ -11,6 +11,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	apimachineryvalidation "k8s.io/apimachinery/pkg/api/validation"
 	"k8s.io/apimachinery/pkg/api/validation/path"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -157,6 +158,19 @@ type installed struct {
 
 func (i *installed) store(gr schema.GroupResource) *genericregistry.Store { return i.byResource[gr] }
 
+// clearTypeMeta: objects read back from etcd keep the kind and apiVersion they were stored with;
+// kube-apiserver's conversion to its internal version drops them, so list items go out without.
+func clearTypeMeta(obj runtime.Object) {
+	if meta.IsListType(obj) {
+		_ = meta.EachListItem(obj, func(item runtime.Object) error {
+			item.GetObjectKind().SetGroupVersionKind(schema.GroupVersionKind{})
+			return nil
+		})
+		return
+	}
+	obj.GetObjectKind().SetGroupVersionKind(schema.GroupVersionKind{})
+}
+
 func newStore(r *resource, getter generic.RESTOptionsGetter) (*genericregistry.Store, *genericregistry.Store, error) {
 	s := &strategy{ObjectTyper: Scheme, r: r}
 	gr := r.gv.WithResource(r.plural).GroupResource()
@@ -171,6 +185,7 @@ func newStore(r *resource, getter generic.RESTOptionsGetter) (*genericregistry.S
 		ResetFieldsStrategy:       s,
 		ReturnDeletedObject:       r.returnDeleted,
 		TableConvertor:            rest.NewDefaultTableConvertor(gr),
+		Decorator:                 clearTypeMeta,
 		PredicateFunc: func(label labels.Selector, field fields.Selector) storage.SelectionPredicate {
 			return storage.SelectionPredicate{Label: label, Field: field, GetAttrs: s.attrs}
 		},

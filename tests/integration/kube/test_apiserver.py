@@ -64,6 +64,8 @@ def test_pods_and_namespaces_are_created_listed_and_watched(
     kube_api: KubeAPI, namespace: str
 ) -> None:
     core = k8s.CoreV1Api(kube_api.api_client)
+    raw = kube_api.get_json("/api/v1/namespaces")
+    assert raw["kind"] == "NamespaceList" and "kind" not in raw["items"][0]  # as kube-apiserver
     names = {ns.metadata.name for ns in core.list_namespace().items}
     assert {"default", "kube-system", namespace} <= names
 
