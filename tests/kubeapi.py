@@ -101,9 +101,12 @@ def _tail(path: Path, lines: int = 30) -> str:
 class KubeAPI:
     """One etcd and one API server. `api_client` talks to it as the static admin."""
 
-    def __init__(self, folder: Path, bins: KubeBinaries) -> None:
+    def __init__(
+        self, folder: Path, bins: KubeBinaries, authorization: str = "AlwaysAllow"
+    ) -> None:
         self.folder = folder
         self.bins = bins
+        self.authorization = authorization  # or "RBAC": the stored roles and bindings decide
         self.admin_token = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
         self.etcd_url = f"http://127.0.0.1:{free_port()}"
         self._etcd_peer = f"http://127.0.0.1:{free_port()}"
@@ -154,6 +157,7 @@ class KubeAPI:
                     "--etcd-servers", self.etcd_url,
                     "--secure-port", str(self.port),
                     "--data-dir", str(self.folder),
+                    "--authorization-mode", self.authorization,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -289,13 +293,15 @@ class KubeAPI:
 
 
 @contextmanager
-def running_kube_api(name: str = "kube") -> Iterator[KubeAPI]:
-    """etcd and the API server in /tmp/weft-kube-<runid>-<name>; stopped and removed on exit."""
+def running_kube_api(name: str = "kube", authorization: str = "AlwaysAllow") -> Iterator[KubeAPI]:
+    """etcd and the API server in /tmp/weft-kube-<runid>-<name>; stopped and removed on exit.
+    `authorization="RBAC"` evaluates the stored RBAC objects instead of allowing every
+    authenticated user everything (the admin, in system:masters, is allowed either way)."""
     bins = binaries()
     folder = Path(f"/tmp/weft-kube-{RUN_ID}-{name}")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    api = KubeAPI(folder, bins)
+    api = KubeAPI(folder, bins, authorization)
     try:
         api.start()
         yield api

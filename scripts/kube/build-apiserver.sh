@@ -87,6 +87,7 @@ go build -o "$BUILD/openapi-gen" k8s.io/kube-openapi/cmd/openapi-gen
 (cd "$BUILD" && ./openapi-gen --go-header-file header.txt --output-dir "$PKG/openapi" --output-pkg weft-kube-apiserver/openapi \
   --output-file zz_generated.openapi.go --report-filename /dev/null \
   k8s.io/api/core/v1 k8s.io/api/apps/v1 k8s.io/api/discovery/v1 k8s.io/api/rbac/v1 k8s.io/api/authentication/v1 \
+  k8s.io/api/authorization/v1 \
   k8s.io/api/coordination/v1 k8s.io/api/policy/v1 k8s.io/api/autoscaling/v1 \
   k8s.io/apimachinery/pkg/apis/meta/v1 k8s.io/apimachinery/pkg/runtime k8s.io/apimachinery/pkg/util/intstr \
   k8s.io/apimachinery/pkg/api/resource k8s.io/apimachinery/pkg/version)

@@ -24,6 +24,9 @@ import (
 	apiextensionsopenapi "k8s.io/apiextensions-apiserver/pkg/generated/openapi"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apiserver/pkg/admission/plugin/namespace/lifecycle"
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/authorization/authorizerfactory"
+	authorizerunion "k8s.io/apiserver/pkg/authorization/union"
 	discoveryendpoint "k8s.io/apiserver/pkg/endpoints/discovery/aggregated"
 	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
 	genericapiserver "k8s.io/apiserver/pkg/server"
@@ -49,6 +52,7 @@ type flags struct {
 	adminToken string
 	issuer     string
 	watchCache bool
+	authz      string
 }
 
 func main() {
@@ -60,6 +64,7 @@ func main() {
 	flag.StringVar(&f.adminToken, "token-auth-file", "", "static tokens, kube-apiserver's CSV format (default <data-dir>/tokens.csv)")
 	flag.StringVar(&f.issuer, "service-account-issuer", "https://kubernetes.default.svc.cluster.local", "issuer and default audience of service-account tokens")
 	flag.BoolVar(&f.watchCache, "watch-cache", true, "serve watches and lists from the watch cache, as kube-apiserver does by default")
+	flag.StringVar(&f.authz, "authorization-mode", "AlwaysAllow", "AlwaysAllow (every authenticated user may do everything) or RBAC (the stored roles and bindings are evaluated)")
 	flag.Parse()
 	if f.dataDir == "" {
 		fmt.Fprintln(os.Stderr, "weft-kube-apiserver: --data-dir is required")
@@ -112,7 +117,6 @@ func run(ctx context.Context, f flags) error {
 	}
 	coreConfig.Authentication.Authenticator = authn
 	coreConfig.Authentication.APIAudiences = []string{f.issuer}
-	coreConfig.Authorization.Authorizer = authenticatedAllowed{}
 
 	namer := openapinamer.NewDefinitionNamer(Scheme)
 	coreConfig.OpenAPIConfig = genericapiserver.DefaultOpenAPIConfig(openapi.GetOpenAPIDefinitions, namer)
@@ -132,6 +136,17 @@ func run(ctx context.Context, f flags) error {
 		return genericapiserver.DefaultBuildHandlerChain(discoveryWithSlash(h), c)
 	}
 	coreConfig.SharedInformerFactory = informers.NewSharedInformerFactory(client, 10*time.Minute)
+	var rbac *rbacAuthorizer
+	switch f.authz {
+	case "AlwaysAllow":
+		coreConfig.Authorization.Authorizer = authenticatedAllowed{}
+	case "RBAC":
+		rbac = newRBACAuthorizer(coreConfig.SharedInformerFactory)
+		// system:masters (the loopback client, the tests' admin) bypasses RBAC, as in kube-apiserver.
+		coreConfig.Authorization.Authorizer = authorizerunion.New(authorizerfactory.NewPrivilegedGroups(user.SystemPrivilegedGroup), rbac)
+	default:
+		return fmt.Errorf("--authorization-mode=%s: AlwaysAllow or RBAC", f.authz)
+	}
 	// NamespaceLifecycle only: objects cannot be created in a namespace that does not exist.
 	// Webhooks and admission policies are left out (their APIs are not served).
 	admission := genericoptions.NewAdmissionOptions()
@@ -176,7 +191,7 @@ func run(ctx context.Context, f flags) error {
 	if err != nil {
 		return err
 	}
-	stores, err := installAPIs(server, coreConfig.RESTOptionsGetter, tokens)
+	stores, err := installAPIs(server, coreConfig.RESTOptionsGetter, tokens, coreConfig.Authorization.Authorizer)
 	if err != nil {
 		return err
 	}
@@ -190,6 +205,11 @@ func run(ctx context.Context, f flags) error {
 		return nil
 	})
 
+	if rbac != nil {
+		server.AddPostStartHookOrDie("weft-rbac-informers-synced", func(hc genericapiserver.PostStartHookContext) error {
+			return rbac.waitForSync(hc.Context)
+		})
+	}
 	prepared := server.PrepareRun()
 	shareOpenAPI(server, crdServer.GenericAPIServer)
 	return prepared.RunWithContext(ctx)

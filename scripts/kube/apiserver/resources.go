@@ -6,6 +6,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/apiserver/pkg/registry/generic"
 	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
 	"k8s.io/apiserver/pkg/registry/rest"
@@ -203,7 +205,7 @@ func newStore(r *resource, getter generic.RESTOptionsGetter) (*genericregistry.S
 	return store, &statusStore, nil
 }
 
-func installAPIs(server *genericapiserver.GenericAPIServer, getter generic.RESTOptionsGetter, tokens *tokenSource) (*installed, error) {
+func installAPIs(server *genericapiserver.GenericAPIServer, getter generic.RESTOptionsGetter, tokens *tokenSource, authz authorizer.Authorizer) (*installed, error) {
 	done := &installed{byResource: map[schema.GroupResource]*genericregistry.Store{}}
 	groups := map[string]*genericapiserver.APIGroupInfo{}
 	var order []string
@@ -233,6 +235,8 @@ func installAPIs(server *genericapiserver.GenericAPIServer, getter generic.RESTO
 	}
 	group(corev1.SchemeGroupVersion)["serviceaccounts/token"] = &tokenRequestREST{tokens: tokens}
 	group(authenticationv1.SchemeGroupVersion)["tokenreviews"] = &tokenReviewREST{tokens: tokens}
+	group(authorizationv1.SchemeGroupVersion)["subjectaccessreviews"] = &accessReviewREST{authz: authz}
+	group(authorizationv1.SchemeGroupVersion)["selfsubjectaccessreviews"] = &accessReviewREST{authz: authz, self: true}
 
 	for _, name := range order {
 		info := groups[name]

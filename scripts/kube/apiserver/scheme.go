@@ -5,6 +5,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -32,6 +33,7 @@ var groupInstallers = []func(*runtime.Scheme) error{
 	discoveryv1.AddToScheme,
 	rbacv1.AddToScheme,
 	authenticationv1.AddToScheme,
+	authorizationv1.AddToScheme,
 	coordinationv1.AddToScheme,
 	policyv1.AddToScheme,
 }
@@ -39,7 +41,7 @@ var groupInstallers = []func(*runtime.Scheme) error{
 func externalVersions() []schema.GroupVersion {
 	return []schema.GroupVersion{
 		corev1.SchemeGroupVersion, appsv1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion,
-		rbacv1.SchemeGroupVersion, authenticationv1.SchemeGroupVersion,
+		rbacv1.SchemeGroupVersion, authenticationv1.SchemeGroupVersion, authorizationv1.SchemeGroupVersion,
 		coordinationv1.SchemeGroupVersion, policyv1.SchemeGroupVersion,
 	}
 }

@@ -551,3 +551,99 @@ def test_deleting_a_namespace_deletes_what_was_in_it(kube_api: KubeAPI) -> None:
     with pytest.raises(ApiException) as refused:
         core.create_namespaced_pod(name, pod("late"))
     assert refused.value.status == 404  # NamespaceLifecycle admission
+
+
+def test_rbac_mode_grants_what_the_bindings_grant_and_nothing_else() -> None:
+    with running_kube_api("rbac", authorization="RBAC") as kube_api:
+        core = k8s.CoreV1Api(kube_api.api_client)
+        rbac = k8s.RbacAuthorizationV1Api(kube_api.api_client)
+        ns, other = f"weft-{RUN_ID}-rbac", f"weft-{RUN_ID}-other"
+        for name in (ns, other):
+            core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+        core.create_namespaced_service_account(
+            ns, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="agent"))
+        )
+        token = core.create_namespaced_service_account_token(
+            "agent", ns, k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec())
+        )
+        as_agent = k8s.CoreV1Api(kube_api.client_for(token.status.token))
+
+        def status_of(call: Any) -> int:
+            try:
+                call()
+            except ApiException as e:
+                return int(e.status)
+            return 200
+
+        assert status_of(lambda: as_agent.list_namespaced_pod(ns)) == 403
+        assert (
+            kube_api.get_json("/api", token=token.status.token)["kind"] == "APIVersions"
+        )  # discovery
+        rbac.create_namespaced_role(
+            ns,
+            {
+                "metadata": {"name": "pod-reader"},
+                "rules": [
+                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+                ],
+            },
+        )
+        rbac.create_namespaced_role_binding(
+            ns,
+            {
+                "metadata": {"name": "agent-reads-pods"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "pod-reader",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}],
+            },
+        )
+        deadline = time.monotonic() + 10  # the authorizer reads bindings through an informer
+        while status_of(lambda: as_agent.list_namespaced_pod(ns)) != 200:
+            assert time.monotonic() < deadline, "the RoleBinding did not take effect within 10 s"
+            time.sleep(0.1)
+        assert status_of(lambda: as_agent.list_namespaced_pod(other)) == 403
+        assert status_of(lambda: as_agent.create_namespaced_pod(ns, pod("x"))) == 403
+        # kubectl auth can-i (SelfSubjectAccessReview, impersonating) answers as the server decides.
+        sa = f"system:serviceaccount:{ns}:agent"
+        assert (
+            kube_api.kubectl("auth", "can-i", "list", "pods", "-n", ns, f"--as={sa}").stdout.strip()
+            == "yes"
+        )
+        refused = kube_api.kubectl(
+            "auth", "can-i", "create", "pods", "-n", ns, f"--as={sa}", check=False
+        )
+        assert (refused.returncode, refused.stdout.strip()) == (1, "no")
+        assert status_of(lambda: as_agent.list_node()) == 403
+        # An aggregated ClusterRole gets the rules of the ClusterRoles it selects.
+        rbac.create_cluster_role(
+            {
+                "metadata": {"name": f"weft-{RUN_ID}-nodes", "labels": {"weft-agg": "1"}},
+                "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}],
+            }
+        )
+        rbac.create_cluster_role(
+            {
+                "metadata": {"name": f"weft-{RUN_ID}-agg"},
+                "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"weft-agg": "1"}}]},
+            }
+        )
+        rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": f"weft-{RUN_ID}-agg"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": f"weft-{RUN_ID}-agg",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}],
+            }
+        )
+        deadline = time.monotonic() + 10
+        while status_of(lambda: as_agent.list_node()) != 200:
+            assert time.monotonic() < deadline, (
+                "the aggregated ClusterRole did not take effect within 10 s"
+            )
+            time.sleep(0.1)
