@@ -53,13 +53,15 @@ type flags struct {
 	issuer     string
 	watchCache bool
 	authz      string
+	bind       string
 }
 
 func main() {
 	var f flags
 	klog.InitFlags(nil)
 	flag.StringVar(&f.etcd, "etcd-servers", "http://127.0.0.1:2379", "etcd client URL")
-	flag.IntVar(&f.port, "secure-port", 6443, "HTTPS port on 127.0.0.1")
+	flag.IntVar(&f.port, "secure-port", 6443, "HTTPS port")
+	flag.StringVar(&f.bind, "bind-address", "127.0.0.1", "address to serve on (the serving certificate names it, 127.0.0.1 and localhost)")
 	flag.StringVar(&f.dataDir, "data-dir", "", "directory for the serving certificate, the service-account signing key and the token file (required)")
 	flag.StringVar(&f.adminToken, "token-auth-file", "", "static tokens, kube-apiserver's CSV format (default <data-dir>/tokens.csv)")
 	flag.StringVar(&f.issuer, "service-account-issuer", "https://kubernetes.default.svc.cluster.local", "issuer and default audience of service-account tokens")
@@ -82,18 +84,22 @@ func main() {
 
 func run(ctx context.Context, f flags) error {
 	secureServing := genericoptions.NewSecureServingOptions().WithLoopback()
-	secureServing.BindAddress = netutils.ParseIPSloppy("127.0.0.1")
+	bindIP := netutils.ParseIPSloppy(f.bind)
+	if bindIP == nil {
+		return fmt.Errorf("--bind-address=%q is not an IP address", f.bind)
+	}
+	secureServing.BindAddress = bindIP
 	secureServing.BindPort = f.port
 	secureServing.ServerCert.CertDirectory = f.dataDir
 	secureServing.ServerCert.PairName = "apiserver"
-	if err := secureServing.MaybeDefaultWithSelfSignedCerts("localhost", []string{"kubernetes.default.svc"}, []net.IP{netutils.ParseIPSloppy("127.0.0.1")}); err != nil {
+	if err := secureServing.MaybeDefaultWithSelfSignedCerts("localhost", []string{"kubernetes.default.svc"}, []net.IP{netutils.ParseIPSloppy("127.0.0.1"), bindIP}); err != nil {
 		return fmt.Errorf("self-signed serving certificate in %s: %w", f.dataDir, err)
 	}
 
 	coreConfig := genericapiserver.NewRecommendedConfig(Codecs)
 	coreConfig.EffectiveVersion = compatibility.DefaultBuildEffectiveVersion()
 	if err := secureServing.ApplyTo(&coreConfig.SecureServing, &coreConfig.LoopbackClientConfig); err != nil {
-		return fmt.Errorf("serving on 127.0.0.1:%d: %w", f.port, err)
+		return fmt.Errorf("serving on %s:%d: %w", f.bind, f.port, err)
 	}
 	etcdOptions := genericoptions.NewEtcdOptions(storagebackend.NewDefaultConfig("/registry", Codecs.LegacyCodec(externalVersions()...)))
 	etcdOptions.StorageConfig.Transport.ServerList = []string{f.etcd}
