@@ -112,6 +112,7 @@ def test_watch_with_bookmarks_reports_progress(kube_api: KubeAPI, namespace: str
     core.create_namespaced_pod(namespace, pod("a"))
     rv = core.list_namespaced_pod(namespace).metadata.resource_version
     bookmarks = []
+    seen: list[tuple[str, float]] = []
     started = time.monotonic()
     # The watch cache sends a bookmark 2 s before the watch's timeout (and every minute), once
     # etcd's progress notifications (every 1 s here) have brought it to the watch's revision.
@@ -122,11 +123,12 @@ def test_watch_with_bookmarks_reports_progress(kube_api: KubeAPI, namespace: str
         allow_watch_bookmarks=True,
         timeout_seconds=8,
     ):
+        seen.append((event["type"], round(time.monotonic() - started, 1)))
         if event["type"] == "BOOKMARK":
             bookmarks.append(event["raw_object"]["metadata"]["resourceVersion"])
-    assert bookmarks, "no BOOKMARK event within an 8 s watch"
+    assert bookmarks, f"no BOOKMARK event within a 10 s watch from {rv}: {seen}"
     assert int(bookmarks[-1]) >= int(rv)
-    assert time.monotonic() - started < 12
+    assert time.monotonic() - started < 15
 
 
 def test_continue_token_older_than_compaction_is_410_gone(
