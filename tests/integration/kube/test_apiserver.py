@@ -416,6 +416,10 @@ def resume_after_restart(kube_api: KubeAPI) -> None:
     namespace = f"weft-{RUN_ID}-restart"
     core = k8s.CoreV1Api(kube_api.api_client)
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
+    deadline = time.monotonic() + 10  # the server's own write (the default ServiceAccount) first
+    while not core.list_namespaced_service_account(namespace).items:
+        assert time.monotonic() < deadline, "no default ServiceAccount within 10 s"
+        time.sleep(0.05)
     core.create_namespaced_pod(namespace, pod("before"))
     rv = core.list_namespaced_pod(namespace).metadata.resource_version
     seen: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
