@@ -111,10 +111,14 @@ def project_pod(obj: Obj) -> Obj:
         **_pick(spec, ("nodeName", "serviceAccountName", "serviceAccount", "restartPolicy")),
         "containers": containers,
     }
-    out["status"] = {
-        **_pick(status, ("phase", "podIP", "hostIP")),
-        "conditions": [_pick(c, ("type", "status")) for c in status.get("conditions") or () if c],
-    }
+    conditions = [_pick(c, ("type", "status")) for c in status.get("conditions") or () if c]
+    meta = obj.get("metadata")
+    if isinstance(meta, Mapping) and meta.get("deletionTimestamp"):
+        # Terminating: no longer an endpoint, as the EndpointSlice controller marks it
+        # (ready: false, terminating: true), while its connections drain.
+        conditions = [c for c in conditions if c.get("type") != "Ready"]
+        conditions.append({"type": "Ready", "status": "False"})
+    out["status"] = {**_pick(status, ("phase", "podIP", "hostIP")), "conditions": conditions}
     return out
 
 

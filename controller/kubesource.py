@@ -124,11 +124,12 @@ class Reflector:
             auth_settings=["BearerToken"],
         )
         response = self.api.call_api(*params, _request_timeout=(10, read_timeout))
+        # (an error's body is read whole: a connection handed back with a response unread
+        # would be given to the next request still busy)
         if response.status == 404:
-            response.response.release_conn()
+            response.read()
             raise NotServed(self.kind.list_path())
         if response.status == 410:
-            response.response.release_conn()
             raise WatchExpired(response.read().decode("utf-8", "replace"))
         if response.status >= 400:
             body = response.read().decode("utf-8", "replace")

@@ -111,7 +111,7 @@ class KubernetesObjectWriter:
             path,
             query_params=query or [],
             header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=json.dumps(body),
+            body=body,
             auth_settings=["BearerToken"],
         )
         try:

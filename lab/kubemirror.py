@@ -109,7 +109,7 @@ class KubeMirror:
             path,
             query_params=query or [],
             header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=json.dumps(body) if body is not None else None,
+            body=body,
             auth_settings=["BearerToken"],
         )
         response = self.api.call_api(*params, _request_timeout=(5, 30))
