@@ -99,6 +99,7 @@ ldflags="-X $ver.gitVersion=v1.$minor_patch -X $ver.gitMajor=1 -X $ver.gitMinor=
 ldflags+=" -X $ver.gitTreeState=clean -X $ver.buildDate=1970-01-01T00:00:00Z"
 (cd "$PKG" && go build -trimpath -ldflags "$ldflags" -o "$BIN.tmp" .)
 mv "$BIN.tmp" "$BIN"
-find "$CACHE/bin" -name 'weft-kube-apiserver-*' ! -path "$BIN" -delete # earlier sources' builds
+# Earlier sources' builds, once a day old (a running test session may still start one).
+find "$CACHE/bin" -name 'weft-kube-apiserver-*' ! -path "$BIN" -mmin +1440 -delete
 say "built $BIN in $((SECONDS - started))s"
 [[ "$WANT" == kubectl ]] && echo "$KUBECTL" || echo "$BIN"
