@@ -17,6 +17,7 @@ from controller.kubecache import WatchExpired
 from controller.kubekinds import KINDS, KubeKind
 from controller.kubesource import KubernetesSource, KubeSettings, Reflector
 from controller.sources import SourceChange
+from meshcore.resources.core import Pod
 from meshcore.resources.loader import parse_resource
 from tests.kubeapi import KubeAPI, kube_api  # noqa: F401  (the fixture)
 
@@ -137,12 +138,10 @@ def test_first_batch_holds_the_whole_cluster_then_every_change(kube_api: KubeAPI
             first = {c.source for c in seen.batches[0]}
             assert {src("Namespace", "", ns), src("Pod", ns, "before")} <= first
             # the projected object parses as weft's Pod
-            parsed = parse_resource(
-                seen.batches[0][
-                    [c.source for c in seen.batches[0]].index(src("Pod", ns, "before"))
-                ].documents[0]
-            )  # type: ignore[index]
-            assert parsed.resource.spec.node_name == "node-a"  # type: ignore[attr-defined]
+            (change,) = [c for c in seen.batches[0] if c.source == src("Pod", ns, "before")]
+            assert isinstance(change.documents, list)
+            parsed = parse_resource(change.documents[0]).resource
+            assert isinstance(parsed, Pod) and parsed.spec.node_name == "node-a"
 
             await asyncio.to_thread(create, kube_api, pod("after", ns))
             await seen.until(lambda: src("Pod", ns, "after") in seen.present)
