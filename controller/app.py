@@ -209,7 +209,9 @@ class Controller:
         return f"{self._reachable_host()}:{self.grpc_port}"
 
     def _kubernetes_waypoints(self) -> KubernetesWaypoints | None:
-        if self.cluster is None:
+        """How waypoint pods are fitted for Kubernetes; None where the lab runs them (it
+        hands them their credentials itself)."""
+        if self.cluster is None or self.config.lab_api is not None:
             return None
         port = self.config.bootstrap_listen.rpartition(":")[2] or "15013"
         return KubernetesWaypoints(

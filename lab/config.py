@@ -23,6 +23,9 @@ MAX_NODES = 64
 _LAB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 
 
+SOURCES = ("folder", "kubernetes")
+
+
 class LabConfigError(ValueError):
     """A lab setting that cannot work; names the setting."""
 
@@ -40,8 +43,13 @@ class LabConfig:
     # OTLP/gRPC collector for the waypoints' spans (the controller's --waypoint-otlp-endpoint,
     # which the deployer puts in each waypoint pod's WEFT_OTLP_ENDPOINT); "": none
     otlp_endpoint: str = ""
+    # Where the controller reads the cluster: "folder" (the lab's objects as files) or
+    # "kubernetes" (a real API server the lab runs, lab.kubeapi)
+    source: str = "folder"
 
     def validate(self) -> None:
+        if self.source not in SOURCES:
+            raise LabConfigError(f"--source: must be {' or '.join(SOURCES)}, got {self.source!r}")
         if not _LAB_NAME.match(self.name):
             raise LabConfigError(
                 f"--name: {self.name!r} must be lowercase letters, digits and '-' (at most 32)"

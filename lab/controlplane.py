@@ -27,6 +27,7 @@ from lab import cgroups, network
 from lab.addressing import control_plane_ip, node_plans
 from lab.config import LabConfig
 from lab.images import node_process_env
+from lab.kubeapi import LabKubeAPI
 from lab.naming import LabNames
 from lab.processes import ProcessSpec, State, Supervised
 from lab.state import LabPaths
@@ -37,6 +38,7 @@ log = structlog.get_logger("lab.controlplane")
 
 TRUST_DOMAIN = "cluster.local"
 GRPC_PORT = 15012
+BOOTSTRAP_PORT = 15013
 REDIS_PORT = 6379
 
 
@@ -52,6 +54,9 @@ class ControlPlane:
         # Global RateLimitPolicy counters; "" when redis-server is not installed
         self.redis_addr = f"{self.ip}:{REDIS_PORT}" if self.redis_binary else ""
         self.ca: CertificateAuthority | None = None
+        # --source kubernetes: the API server the controller reads, and each node's token
+        self.kube = LabKubeAPI(names, paths) if config.source == "kubernetes" else None
+        self.node_tokens: dict[str, Path] = {}
 
     @property
     def address(self) -> str:
@@ -70,10 +75,17 @@ class ControlPlane:
             CertificateAuthority.load_or_create, self.paths.controller / "ca", TRUST_DOMAIN
         )
         self.ca = ca
-        for node in nodes:
-            await asyncio.to_thread(
-                write_node_credential, ca, node, self.paths.node_credential(node)
-            )
+        if self.kube is None:
+            for node in nodes:
+                await asyncio.to_thread(
+                    write_node_credential, ca, node, self.paths.node_credential(node)
+                )
+        else:
+            # As on Kubernetes: nodes get no credential, only their pod's token to trade
+            await self.kube.start()
+            await self.kube.install_crds()
+            self.node_tokens = await self.kube.node_tokens(nodes, self.paths.root / "tokens")
+            self.roots_file.write_text("".join(ca.trust_bundle))
         self.paths.manifests.mkdir(parents=True, exist_ok=True)
         self._start_redis()
         spec = ProcessSpec(
@@ -129,14 +141,37 @@ class ControlPlane:
             "--dir", str(self.paths.controller),
         ]  # fmt: skip
 
+    @property
+    def roots_file(self) -> Path:
+        """The CA root nodes trust the controller by (--source kubernetes)."""
+        return self.paths.controller / "roots.pem"
+
+    def node_bootstrap(self, node: str) -> list[str]:
+        """A node process's bootstrap options (--source kubernetes), else none."""
+        if self.kube is None:
+            return []
+        return [
+            "--bootstrap-token", str(self.node_tokens[node]),
+            "--bootstrap-controller", f"{self.ip}:{BOOTSTRAP_PORT}",
+            "--controller-roots", str(self.roots_file),
+        ]  # fmt: skip
+
     def controller_argv(self) -> list[str]:
+        source = (
+            ["--source-dir", str(self.paths.manifests)]
+            if self.kube is None
+            else [
+                "--source", "kubernetes",
+                "--kubeconfig", str(self.kube.controller_kubeconfig),
+                "--bootstrap-listen", f"{self.ip}:{BOOTSTRAP_PORT}",
+            ]
+        )  # fmt: skip
         argv = [
             sys.executable,
             "-m",
             "controller",
             "run",
-            "--source-dir",
-            str(self.paths.manifests),
+            *source,
             "--state-dir",
             str(self.paths.controller),
             "--trust-domain",
@@ -190,6 +225,8 @@ class ControlPlane:
             await self.process.stop()
         if self.redis is not None:
             await self.redis.stop()
+        if self.kube is not None:
+            await self.kube.stop()
 
     def status(self) -> dict[str, Any]:
         st = self.process.status if self.process else None

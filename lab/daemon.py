@@ -24,10 +24,11 @@ from aiohttp import web
 from controller.meshbuilder import is_enrolled
 from lab.addressing import node_plans
 from lab.controlplane import ControlPlane
+from lab.kubemirror import KubeMirror
 from lab.model import ClusterModel, PodRecord
 from lab.naming import LabNames
 from lab.nodeagents import NodeAgents
-from lab.objects import cluster_docs, cluster_objects, sync_folder
+from lab.objects import cluster_docs, cluster_objects, file_name, sync_folder
 from lab.runtime import LabRuntime
 from lab.state import LabPaths, LabRecord, teardown
 from lab.status import lab_status
@@ -70,7 +71,13 @@ class LabDaemon:
         self.runtime.on_status_change = self._save_manifests
         self.runtime.before_containers = self._enroll_first
         self.control = ControlPlane(record.config, self.names, paths)
-        self.agents = NodeAgents(self.names, paths, self.control.address)
+        self.agents = NodeAgents(
+            self.names, paths, self.control.address, self.control.node_bootstrap
+        )
+        # --source kubernetes: the cluster is also written to the lab's API server
+        self.mirror: KubeMirror | None = None
+        self._mirror_wanted = asyncio.Event()
+        self._mirror_task: asyncio.Task[None] | None = None
         self.runtime.pod_credential = lambda pod: self.control.write_pod_credential(
             pod.namespace, pod.name, pod.spec.service_account_name
         )
@@ -122,6 +129,8 @@ class LabDaemon:
             code = 1
         self.phase = "Terminating"
         log.info("lab.stopping")
+        if self._mirror_task is not None:
+            self._mirror_task.cancel()
         await self.runtime.shutdown()
         await self.agents.stop()
         await self.control.stop()
@@ -141,6 +150,10 @@ class LabDaemon:
         # in the mesh when its namespace is enrolled.
         await self.runtime.build_nodes()
         await self.control.start([n.name for n in self.model.nodes])
+        if self.control.kube is not None:
+            self.mirror = KubeMirror(self.control.kube.api)
+            self.runtime.register_pods = self._register_pods
+            self._mirror_task = asyncio.create_task(self._mirror_loop())
         await self.control.wait_ready()
         self.agents.start(self.model.nodes)
         await self.agents.wait_ready()
@@ -212,12 +225,48 @@ class LabDaemon:
             self.paths.manifests,
             cluster_objects(self.model, self._raw, status, self._statuses),
         )
+        self._mirror_wanted.set()
+
+    def _docs(self) -> dict[str, Any]:
+        status = {ref: (p.phase, p.ready) for ref, p in self.runtime.pods.items()}
+        return cluster_docs(self.model, self._raw, status, self._statuses)
+
+    async def _mirror_loop(self) -> None:
+        """Write the cluster to the API server whenever it changed (coalesced), and every
+        few seconds to retry what failed."""
+        assert self.mirror is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._mirror_wanted.wait(), 5.0)
+            self._mirror_wanted.clear()
+            try:
+                await self.mirror.sync(self._docs())
+            except Exception as err:  # (an API server restarting: the next pass retries)
+                log.warning("mirror.sync_failed", error=f"{type(err).__name__}: {err}")
+
+    async def _register_pods(self, records: list[PodRecord]) -> dict[tuple[str, str], str]:
+        """As a kubelet's pods are: created in the API server (after what they need, their
+        namespace first), which names their uid."""
+        assert self.mirror is not None
+        docs = self._docs()
+        new = {file_name("Pod", r.namespace, r.name) for r in records}
+        await self.mirror.sync({k: v for k, v in docs.items() if k not in new})
+        uids = {}
+        for record in records:
+            doc = dict(docs[file_name("Pod", record.namespace, record.name)])
+            doc["metadata"] = {k: v for k, v in doc["metadata"].items() if k != "uid"}
+            doc.pop("status", None)
+            uids[record.ref] = await self.mirror.create_pod(doc)
+        return uids
 
     # --- API --------------------------------------------------------------------------------
 
     async def _status(self, _request: web.Request) -> web.Response:
         status = lab_status(self.record, self.phase, self.error, self.model, self.runtime)
         status["controller"] = self.control.status()
+        status["source"] = self.record.config.source
+        if self.control.kube is not None:
+            status["kubeconfig"] = str(self.control.kube.kubeconfig)
         status["node_agents"] = self.agents.status()
         status["ztunnels"] = {
             node: {

@@ -149,7 +149,9 @@ class KubeMirror:
     def _delete(self, key: Key) -> None:
         kind, namespace, name = key
         path = self._kind(kind).object_path(namespace, name)
-        self._call("DELETE", path, {"propagationPolicy": "Background"}, missing_ok=True)
+        # (grace 0: the lab has already stopped a pod, as a kubelet confirms a deletion)
+        body = {"propagationPolicy": "Background", "gracePeriodSeconds": 0}
+        self._call("DELETE", path, body, missing_ok=True)
 
     # --- the lab's side -------------------------------------------------------------------
 

@@ -36,10 +36,19 @@ def pin_dir(names: LabNames, node: str) -> Path:
 
 
 class NodeAgents:
-    def __init__(self, names: LabNames, paths: LabPaths, controller: str) -> None:
+    def __init__(
+        self,
+        names: LabNames,
+        paths: LabPaths,
+        controller: str,
+        bootstrap: Callable[[str], list[str]] = lambda _node: [],
+    ) -> None:
+        """`bootstrap(node)`: the options by which a node with no credential gets one (the
+        lab's Kubernetes source), none when the lab hands nodes their credentials."""
         self.names = names
         self.paths = paths
         self.controller = controller
+        self.bootstrap = bootstrap
         self.agents: dict[str, Supervised] = {}
         self.ztunnels: dict[str, Supervised] = {}
 
@@ -82,6 +91,7 @@ class NodeAgents:
                 self.controller,
                 "--credential",
                 str(self.paths.node_credential(node.name)),
+                *self.bootstrap(node.name),
                 *args,
             ],
             env=node_process_env(),

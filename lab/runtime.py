@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -95,6 +96,11 @@ class LabRuntime:
         # Writes a pod's credential (blocking) and returns its folder, for the pods that get
         # one (a waypoint's: `needs_credential`); passed in WEFT_CREDENTIAL.
         self.pod_credential: Callable[[PodRecord], Path] | None = None
+        # The lab's Kubernetes source: new pods are created in the API server first, which
+        # names their uids (as it does for a kubelet's pods); returns them by pod.
+        self.register_pods: (
+            Callable[[list[PodRecord]], Awaitable[dict[tuple[str, str], str]]] | None
+        ) = None
 
     # --- cluster ----------------------------------------------------------------------------
 
@@ -127,6 +133,12 @@ class LabRuntime:
         )
         self.model.commit(change)
         await asyncio.gather(*(self._remove_pod(r) for r in change.delete))
+        create = list(change.create)
+        if create and self.register_pods is not None:
+            uids = await self.register_pods(create)
+            create = [dataclasses.replace(r, uid=uids.get(r.ref, r.uid)) for r in create]
+            for record in create:
+                self.model.pods[record.ref] = record
         for record in change.relabel:
             runtime = self.pods.get(record.ref)
             if runtime:
@@ -138,7 +150,7 @@ class LabRuntime:
                     labels=dict(record.labels),
                 )
         services = list(self.model.services.values())
-        created = await asyncio.gather(*(self._create_sandbox(r, services) for r in change.create))
+        created = await asyncio.gather(*(self._create_sandbox(r, services) for r in create))
         if created and self.before_containers is not None:
             await self.before_containers([rt.record for rt in created])
         for runtime in created:

@@ -133,6 +133,16 @@ def lab(ctx: click.Context, name: str) -> None:
     "Default: no spans.",
 )
 @click.option(
+    "--source",
+    type=click.Choice(["folder", "kubernetes"]),
+    default="folder",
+    show_default=True,
+    help="Where the controller reads the cluster: the lab's objects as files, or a real "
+    "Kubernetes API server the lab runs (built from Debian's Kubernetes libraries the first "
+    "time, a few minutes; nodes then authenticate by TokenReview). `weftctl lab kubeconfig` "
+    "prints its kubeconfig.",
+)
+@click.option(
     "--wait",
     "wait_seconds",
     default=90.0,
@@ -149,6 +159,7 @@ def up(
     service_cidr: str,
     ztunnel: bool,
     otlp_endpoint: str,
+    source: str,
     wait_seconds: float,
 ) -> None:
     """Create the lab and start its pods."""
@@ -164,6 +175,7 @@ def up(
         manifests=sources,
         ztunnel=ztunnel,
         otlp_endpoint=otlp_endpoint,
+        source=source,
     )
     try:
         config.validate()
@@ -563,6 +575,19 @@ FILES_OPTION = click.option(
     type=click.Path(path_type=Path),
     help="File or folder of YAML. Repeatable.",
 )
+
+
+@lab.command()
+@pass_lab
+def kubeconfig(ctx: LabContext) -> None:
+    """Print the kubeconfig of the lab's API server (`lab up --source kubernetes`), for
+    kubectl on this machine: `weftctl lab kubeconfig > k; kubectl --kubeconfig k get pods -A`."""
+    path = ctx.paths.root / "kube" / "kubeconfig"
+    if not path.exists():
+        _fail(
+            f"lab {ctx.name!r} has no API server (it was not brought up with --source kubernetes)"
+        )
+    click.echo(path.read_text())
 
 
 @lab.command()
