@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
 
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}  # fmt: skip
 
-def configure_logging(*, json_output: bool | None = None, level: int = logging.INFO) -> None:
+
+def level_from_env(default: int = logging.INFO) -> int:
+    """WEFT_LOG_LEVEL (debug, info, warning, error), as the manifests and Helm values set it;
+    an unknown value keeps the default, and says so."""
+    text = os.environ.get("WEFT_LOG_LEVEL", "").strip().lower()
+    if not text:
+        return default
+    if text not in LEVELS:
+        print(
+            f"weft: WEFT_LOG_LEVEL={text!r} is not one of {', '.join(LEVELS)}; using info",
+            file=sys.stderr,
+        )
+        return default
+    return LEVELS[text]
+
+
+def configure_logging(*, json_output: bool | None = None, level: int | None = None) -> None:
+    if level is None:
+        level = level_from_env()
     if json_output is None:
         json_output = not sys.stderr.isatty()
     renderer: structlog.typing.Processor = (
