@@ -84,6 +84,18 @@ class ControllerConfig:
     node_token_policy: NodeTokenPolicy = field(default_factory=NodeTokenPolicy)
 
 
+def plugin_ca_given(folder: Path | None) -> bool:
+    """Whether to run on a plugged-in CA: a folder that holds files. An empty one (the
+    optional Secret `weft-ca` not created, as Istio's cacerts) means the controller's own
+    self-signed root, as in Istio; a folder with some files but not all is an error later."""
+    if folder is None:
+        return False
+    if folder.is_dir() and not any(p.name[0] != "." for p in folder.iterdir()):
+        log.warning("ca.plugin_folder_empty", folder=str(folder), using="self-signed root")
+        return False
+    return True
+
+
 class Controller:
     def __init__(
         self,
@@ -99,9 +111,10 @@ class Controller:
         self.source = source
         self.reviewer = reviewer
         self.cluster = cluster
+        plugin = config.plugin_ca_dir if plugin_ca_given(config.plugin_ca_dir) else None
         self.ca = (
-            CertificateAuthority.from_plugin(config.plugin_ca_dir, config.trust_domain)
-            if config.plugin_ca_dir
+            CertificateAuthority.from_plugin(plugin, config.trust_domain)
+            if plugin is not None
             else CertificateAuthority.load_or_create(config.state_dir / "ca", config.trust_domain)
         )
         for root in config.extra_roots:

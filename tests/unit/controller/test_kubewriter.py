@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 from controller.kubewriter import MAX_EVENT_MESSAGE, problem_event, problem_target
 from controller.store import Problem
@@ -49,3 +50,15 @@ def test_kept_last_good_and_long_messages() -> None:
     assert event is not None
     assert event["reason"] == "KeptLastGood"
     assert len(event["message"]) == MAX_EVENT_MESSAGE
+
+
+def test_an_empty_plugin_ca_folder_means_the_self_signed_root(tmp_path: Path) -> None:
+    from controller.app import plugin_ca_given
+
+    assert plugin_ca_given(None) is False
+    empty = tmp_path / "cacerts"
+    empty.mkdir()
+    (empty / "..data").mkdir()  # (what a Secret volume holds besides its keys)
+    assert plugin_ca_given(empty) is False
+    (empty / "ca-cert.pem").write_text("x")
+    assert plugin_ca_given(empty) is True
