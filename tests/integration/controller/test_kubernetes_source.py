@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from controller.kubecache import WatchExpired
 from controller.kubekinds import KINDS, KubeKind
 from controller.kubesource import KubernetesSource, KubeSettings, Reflector
 from controller.sources import SourceChange
+from meshcore.resources import Document
 from meshcore.resources.core import Pod
 from meshcore.resources.loader import parse_resource
 from tests.kubeapi import KubeAPI, kube_api  # noqa: F401  (the fixture)
@@ -258,3 +260,111 @@ def test_a_thousand_pods_listed_a_page_at_a_time(kube_api: KubeAPI) -> None:  # 
     mine = [i for i in items if i["metadata"]["namespace"] == ns]
     assert len(mine) == 1000
     assert len(pages) >= 5  # (1000 / 200, plus whatever else the server holds)
+
+
+CRD_FILES = [
+    *sorted((Path(__file__).parents[3] / "daemonset" / "crds").glob("*.yaml")),
+    Path(__file__).parents[3] / "lab" / "kube" / "gateway-api-crds.yaml",
+]
+
+EVERY_KIND: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("Namespace", {"metadata": {"name": "kinds-ns"}}, {"metadata": {"labels": {"x": "1"}}}),
+    (
+        "ServiceAccount",
+        {"metadata": {"name": "sa", "namespace": "kinds"}},
+        {"metadata": {"labels": {"x": "1"}}},
+    ),
+    (
+        "Service",
+        {
+            "metadata": {"name": "web", "namespace": "kinds"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+        },
+        {"metadata": {"labels": {"x": "1"}}},
+    ),
+    (
+        "Deployment",
+        {
+            "metadata": {"name": "web", "namespace": "kinds"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": "weft/echo"}]},
+                },
+            },
+        },
+        {"spec": {"replicas": 3}},
+    ),
+    (
+        "ConfigMap",
+        {"metadata": {"name": "weft", "namespace": "weft-system"}, "data": {"mesh": "{}"}},
+        {"metadata": {"labels": {"x": "1"}}},
+    ),
+    (
+        "AuthorizationPolicy",
+        {"metadata": {"name": "deny-admin", "namespace": "kinds"},
+         "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}},
+        {"metadata": {"labels": {"x": "1"}}},
+    ),
+    (
+        "PeerAuthentication",
+        {"metadata": {"name": "strict", "namespace": "kinds"}, "spec": {"mtls": {"mode": "STRICT"}}},
+        {"metadata": {"labels": {"x": "1"}}},
+    ),
+    (
+        "HTTPRoute",
+        {"metadata": {"name": "r", "namespace": "kinds"},
+         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}]}},
+        {"metadata": {"labels": {"x": "1"}}},
+    ),
+    (
+        "Gateway",
+        {"metadata": {"name": "waypoint", "namespace": "kinds"},
+         "spec": {"gatewayClassName": "weft-waypoint",
+                  "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}},
+        {"metadata": {"labels": {"x": "1"}}},
+    ),
+]  # fmt: skip
+
+
+def test_every_kind_is_listed_then_followed_through_update_and_delete(
+    kube_api: KubeAPI,  # noqa: F811
+) -> None:
+    for file in CRD_FILES:
+        kube_api.kubectl("apply", "-f", str(file))
+    for ns in ("kinds", "weft-system"):
+        with contextlib.suppress(AssertionError):
+            create(kube_api, namespace(ns))
+    kinds = tuple(BY_KIND[k] for k, _, _ in EVERY_KIND)
+
+    def full(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": BY_KIND[kind].api_version, "kind": kind, **obj}
+
+    async def scenario() -> None:
+        source = KubernetesSource(settings(kinds=kinds), kube_api.api_client)
+        async with following(source) as seen:
+            await seen.until(lambda: bool(seen.batches))
+            for kind, obj, patch in EVERY_KIND:
+                meta = obj["metadata"]
+                key = src(kind, meta.get("namespace", ""), meta["name"])
+                path = BY_KIND[kind].object_path(meta.get("namespace", ""), meta["name"])
+                await asyncio.to_thread(create, kube_api, full(kind, obj))
+                await seen.until(lambda key=key: key in seen.present)
+                await asyncio.to_thread(call, kube_api, "PATCH", path, patch)
+                await seen.until(
+                    lambda key=key, kind=kind, patch=patch: _applied(seen.present[key], patch)
+                )
+                # every document the source hands on parses as weft's kind
+                doc = Document(key, seen.present[key])
+                assert parse_resource(doc).resource.kind == kind  # type: ignore[union-attr]
+                await asyncio.to_thread(call, kube_api, "DELETE", path, {"gracePeriodSeconds": 0})
+                await seen.until(lambda key=key: key not in seen.present)
+
+    asyncio.run(scenario())
+
+
+def _applied(doc: dict[str, Any], patch: dict[str, Any]) -> bool:
+    if "metadata" in patch:
+        return doc["metadata"].get("labels", {}).get("x") == "1"
+    return doc["spec"].get("replicas") == patch["spec"]["replicas"]
