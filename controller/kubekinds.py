@@ -134,6 +134,47 @@ def project_service(obj: Obj) -> Obj:
     return out
 
 
+def project_endpoint_slice(obj: Obj) -> Obj:
+    """What weft reads of an EndpointSlice: addresses, conditions, the target and node of
+    each endpoint, and the ports (hints, zones and hostnames are the API's, not the mesh's)."""
+    out = _head(obj)
+    out["addressType"] = obj.get("addressType")
+    endpoints = []
+    for e in obj.get("endpoints") or ():
+        if isinstance(e, Mapping):
+            kept = _pick(e, ("addresses", "conditions", "targetRef", "nodeName"))
+            if "conditions" in kept:
+                kept["conditions"] = _pick(kept["conditions"], ("ready", "serving", "terminating"))
+            if "targetRef" in kept:
+                kept["targetRef"] = _pick(
+                    kept["targetRef"], ("apiVersion", "kind", "name", "namespace", "uid")
+                )
+            endpoints.append(kept)
+    out["endpoints"] = endpoints
+    ports = obj.get("ports")
+    out["ports"] = [
+        _pick(p, ("name", "port", "protocol", "appProtocol"))
+        for p in (ports if isinstance(ports, list) else ())
+    ]
+    return out
+
+
+def project_node(obj: Obj) -> Obj:
+    """A Node's name, labels and InternalIP addresses (its capacity, conditions and images,
+    refreshed by the kubelet every few seconds, are not the mesh's)."""
+    out = _head(obj)
+    status = obj.get("status") if isinstance(obj.get("status"), Mapping) else {}
+    assert isinstance(status, Mapping)
+    out["status"] = {
+        "addresses": [
+            _pick(a, ("type", "address"))
+            for a in status.get("addresses") or ()
+            if isinstance(a, Mapping) and a.get("type") == "InternalIP"
+        ]
+    }
+    return out
+
+
 def project_deployment(obj: Obj) -> Obj:
     spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
     assert isinstance(spec, Mapping)
@@ -170,6 +211,11 @@ KINDS: tuple[KubeKind, ...] = (
     KubeKind("ServiceAccount", "", "v1", "serviceaccounts", project=project_head),
     KubeKind("Pod", "", "v1", "pods", project=project_pod),
     KubeKind("Service", "", "v1", "services", project=project_service),
+    # the endpoints of Services without a selector (controller/meshbuilder.py)
+    KubeKind(
+        "EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", project=project_endpoint_slice
+    ),
+    KubeKind("Node", "", "v1", "nodes", namespaced=False, project=project_node),
     KubeKind("Deployment", "apps", "v1", "deployments", project=project_deployment),
     # meshConfig: ConfigMap weft-system/weft, key mesh (Istio: istio-system/istio)
     KubeKind(

@@ -86,7 +86,28 @@ _IGNORED_SERVICE_SPEC = frozenset(
         "ipFamilyPolicy",
         "internalTrafficPolicy",
         "publishNotReadyAddresses",
+        "externalIPs",
+        "sessionAffinityConfig",
+        # NodePort and LoadBalancer: how the Service is reached from outside the cluster,
+        # which the mesh leaves to kube-proxy and the load balancer
+        "externalTrafficPolicy",
+        "healthCheckNodePort",
+        "allocateLoadBalancerNodePorts",
+        "loadBalancerClass",
+        "loadBalancerIP",
+        "loadBalancerSourceRanges",
     }
+)
+# In the mesh, a NodePort or LoadBalancer Service is its ClusterIP (both have one), as Istio
+# treats them.
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+EXTERNAL_NAME_UNSUPPORTED = (
+    "ExternalName Services are not supported yet: weft leaves this Service out of the mesh "
+    "(DNS still answers its name with the external one)"
+)
+HEADLESS_UNSUPPORTED = (
+    "headless Services are not supported yet: weft leaves this Service out of the mesh; its "
+    "pods are still in it and reachable by their own addresses"
 )
 _IGNORED_TOP = frozenset({"status"})
 
@@ -262,8 +283,10 @@ class Service:
 
 if TYPE_CHECKING:  # those modules parse with helpers from this one, so no runtime import
     from meshcore.resources.destinationrule import DestinationRule
+    from meshcore.resources.endpointslice import EndpointSlice
     from meshcore.resources.gateway import Gateway, GRPCRoute, HTTPRoute
     from meshcore.resources.meshconfig import ConfigMap
+    from meshcore.resources.node import Node
     from meshcore.resources.ratelimit import RateLimitPolicy
     from meshcore.resources.requestauthn import RequestAuthentication
     from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
@@ -277,6 +300,8 @@ Resource: TypeAlias = (
     " | VirtualService"
     " | RequestAuthentication"
     " | ConfigMap"
+    " | EndpointSlice"
+    " | Node"
 )
 
 
@@ -587,8 +612,13 @@ def parse_service(f: Fields, ignored: list[str]) -> Service:
     ignored.extend(ign)
     spec = Fields(f.raw("spec"), "spec", ignored=_IGNORED_SERVICE_SPEC)
     kind = spec.string("type", default="ClusterIP")
-    if kind != "ClusterIP":
-        raise spec.fail("type", f"only ClusterIP services are supported, got {kind!r}")
+    if kind == "ExternalName":
+        raise spec.fail("type", EXTERNAL_NAME_UNSUPPORTED)
+    if kind not in SERVICE_TYPES:
+        raise spec.fail("type", f"must be ClusterIP, NodePort or LoadBalancer, got {kind!r}")
+    cluster_ip = spec.string("clusterIP")
+    if cluster_ip == "None":  # before ports: a headless Service may have none
+        raise spec.fail("clusterIP", HEADLESS_UNSUPPORTED)
     ports = tuple(_parse_service_port(item, p, ignored) for p, item in spec.objects("ports"))
     if not ports:
         raise spec.fail("ports", "a Service needs at least one port")
@@ -598,12 +628,9 @@ def parse_service(f: Fields, ignored: list[str]) -> Service:
     _unique([f"{p.port}/{p.protocol}" for p in ports], spec.sub("ports"), "port")
     selector = spec.string_map("selector")
     check_labels(selector, "spec.selector")
-    cluster_ip = spec.string("clusterIP")
     for extra in spec.string_list("clusterIPs"):
         if extra != cluster_ip:
             raise spec.fail("clusterIPs", "must equal clusterIP (single-stack only)")
-    if cluster_ip == "None":
-        raise spec.fail("clusterIP", "headless services are not supported yet")
     if cluster_ip:
         try:
             ipaddress.IPv4Address(cluster_ip)

@@ -18,6 +18,7 @@ from meshcore.resources.core import (
     parse_service_account,
 )
 from meshcore.resources.destinationrule import DESTINATION_RULE_VERSIONS, parse_destination_rule
+from meshcore.resources.endpointslice import ENDPOINTSLICE_VERSIONS, parse_endpoint_slice
 from meshcore.resources.errors import ManifestError, ManifestErrors
 from meshcore.resources.fields import Fields
 from meshcore.resources.gateway import (
@@ -29,6 +30,7 @@ from meshcore.resources.gateway import (
     parse_http_route,
 )
 from meshcore.resources.meshconfig import parse_config_map
+from meshcore.resources.node import parse_node
 from meshcore.resources.ratelimit import RATELIMIT_VERSIONS, parse_rate_limit_policy
 from meshcore.resources.requestauthn import parse_request_authentication
 from meshcore.resources.security import (
@@ -46,6 +48,8 @@ KINDS: dict[str, tuple[frozenset[str], _Parser]] = {
     "ServiceAccount": (frozenset({"v1"}), parse_service_account),
     "Pod": (frozenset({"v1"}), parse_pod),
     "Service": (frozenset({"v1"}), parse_service),
+    "EndpointSlice": (ENDPOINTSLICE_VERSIONS, parse_endpoint_slice),  # for selector-less Services
+    "Node": (frozenset({"v1"}), parse_node),  # from a Kubernetes API only
     "Deployment": (frozenset({"apps/v1"}), parse_deployment),
     "ConfigMap": (frozenset({"v1"}), parse_config_map),  # weft-system/weft: the mesh config
     "AuthorizationPolicy": (SECURITY_VERSIONS, parse_authorization_policy),
@@ -85,7 +89,7 @@ def _describe(raw: dict[object, object]) -> str:
     meta = raw.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     namespace = meta.get("namespace") if isinstance(meta, dict) else None
-    if not namespace and kind in KINDS and kind != "Namespace":
+    if not namespace and kind in KINDS and kind not in ("Namespace", "Node"):
         namespace = "default"  # what the resource will be called once parsed
     if namespace and name:
         return f"{kind} {namespace}/{name}"

@@ -129,14 +129,14 @@ def test_a_real_service() -> None:
     assert svc.cluster_ip == "10.96.0.20" and svc.ports[0].port == 9080
 
 
-def test_a_node_port_service_is_still_refused_with_the_field() -> None:
+def test_an_external_name_service_is_still_refused_with_the_field() -> None:
     raw = {
         "metadata": {"name": "web", "namespace": "shop"},
-        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]},
+        "spec": {"type": "ExternalName", "externalName": "example.com"},
     }
     with pytest.raises(ManifestError) as err:
         parse(BY_KIND["Service"], raw)
-    assert "spec.type" in str(err.value)
+    assert "spec.type: ExternalName Services are not supported yet" in str(err.value)
 
 
 def test_a_real_deployment() -> None:

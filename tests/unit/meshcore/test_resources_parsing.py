@@ -1035,9 +1035,16 @@ BAD_MANIFESTS += [
         "(name part: alphanumerics, '-', '_' or '.', at most 63 characters)",
     ),
     (
-        "service of type NodePort",
-        service("type: NodePort\nports: [{port: 80}]"),
-        "Service default/web: spec.type: only ClusterIP services are supported, got 'NodePort'",
+        "service of type ExternalName",
+        service("type: ExternalName\nexternalName: example.com"),
+        "Service default/web: spec.type: ExternalName Services are not supported yet: weft "
+        "leaves this Service out of the mesh (DNS still answers its name with the external one)",
+    ),
+    (
+        "service of an unknown type",
+        service("type: Internal\nports: [{port: 80}]"),
+        "Service default/web: spec.type: must be ClusterIP, NodePort or LoadBalancer, "
+        "got 'Internal'",
     ),
     (
         "service without ports",
@@ -1126,9 +1133,11 @@ BAD_MANIFESTS += [
         "Service default/web: spec.ports[0].protocol: must be TCP, UDP or SCTP, got 'udp'",
     ),
     (
-        "headless service",
-        service("clusterIP: None\nports: [{port: 80}]"),
-        "Service default/web: spec.clusterIP: headless services are not supported yet",
+        "headless service (without ports, as Kubernetes allows)",
+        service("clusterIP: None\nselector: {app: web}"),
+        "Service default/web: spec.clusterIP: headless Services are not supported yet: weft "
+        "leaves this Service out of the mesh; its pods are still in it and reachable by their "
+        "own addresses",
     ),
     (
         "service cluster IP not an address",
