@@ -184,5 +184,97 @@ def run(
     raise SystemExit(uvloop.run(main()))
 
 
+@cli.command("install-cni")
+@click.option(
+    "--cni-conf-dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The node's CNI conf folder as mounted here (host /etc/cni/net.d).",
+)
+@click.option(
+    "--cni-bin-dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The node's CNI bin folder as mounted here (host /opt/cni/bin).",
+)
+@click.option(
+    "--agent-socket",
+    default="/var/run/weft/cni.sock",
+    show_default=True,
+    help="The agent's --cni-socket as a path on the node (the plugin runs on the host).",
+)
+@click.option(
+    "--exclude-namespace",
+    "exclude_namespaces",
+    multiple=True,
+    default=("weft-system", "kube-system"),
+    show_default=True,
+    help="A namespace whose pods the plugin passes without asking the agent. Repeatable.",
+)
+@click.option(
+    "--timeout-seconds",
+    type=click.FloatRange(0.1, 120),
+    default=10.0,
+    show_default=True,
+    help="How long the plugin waits for the agent before failing the pod's sandbox.",
+)
+@click.option(
+    "--host-bin-dir",
+    "host_bin_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A host bin folder as mounted here, looked in for python3 (the plugin's interpreter). "
+    "Repeatable; none: not checked.",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(0.05, 60),
+    default=2.0,
+    show_default=True,
+    help="Seconds between checks that the conflist still carries weft-cni.",
+)
+def install_cni(
+    cni_conf_dir: Path,
+    cni_bin_dir: Path,
+    agent_socket: str,
+    exclude_namespaces: tuple[str, ...],
+    timeout_seconds: float,
+    host_bin_dirs: tuple[Path, ...],
+    poll_interval: float,
+) -> None:
+    """Install weft-cni on this node, keep it chained, and remove it on SIGTERM."""
+    import signal
+    import threading
+
+    from node_agent import cniinstall
+
+    configure_logging()
+    if host_bin_dirs:
+        found = cniinstall.host_python(host_bin_dirs)
+        if found is None:
+            # The plugin is a Python file: without python3 on the host every ADD would fail.
+            log.error(
+                "cni.host_python_missing",
+                looked_in=[str(d) for d in host_bin_dirs],
+                hint="this node's OS has no python3; weft-cni is not installed here",
+            )
+            raise SystemExit(3)
+        log.info("cni.host_python", path=str(found))
+    else:
+        log.warning("cni.host_python_unchecked")
+    try:
+        entry = cniinstall.WeftEntry(agent_socket, exclude_namespaces, timeout_seconds)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    for folder in (cni_conf_dir, cni_bin_dir):
+        if not folder.is_dir():
+            raise click.ClickException(f"{folder}: no such folder (is the host path mounted?)")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    installer = cniinstall.Installer(cni_conf_dir, cni_bin_dir, entry)
+    cniinstall.watch(installer, stop, poll_interval)
+
+
 if __name__ == "__main__":
     cli()
