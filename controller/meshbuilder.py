@@ -52,6 +52,12 @@ from meshcore.meshstate import (
 from meshcore.ports import PortError, parse_port_list
 from meshcore.resources import Namespace, Pod, Resource, ResourceKey, Service
 from meshcore.resources.destinationrule import DestinationRule
+from meshcore.resources.endpointslice import (
+    MANAGED_BY_LABEL,
+    SERVICE_NAME_LABEL,
+    EndpointSlice,
+)
+from meshcore.resources.endpointslice import AddressType as SliceAddressType
 from meshcore.resources.gateway import AddressType, Gateway, GRPCRoute, HTTPRoute, ParentKind
 from meshcore.resources.meshconfig import (
     MESH_CONFIG_KEY,
@@ -62,6 +68,7 @@ from meshcore.resources.meshconfig import (
     MeshSettings,
     mesh_config_of,
 )
+from meshcore.resources.node import Node
 from meshcore.resources.ratelimit import RateLimitPolicy
 from meshcore.resources.ratelimit import TargetKind as RateLimitTargetKind
 from meshcore.resources.requestauthn import RequestAuthentication
@@ -95,6 +102,17 @@ CUSTOM_AT_ZTUNNEL = (
     "closed); attach it with targetRefs to a waypoint's Gateway or a Service bound to a "
     "waypoint to have the provider asked"
 )
+NOT_A_POD = (
+    "{address} is not the address of a pod: weft does not route to endpoints outside the mesh "
+    "yet, so Service {service} is served by its pod endpoints only"
+)
+UNKNOWN_NODE = (
+    "no Node {node!r} is known to the API (deleted, or a wrong name): the pod runs on no node "
+    "weft knows"
+)
+# Kubernetes' own EndpointSlice controller: its slices are for Services with a selector,
+# which weft builds from pods (a dangling one is its garbage collector's to remove).
+KUBE_SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 NO_ENFORCEMENT_POINT = (
     "targetRefs policies are enforced by waypoints, and no waypoint serves any of its targets: "
     "this policy is enforced nowhere; bind the Service to a waypoint, or use a selector (or no "
@@ -264,6 +282,8 @@ class _PodInputs:
     # keeps a new object from being allocated at one of their ids and taken for the old one.
     objects: tuple[object, ...] = field(default=(), compare=False)
     waypoints: tuple[tuple[str, str], ...] = ()  # every waypoint and its traffic type
+    # its memberships of Services without a selector, from their EndpointSlices
+    endpoints: tuple[ServiceMembership, ...] = ()
 
 
 class MeshBuilder:
@@ -294,6 +314,8 @@ class MeshBuilder:
         waypoint_policies: list[AuthorizationPolicy] = []
         destination_rules: list[DestinationRule] = []
         config_maps: list[ConfigMap] = []
+        slices: list[EndpointSlice] = []
+        nodes: set[str] = set()
         problems: dict[ResourceKey, Problem] = {}
         for r in resources.values():
             if isinstance(r, Namespace):
@@ -332,6 +354,10 @@ class MeshBuilder:
                 request_authns.append(r)
             elif isinstance(r, ConfigMap):
                 config_maps.append(r)
+            elif isinstance(r, EndpointSlice):
+                slices.append(r)
+            elif isinstance(r, Node):
+                nodes.add(r.metadata.name)
         mesh_config = self._mesh_config(problems, config_maps, state)
 
         waypoints: dict[str, Waypoint] = {}
@@ -400,6 +426,8 @@ class MeshBuilder:
                     False,
                 )
 
+        slice_members = self._slice_memberships(problems, slices, services_by_ns, pods)
+
         # A pod's binding depends on the waypoints too: a Gateway added, removed or retyped
         # (rare) rebuilds every workload.
         waypoint_kinds = tuple(sorted((k, w.traffic_type.value) for k, w in waypoints.items()))
@@ -416,6 +444,7 @@ class MeshBuilder:
                 tuple(id(s) for s in services),
                 (pod, *services),
                 waypoint_kinds,
+                slice_members.get(pod.key, ()),
             )
             cached = self._cache.get(pod.key)
             if cached is not None and cached[0] == inputs:
@@ -429,7 +458,14 @@ class MeshBuilder:
                 pod.key,
                 ResourceKey(Workload.kind, ns, pod.metadata.name),
                 functools.partial(
-                    self._workload, pod, ns_labels, services, waypoints, ignored, unbound
+                    self._workload,
+                    pod,
+                    ns_labels,
+                    services,
+                    waypoints,
+                    ignored,
+                    unbound,
+                    inputs.endpoints,
                 ),
             )
             if workload is None:
@@ -445,12 +481,107 @@ class MeshBuilder:
                 # the bad pod is tried (and reported) again next time, not taken as built.
                 cache[pod.key] = cached
             state[workload.key] = workload
+        if nodes:  # none at all: a folder (the lab), or nodes not listed: unknown, not checked
+            for pod in pods:
+                node = pod.spec.node_name
+                if node and node not in nodes and pod.key not in problems:
+                    reason = UNKNOWN_NODE.format(node=node)
+                    self._report(problems, pod.key, "spec.nodeName", reason, False)
         for rule in destination_rules:
             self._check_destination_rule(problems, rule, state)
         self._cache = cache
         self._built = state
         self._problems = problems
         return state
+
+    def _slice_memberships(
+        self,
+        problems: dict[ResourceKey, Problem],
+        slices: list[EndpointSlice],
+        services_by_ns: Mapping[str, list[Service]],
+        pods: list[Pod],
+    ) -> dict[ResourceKey, tuple[ServiceMembership, ...]]:
+        """The pods that Services without a selector list as ready endpoints in their
+        EndpointSlices, as memberships by pod (service port -> the slice's port of the same
+        name). Slices of Services with a selector are Kubernetes' copy of what the pods say,
+        and are not read. An address that is no pod's is reported on its slice."""
+        selectorless = {
+            (ns, svc.metadata.name): svc
+            for ns, services in services_by_ns.items()
+            for svc in services
+            if not svc.selector
+        }
+        selected = {
+            (ns, svc.metadata.name)
+            for ns, services in services_by_ns.items()
+            for svc in services
+            if svc.selector
+        }
+        by_ip: dict[str, list[Pod]] = {}
+        for pod in pods:
+            if pod.status.pod_ip:
+                by_ip.setdefault(pod.status.pod_ip, []).append(pod)
+        ports_by_pod: dict[ResourceKey, dict[tuple[str, str], dict[int, int]]] = {}
+        for es in sorted(slices, key=lambda s: s.key):
+            ns, owner = es.metadata.namespace, es.service_name
+            own = es.metadata.labels.get(MANAGED_BY_LABEL) != KUBE_SLICE_CONTROLLER
+            svc = selectorless.get((ns, owner))
+            if svc is None:
+                if not own:
+                    continue
+                if (ns, owner) in selected:
+                    reason = (
+                        f"ignored: Service {ns}/{owner} has a selector, and weft takes its "
+                        "endpoints from the pods it selects"
+                    )
+                elif owner:
+                    reason = f"no Service {ns}/{owner}: these endpoints serve nothing"
+                else:
+                    reason = f"no label {SERVICE_NAME_LABEL}: the slice belongs to no Service"
+                field = f"metadata.labels[{SERVICE_NAME_LABEL}]"
+                self._report(problems, es.key, field, reason, False)
+                continue
+            if es.address_type is not SliceAddressType.IPV4:
+                continue  # weft's mesh is IPv4; the Service's other slices are read
+            slice_ports = {(p.name, p.protocol): p.port for p in es.ports}
+            ports: dict[int, int] = {}
+            for sp in svc.ports:
+                if (sp.name, sp.protocol) in slice_ports:
+                    ports[sp.port] = slice_ports[(sp.name, sp.protocol)] or sp.port
+            outside: tuple[str, str] | None = None  # the first (field, reason) not taken
+            for i, endpoint in enumerate(es.endpoints):
+                if not endpoint.conditions.ready:
+                    continue
+                ref = endpoint.target_ref
+                for j, address in enumerate(endpoint.addresses):
+                    found = by_ip.get(address, [])
+                    if len(found) > 1 and ref is not None and ref.kind == "Pod":
+                        found = [
+                            p
+                            for p in found
+                            if p.metadata.name == ref.name
+                            and p.metadata.namespace == (ref.namespace or ns)
+                        ]
+                    if len(found) != 1:
+                        reason = (
+                            NOT_A_POD.format(address=address, service=f"{ns}/{owner}")
+                            if not found
+                            else f"{address} is the address of several pods (host network): "
+                            "name the pod in targetRef to say which"
+                        )
+                        outside = outside or (f"endpoints[{i}].addresses[{j}]", reason)
+                        continue
+                    member = ports_by_pod.setdefault(found[0].key, {})
+                    member.setdefault((ns, svc.metadata.name), {}).update(ports)
+            if outside is not None:
+                self._report(problems, es.key, outside[0], outside[1], False)
+        return {
+            key: tuple(
+                ServiceMembership(ns, name, dict(sorted(ports.items())))
+                for (ns, name), ports in sorted(members.items())
+            )
+            for key, members in ports_by_pod.items()
+        }
 
     def _guarded(
         self,
@@ -728,6 +859,7 @@ class MeshBuilder:
         waypoints: Mapping[str, Waypoint],
         ignored: list[BuildError],
         unbound: list[BuildError],
+        endpoints: tuple[ServiceMembership, ...] = (),
     ) -> Workload:
         """The pod's workload. A bad annotation that only narrows capture is left out and
         added to `ignored`: the pod is still enrolled, every outbound port captured. A
@@ -754,6 +886,7 @@ class MeshBuilder:
                 if target is not None:
                     ports[sp.port] = target
             memberships.append(ServiceMembership(ns, svc.metadata.name, ports))
+        memberships.extend(endpoints)  # Services without a selector, from their EndpointSlices
         return Workload(
             uid=pod.metadata.uid or f"{ns}/{pod.metadata.name}",
             name=pod.metadata.name,
