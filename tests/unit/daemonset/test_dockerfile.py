@@ -157,4 +157,4 @@ def test_every_process_started_is_a_module_of_the_image() -> None:
             assert command[:2] == ["python", "-m"], c["name"]
             assert _module_with_main(command[2]), command
             started += 1
-    assert started == 3
+    assert started == 4  # controller; agent, ztunnel, install-cni

@@ -212,7 +212,7 @@ def test_the_node_pod_mounts_what_its_arguments_name() -> None:
     }
     assert volumes["controller-roots"]["configMap"]["name"] == ROOT_CONFIGMAP
     assert "emptyDir" in volumes["credential"]
-    for c in spec["containers"]:
+    for c in (container(ds, "agent"), container(ds, "ztunnel")):
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         assert mounts["/var/run/weft/credential"] == "credential"
         assert mounts["/var/run/secrets/weft"] == "token"
@@ -220,6 +220,31 @@ def test_the_node_pod_mounts_what_its_arguments_name() -> None:
     agent_mounts = {m["mountPath"]: m for m in container(ds, "agent")["volumeMounts"]}
     assert volumes[agent_mounts["/sys/fs/bpf"]["name"]]["hostPath"]["path"] == "/sys/fs/bpf"
     assert agent_mounts["/sys/fs/cgroup"]["readOnly"] is True
+    _install_cni_mounts(ds, volumes, agent_mounts)
+
+
+def _install_cni_mounts(ds: dict, volumes: dict, agent_mounts: dict) -> None:
+    """install-cni writes the host's CNI folders and names the agent's socket by its host
+    path; the agent serves it on the same host folder and enters the runtime's netns mounts."""
+    from node_agent.main import install_cni, run
+
+    c = container(ds, "install-cni")
+    assert c["command"] == ["python", "-m", "node_agent"]
+    params = _invoke(install_cni, c["args"][1:])
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    host = {path: volumes[m["name"]]["hostPath"]["path"] for path, m in mounts.items()}
+    assert host[str(params["cni_conf_dir"])] == "/etc/cni/net.d"
+    assert host[str(params["cni_bin_dir"])] == "/opt/cni/bin"
+    assert {host[str(d)] for d in params["host_bin_dirs"]} == {"/usr/bin"}
+    assert mounts[str(params["host_bin_dirs"][0])]["readOnly"] is True
+    assert not any("credential" in m["name"] or "token" in m["name"] for m in mounts.values())
+    agent = _invoke(run, container(ds, "agent")["args"][1:])
+    socket_dir = agent_mounts[str(agent["cni_socket"].parent)]
+    on_host = volumes[socket_dir["name"]]["hostPath"]["path"] + "/" + agent["cni_socket"].name
+    assert on_host == params["agent_socket"]
+    netns = agent_mounts["/var/run/netns"]
+    assert volumes[netns["name"]]["hostPath"]["path"] == "/var/run/netns"
+    assert netns["mountPropagation"] == "HostToContainer"
 
 
 def test_the_node_ports_and_probes_are_those_the_code_serves() -> None:
@@ -251,15 +276,19 @@ def test_the_node_ports_and_probes_are_those_the_code_serves() -> None:
 def test_node_containers_add_only_the_capabilities_listed_in_the_readme() -> None:
     ds = find("DaemonSet", "weft-node")
     readme = (DAEMONSET / "README.md").read_text()
-    expected = {"agent": {"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}, "ztunnel": {"NET_RAW"}}
+    expected = {
+        "agent": {"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"},
+        "ztunnel": {"NET_RAW"},
+        "install-cni": set(),
+    }
     for c in ds["spec"]["template"]["spec"]["containers"]:
         sc = c["securityContext"]
         assert sc["capabilities"]["drop"] == ["ALL"]
-        assert set(sc["capabilities"]["add"]) == expected[c["name"]]
+        assert set(sc["capabilities"].get("add", [])) == expected[c["name"]]
         assert sc.get("privileged") is False
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["readOnlyRootFilesystem"] is True
-        for cap in sc["capabilities"]["add"]:
+        for cap in sc["capabilities"].get("add", []):
             assert f"`CAP_{cap}`" in readme, f"README does not say why {c['name']} has {cap}"
     for v in ds["spec"]["template"]["spec"]["volumes"]:
         if "hostPath" in v:
