@@ -17,7 +17,9 @@ from node_agent.cniinstall import CniConfigError, Installer, WeftEntry, chain, u
 
 ENTRY = WeftEntry("/var/run/weft/cni.sock", ("weft-system", "kube-system"), 10)
 
-FLANNEL = {  # kube-flannel's cni-conf.json as its install-cni init container writes it
+FLANNEL: dict[
+    str, Any
+] = {  # kube-flannel's cni-conf.json as its install-cni init container writes it
     "name": "cbr0",
     "cniVersion": "0.3.1",
     "plugins": [
@@ -25,7 +27,9 @@ FLANNEL = {  # kube-flannel's cni-conf.json as its install-cni init container wr
         {"type": "portmap", "capabilities": {"portMappings": True}},
     ],
 }
-K3S_FLANNEL = {  # k3s's /var/lib/rancher/k3s/agent/etc/cni/net.d/10-flannel.conflist
+K3S_FLANNEL: dict[
+    str, Any
+] = {  # k3s's /var/lib/rancher/k3s/agent/etc/cni/net.d/10-flannel.conflist
     "name": "cbr0",
     "cniVersion": "1.0.0",
     "plugins": [
@@ -37,7 +41,7 @@ K3S_FLANNEL = {  # k3s's /var/lib/rancher/k3s/agent/etc/cni/net.d/10-flannel.con
         {"type": "bandwidth", "capabilities": {"bandwidth": True}},
     ],
 }
-CALICO = {  # calico-node's 10-calico.conflist
+CALICO: dict[str, Any] = {  # calico-node's 10-calico.conflist
     "name": "k8s-pod-network",
     "cniVersion": "0.3.1",
     "plugins": [
@@ -55,7 +59,7 @@ CALICO = {  # calico-node's 10-calico.conflist
         {"type": "bandwidth", "capabilities": {"bandwidth": True}},
     ],
 }
-CILIUM_CHAINED = {  # Cilium in generic-veth chaining mode on top of another CNI
+CILIUM_CHAINED: dict[str, Any] = {  # Cilium in generic-veth chaining mode on top of another CNI
     "name": "generic-veth",
     "cniVersion": "0.3.1",
     "plugins": [
@@ -68,7 +72,7 @@ CILIUM_CHAINED = {  # Cilium in generic-veth chaining mode on top of another CNI
         {"type": "cilium-cni"},
     ],
 }
-KINDNET = {  # kind's kindnetd writes 10-kindnet.conflist
+KINDNET: dict[str, Any] = {  # kind's kindnetd writes 10-kindnet.conflist
     "cniVersion": "0.3.1",
     "name": "kindnet",
     "plugins": [
@@ -86,7 +90,7 @@ KINDNET = {  # kind's kindnetd writes 10-kindnet.conflist
         {"type": "portmap", "capabilities": {"portMappings": True}},
     ],
 }
-CHAINS = {
+CHAINS: dict[str, dict[str, Any]] = {
     "10-flannel.conflist": FLANNEL,
     "10-flannel.conflist (k3s)": K3S_FLANNEL,
     "10-calico.conflist": CALICO,
