@@ -106,6 +106,15 @@ NOT_A_POD = (
     "{address} is not the address of a pod: weft does not route to endpoints outside the mesh "
     "yet, so Service {service} is served by its pod endpoints only"
 )
+# A Service whose endpoints are all outside the mesh (`default/kubernetes`, a database
+# elsewhere) is left out of the mesh state: ztunnel then passes connections to its ClusterIP
+# through untouched, as for any address it does not know, and the cluster's own service
+# routing reaches the endpoints. In the state with no endpoint, it would be refused.
+ONLY_OUTSIDE = (
+    "{address} is not the address of a pod, and Service {service} has no pod endpoint: weft "
+    "does not route to endpoints outside the mesh yet, so it leaves the Service out of the "
+    "mesh; connections to its ClusterIP are passed through (plain TCP, no mesh policy)"
+)
 UNKNOWN_NODE = (
     "no Node {node!r} is known to the API (deleted, or a wrong name): the pod runs on no node "
     "weft knows"
@@ -383,9 +392,14 @@ class MeshBuilder:
                         problems, gw.key, err.field, f"{err.reason}; 1 replica is run", False
                     )
 
+        slice_members, outside_only = self._slice_memberships(
+            problems, slices, services_by_ns, pods
+        )
         for ns, services in services_by_ns.items():
             ns_labels = namespaces.get(ns, {})
             for svc in services:
+                if (ns, svc.metadata.name) in outside_only:
+                    continue  # reported on its slices
                 refused: list[BuildError] = []
                 mesh_svc = self._guarded(
                     problems,
@@ -425,8 +439,6 @@ class MeshBuilder:
                     NO_JWT_ENFORCEMENT.format(scope=scope),
                     False,
                 )
-
-        slice_members = self._slice_memberships(problems, slices, services_by_ns, pods)
 
         # A pod's binding depends on the waypoints too: a Gateway added, removed or retyped
         # (rare) rebuilds every workload.
@@ -500,10 +512,11 @@ class MeshBuilder:
         slices: list[EndpointSlice],
         services_by_ns: Mapping[str, list[Service]],
         pods: list[Pod],
-    ) -> dict[ResourceKey, tuple[ServiceMembership, ...]]:
+    ) -> tuple[dict[ResourceKey, tuple[ServiceMembership, ...]], set[tuple[str, str]]]:
         """The pods that Services without a selector list as ready endpoints in their
         EndpointSlices, as memberships by pod (service port -> the slice's port of the same
-        name). Slices of Services with a selector are Kubernetes' copy of what the pods say,
+        name), and the Services whose ready endpoints are all outside the mesh (left out of
+        it). Slices of Services with a selector are Kubernetes' copy of what the pods say,
         and are not read. An address that is no pod's is reported on its slice."""
         selectorless = {
             (ns, svc.metadata.name): svc
@@ -522,6 +535,10 @@ class MeshBuilder:
             if pod.status.pod_ip:
                 by_ip.setdefault(pod.status.pod_ip, []).append(pod)
         ports_by_pod: dict[ResourceKey, dict[tuple[str, str], dict[int, int]]] = {}
+        with_pods: set[tuple[str, str]] = set()  # Services with a pod endpoint
+        outside_of: set[tuple[str, str]] = set()  # Services with a non-pod endpoint
+        reported: list[tuple[ResourceKey, str, str, str, bool]] = []
+        selectorless_name: dict[ResourceKey, str] = {}
         for es in sorted(slices, key=lambda s: s.key):
             ns, owner = es.metadata.namespace, es.service_name
             own = es.metadata.labels.get(MANAGED_BY_LABEL) != KUBE_SLICE_CONTROLLER
@@ -541,6 +558,7 @@ class MeshBuilder:
                 field = f"metadata.labels[{SERVICE_NAME_LABEL}]"
                 self._report(problems, es.key, field, reason, False)
                 continue
+            selectorless_name[es.key] = owner
             if es.address_type is not SliceAddressType.IPV4:
                 continue  # weft's mesh is IPv4; the Service's other slices are read
             slice_ports = {(p.name, p.protocol): p.port for p in es.ports}
@@ -548,7 +566,8 @@ class MeshBuilder:
             for sp in svc.ports:
                 if (sp.name, sp.protocol) in slice_ports:
                     ports[sp.port] = slice_ports[(sp.name, sp.protocol)] or sp.port
-            outside: tuple[str, str] | None = None  # the first (field, reason) not taken
+            # the first address not taken: (field, address, reason, whether it is no pod's)
+            outside: tuple[str, str, str, bool] | None = None
             for i, endpoint in enumerate(es.endpoints):
                 if not endpoint.conditions.ready:
                     continue
@@ -569,19 +588,31 @@ class MeshBuilder:
                             else f"{address} is the address of several pods (host network): "
                             "name the pod in targetRef to say which"
                         )
-                        outside = outside or (f"endpoints[{i}].addresses[{j}]", reason)
+                        field = f"endpoints[{i}].addresses[{j}]"
+                        outside = outside or (field, address, reason, not found)
+                        if not found:
+                            outside_of.add((ns, owner))
                         continue
+                    with_pods.add((ns, owner))
                     member = ports_by_pod.setdefault(found[0].key, {})
                     member.setdefault((ns, svc.metadata.name), {}).update(ports)
             if outside is not None:
-                self._report(problems, es.key, outside[0], outside[1], False)
-        return {
+                reported.append((es.key, *outside))
+        outside_only = outside_of - with_pods
+        for key, field, address, reason, not_a_pod in reported:
+            service = (key.namespace, selectorless_name[key])
+            if not_a_pod and service in outside_only:
+                where = f"{service[0]}/{service[1]}"
+                reason = ONLY_OUTSIDE.format(address=address, service=where)
+            self._report(problems, key, field, reason, False)
+        memberships = {
             key: tuple(
                 ServiceMembership(ns, name, dict(sorted(ports.items())))
                 for (ns, name), ports in sorted(members.items())
             )
             for key, members in ports_by_pod.items()
         }
+        return memberships, outside_only
 
     def _guarded(
         self,

@@ -133,6 +133,27 @@ def test_an_address_outside_the_mesh_is_reported_and_the_pods_still_serve() -> N
     )
 
 
+def test_a_service_whose_endpoints_are_all_outside_the_mesh_is_left_out() -> None:
+    # like default/kubernetes, or a database elsewhere: in the state with no endpoint ztunnel
+    # would refuse it; left out, its ClusterIP is passed through to the cluster's routing
+    text = BASE + DB_SLICE.replace("10.244.1.5", "192.0.2.10")
+    state, builder = build(text)
+    assert ResourceKey("Service", "shop", "db") not in state
+    assert ResourceKey("Service", "shop", "web") in state
+    problem = builder.problems()[ResourceKey("EndpointSlice", "shop", "db-manual")]
+    assert problem.field == "endpoints[0].addresses[0]"
+    assert problem.reason.startswith(
+        "192.0.2.10 is not the address of a pod, and Service shop/db has no pod endpoint"
+    )
+    assert "leaves the Service out of the mesh" in problem.reason
+    # a pod endpoint in another slice of the same Service keeps it in the mesh
+    other = DB_SLICE.replace("db-manual", "db-pods")
+    state, builder = build(text + other)
+    assert ResourceKey("Service", "shop", "db") in state
+    problem = builder.problems()[ResourceKey("EndpointSlice", "shop", "db-manual")]
+    assert "served by its pod endpoints only" in problem.reason
+
+
 def test_a_slice_of_no_service_or_no_label_is_reported() -> None:
     _, builder = build(BASE + DB_SLICE.replace("service-name: db}", "service-name: dbb}"))
     problem = builder.problems()[ResourceKey("EndpointSlice", "shop", "db-manual")]
