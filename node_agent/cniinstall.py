@@ -284,13 +284,16 @@ class Installer:
         log.info("cni.unchained", path=str(path))
         return True
 
-    def uninstall(self) -> None:
-        """Our entry out of every conflist, then the binary (CRI-O skips a chain naming a
-        missing binary, so the order matters)."""
+    def uninstall(self, remove_binary: bool = True) -> None:
+        """Our entry out of every conflist, then (with `remove_binary`) the binary: CRI-O
+        skips a chain naming a missing binary, so the order matters."""
         for name in self._conf_names():
             if name.endswith(".conflist"):
                 self._unchain_file(self.conf_dir / name)
         self.chained = None
+        if not remove_binary:
+            log.info("cni.binary_kept", path=str(self.binary))
+            return
         try:
             self.binary.unlink()
             log.info("cni.binary_removed", path=str(self.binary))
@@ -298,8 +301,17 @@ class Installer:
             pass
 
 
-def watch(installer: Installer, stop: threading.Event, interval: float = 2.0) -> None:
-    """Sync every `interval` seconds until `stop` is set, then uninstall. A CNI daemon that
+def watch(
+    installer: Installer,
+    stop: threading.Event,
+    interval: float = 2.0,
+    remove_binary: bool = False,
+) -> None:
+    """Sync every `interval` seconds until `stop` is set, then uninstall: the entry always,
+    the binary only with `remove_binary`. Kept by default because pods created while it was
+    chained are torn down (CNI DEL) with the config cached at their ADD, which names it:
+    without the binary their DEL fails and containerd retries it forever (Istio learned this,
+    istio/istio#58572); the file left on the node does nothing once unchained. A CNI daemon that
     rewrites its conflist (Flannel, Calico, Cilium do at start) is chained again within one
     interval. Polling, not inotify: one small file read per interval, and it sees a file
     replaced by rename (how CNI daemons write) without re-arming watches."""
@@ -312,5 +324,5 @@ def watch(installer: Installer, stop: threading.Event, interval: float = 2.0) ->
             if stop.wait(interval):
                 break
     finally:
-        installer.uninstall()
+        installer.uninstall(remove_binary)
         log.info("cni.install_stopped")

@@ -233,6 +233,13 @@ def run(
     show_default=True,
     help="Seconds between checks that the conflist still carries weft-cni.",
 )
+@click.option(
+    "--remove-binary-on-stop/--keep-binary-on-stop",
+    default=False,
+    show_default=True,
+    help="On SIGTERM, also delete the weft-cni binary (the chain entry is always removed). "
+    "Kept by default: pods added through it still need it for their DEL.",
+)
 def install_cni(
     cni_conf_dir: Path,
     cni_bin_dir: Path,
@@ -241,8 +248,9 @@ def install_cni(
     timeout_seconds: float,
     host_bin_dirs: tuple[Path, ...],
     poll_interval: float,
+    remove_binary_on_stop: bool,
 ) -> None:
-    """Install weft-cni on this node, keep it chained, and remove it on SIGTERM."""
+    """Install weft-cni on this node, keep it chained, and unchain it on SIGTERM."""
     import signal
     import threading
 
@@ -273,7 +281,7 @@ def install_cni(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     installer = cniinstall.Installer(cni_conf_dir, cni_bin_dir, entry)
-    cniinstall.watch(installer, stop, poll_interval)
+    cniinstall.watch(installer, stop, poll_interval, remove_binary_on_stop)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ def installer(node: Node) -> Iterator[subprocess.Popen[bytes]]:
         "--host-bin-dir", str(Path(sys.executable).parent),
         "--host-bin-dir", "/usr/bin",
         "--poll-interval", "0.2",
+        "--remove-binary-on-stop",  # (the default keeps it; see the unit test)
     ]  # fmt: skip
     with open(node.log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

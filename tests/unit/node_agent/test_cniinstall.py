@@ -292,3 +292,17 @@ def test_host_python_is_looked_for_as_an_entry(tmp_path: Path) -> None:
     assert cniinstall.host_python([usr, local]) is None
     (local / "python3").symlink_to("/nonexistent/in/this/container/python3.11")
     assert cniinstall.host_python([usr, local]) == local / "python3"
+
+
+def test_stopping_unchains_but_keeps_the_binary_by_default(tmp_path: Path) -> None:
+    import threading
+
+    from node_agent.cniinstall import watch
+
+    conf, bin_ = _dirs(tmp_path)
+    (conf / "10-flannel.conflist").write_text(_text(FLANNEL))
+    stop = threading.Event()
+    stop.set()  # (one sync, then stop)
+    watch(Installer(conf, bin_, ENTRY), stop, 0.05)
+    assert "weft-cni" not in (conf / "10-flannel.conflist").read_text()
+    assert (bin_ / "weft-cni").exists()  # pods chained through it still DEL with it
