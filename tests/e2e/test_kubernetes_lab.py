@@ -79,6 +79,13 @@ def test_the_demo_on_a_real_api_server(tmp_path: Path) -> None:
             assert seen["spec"]["nodeName"] == pod["node"]
             assert seen["status"]["phase"] == "Running"
 
+        # the controller's status reaches the API: the demo's waypoint Gateway is Programmed
+        (gateway,) = json.loads(
+            kubectl(kubeconfig, "get", "gateways", "-n", "demo", "-o", "json").stdout
+        )["items"]
+        conditions = {c["type"]: c["status"] for c in gateway["status"]["conditions"]}
+        assert conditions == {"Accepted": "True", "Programmed": "True"}, gateway["status"]
+
         # the nodes got their credentials by TokenReview, not from the lab
         log = (Path("/run/weft/labs") / lab.name / "logs" / "controller.log").read_text()
         bootstrapped = {
