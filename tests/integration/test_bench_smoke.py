@@ -24,6 +24,7 @@ SCRIPTS = [
     "capture_overhead.py",
     "controller_scale.py",
     "lab_updown.py",
+    "waypoint_ext_authz.py",
     "waypoint_inproc.py",
     "waypoint_ratelimit.py",
     "waypoint_vs_haproxy.py",
@@ -60,6 +61,11 @@ def test_benchmark_runs_in_smoke_mode_and_cleans_up(script: str) -> None:
         assert not state_dir(name).exists()
     for folder in re.findall(r"working in (\S+)", err):
         assert not Path(folder).exists()
-    no_lab = ("controller_scale.py", "waypoint_inproc.py", "waypoint_ratelimit.py")
+    no_lab = (
+        "controller_scale.py",
+        "waypoint_ext_authz.py",
+        "waypoint_inproc.py",
+        "waypoint_ratelimit.py",
+    )
     if script not in no_lab:
         assert re.search(r"\(id [0-9a-f]{6}\) up", err), "a lab benchmark names its lab"
