@@ -36,6 +36,7 @@ from controller.nodeauth import (
     authorize_waypoint_token,
 )
 from controller.server import split_pem
+from meshcore import kubehttp
 from meshcore.api import mesh_pb2 as pb
 from meshcore.identity.certs import CertificateError
 from meshcore.identity.spiffe import SpiffeId
@@ -65,17 +66,15 @@ class TokenReviewer:
             "kind": "TokenReview",
             "spec": {"token": token, "audiences": [self.audience]},
         }
-        params = self.api.param_serialize(
+        code, data = kubehttp.exchange(
+            self.api,
             "POST",
             "/apis/authentication.k8s.io/v1/tokenreviews",
-            header_params={"Accept": "application/json", "Content-Type": "application/json"},
             body=body,
-            auth_settings=["BearerToken"],
+            timeout=(5, 10),
         )
-        response = self.api.call_api(*params, _request_timeout=(5, 10))
-        data = response.read()
-        if response.status >= 300:
-            raise RuntimeError(f"TokenReview failed: HTTP {response.status}: {data[:300]!r}")
+        if code >= 300:
+            raise RuntimeError(f"TokenReview failed: HTTP {code}: {data[:300]!r}")
         status = json.loads(data).get("status")
         return status if isinstance(status, dict) else {}
 

@@ -33,6 +33,7 @@ from prometheus_client import Counter, Gauge
 from controller.kubecache import BadEvent, Change, KindCache, WatchExpired
 from controller.kubekinds import KINDS, KubeKind
 from controller.sources import SourceChange
+from meshcore import kubehttp
 from meshcore.resources import Document
 
 log = structlog.get_logger("controller.kubernetes")
@@ -116,14 +117,9 @@ class Reflector:
     # --- HTTP -----------------------------------------------------------------------
 
     def _get(self, query: list[tuple[str, str]], read_timeout: float) -> Any:
-        params = self.api.param_serialize(
-            "GET",
-            self.kind.list_path(),
-            query_params=query,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
+        response = kubehttp.send(
+            self.api, "GET", self.kind.list_path(), query=query, timeout=(10, read_timeout)
         )
-        response = self.api.call_api(*params, _request_timeout=(10, read_timeout))
         # (an error's body is read whole: a connection handed back with a response unread
         # would be given to the next request still busy)
         if response.status == 404:

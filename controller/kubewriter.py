@@ -25,6 +25,7 @@ from kubernetes import client as kclient
 from controller.deployer import WriteError
 from controller.kubekinds import KINDS, KubeKind
 from controller.store import Problem
+from meshcore import kubehttp
 from meshcore.resources.security import ROOT_NAMESPACE
 
 log = structlog.get_logger("controller.kubewriter")
@@ -106,24 +107,17 @@ class KubernetesObjectWriter:
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
     ) -> dict[str, Any]:
-        params = self.api.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
         try:
-            response = self.api.call_api(*params, _request_timeout=(5, 30))
-            data = response.read()
+            code, data = kubehttp.exchange(
+                self.api, method, path, body=body, content_type=content_type, query=query
+            )
         except Exception as err:  # (connection refused, TLS, timeout: all one to the caller)
             raise WriteError(f"{method} {path}: {type(err).__name__}: {err}") from None
-        if response.status >= 300:
+        if code >= 300:
             message = data.decode("utf-8", "replace")
             with contextlib.suppress(ValueError, AttributeError):
                 message = json.loads(data).get("message", message)
-            raise WriteError(f"{method} {path}: HTTP {response.status}: {message[:500]}")
+            raise WriteError(f"{method} {path}: HTTP {code}: {message[:500]}")
         return json.loads(data) if data else {}
 
     def _apply(self, obj: dict[str, Any]) -> None:

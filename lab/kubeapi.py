@@ -39,6 +39,7 @@ from lab.naming import LabNames
 from lab.netns import NETNS_DIR
 from lab.processes import ProcessSpec, Supervised
 from lab.state import LabPaths
+from meshcore import kubehttp
 from meshcore.resources import RestartPolicy
 from meshcore.resources.security import ROOT_NAMESPACE
 
@@ -219,18 +220,11 @@ class LabKubeAPI:
         self, method: str, path: str, body: Any = None, content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        params = self.api.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
+        code, data = kubehttp.exchange(
+            self.api, method, path, body=body, content_type=content_type, query=query
         )
-        response = self.api.call_api(*params, _request_timeout=(5, 30))
-        data = response.read()
-        if response.status >= 300:
-            raise KubeAPIError(f"{method} {path}: HTTP {response.status}: {data[:400]!r}")
+        if code >= 300:
+            raise KubeAPIError(f"{method} {path}: HTTP {code}: {data[:400]!r}")
         return json.loads(data) if data else {}
 
     def _apply(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import structlog
 from kubernetes import client as kclient
 
 from controller.kubekinds import KINDS, KubeKind
+from meshcore import kubehttp
 
 log = structlog.get_logger("lab.kubemirror")
 
@@ -104,20 +105,13 @@ class KubeMirror:
         query: list[tuple[str, str]] | None = None,
         missing_ok: bool = False,
     ) -> dict[str, Any]:
-        params = self.api.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
+        code, data = kubehttp.exchange(
+            self.api, method, path, body=body, content_type=content_type, query=query
         )
-        response = self.api.call_api(*params, _request_timeout=(5, 30))
-        data = response.read()
-        if response.status == 404 and missing_ok:
+        if code == 404 and missing_ok:
             return {}
-        if response.status >= 300:
-            raise MirrorError(f"{method} {path}: HTTP {response.status}: {data[:400]!r}")
+        if code >= 300:
+            raise MirrorError(f"{method} {path}: HTTP {code}: {data[:400]!r}")
         return json.loads(data) if data else {}
 
     @staticmethod

@@ -1,6 +1,6 @@
 """A small client for what `weftctl install`/`uninstall`/`precheck` ask of an API server:
 discovery, server-side apply, delete, get. Built on the official client's ApiClient
-(param_serialize + call_api, as controller/kubesource.py uses it), so kubeconfig handling
+(through meshcore.kubehttp, as the controller uses it), so kubeconfig handling
 (contexts, client certificates, exec plugins, tokens) is the client's.
 
 Every error names the object and carries the API server's own message.
@@ -17,6 +17,7 @@ from kubernetes import client as kclient
 from kubernetes import config as kconfig
 from kubernetes.config.config_exception import ConfigException
 
+from meshcore import kubehttp
 from weftctl.render import ObjectRef
 
 FIELD_MANAGER = "weftctl"
@@ -94,35 +95,31 @@ class KubeApi:
     ) -> tuple[int, Any]:
         """(status, parsed JSON body) of a request; 404 is returned, not raised (callers
         decide whether absence is an error); any other 4xx/5xx raises naming `what`."""
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        params = self.api.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
         try:
-            response = self.api.call_api(*params, _request_timeout=TIMEOUT)
-            data = response.read()
+            code, data = kubehttp.exchange(
+                self.api,
+                method,
+                path,
+                body=body,
+                content_type=content_type,
+                query=query,
+                timeout=TIMEOUT,
+            )
         except Exception as err:  # urllib3's errors: connection refused, TLS, timeouts
             raise KubeError(f"{what}: cannot reach the API server at {self.host}: {err}") from None
-        if response.status == 404:
+        if code == 404:
             message, reason = _message(data)
             return 404, {"message": message, "reason": reason}
-        if response.status >= 400:
+        if code >= 400:
             message, reason = _message(data)
             raise KubeError(
-                f"{what}: the API server refused it (HTTP {response.status}"
+                f"{what}: the API server refused it (HTTP {code}"
                 f"{', ' + reason if reason else ''}): {message}",
-                response.status,
+                code,
                 reason,
             )
         try:
-            return response.status, json.loads(data) if data else {}
+            return code, json.loads(data) if data else {}
         except ValueError:
             raise KubeError(f"{what}: the API server's answer is not JSON") from None
 
