@@ -69,22 +69,18 @@ def apiserver_binary() -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
-def _kubeconfig(server: str, ca: Path, token: str) -> str:
+def kubeconfig_text(server: str, ca: Path, token: str, cluster: str = "weft-lab") -> str:
+    """A kubeconfig for `server` as the static admin (token), trusting `ca`."""
     return json.dumps(
         {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {
-                    "name": "weft-lab",
-                    "cluster": {"server": server, "certificate-authority": str(ca)},
-                }
+                {"name": cluster, "cluster": {"server": server, "certificate-authority": str(ca)}}
             ],
             "users": [{"name": "weft-admin", "user": {"token": token}}],
-            "contexts": [
-                {"name": "weft-lab", "context": {"cluster": "weft-lab", "user": "weft-admin"}}
-            ],
-            "current-context": "weft-lab",
+            "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": "weft-admin"}}],
+            "current-context": cluster,
         },
         indent=2,
     )
@@ -142,10 +138,10 @@ class LabKubeAPI:
         )  # fmt: skip
         port = await self.forward.start()
         self.kubeconfig.write_text(
-            _kubeconfig(f"https://127.0.0.1:{port}", self.ca_path, self.token)
+            kubeconfig_text(f"https://127.0.0.1:{port}", self.ca_path, self.token)
         )
         self.controller_kubeconfig.write_text(
-            _kubeconfig(f"https://127.0.0.1:{API_PORT}", self.ca_path, self.token)
+            kubeconfig_text(f"https://127.0.0.1:{API_PORT}", self.ca_path, self.token)
         )
         os.chmod(self.kubeconfig, 0o600)
         os.chmod(self.controller_kubeconfig, 0o600)

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from lab.kubeapi import kubeconfig_text
 from tests.conftest import RUN_ID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -272,24 +273,7 @@ class KubeAPI:
         raise RuntimeError(f"{what} was not ready within {START_TIMEOUT:.0f} s:\n{_tail(log)}")
 
     def _kubeconfig(self) -> str:
-        return json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "weft",
-                        "cluster": {"server": self.url, "certificate-authority": str(self.ca_path)},
-                    }
-                ],
-                "users": [{"name": "weft-admin", "user": {"token": self.admin_token}}],
-                "contexts": [
-                    {"name": "weft", "context": {"cluster": "weft", "user": "weft-admin"}}
-                ],
-                "current-context": "weft",
-            },
-            indent=2,
-        )
+        return kubeconfig_text(self.url, self.ca_path, self.admin_token, cluster="weft")
 
 
 @contextmanager
