@@ -380,11 +380,11 @@ class Controller:
 
     async def _nodes(self, _request: web.Request) -> web.Response:
         connected = [s.as_dict() | {"connected": True} for s in self.service.sessions]
-        names = {s.node for s in self.service.sessions}
+        live = {(s.node, s.component) for s in self.service.sessions}
         gone = [
             s.as_dict() | {"connected": False}
-            for node, s in sorted(self.service.disconnected.items())
-            if node not in names
+            for key, s in sorted(self.service.disconnected.items())
+            if key not in live
         ]
         return web.json_response(
             {"epoch": self.state.epoch, "version": self.state.version, "nodes": connected + gone}

@@ -56,10 +56,14 @@ class NodeSession:
     acked_version: int = 0
     nacks: list[tuple[int, str]] = field(default_factory=list)
     epoch: str = ""
+    component: str = ""  # "agent", "ztunnel", "waypoint" (from Hello; "" from older nodes)
+    weft_version: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {
             "node": self.node,
+            "component": self.component,
+            "weft_version": self.weft_version,
             "peer": self.peer,
             "connected_at": self.connected_at,
             "sent_version": self.sent_version,
@@ -114,7 +118,8 @@ class ControllerService:
         # state of a controller that has not read the cluster yet.
         self.synced = asyncio.Event()
         self.sessions: list[NodeSession] = []
-        self.disconnected: dict[str, NodeSession] = {}
+        # (node, component) -> its last session: a node's agent and ztunnel are two
+        self.disconnected: dict[tuple[str, str], NodeSession] = {}
 
     def _identities_on(self, node: str) -> frozenset[SpiffeId]:
         """Identities of the workloads scheduled on `node`, indexed once per state version."""
@@ -190,6 +195,8 @@ class ControllerService:
             context.peer(),
             epoch=hello.epoch,
             acked_version=hello.version if hello.epoch == self.state.epoch else 0,
+            component=hello.component or ("waypoint" if caller.kind is CallerKind.WAYPOINT else ""),
+            weft_version=hello.weft_version,
         )
         self.sessions.append(session)
         CONNECTED.inc()
@@ -197,6 +204,7 @@ class ControllerService:
             "node.connected",
             node=node,
             kind=caller.kind.value,
+            component=session.component,
             peer=session.peer,
             epoch=hello.epoch,
             version=hello.version,
@@ -255,7 +263,7 @@ class ControllerService:
         finally:
             reader.cancel()
             self.sessions.remove(session)
-            self.disconnected[node] = session
+            self.disconnected[(node, session.component)] = session
             CONNECTED.dec()
             log.info("node.disconnected", node=node, acked_version=session.acked_version)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import fcntl
+import importlib.metadata
 import os
 import random
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -47,6 +48,16 @@ CONTROLLER_NAME = "weft-controller"  # the DNS SAN of the controller's serving c
 BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
 RENEWAL_RETRY = 30.0  # seconds between attempts to renew the node credential
+
+
+def _weft_version() -> str:
+    try:
+        return importlib.metadata.version("weftmesh")
+    except importlib.metadata.PackageNotFoundError:  # run from a tree that was not installed
+        return "unknown"
+
+
+WEFT_VERSION = _weft_version()  # sent in Hello, as Istio's proxies send ISTIO_VERSION
 
 
 @dataclass(frozen=True)
@@ -202,8 +213,10 @@ class ConfigClient:
         validate: Validator | None = None,
         on_change: Callable[[Applied], None] | None = None,
         server_name: str = CONTROLLER_NAME,
+        component: str = "",
     ) -> None:
         self.node = node
+        self.component = component
         self.target = target
         self.credential = credential
         self.validate = validate
@@ -288,7 +301,13 @@ class ConfigClient:
         outbox: asyncio.Queue[pb.SubscribeRequest | None] = asyncio.Queue()
         outbox.put_nowait(
             pb.SubscribeRequest(
-                hello=pb.Hello(node=self.node, epoch=self.epoch, version=self.version)
+                hello=pb.Hello(
+                    node=self.node,
+                    epoch=self.epoch,
+                    version=self.version,
+                    component=self.component,
+                    weft_version=WEFT_VERSION,
+                )
             )
         )
 

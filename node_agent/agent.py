@@ -82,6 +82,7 @@ class NodeAgent:
             config.controller,
             NodeCredential.load(config.credential),
             on_change=lambda _applied: self._dirty.set(),
+            component="agent",
         )
         self.ready = False
         self.tc_done: dict[str, str] = {}  # "device/direction" -> what was done

@@ -89,7 +89,11 @@ class WaypointProcess:
             )
         # The config stream names its caller by the identity the credential proves.
         self.client = ConfigClient(
-            self.identity, config.controller, credential, on_change=self._on_change
+            self.identity,
+            config.controller,
+            credential,
+            on_change=self._on_change,
+            component="waypoint",
         )
         self.identities = IdentityManager(self.client.certificate)
         self.pool = Pool(self.identities, config.ztunnel_port)

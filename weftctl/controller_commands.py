@@ -64,17 +64,19 @@ def _ago(ts: float) -> str:
 @OUTPUT_OPTION
 @click.pass_context
 def nodes(ctx: click.Context, output: str) -> None:
-    """Nodes subscribed to the mesh state, with the versions they were sent and ACKed."""
+    """Processes subscribed to the mesh state (each node's agent and ztunnel, waypoints),
+    with the versions they were sent and ACKed."""
     data = _fetch(ctx, "/debug/nodes")
     if emit(data, output):
         return
     click.echo(f"state version {data['version']} (epoch {data['epoch']})")
     click.echo(
         table(
-            ["NODE", "CONNECTED", "SENT", "ACKED", "NACKS", "SINCE", "PEER"],
+            ["NODE", "COMPONENT", "CONNECTED", "SENT", "ACKED", "NACKS", "SINCE", "PEER"],
             [
                 [
                     n["node"],
+                    n.get("component") or "?",
                     "yes" if n["connected"] else "no",
                     n["sent_version"],
                     n["acked_version"],
@@ -88,7 +90,8 @@ def nodes(ctx: click.Context, output: str) -> None:
     )
     for n in data["nodes"]:
         for nack in n["nacks"]:
-            click.echo(f"  {n['node']} NACKed version {nack['version']}: {nack['reason']}")
+            who = f"{n['node']} ({n.get('component') or '?'})"
+            click.echo(f"  {who} NACKed version {nack['version']}: {nack['reason']}")
 
 
 @controller.command()

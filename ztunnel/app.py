@@ -58,6 +58,7 @@ class Ztunnel:
             config.controller,
             NodeCredential.load(config.credential),
             on_change=self._on_change,
+            component="ztunnel",
         )
         self.identities = IdentityManager(self.client.certificate)
         self.pool = Pool(self.identities, config.inbound_port)
