@@ -134,11 +134,12 @@ async def serve_proxy(
     admin_socket: Path | None,
     metrics_addr: str,
     readiness_addr: str,
+    admin_routes: Iterable[web.RouteDef] = (),
 ) -> list[web.AppRunner]:
     """A data-path proxy's three listeners (ztunnel, waypoint), as Istio's: admin
-    (`/config_dump`, readiness, metrics) on `admin_addr` and the unix socket; metrics only on
-    `metrics_addr`; `/healthz/ready` (200 once `ready` is set, else 503) only on
-    `readiness_addr`."""
+    (`/config_dump`, readiness, metrics, and `admin_routes`: `/tap`...) on `admin_addr` and
+    the unix socket; metrics only on `metrics_addr`; `/healthz/ready` (200 once `ready` is
+    set, else 503) only on `readiness_addr`."""
 
     async def readiness(_request: web.Request) -> web.Response:
         if ready.is_set():
@@ -150,7 +151,7 @@ async def serve_proxy(
         web.get("/metrics", metrics),
         web.get("/stats/prometheus", metrics),
     )
-    admin = (web.get("/config_dump", config_dump), ready_route, *metric_routes)
+    admin = (web.get("/config_dump", config_dump), ready_route, *metric_routes, *admin_routes)
     return await serve(
         [
             Listener("admin", admin, admin_addr, admin_socket),
