@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.prometheusconfig import PrometheusConfigError, validate_scrape_interval
 from meshcore.resources.errors import ManifestError
 
 # RFC 2544's benchmarking block 198.18.0.0/15: never routed on the internet and rarely used
@@ -46,6 +47,9 @@ class LabConfig:
     # Where the controller reads the cluster: "folder" (the lab's objects as files) or
     # "kubernetes" (a real API server the lab runs, lab.kubeapi)
     source: str = "folder"
+    # A Prometheus server scraping every mesh process (lab.prometheus); off unless asked
+    prometheus: bool = False
+    prometheus_scrape_interval: float = 5.0  # seconds
 
     def validate(self) -> None:
         if self.source not in SOURCES:
@@ -54,6 +58,10 @@ class LabConfig:
             raise LabConfigError(
                 f"--name: {self.name!r} must be lowercase letters, digits and '-' (at most 32)"
             )
+        try:
+            validate_scrape_interval(self.prometheus_scrape_interval)
+        except PrometheusConfigError as err:
+            raise LabConfigError(str(err)) from None
         if not 1 <= self.nodes <= MAX_NODES:
             raise LabConfigError(f"--nodes: must be between 1 and {MAX_NODES}, got {self.nodes}")
         nets = {}

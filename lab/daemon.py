@@ -29,6 +29,8 @@ from lab.model import ClusterModel, PodRecord
 from lab.naming import LabNames
 from lab.nodeagents import NodeAgents
 from lab.objects import cluster_docs, cluster_objects, file_name, sync_folder
+from lab.prometheus import LabPrometheus
+from lab.prometheusconfig import PodTarget
 from lab.runtime import LabRuntime
 from lab.state import LabPaths, LabRecord, teardown
 from lab.status import lab_status
@@ -78,6 +80,18 @@ class LabDaemon:
         self.mirror: KubeMirror | None = None
         self._mirror_wanted = asyncio.Event()
         self._mirror_task: asyncio.Task[None] | None = None
+        self.prometheus = (
+            LabPrometheus(
+                self.names,
+                paths,
+                control_ip=self.control.ip,
+                nodes=self.model.nodes,
+                ztunnel=record.config.ztunnel,
+                scrape_interval=record.config.prometheus_scrape_interval,
+            )
+            if record.config.prometheus
+            else None
+        )
         self.runtime.pod_credential = lambda pod: self.control.write_pod_credential(
             pod.namespace, pod.name, pod.spec.service_account_name
         )
@@ -129,6 +143,8 @@ class LabDaemon:
             code = 1
         self.phase = "Terminating"
         log.info("lab.stopping")
+        if self.prometheus is not None:
+            await self.prometheus.stop()
         if self._mirror_task is not None:
             self._mirror_task.cancel()
         await self.runtime.shutdown()
@@ -150,6 +166,8 @@ class LabDaemon:
         # in the mesh when its namespace is enrolled.
         await self.runtime.build_nodes()
         await self.control.start([n.name for n in self.model.nodes])
+        if self.prometheus is not None:  # starts while the mesh does; waited for at the end
+            await self.prometheus.start()
         if self.control.kube is not None:
             self.mirror = KubeMirror(self.control.kube.api)
             self.runtime.register_pods = self._register_pods
@@ -164,6 +182,8 @@ class LabDaemon:
         docs = load_documents(manifests) if manifests else []
         async with self._lock:
             await self._apply_documents(docs)
+        if self.prometheus is not None:
+            await self.prometheus.wait_ready()
 
     async def _enroll_first(self, records: list[PodRecord]) -> None:
         """Like a CNI plugin: new pods of enrolled namespaces start their containers only once
@@ -226,6 +246,14 @@ class LabDaemon:
             cluster_objects(self.model, self._raw, status, self._statuses),
         )
         self._mirror_wanted.set()
+        if self.prometheus is not None:  # waypoint replicas come and go
+            self.prometheus.set_waypoints(
+                PodTarget(
+                    p.record.namespace, p.record.name, p.record.node, p.record.ip, p.record.labels
+                )
+                for p in self.runtime.pods.values()
+                if not p.deleting
+            )
 
     def _docs(self) -> dict[str, Any]:
         status = {ref: (p.phase, p.ready) for ref, p in self.runtime.pods.items()}
@@ -278,6 +306,8 @@ class LabDaemon:
             }
             for node, z in self.agents.ztunnels.items()
         }
+        if self.prometheus is not None:
+            status["prometheus"] = self.prometheus.status()
         return web.json_response(status)
 
     async def _documents(self, request: web.Request) -> list[Document]:

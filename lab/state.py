@@ -58,6 +58,11 @@ class LabPaths:
     def controller_admin(self) -> Path:
         return self.controller / "admin.sock"
 
+    @property
+    def prometheus(self) -> Path:
+        """The lab's Prometheus (`lab up --prometheus`): config, data, and its `url`."""
+        return self.root / "prometheus"
+
     def node_credential(self, node: str) -> Path:
         """key.pem, cert.pem and roots.pem a node uses to talk to the controller."""
         return self.root / "nodes" / node / "credential"

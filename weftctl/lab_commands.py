@@ -22,6 +22,7 @@ from lab.model import ClusterModel
 from lab.naming import new_lab_id
 from lab.preflight import PreflightError, check_machine
 from lab.processes import ENTER_CGROUP
+from lab.prometheus import prometheus_binary, prometheus_url
 from lab.state import LabPaths, LabRecord, daemon_alive, list_labs, teardown
 from meshcore.meshstate import WAYPOINT_GATEWAY_CLASS
 from meshcore.resources import (
@@ -143,6 +144,19 @@ def lab(ctx: click.Context, name: str) -> None:
     "prints its kubeconfig.",
 )
 @click.option(
+    "--prometheus/--no-prometheus",
+    default=LabConfig.prometheus,
+    show_default=True,
+    help="Run a Prometheus server (Debian's prometheus) scraping every controller, agent, "
+    "ztunnel and waypoint; `weftctl lab prometheus` prints its URL.",
+)
+@click.option(
+    "--prometheus-scrape-interval",
+    default=LabConfig.prometheus_scrape_interval,
+    show_default=True,
+    help="Seconds between two scrapes of each target (1-60).",
+)
+@click.option(
     "--wait",
     "wait_seconds",
     default=90.0,
@@ -160,6 +174,8 @@ def up(
     ztunnel: bool,
     otlp_endpoint: str,
     source: str,
+    prometheus: bool,
+    prometheus_scrape_interval: float,
     wait_seconds: float,
 ) -> None:
     """Create the lab and start its pods."""
@@ -176,11 +192,18 @@ def up(
         ztunnel=ztunnel,
         otlp_endpoint=otlp_endpoint,
         source=source,
+        prometheus=prometheus,
+        prometheus_scrape_interval=prometheus_scrape_interval,
     )
     try:
         config.validate()
     except LabConfigError as err:
         _fail(str(err))
+    if prometheus and prometheus_binary() is None:
+        _fail(
+            "--prometheus: no prometheus binary; install Debian's prometheus package "
+            "(scripts/setup.sh), or run without --prometheus"
+        )
     # Check the manifests completely before creating anything.
     try:
         parsed = parse_documents(load_documents(Path(s) for s in sources))
@@ -588,6 +611,21 @@ def kubeconfig(ctx: LabContext) -> None:
             f"lab {ctx.name!r} has no API server (it was not brought up with --source kubernetes)"
         )
     click.echo(path.read_text())
+
+
+@lab.command("prometheus")
+@pass_lab
+def prometheus_command(ctx: LabContext) -> None:
+    """Print the URL of the lab's Prometheus (`lab up --prometheus`), on this machine's
+    loopback: `curl $(weftctl lab prometheus)/api/v1/targets`."""
+    url = prometheus_url(ctx.paths)
+    if url is None:
+        record = _running_record(ctx)
+        _fail(
+            f"lab {ctx.name!r} (id {record.lab_id}) runs no Prometheus; bring it up with "
+            "`weftctl lab up --prometheus`"
+        )
+    click.echo(url)
 
 
 @lab.command()
