@@ -10,6 +10,7 @@ from weftctl.install import install, uninstall
 from weftctl.lab_commands import lab
 from weftctl.precheck import precheck
 from weftctl.route_commands import route
+from weftctl.tap_commands import tap
 from weftctl.waypoint_commands import waypoint
 from weftctl.ztunnel_commands import ztunnel_config
 
@@ -29,6 +30,7 @@ cli.add_command(route)
 cli.add_command(install)
 cli.add_command(uninstall)
 cli.add_command(precheck)
+cli.add_command(tap)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,139 @@
+"""weftctl tap: what to tap in a lab, the line printed per event, and subscribing to one
+source's `/tap` (a real TapHub behind the real route on a unix socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from lab.state import LabPaths
+from meshcore import adminserver, tapserver
+from meshcore.accessevents import TapFilter, TapHub
+from tests.unit.meshcore.test_accessevents import event
+from weftctl.tap import TapError, TapSource, lab_sources, open_tap
+from weftctl.tap_commands import format_event
+
+STATUS = {
+    "nodes": [{"name": "node-1"}, {"name": "node-2"}],
+    "pods": [
+        {
+            "namespace": "demo",
+            "name": "waypoint-abc",
+            "phase": "Running",
+            "netns": "weft-x-pod-1",
+            "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"},
+        },
+        {  # not yet running: tapped when it is
+            "namespace": "demo",
+            "name": "waypoint-def",
+            "phase": "Pending",
+            "netns": "weft-x-pod-2",
+            "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"},
+        },
+        {"namespace": "demo", "name": "client", "phase": "Running", "netns": "n", "labels": {}},
+    ],
+}
+
+
+def test_lab_sources_are_every_ztunnel_and_each_running_waypoint_replica() -> None:
+    paths = LabPaths(Path("/run/weft/labs/x"))
+    assert lab_sources(STATUS, paths) == [
+        TapSource("ztunnel node-1", "ztunnel", socket=paths.ztunnel_socket("node-1")),
+        TapSource("ztunnel node-2", "ztunnel", socket=paths.ztunnel_socket("node-2")),
+        TapSource("waypoint demo/waypoint-abc", "waypoint", netns="/run/netns/weft-x-pod-1"),
+    ]
+
+
+def test_connection_line_names_both_sides_bytes_verdict_and_policy() -> None:
+    line = format_event(
+        event(verdict="deny", policy="shop/deny-all", reason="denied by shop/deny-all").to_json()
+    )
+    stamp = time.strftime("%H:%M:%S", time.localtime(1.0))
+    assert line.startswith(f"{stamp}.000  destination  ")
+    assert "demo/client-0 (demo/client) -> shop/web-1:8080 (shop/web)" in line
+    assert "10B/20B  1.5ms  deny shop/deny-all (denied by shop/deny-all)" in line
+
+
+def test_request_line_has_method_path_code_and_flags() -> None:
+    data = event(
+        kind="request",
+        reporter="waypoint",
+        method="GET",
+        path="/cart",
+        response_code=503,
+        response_flags="UF",
+        verdict="error",
+        destination_workload="",
+        destination_namespace="",
+        destination_principal="",
+    ).to_json()
+    line = format_event(data)
+    assert "-> web.shop.svc.cluster.local:8080  GET /cart 503" in line
+    assert line.endswith("flags=UF")
+
+
+async def _dump(_request: web.Request) -> web.Response:
+    return web.json_response({})
+
+
+async def _serve(hub: TapHub, sock: Path) -> list[web.AppRunner]:
+    return await adminserver.serve_proxy(
+        _dump,
+        asyncio.Event(),
+        admin_addr="",
+        admin_socket=sock,
+        metrics_addr="",
+        readiness_addr="",
+        admin_routes=(tapserver.tap_route(hub),),
+    )
+
+
+def test_open_tap_subscribes_and_reads_events(tmp_path: Path) -> None:
+    async def main() -> tuple[dict[str, object], dict[str, object]]:
+        hub = TapHub("ztunnel", "node-1")
+        runners = await _serve(hub, tmp_path / "z.sock")
+        try:
+            source = TapSource("ztunnel node-1", "ztunnel", socket=tmp_path / "z.sock")
+            reader, writer, hello = await open_tap(source, TapFilter(port=8080))
+            hub.publish(event(destination_address="10.1.2.7:9090"))  # filtered out
+            hub.publish(event())
+            line = json.loads(await asyncio.wait_for(reader.readline(), 3))
+            writer.close()
+            return hello, line
+        finally:
+            for r in runners:
+                await r.cleanup()
+
+    hello, line = asyncio.run(main())
+    assert hello == {"type": "hello", "component": "ztunnel", "node": "node-1"}
+    assert line["type"] == "event" and line["destination_address"] == "10.1.2.7:8080"
+
+
+def test_open_tap_says_why_a_source_refused(tmp_path: Path) -> None:
+    async def main() -> str:
+        hub = TapHub("ztunnel", max_subscribers=0)
+        runners = await _serve(hub, tmp_path / "z.sock")
+        try:
+            source = TapSource("ztunnel node-1", "ztunnel", socket=tmp_path / "z.sock")
+            with pytest.raises(TapError) as err:
+                await open_tap(source, TapFilter())
+            return str(err.value)
+        finally:
+            for r in runners:
+                await r.cleanup()
+
+    assert asyncio.run(main()) == (
+        "ztunnel node-1 refused the tap (429): this ztunnel already serves 0 taps; "
+        "stop one and try again"
+    )
+
+
+def test_open_tap_names_an_unreachable_source(tmp_path: Path) -> None:
+    source = TapSource("ztunnel node-9", "ztunnel", socket=tmp_path / "none.sock")
+    with pytest.raises(TapError, match=r"cannot tap ztunnel node-9 at .*none.sock .*is the lab up"):
+        asyncio.run(open_tap(source, TapFilter(), timeout=2))
