@@ -11,6 +11,7 @@ from lab.config import STATE_ROOT
 from lab.state import LabPaths
 from meshcore.adminclient import get_json
 from weftctl.admin import fetch
+from weftctl.labnodes import check_node
 from weftctl.output import OUTPUT_OPTION, emit, table
 
 
@@ -29,6 +30,7 @@ def agent(ctx: click.Context, lab_name: str) -> None:
 def status(ctx: click.Context, node: str, output: str) -> None:
     """Enrolled pods, programs and what the maps hold, for one node."""
     paths: LabPaths = ctx.obj
+    check_node(paths, node)
     sock = paths.agent_socket(node)
     data = fetch(get_json(sock, "/debug/status"), f"the node agent of {node}", sock)
     if emit(data, output):

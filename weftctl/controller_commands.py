@@ -84,7 +84,7 @@ def nodes(ctx: click.Context, output: str) -> None:
                     _ago(n["connected_at"]),
                     n["peer"],
                 ]
-                for n in data["nodes"]
+                for n in sorted(data["nodes"], key=lambda n: (n["node"], n.get("component", "")))
             ],
         )
     )
