@@ -11,6 +11,7 @@ from weftctl.install import install, uninstall
 from weftctl.lab_commands import lab
 from weftctl.precheck import precheck
 from weftctl.route_commands import route
+from weftctl.status_command import status
 from weftctl.tap_commands import tap
 from weftctl.waypoint_commands import waypoint
 from weftctl.ztunnel_commands import ztunnel_config
@@ -34,6 +35,7 @@ cli.add_command(precheck)
 cli.add_command(tap)
 cli.add_command(enroll)
 cli.add_command(unenroll)
+cli.add_command(status)
 
 
 if __name__ == "__main__":
