@@ -6,6 +6,7 @@ import click
 
 from weftctl.agent_commands import agent
 from weftctl.controller_commands import controller
+from weftctl.dashboard.command import dashboard
 from weftctl.enroll import enroll, unenroll
 from weftctl.install import install, uninstall
 from weftctl.lab_commands import lab
@@ -32,6 +33,7 @@ cli.add_command(route)
 cli.add_command(install)
 cli.add_command(uninstall)
 cli.add_command(precheck)
+cli.add_command(dashboard)
 cli.add_command(tap)
 cli.add_command(enroll)
 cli.add_command(unenroll)
