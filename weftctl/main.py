@@ -15,6 +15,7 @@ from weftctl.route_commands import route
 from weftctl.status_command import status
 from weftctl.tap_commands import tap
 from weftctl.waypoint_commands import waypoint
+from weftctl.why import why
 from weftctl.ztunnel_commands import ztunnel_config
 
 
@@ -38,6 +39,7 @@ cli.add_command(tap)
 cli.add_command(enroll)
 cli.add_command(unenroll)
 cli.add_command(status)
+cli.add_command(why)
 
 
 if __name__ == "__main__":
