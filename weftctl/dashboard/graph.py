@@ -63,6 +63,7 @@ class Edge:
     error_rate: float  # share of requests that failed (5xx or no response), 0..1
     denial_rate: float  # requests/s answered 403 + connections/s refused by policy
     connection_rate: float  # TCP connections/s
+    active_connections: int  # TCP connections open now
     bytes_rate: float  # bytes/s, both directions
     security: str  # "mutual_tls" | "none" | "mixed"
     waypoints: tuple[str, ...]  # "ns/name" of the waypoints that carried it
@@ -83,6 +84,7 @@ class Edge:
             "error_rate": self.error_rate,
             "denial_rate": self.denial_rate,
             "connection_rate": self.connection_rate,
+            "active_connections": self.active_connections,
             "bytes_rate": self.bytes_rate,
             "security": self.security,
             "waypoints": list(self.waypoints),
@@ -114,9 +116,12 @@ class GraphInput:
 
     requests: tuple[Sample, ...] = ()
     request_bytes: tuple[Sample, ...] = ()
+    response_bytes: tuple[Sample, ...] = ()
     tcp_opened: tuple[Sample, ...] = ()
     tcp_denied: tuple[Sample, ...] = ()
-    tcp_bytes: tuple[Sample, ...] = ()
+    tcp_active: tuple[Sample, ...] = ()
+    tcp_sent: tuple[Sample, ...] = ()
+    tcp_received: tuple[Sample, ...] = ()
 
 
 # --- flows -------------------------------------------------------------------------------
@@ -144,6 +149,7 @@ class _Flow:
     errors: float = 0.0
     denials: float = 0.0
     connection_rate: float = 0.0
+    active_connections: float = 0.0
     bytes_rate: float = 0.0
     security: dict[str, float] = field(default_factory=dict)
     waypoints: set[str] = field(default_factory=set)
@@ -153,6 +159,7 @@ class _Flow:
         self.errors += other.errors
         self.denials += other.denials
         self.connection_rate += other.connection_rate
+        self.active_connections += other.active_connections
         self.bytes_rate += other.bytes_rate
         for k, v in other.security.items():
             self.security[k] = self.security.get(k, 0.0) + v
@@ -160,7 +167,7 @@ class _Flow:
 
     @property
     def weight(self) -> float:
-        return self.request_rate + self.connection_rate + self.denials
+        return self.request_rate + self.connection_rate + self.active_connections + self.denials
 
 
 FlowKey = tuple[WorkloadKey | None, WorkloadKey | None, WorkloadKey | None]  # src, svc, dst
@@ -197,8 +204,16 @@ def flows(data: GraphInput, inventory: Inventory) -> dict[FlowKey, _Flow]:
         )
         return out.setdefault(key, _Flow())
 
-    tcp = [*_live(data.tcp_opened), *_live(data.tcp_denied), *_live(data.tcp_bytes)]
+    tcp_bytes = (*data.tcp_sent, *data.tcp_received)
+    tcp = [*_live((*data.tcp_opened, *data.tcp_active, *data.tcp_denied, *tcp_bytes))]
     chosen = _chosen_reporters(tcp)
+    # Pairs a waypoint carried requests for: the destination's ztunnel also counts the
+    # waypoint's onward connections under the original source, which are not another edge.
+    carried = {
+        (_side(s.labels, "source"), _side(s.labels, "destination"))
+        for s in _live(data.requests)
+        if s.labels.get("reporter") == "waypoint"
+    }
 
     def tcp_series(samples: Iterable[Sample]) -> Iterable[Sample]:
         for s in _live(samples):
@@ -212,6 +227,8 @@ def flows(data: GraphInput, inventory: Inventory) -> dict[FlowKey, _Flow]:
                 continue
             if src is not None and src in inventory.waypoints:
                 continue  # the waypoint's onward hop: it reports it with the real source
+            if s.labels.get("reporter") == "destination" and (src, dst) in carried:
+                continue
             yield s
 
     for s in tcp_series(data.tcp_opened):
@@ -219,9 +236,14 @@ def flows(data: GraphInput, inventory: Inventory) -> dict[FlowKey, _Flow]:
         f.connection_rate += s.value
         sec = s.labels.get("connection_security_policy", UNKNOWN)
         f.security[sec] = f.security.get(sec, 0.0) + s.value
+    for s in tcp_series(data.tcp_active):
+        f = flow(s.labels)
+        f.active_connections += s.value
+        sec = s.labels.get("connection_security_policy", UNKNOWN)
+        f.security[sec] = f.security.get(sec, 0.0) + s.value
     for s in tcp_series(data.tcp_denied):
         flow(s.labels).denials += s.value
-    for s in tcp_series(data.tcp_bytes):
+    for s in tcp_series(tcp_bytes):
         flow(s.labels).bytes_rate += s.value
 
     for s in _live(data.requests):
@@ -236,7 +258,7 @@ def flows(data: GraphInput, inventory: Inventory) -> dict[FlowKey, _Flow]:
         f.security[sec] = f.security.get(sec, 0.0) + s.value
         if s.labels.get("reporter") == "waypoint":
             f.waypoints |= _waypoints_for(s.labels, via)
-    for s in _live(data.request_bytes):
+    for s in _live((*data.request_bytes, *data.response_bytes)):
         flow(s.labels).bytes_rate += s.value
     return out
 
@@ -332,10 +354,10 @@ def build(data: GraphInput, inventory: Inventory, max_nodes: int = MAX_NODES) ->
 def _edge(edge: tuple[str, str], f: _Flow, key: FlowKey, inventory: Inventory) -> Edge:
     src, svc, dst = key
     why_src = inventory.pod_of(src) if src is not None else None
-    if edge[1].startswith("service:") and svc is not None:
+    if svc is not None:  # what the source dialled; `why` follows it to the pods
         why_dst: str | None = f"{svc[1]}.{svc[0]}"
     else:
-        why_dst = inventory.pod_of(dst) if dst is not None else None
+        why_dst = inventory.pod_of(dst, with_port=True) if dst is not None else None
     return Edge(
         source=edge[0],
         target=edge[1],
@@ -344,6 +366,7 @@ def _edge(edge: tuple[str, str], f: _Flow, key: FlowKey, inventory: Inventory) -
         error_rate=(f.errors / f.request_rate) if f.request_rate > 0 else 0.0,
         denial_rate=f.denials,
         connection_rate=f.connection_rate,
+        active_connections=round(f.active_connections),
         bytes_rate=f.bytes_rate,
         security=_security(f.security),
         waypoints=tuple(sorted(f.waypoints)),

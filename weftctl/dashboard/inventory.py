@@ -27,12 +27,18 @@ class Inventory:
     pods: Mapping[WorkloadKey, tuple[str, ...]] = field(default_factory=dict)
     enrolled: frozenset[WorkloadKey] = frozenset()
     waypoints: frozenset[WorkloadKey] = frozenset()
+    # (namespace, pod) -> a port a Service sends it traffic on (`why` needs a pod's port)
+    ports: Mapping[tuple[str, str], int] = field(default_factory=dict)
     known: bool = False  # False: no lab to ask (enrolled/pods are then unknown, not empty)
 
-    def pod_of(self, workload: WorkloadKey) -> str | None:
-        """`namespace/pod` of one of the workload's pods, None when it has none."""
+    def pod_of(self, workload: WorkloadKey, *, with_port: bool = False) -> str | None:
+        """`namespace/pod` of one of the workload's pods (`namespace/pod:port` with a port a
+        Service targets, if asked and known), None when it has none."""
         pods = self.pods.get(workload, ())
-        return f"{workload[0]}/{pods[0]}" if pods else None
+        if not pods:
+            return None
+        port = self.ports.get((workload[0], pods[0])) if with_port else None
+        return f"{workload[0]}/{pods[0]}" + (f":{port}" if port else "")
 
     def is_enrolled(self, workload: WorkloadKey) -> bool | None:
         if not self.known or workload not in self.pods:
@@ -71,11 +77,20 @@ def from_status(status: Mapping[str, Any]) -> Inventory:
                 waypoints.add(key)
             elif enrolled(labels, ns_labels.get(ns, {})):
                 in_mesh.add(key)
-    except (KeyError, TypeError) as err:
+        ports: dict[tuple[str, str], int] = {}
+        for svc in status.get("services", []):
+            for port in svc.get("ports") or []:
+                for address, pod_ref in zip(
+                    port.get("endpoints") or [], port.get("endpoint_pods") or [], strict=False
+                ):
+                    ns, _, pod_name = str(pod_ref).partition("/")
+                    ports.setdefault((ns, pod_name), int(str(address).rsplit(":", 1)[1]))
+    except (KeyError, TypeError, IndexError, ValueError) as err:
         raise InventoryError(f"lab status: missing or malformed field {err}") from None
     return Inventory(
         pods={k: tuple(name for _, name in sorted(v)) for k, v in pods.items()},
         enrolled=frozenset(in_mesh | waypoints),
         waypoints=frozenset(waypoints),
+        ports=ports,
         known=True,
     )

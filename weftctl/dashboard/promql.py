@@ -86,44 +86,31 @@ def _by(labels: Sequence[str]) -> str:
     return ", ".join(labels)
 
 
-@dataclass(frozen=True, slots=True)
-class GraphQueries:
-    """The instant queries one graph is built from, by what they measure."""
-
-    requests: str  # requests per second, by edge, response code and flags
-    request_bytes: str  # HTTP body bytes per second (both directions), by edge
-    tcp_opened: str  # TCP connections per second, by edge and security
-    tcp_denied: str  # TCP connections refused by policy per second (flag UAEX)
-    tcp_bytes: str  # TCP bytes per second, both directions
-
-    def items(self) -> list[tuple[str, str]]:
-        return [
-            ("requests", self.requests),
-            ("request_bytes", self.request_bytes),
-            ("tcp_opened", self.tcp_opened),
-            ("tcp_denied", self.tcp_denied),
-            ("tcp_bytes", self.tcp_bytes),
-        ]
-
-
-def graph_queries(window: Window) -> GraphQueries:
+def graph_queries(window: Window) -> dict[str, str]:
+    """The instant queries one graph is built from, by name (graph.GraphInput's fields,
+    bytes in two halves: a rate() over two metric names at once would merge their series)."""
     w = window.text
-    return GraphQueries(
-        requests=f"sum by ({_by(REQUEST_GROUP)}) (rate(istio_requests_total[{w}]))",
-        request_bytes=(
-            f"sum by ({_by(BYTES_GROUP)}) "
-            f'(rate({{__name__=~"istio_(request|response)_bytes_sum"}}[{w}]))'
+
+    def by(group: Sequence[str], selector: str) -> str:
+        return f"sum by ({_by(group)}) (rate({selector}[{w}]))"
+
+    return {
+        "requests": by(REQUEST_GROUP, "istio_requests_total"),
+        "request_bytes": by(BYTES_GROUP, "istio_request_bytes_sum"),
+        "response_bytes": by(BYTES_GROUP, "istio_response_bytes_sum"),
+        "tcp_opened": by(TCP_GROUP, "istio_tcp_connections_opened_total"),
+        # refused by policy: ztunnel counts them closed with Envoy's flag UAEX
+        "tcp_denied": by(DENIED_GROUP, 'istio_tcp_connections_closed_total{response_flags="UAEX"}'),
+        # connections open now (opened - closed, both since the reporter started): a
+        # long-lived connection opens once, so its edge would vanish from rate() alone
+        "tcp_active": (
+            f"sum by ({_by(TCP_GROUP)}) (istio_tcp_connections_opened_total)"
+            f" - (sum by ({_by(TCP_GROUP)}) (istio_tcp_connections_closed_total)"
+            f" or sum by ({_by(TCP_GROUP)}) (istio_tcp_connections_opened_total) * 0)"
         ),
-        tcp_opened=f"sum by ({_by(TCP_GROUP)}) (rate(istio_tcp_connections_opened_total[{w}]))",
-        tcp_denied=(
-            f"sum by ({_by(DENIED_GROUP)}) "
-            f'(rate(istio_tcp_connections_closed_total{{response_flags="UAEX"}}[{w}]))'
-        ),
-        tcp_bytes=(
-            f"sum by ({_by(BYTES_GROUP)}) "
-            f'(rate({{__name__=~"istio_tcp_(sent|received)_bytes_total"}}[{w}]))'
-        ),
-    )
+        "tcp_sent": by(BYTES_GROUP, "istio_tcp_sent_bytes_total"),
+        "tcp_received": by(BYTES_GROUP, "istio_tcp_received_bytes_total"),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,12 +154,17 @@ def signal_queries(target: Target, window: Window) -> dict[str, str]:
         "request_rate": f"sum(rate(istio_requests_total{{{req}}}[{w}]))",
         "error_rate": (f'sum(rate(istio_requests_total{{{req},response_code=~"5..|0"}}[{w}]))'),
         "denial_rate": (f'sum(rate(istio_requests_total{{{req},response_code="403"}}[{w}]))'),
+        "active_connections": (
+            f"max(sum by (reporter) (istio_tcp_connections_opened_total{{{tcp}}})"
+            f" - (sum by (reporter) (istio_tcp_connections_closed_total{{{tcp}}})"
+            f" or sum by (reporter) (istio_tcp_connections_opened_total{{{tcp}}}) * 0))"
+        ),
         "connection_rate": (
             f"max(sum by (reporter) (rate(istio_tcp_connections_opened_total{{{tcp}}}[{w}])))"
         ),
         "tcp_bytes_rate": (
-            "max(sum by (reporter) "
-            f'(rate({{__name__=~"istio_tcp_(sent|received)_bytes_total",{tcp}}}[{w}])))'
+            f"max(sum by (reporter) (rate(istio_tcp_sent_bytes_total{{{tcp}}}[{w}]))"
+            f" + sum by (reporter) (rate(istio_tcp_received_bytes_total{{{tcp}}}[{w}])))"
         ),
     }
     for q in QUANTILES:

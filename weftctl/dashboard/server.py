@@ -152,8 +152,7 @@ class Dashboard:
 
     async def graph(self, request: web.Request) -> web.Response:
         window = _window(request)
-        queries = promql.graph_queries(window)
-        vectors = await self.vectors(dict(queries.items()))
+        vectors = await self.vectors(promql.graph_queries(window))
         inv, warning = await self.inventory()
         data = graph.GraphInput(**{k: v.samples for k, v in vectors.items()})
         built = graph.build(data, inv)

@@ -4,7 +4,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const COLUMN = 230, ROW = 90, MARGIN = 70;
+const COLUMN = 190, ROW = 90, MARGIN = 70;
 const state = { window: "1m", refresh: 5, selected: null, timer: null, graph: null };
 
 function el(tag, attrs = {}, text) {
@@ -61,6 +61,7 @@ function edgeLabel(edge) {
   const parts = [];
   if (edge.request_rate > 0) parts.push(rate(edge.request_rate, "rps"));
   if (edge.connection_rate > 0) parts.push(rate(edge.connection_rate, "cps"));
+  if (edge.active_connections > 0) parts.push(`${edge.active_connections} open`);
   if (edge.error_rate > 0) parts.push(`${(edge.error_rate * 100).toFixed(1)}% err`);
   if (edge.denial_rate > 0) parts.push(`${rate(edge.denial_rate, "denied/s")}`);
   return parts.join(" · ");
@@ -117,6 +118,7 @@ function drawEdge(e, a, b) {
     class: classes.join(" "), "data-id": e.id, "data-source": e.source, "data-target": e.target,
     "data-security": e.security, "data-protocol": e.protocol,
     "data-request-rate": e.request_rate, "data-connection-rate": e.connection_rate,
+    "data-active-connections": e.active_connections,
     "data-denial-rate": e.denial_rate, "data-error-rate": e.error_rate,
   });
   const x1 = a.x + 20, x2 = b.x - 24, mx = (x1 + x2) / 2;
@@ -146,7 +148,7 @@ function render(graph) {
   const svg = el("svg", { width, height, viewBox: `0 0 ${width} ${height}` });
   const defs = el("defs");
   for (const kind of ["ok", "warn", "bad"]) {
-    const m = el("marker", { id: `arrow-${kind}`, viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
+    const m = el("marker", { id: `arrow-${kind}`, viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 12, markerHeight: 12, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" });
     m.append(el("path", { d: "M0,0 L10,5 L0,10 z" }));
     defs.append(m);
   }
@@ -197,6 +199,7 @@ async function selectNode(n) {
       ["latency p90", s.p90_ms === null ? "–" : `${s.p90_ms.toFixed(1)} ms`],
       ["latency p99", s.p99_ms === null ? "–" : `${s.p99_ms.toFixed(1)} ms`],
       ["TCP connections", rate(s.connection_rate, "cps")],
+      ["TCP open now", s.active_connections === null ? "–" : String(Math.round(s.active_connections))],
       ["TCP bytes", bytes(s.tcp_bytes_rate)],
     ];
     const table = html("table", { class: "signals" });
@@ -231,15 +234,18 @@ async function selectEdge(e) {
     const w = data.why;
     const list = html("ol", { class: "policies" });
     for (const p of w.policies || []) {
-      const name = p.name || p.policy || describe(p);
-      const rule = p.rule !== undefined ? p.rule : p.matched_rule;
-      list.append(html("li", {}, `${p.kind ? p.kind + " " : ""}${name}: ${p.verdict || "–"}${rule !== undefined && rule !== null ? ` (rule ${describe(rule)})` : ""}`));
+      const name = p.name || "(no policy)";
+      const where = p.enforced_by ? ` at ${p.enforced_by}` : "";
+      const rule = p.rule !== undefined && p.rule !== null ? `, rule ${describe(p.rule)}` : "";
+      const detail = p.detail ? `: ${p.detail}` : "";
+      list.append(html("li", {}, `${p.kind || "policy"} ${name}${where}: ${p.verdict || "–"}${rule}${detail}`));
     }
     const raw = html("details", {}, html("summary", {}, "everything why said"), html("pre", {}, JSON.stringify(w, null, 2)));
     panel(title, facts,
       html("p", { class: `verdict ${w.verdict}`, id: "why-verdict", "data-verdict": w.verdict }, w.verdict),
       html("p", {}, `deciding policy: ${w.deciding_policy || "none"}`),
-      html("p", {}, `path: ${describe(w.path)}`),
+      html("p", {}, w.reason || ""),
+      html("p", {}, `path: ${w.path && w.path.summary ? w.path.summary : describe(w.path)}`),
       html("p", {}, `weftctl why ${data.src} ${data.dst}`),
       list, raw);
   } catch (err) {
