@@ -247,6 +247,10 @@ class TapHub:
         self._sinks = (*self._sinks, sink)
         self.active = True
 
+    def remove_sink(self, sink: Sink) -> None:
+        self._sinks = tuple(s for s in self._sinks if s is not sink)
+        self.active = bool(self._subscribers or self._sinks)
+
     def subscribe(self, flt: TapFilter) -> Subscription:
         if len(self._subscribers) >= self.max_subscribers:
             REFUSED.labels(self.component).inc()

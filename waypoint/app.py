@@ -22,9 +22,11 @@ import grpc
 import structlog
 from aiohttp import web
 
-from meshcore import adminserver, hbone
+from meshcore import adminserver, hbone, tapserver
 from meshcore.configclient import Applied, ConfigClient, NodeCredential
 from meshcore.identity.certs import CertificateError
+from meshcore.otlplogs import OtlpLogs
+from waypoint import telemetry
 from waypoint.pathnorm import DEFAULT as DEFAULT_PATH_NORMALIZATION
 from waypoint.pathnorm import PathNormalization
 from waypoint.proxy import Waypoint, WaypointConfig
@@ -60,6 +62,8 @@ class WaypointProcessConfig:
     admin_socket: Path | None = None
     # OTLP/gRPC collector for spans (`host:port` or an http(s):// URL); "" is no tracing
     otlp_endpoint: str = ""
+    # OTLP/gRPC collector for the access log (`host:port` or an http(s):// URL); "" is none
+    otlp_logs_endpoint: str = ""
     # Redis for Global RateLimitPolicy counters (`host:port` or `unix:/path`); "" is none
     redis_addr: str = ""
     # How request paths are normalised before AuthorizationPolicy matching (Istio's options)
@@ -103,6 +107,19 @@ class WaypointProcess:
             else None
         )
         self.ratelimit_store = RedisStore(config.redis_addr) if config.redis_addr else None
+        # the access log as OTLP log records: a sink of this process's access events
+        self.otlp_logs = (
+            OtlpLogs.otlp(
+                config.otlp_logs_endpoint,
+                f"{config.name}.{config.namespace}",
+                "waypoint",
+                **{"k8s.namespace.name": config.namespace},
+            )
+            if config.otlp_logs_endpoint
+            else None
+        )
+        if self.otlp_logs is not None:
+            telemetry.TAP.add_sink(self.otlp_logs)
         self.proxy = Waypoint(
             config.proxy,
             self.view,
@@ -185,9 +202,13 @@ class WaypointProcess:
         await self.pool.close()
         for task in list(self._tasks):
             task.cancel()
+        telemetry.TAP.close()  # open /tap streams end, so the admin listener can stop
         for runner in self._runners:
             await runner.cleanup()
         await self.client.close()
+        if self.otlp_logs is not None:  # the queued records go out (bounded by its timeout)
+            telemetry.TAP.remove_sink(self.otlp_logs)
+            await asyncio.to_thread(self.otlp_logs.shutdown)
         if self.ratelimit_store is not None:
             await self.ratelimit_store.close()
         if self.tracing is not None:  # the queued spans go out (bounded by the export timeout)
@@ -204,6 +225,7 @@ class WaypointProcess:
             admin_socket=c.admin_socket,
             metrics_addr=c.metrics_addr,
             readiness_addr=c.readiness_addr,
+            admin_routes=(tapserver.tap_route(telemetry.TAP),),
         )
 
     async def _config_dump(self, _request: web.Request) -> web.Response:
@@ -232,6 +254,10 @@ class WaypointProcess:
             "pool": self.pool.stats(),
             "inbound": self.proxy.stats(),
             "tracing": {"otlp_endpoint": self.config.otlp_endpoint or None},
+            "access_log": {
+                "otlp_logs_endpoint": self.config.otlp_logs_endpoint or None,
+                "tap_subscribers": telemetry.TAP.subscribers,
+            },
             # DestinationRules: the clusters with circuit breakers or outlier detection,
             # their requests in flight and ejected endpoints (`weftctl waypoint status`)
             "destination_rules": {

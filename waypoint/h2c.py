@@ -446,6 +446,7 @@ class Front:
             trace_id=telemetry.trace_id(h2wire.header(request.headers, "traceparent")),
             user_agent=h2wire.header(request.headers, "user-agent") or "",
             request_id=h2wire.header(request.headers, "x-request-id") or "",
+            target=str(self.dest.target),
         )
         trace = tracing.request_trace(
             self.waypoint.tracing,

@@ -4,7 +4,8 @@ Every option falls back to the environment the controller's deployer (and the la
 waypoint pod: `WEFT_GATEWAY`, `WEFT_CONTROLLER_ADDR`, `WEFT_TRUST_DOMAIN`, and
 `WEFT_CREDENTIAL`, the folder of the pod's credential (key.pem, cert.pem, roots.pem for
 `spiffe://<td>/ns/<ns>/sa/<gateway>`); `WEFT_OTLP_ENDPOINT`, where spans go (unset: none); and
-`WEFT_REDIS_ADDR`, the Redis of Global RateLimitPolicy counters (unset: none).
+`WEFT_REDIS_ADDR`, the Redis of Global RateLimitPolicy counters (unset: none);
+`WEFT_OTLP_LOGS_ENDPOINT`, where access-log records go over OTLP (unset: none).
 """
 
 from __future__ import annotations
@@ -90,6 +91,13 @@ def cli() -> None:
     "unset: no spans (trace context is still propagated).",
 )
 @click.option(
+    "--otlp-logs-endpoint",
+    default="",
+    envvar="WEFT_OTLP_LOGS_ENDPOINT",
+    help="OTLP/gRPC collector for the access log (host:port, or an http:// or https:// URL), "
+    "one log record per request or TCP stream; unset: none.",
+)
+@click.option(
     "--redis-addr",
     default="",
     envvar="WEFT_REDIS_ADDR",
@@ -117,6 +125,7 @@ def run(
     credential: Path,
     hbone_addr: str,
     otlp_endpoint: str,
+    otlp_logs_endpoint: str,
     redis_addr: str,
     path_normalization: str,
     bootstrap_token: Path | None,
@@ -142,6 +151,7 @@ def run(
         metrics_addr=metrics_addr,
         readiness_addr=readiness_addr,
         otlp_endpoint=otlp_endpoint,
+        otlp_logs_endpoint=otlp_logs_endpoint,
         redis_addr=redis_addr,
         path_normalization=parse_mode(path_normalization),
     )

@@ -85,6 +85,7 @@ from waypoint.tracing import NO_TRACE, RequestTrace, Tracing
 from waypoint.trafficpolicy import Admission, ClusterKey, ClusterState, TrafficPolicies
 from ztunnel import admission, metrics, tls
 from ztunnel.admission import ForwardedError
+from ztunnel.events import publish_connection
 from ztunnel.hbone_conn import HboneConnection, Stream, StreamClosed
 from ztunnel.identity import IdentityManager
 from ztunnel.inbound import INBOUND_IDLE_TIMEOUT
@@ -624,6 +625,11 @@ class Waypoint:
                 rbac_policy=access.decided_by.policy_id if access.decided_by else None,
                 sni=sni,
             )
+            if telemetry.TAP.active:
+                self._stream_event(
+                    client, dest, None, started, "deny", access.reason,
+                    access.decided_by.policy if access.decided_by else "",
+                )  # fmt: skip
             end.reset()
             return
         candidates = self._candidates(dest)
@@ -672,6 +678,11 @@ class Waypoint:
                 received=stream.sent,
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
             )
+            if telemetry.TAP.active:
+                self._stream_event(
+                    client, dest, workload, started, "allow", "", "", host,
+                    stream.received, stream.sent,
+                )  # fmt: skip
             return
         metrics.opened(labels)
         metrics.closed(labels, 0, 0, telemetry.NO_HEALTHY_UPSTREAM)
@@ -683,7 +694,42 @@ class Waypoint:
             destination=target,
             reason="no endpoint reachable" if candidates else "no ready endpoint",
         )
+        if telemetry.TAP.active:
+            reason = "no endpoint reachable" if candidates else "no ready endpoint"
+            self._stream_event(client, dest, None, started, "error", reason, "")
         end.reset()
+
+    @staticmethod
+    def _stream_event(
+        client: Client,
+        dest: Destination,
+        workload: Workload | None,
+        started: float,
+        verdict: str,
+        reason: str,
+        policy: str,
+        upstream: str = "",
+        sent: int = 0,
+        received: int = 0,
+    ) -> None:
+        """A TCP stream's access event (reporter "waypoint"), as its log line says."""
+        publish_connection(
+            telemetry.TAP,
+            telemetry.REPORTER,
+            started,
+            source=client.workload,
+            source_principal=client.principal,
+            source_address=client.address,
+            destination=workload,
+            destination_principal=workload.identity if workload and workload.enrolled else "",
+            destination_address=upstream or str(dest.target),
+            service=dest.service.hostname if dest.service else "",
+            verdict=verdict,
+            policy=policy,
+            reason=reason,
+            sent=sent,
+            received=received,
+        )
 
     def _candidates(self, dest: Destination) -> list[tuple[Workload, int]]:
         if dest.service is not None and dest.port is not None:
@@ -802,6 +848,7 @@ class Waypoint:
             trace_id=telemetry.trace_id(header(headers, "traceparent")),
             user_agent=header(headers, "user-agent") or "",
             request_id=header(headers, "x-request-id") or "",
+            target=str(dest.target),
         )
         trace = tracing.request_trace(
             self.tracing,

@@ -18,9 +18,14 @@ from typing import Any, TextIO
 import structlog
 from prometheus_client import Counter, Histogram
 
+from meshcore.accessevents import AccessEvent, TapHub
 from meshcore.meshstate import Workload
 
 log = structlog.get_logger("waypoint.access")
+
+# This process's access events (`/tap` on the admin listener, OTLP logs): one per request
+# and one per TCP stream passed through. Built only while someone listens (TAP.active).
+TAP = TapHub("waypoint")
 
 REPORTER = "waypoint"
 CLUSTER = "Kubernetes"  # Istio's default cluster id
@@ -131,6 +136,7 @@ class RequestRecord:
     request_id: str = ""
     retries: int = 0  # tries after the first (the route's retry policy)
     rbac_policy: str = ""  # the AuthorizationPolicy rule that denied (Istio's policy id)
+    target: str = ""  # ip:port the client's CONNECT named (a Service VIP or a pod)
 
     def labels(self) -> dict[str, str]:
         return {
@@ -179,10 +185,69 @@ class RequestRecord:
             retries=self.retries or None,
             rbac_policy=self.rbac_policy or None,
         )
+        if TAP.active:
+            TAP.publish(self.event(duration_ms))
         if ACCESS_LOG.stream is not None:
             ACCESS_LOG.write(fields)
         else:
             log.info("request.completed", **fields)
+
+    def verdict(self) -> str:
+        """allow; deny when the waypoint refused it (policy, authentication, rate limit,
+        ext_authz); error when it failed (a response flag) or got no answer at all."""
+        if (
+            self.rbac_policy
+            or self.response_flags in DENY_FLAGS
+            or (self.response_code in (401, 403) and not self.upstream_host)
+        ):
+            return "deny"
+        if self.response_flags not in ("-", DELAY_INJECTED) or not self.response_code:
+            return "error"
+        return "allow"
+
+    def event(self, duration_ms: float) -> AccessEvent:
+        """This request as an access event (meshcore.accessevents)."""
+        source, destination = self.source.workload, self.destination.workload
+        verdict = self.verdict()
+        return AccessEvent(
+            time=time.time(),
+            component=TAP.component,
+            reporter=REPORTER,
+            kind="request",
+            node=TAP.node,
+            source_workload=source.name if source else "",
+            source_namespace=source.namespace if source else "",
+            source_principal=self.source.principal,
+            source_address=self.source_address,
+            destination_workload=destination.name if destination else "",
+            destination_namespace=destination.namespace if destination else "",
+            destination_principal=self.destination.principal,
+            destination_service=self.destination_service,
+            destination_address=self.upstream_host or self.target,
+            verdict=verdict,
+            policy=policy_name(self.rbac_policy),
+            reason=self.reason if verdict != "allow" else "",
+            security="mutual_tls",
+            bytes_sent=self.request_bytes,
+            bytes_received=self.response_bytes,
+            duration_ms=round(duration_ms, 3),
+            response_code=self.response_code,
+            response_flags=self.response_flags,
+            method=self.method,
+            path=self.path,
+            authority=self.authority,
+        )
+
+
+# Response flags of requests the waypoint refused (Envoy's): a rate limit, an ext_authz denial
+DENY_FLAGS = frozenset({"RL", "UAEX"})
+_POLICY_ID = re.compile(r"ns\[([^\]]*)\]-policy\[([^\]]*)\]-rule\[\d+\]")
+
+
+def policy_name(policy_id: str) -> str:
+    """Istio's RBAC policy id `ns[NS]-policy[NAME]-rule[I]` as `NS/NAME` ("" if none)."""
+    match = _POLICY_ID.fullmatch(policy_id)
+    return f"{match.group(1)}/{match.group(2)}" if match else policy_id
 
 
 # The four series of a request's label set, looked up once: `labels(**...)` with 21 labels,

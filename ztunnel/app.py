@@ -18,8 +18,12 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from meshcore import adminserver, hbone
+from meshcore import adminserver, hbone, tapserver
+from meshcore.accessevents import TapHub
 from meshcore.configclient import Applied, ConfigClient, NodeCredential
+from meshcore.otlplogs import OtlpLogs
+from ztunnel import configview
+from ztunnel.connections import ConnectionTable
 from ztunnel.identity import IdentityManager
 from ztunnel.inbound import HANDSHAKE_TIMEOUT, Inbound, transparent_listener
 from ztunnel.listeners import serve_hbone
@@ -47,6 +51,8 @@ class ZtunnelConfig:
     metrics_addr: str = "0.0.0.0:15020"  # /metrics (/stats/prometheus) only
     readiness_addr: str = "0.0.0.0:15021"  # /healthz/ready only
     admin_socket: Path | None = None  # the admin routes, for weftctl and the lab
+    # OTLP/gRPC collector for the access log (`host:port` or an http(s):// URL); "" is none
+    otlp_logs_endpoint: str = ""
 
 
 class Ztunnel:
@@ -62,8 +68,29 @@ class Ztunnel:
         )
         self.identities = IdentityManager(self.client.certificate)
         self.pool = Pool(self.identities, config.inbound_port)
-        self.outbound = Outbound(config.node, self.view, self.pool, self.client.synced)
-        self.inbound = Inbound(config.node, config.trust_domain, self.view, self.identities)
+        # access events: /tap subscribers and the OTLP log exporter
+        self.tap = TapHub("ztunnel", config.node)
+        self.otlp_logs = (
+            OtlpLogs.otlp(
+                config.otlp_logs_endpoint, "ztunnel", "ztunnel", **{"k8s.node.name": config.node}
+            )
+            if config.otlp_logs_endpoint
+            else None
+        )
+        if self.otlp_logs is not None:
+            self.tap.add_sink(self.otlp_logs)
+        self.connections = ConnectionTable()
+        self.outbound = Outbound(
+            config.node, self.view, self.pool, self.client.synced, self.tap, self.connections
+        )
+        self.inbound = Inbound(
+            config.node,
+            config.trust_domain,
+            self.view,
+            self.identities,
+            self.tap,
+            self.connections,
+        )
         self._servers: list[asyncio.AbstractServer] = []
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -141,9 +168,12 @@ class Ztunnel:
         await self.pool.close()
         for task in list(self._tasks):
             task.cancel()
+        self.tap.close()  # open /tap streams end, so the admin listener can stop
         for runner in self._runners:
             await runner.cleanup()
         await self.client.close()
+        if self.otlp_logs is not None:  # the queued records go out (bounded by its timeout)
+            await asyncio.to_thread(self.otlp_logs.shutdown)
 
     # --- admin, metrics, readiness ------------------------------------------------------
 
@@ -156,7 +186,15 @@ class Ztunnel:
             admin_socket=c.admin_socket,
             metrics_addr=c.metrics_addr,
             readiness_addr=c.readiness_addr,
+            admin_routes=(
+                tapserver.tap_route(self.tap),
+                web.get("/connections", self._connections),
+            ),
         )
+
+    async def _connections(self, _request: web.Request) -> web.Response:
+        """The connections being relayed now (`weftctl ztunnel-config connections`)."""
+        return web.json_response({"node": self.config.node, **self.connections.describe()})
 
     async def _config_dump(self, _request: web.Request) -> web.Response:
         now = dt.datetime.now(dt.UTC)
@@ -178,17 +216,16 @@ class Ztunnel:
                     key=lambda w: (w.namespace, w.name),
                 )
             ],
-            "services": [
-                {"name": s.name, "namespace": s.namespace, "addresses": list(s.addresses)}
-                for s in sorted(
-                    {s.key: s for s in self.view.by_vip.values()}.values(),
-                    key=lambda s: (s.namespace, s.name),
-                )
-            ],
+            # name, namespace, addresses; with hostname, ports, endpoints, waypoint
+            "services": configview.services(self.view),
             "policies": [f"{p.metadata.namespace}/{p.metadata.name}" for p in self.view.policies],
             "peer_authentications": [
                 f"{p.metadata.namespace}/{p.metadata.name}" for p in self.view.peer_authentications
             ],
+            # both kinds, with scope, action and rules (`weftctl ztunnel-config policies`)
+            "policy_details": configview.policies(self.view),
+            "tap": {"subscribers": self.tap.subscribers},
+            "otlp_logs": {"endpoint": self.config.otlp_logs_endpoint or None},
             "certificates": [
                 {
                     "identity": ident,

@@ -14,9 +14,14 @@ from dataclasses import dataclass
 import structlog
 
 from meshcore import hbone
+from meshcore.accessevents import TapHub
 from meshcore.identity.certs import CertificateError
+from meshcore.meshstate import Workload
 from ztunnel import admission, metrics, tls
 from ztunnel.admission import Admission, Attempt, Listener, Verdict
+from ztunnel.connections import ConnectionTable, name_of
+from ztunnel.connections import OpenConnection as ListedConnection
+from ztunnel.events import publish_connection
 from ztunnel.hbone_conn import HboneConnection, Stream
 from ztunnel.identity import IdentityManager
 from ztunnel.metrics import ConnectionLabels
@@ -38,13 +43,22 @@ class OpenConnection:
     attempt: Attempt
     admission: Admission
     close: Callable[[], None]
+    closed_by: Admission | None = None  # the verdict that closed it (a policy change)
 
 
 class Inbound:
     def __init__(
-        self, node: str, trust_domain: str, view: MeshView, identities: IdentityManager
+        self,
+        node: str,
+        trust_domain: str,
+        view: MeshView,
+        identities: IdentityManager,
+        tap: TapHub | None = None,  # access events (reporter "destination")
+        table: ConnectionTable | None = None,  # open connections, for /connections
     ) -> None:
         self.node = node
+        self.tap = tap or TapHub("ztunnel", node)
+        self.table = table or ConnectionTable()
         self.trust_domain = trust_domain
         self.view = view
         self.identities = identities
@@ -89,6 +103,7 @@ class Inbound:
             if verdict.allowed or not verdict.by_policy:
                 continue
             self._open.discard(conn)
+            conn.closed_by = verdict
             closed += 1
             metrics.CLOSED_BY_POLICY.labels(conn.attempt.listener.value).inc()
             log.info(
@@ -103,7 +118,9 @@ class Inbound:
             conn.close()
         return closed
 
-    def _refused(self, attempt: Attempt, verdict: Admission, labels: ConnectionLabels) -> None:
+    def _refused(
+        self, attempt: Attempt, verdict: Admission, labels: ConnectionLabels, started: float
+    ) -> None:
         """Count and log a refusal. Policy refusals count as connections (Istio's UAEX)."""
         metrics.REFUSED.labels(attempt.listener.value, verdict.verdict.value).inc()
         if verdict.by_policy:
@@ -120,6 +137,22 @@ class Inbound:
             policy=verdict.decision.policy if verdict.decision else None,
             reason=verdict.reason,
         )
+        if self.tap.active:
+            publish_connection(
+                self.tap,
+                "destination",
+                started,
+                source=verdict.source,
+                source_principal=attempt.peer_identity or "",
+                source_address=verdict.source_ip or attempt.peer_address,
+                destination=verdict.destination,
+                destination_principal=labels.destination_principal,
+                destination_address=f"{attempt.target_ip}:{attempt.target_port}",
+                verdict="deny",
+                policy=verdict.decision.policy if verdict.decision else "",
+                reason=verdict.reason,
+                security=labels.security,
+            )
 
     def _audit(self, attempt: Attempt, verdict: Admission) -> None:
         """AUDIT policies never decide; each match is one log line (and a count)."""
@@ -138,8 +171,11 @@ class Inbound:
             target=f"{attempt.target_ip}:{attempt.target_port}",
         )
 
-    async def _relay(self, attempt: Attempt, verdict: Admission, a: End, b: TcpLeg) -> Relay:
-        """Relay an admitted connection, registered for re-checks while it is open."""
+    async def _relay(
+        self, attempt: Attempt, verdict: Admission, a: End, b: TcpLeg, listed: ListedConnection
+    ) -> OpenConnection:
+        """Relay an admitted connection, registered for re-checks (and listed) while it is
+        open; its entry says whether a policy change closed it."""
         relay = Relay(a, b)
 
         def close() -> None:
@@ -149,10 +185,42 @@ class Inbound:
         entry = OpenConnection(attempt, verdict, close)
         self._open.add(entry)
         try:
-            await relay.wait()
+            with self.table.track(listed):
+                await relay.wait()
         finally:
             self._open.discard(entry)
-        return relay
+        return entry
+
+    def _closed_event(
+        self,
+        entry: OpenConnection,
+        started: float,
+        principal: str,
+        security: str,
+        sent: int,
+        received: int,
+    ) -> None:
+        verdict, attempt = entry.admission, entry.attempt
+        closed_by = entry.closed_by
+        decision = closed_by.decision if closed_by else None
+        dest: Workload | None = verdict.destination
+        publish_connection(
+            self.tap,
+            "destination",
+            started,
+            source=verdict.source,
+            source_principal=principal,
+            source_address=verdict.source_ip or attempt.peer_address,
+            destination=dest,
+            destination_principal=dest.identity if dest and security == "mutual_tls" else "",
+            destination_address=f"{attempt.target_ip}:{attempt.target_port}",
+            verdict="deny" if closed_by else "allow",
+            policy=decision.policy if decision else "",
+            reason=f"closed by policy: {closed_by.reason}" if closed_by else "",
+            security=security,
+            sent=sent,
+            received=received,
+        )
 
     # --- TLS ---------------------------------------------------------------------------
 
@@ -247,7 +315,7 @@ class Inbound:
         )
         if not verdict.allowed:
             self._refuse(stream, verdict.status, verdict.peer_reason)
-            self._refused(attempt, verdict, labels)
+            self._refused(attempt, verdict, labels, started)
             return
         self._audit(attempt, verdict)
         target = f"{attempt.target_ip}:{attempt.target_port}"
@@ -271,6 +339,20 @@ class Inbound:
                 source_principal=peer,
                 error=str(err) or "timed out",
             )
+            if self.tap.active:
+                publish_connection(
+                    self.tap,
+                    "destination",
+                    started,
+                    source=verdict.source,
+                    source_principal=peer,
+                    source_address=verdict.source_ip or attempt.peer_address,
+                    destination=dest,
+                    destination_principal=labels.destination_principal,
+                    destination_address=target,
+                    verdict="error",
+                    reason=f"connect {target}: {err or 'timed out'}",
+                )
             return
         try:
             accepted = proto.accept(stream.id)  # False: reset or closed meanwhile
@@ -285,9 +367,21 @@ class Inbound:
             return
         stream.conn.flush()
         metrics.opened(labels)
-        await self._relay(attempt, verdict, stream, leg)
-        metrics.closed(labels, stream.received, stream.sent)
         assert dest is not None
+        listed = ListedConnection(
+            "inbound",
+            name_of(verdict.source, verdict.source_ip or attempt.peer_address),
+            peer,
+            name_of(dest, target),
+            dest.identity,
+            target,
+            "mutual_tls",
+            counts=lambda: (stream.received, stream.sent),
+        )
+        entry = await self._relay(attempt, verdict, stream, leg, listed)
+        metrics.closed(labels, stream.received, stream.sent)
+        if self.tap.active:
+            self._closed_event(entry, started, peer, "mutual_tls", stream.received, stream.sent)
         log.info(
             "connection.closed",
             reporter="destination",
@@ -330,7 +424,7 @@ class Inbound:
             "destination", verdict.source, "", dest, "", dest.identity if dest else "", "none"
         )
         if not verdict.allowed:
-            self._refused(attempt, verdict, labels)
+            self._refused(attempt, verdict, labels, started)
             leg.abort()
             return
         self._audit(attempt, verdict)
@@ -344,10 +438,22 @@ class Inbound:
             leg.abort()
             return
         metrics.opened(labels)
-        await self._relay(attempt, verdict, leg, upstream)
+        assert dest is not None
+        listed = ListedConnection(
+            "inbound",
+            name_of(verdict.source, attempt.peer_address),
+            "",
+            name_of(dest, target),
+            "",
+            target,
+            "none",
+            counts=lambda: (upstream.sent, upstream.received),
+        )
+        entry = await self._relay(attempt, verdict, leg, upstream, listed)
         sent, received = upstream.sent, upstream.received
         metrics.closed(labels, sent, received)
-        assert dest is not None
+        if self.tap.active:
+            self._closed_event(entry, started, "", "none", sent, received)
         log.info(
             "connection.closed",
             reporter="destination",

@@ -33,6 +33,13 @@ def cli() -> None:
 @nodeoptions.admin_addr(ZtunnelConfig.admin_addr)
 @nodeoptions.metrics_addr(ZtunnelConfig.metrics_addr)
 @nodeoptions.readiness_addr(ZtunnelConfig.readiness_addr)
+@click.option(
+    "--otlp-logs-endpoint",
+    default="",
+    envvar="WEFT_OTLP_LOGS_ENDPOINT",
+    help="OTLP/gRPC collector for the access log (host:port, or an http:// or https:// URL), "
+    "one log record per connection; unset: none.",
+)
 def run(
     node: str,
     controller: str,
@@ -45,6 +52,7 @@ def run(
     admin_addr: str,
     metrics_addr: str,
     readiness_addr: str,
+    otlp_logs_endpoint: str,
 ) -> None:
     """Carry this node's enrolled pods' connections over mTLS HBONE."""
     configure_logging()
@@ -57,6 +65,7 @@ def run(
         admin_addr=admin_addr,
         metrics_addr=metrics_addr,
         readiness_addr=readiness_addr,
+        otlp_logs_endpoint=otlp_logs_endpoint,
     )
 
     how = nodeoptions.bootstrap_from(bootstrap_token, bootstrap_controller, controller_roots)

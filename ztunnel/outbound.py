@@ -19,9 +19,12 @@ from typing import Any
 import structlog
 
 from meshcore import hbone
+from meshcore.accessevents import TapHub
 from meshcore.meshstate import MeshService, Workload
 from ztunnel import destinations, metrics
+from ztunnel.connections import ConnectionTable, OpenConnection, name_of
 from ztunnel.destinations import Passthrough, Refuse, ToEndpoints, ViaWaypoint
+from ztunnel.events import publish_connection
 from ztunnel.hbone_conn import StreamClosed
 from ztunnel.pool import CONNECT_TIMEOUT, Pool, PoolKey
 from ztunnel.relay import Relay, SetupTasks, TcpLeg, connect_leg
@@ -49,11 +52,19 @@ def _peer_ip(leg: TcpLeg) -> str:
 
 class Outbound:
     def __init__(
-        self, node: str, view: MeshView, pool: Pool, synced: asyncio.Event | None = None
+        self,
+        node: str,
+        view: MeshView,
+        pool: Pool,
+        synced: asyncio.Event | None = None,
+        tap: TapHub | None = None,  # access events (reporter "source")
+        table: ConnectionTable | None = None,  # open connections, for /connections
     ) -> None:
         self.node = node
         self.view = view
         self.pool = pool
+        self.tap = tap or TapHub("ztunnel", node)
+        self.table = table or ConnectionTable()
         self.synced = synced or asyncio.Event()
         if synced is None:
             self.synced.set()
@@ -103,6 +114,8 @@ class Outbound:
                 destination=f"{dst_ip}:{dst_port}",
                 reason=plan.reason,
             )
+            if self.tap.active:
+                self._failed_event(source, peer_ip, f"{dst_ip}:{dst_port}", plan.reason, started)
             leg.abort()
             return
         if isinstance(plan, Passthrough):
@@ -122,7 +135,27 @@ class Outbound:
             destination=f"{dst_ip}:{dst_port}",
             error=last_error,
         )
+        if self.tap.active:
+            self._failed_event(source, peer_ip, f"{dst_ip}:{dst_port}", last_error, started)
         leg.abort()
+
+    def _failed_event(
+        self, source: Workload, peer_ip: str, destination: str, reason: str, started: float
+    ) -> None:
+        publish_connection(
+            self.tap,
+            "source",
+            started,
+            source=source,
+            source_principal=source.identity,
+            source_address=peer_ip,
+            destination=None,
+            destination_principal="",
+            destination_address=destination,
+            verdict="error",
+            reason=reason,
+            security="none",
+        )
 
     def _attempts(
         self, source: Workload, plan: ViaWaypoint | ToEndpoints
@@ -210,11 +243,53 @@ class Outbound:
                 status=response.status,
                 reason=reason,
             )
+            if self.tap.active:
+                publish_connection(
+                    self.tap,
+                    "source",
+                    started,
+                    source=source,
+                    source_principal=source.identity,
+                    source_address=_peer_ip(leg),
+                    destination=dest,
+                    destination_principal=dest.identity,
+                    destination_address=str(target),
+                    service=labels.destination_service,
+                    verdict="deny" if response.status == 403 else "error",
+                    reason=f"{response.status} {reason}".strip(),
+                )
             leg.abort()  # the client sees a reset, not a hang
             return
         metrics.opened(labels)
-        await Relay(leg, stream).wait()
+        entry = OpenConnection(
+            "outbound",
+            name_of(source, ""),
+            source.identity,
+            name_of(dest, str(target)),
+            dest.identity,
+            str(target),
+            "mutual_tls",
+            via=key.node_address,
+            counts=lambda: (stream.sent, stream.received),
+        )
+        with self.table.track(entry):
+            await Relay(leg, stream).wait()
         metrics.closed(labels, stream.sent, stream.received)
+        if self.tap.active:
+            publish_connection(
+                self.tap,
+                "source",
+                started,
+                source=source,
+                source_principal=source.identity,
+                source_address=_peer_ip(leg),
+                destination=dest,
+                destination_principal=dest.identity,
+                destination_address=str(target),
+                service=labels.destination_service,
+                sent=stream.sent,
+                received=stream.received,
+            )
         log.info(
             "connection.closed",
             reporter="source",
@@ -243,9 +318,35 @@ class Outbound:
         upstream = await asyncio.wait_for(connect_leg(ip, port), CONNECT_TIMEOUT)
         labels = metrics.ConnectionLabels("source", source, source.identity, dest, "", "", "none")
         metrics.opened(labels)
-        await Relay(leg, upstream).wait()
+        entry = OpenConnection(
+            "outbound",
+            name_of(source, ""),
+            source.identity,
+            name_of(dest, f"{ip}:{port}"),
+            "",
+            f"{ip}:{port}",
+            "none",
+            counts=lambda: (upstream.sent, upstream.received),
+        )
+        with self.table.track(entry):
+            await Relay(leg, upstream).wait()
         sent, received = upstream.sent, upstream.received
         metrics.closed(labels, sent, received)
+        if self.tap.active:
+            publish_connection(
+                self.tap,
+                "source",
+                started,
+                source=source,
+                source_principal=source.identity,
+                source_address=_peer_ip(leg),
+                destination=dest,
+                destination_principal="",
+                destination_address=f"{ip}:{port}",
+                security="none",
+                sent=sent,
+                received=received,
+            )
         log.info(
             "connection.closed",
             reporter="source",
