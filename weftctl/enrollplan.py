@@ -309,3 +309,16 @@ def outcomes(plan: EnrollPlan, views: Mapping[str, NodeView]) -> list[PodOutcome
 def settled(plan: EnrollPlan, views: Mapping[str, NodeView]) -> bool:
     """Every pod of the plan is where its labels say (the caller stops waiting)."""
     return all(o.ok for o in outcomes(plan, views))
+
+
+def ztunnels_behind(nodes: Mapping[str, Any]) -> list[str]:
+    """The ztunnels (from the controller's `/debug/nodes`) that have not ACKed its current
+    state version: until they have, one may still treat a just-(un)enrolled pod as before."""
+    version = int(nodes.get("version", 0))
+    return sorted(
+        f"ztunnel of {s.get('node', '?')} (ACKed {s.get('acked_version', 0)} of {version})"
+        for s in nodes.get("nodes") or []
+        if s.get("component") == "ztunnel"
+        and s.get("connected")
+        and int(s.get("acked_version", 0)) < version
+    )

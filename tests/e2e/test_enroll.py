@@ -295,6 +295,7 @@ def test_enroll_namespace_captures_its_running_pods_live_and_their_traffic_is_mt
         "shop/outsider": "not captured",
     }
     assert data["complete"] and data["seconds"] < 30
+    assert data["ztunnels_behind"] == []  # every ztunnel has the state with the change
     assert captured(lab) >= {"shop/client", *echo} and "shop/outsider" not in captured(lab)
     after = pods_by_name(lab, "shop")
     assert pids(lab, "shop") == before  # live: the same processes, no restart

@@ -21,6 +21,7 @@ from weftctl.enrollplan import (
     pod_label_for,
     settled,
     with_label,
+    ztunnels_behind,
 )
 
 LABEL = "weft.dev/dataplane-mode"
@@ -235,3 +236,18 @@ def test_settled_once_every_pod_is_where_its_labels_say() -> None:
     assert not settled(plan, half)
     both = {**half, "node-2": view("node-2", enrolled=("shop/b",))}
     assert settled(plan, both)
+
+
+def test_ztunnels_behind_the_controller_state_are_named() -> None:
+    nodes = {
+        "version": 9,
+        "nodes": [
+            {"node": "node-1", "component": "ztunnel", "connected": True, "acked_version": 9},
+            {"node": "node-2", "component": "ztunnel", "connected": True, "acked_version": 8},
+            {"node": "node-2", "component": "agent", "connected": True, "acked_version": 3},
+            {"node": "node-3", "component": "ztunnel", "connected": False, "acked_version": 1},
+        ],
+    }
+    assert ztunnels_behind(nodes) == ["ztunnel of node-2 (ACKed 8 of 9)"]
+    nodes["nodes"][1]["acked_version"] = 9  # type: ignore[index]
+    assert ztunnels_behind(nodes) == []
