@@ -15,10 +15,10 @@ from weftctl.admin import fetch
 from weftctl.output import OUTPUT_OPTION, emit, table
 
 
-def _dump(lab_name: str, node: str) -> dict[str, Any]:
+def _dump(lab_name: str, node: str, path: str = "/config_dump") -> dict[str, Any]:
     paths = LabPaths.for_lab(lab_name, Path(os.environ.get("WEFT_LAB_STATE", STATE_ROOT)))
     sock = paths.ztunnel_socket(node)
-    data: dict[str, Any] = fetch(get_json(sock, "/config_dump"), f"the ztunnel of {node}", sock)
+    data: dict[str, Any] = fetch(get_json(sock, path), f"the ztunnel of {node}", sock)
     return data
 
 
@@ -30,7 +30,7 @@ NODE_OPTION = click.option("--node", default="node-1", show_default=True)
 
 @click.group("ztunnel-config")
 def ztunnel_config() -> None:
-    """Inspect a node's ztunnel: workloads, services, certificates, connection pool."""
+    """Inspect a node's ztunnel: workloads, services, policies, certificates, connections."""
 
 
 @ztunnel_config.command()
@@ -78,6 +78,113 @@ def certificates(lab_name: str, node: str, output: str) -> None:
             ],
         )
     )
+
+
+@ztunnel_config.command()
+@LAB_OPTION
+@NODE_OPTION
+@OUTPUT_OPTION
+def services(lab_name: str, node: str, output: str) -> None:
+    """Services the ztunnel knows: VIPs, ports, endpoints (ready/total) and waypoint."""
+    data = _dump(lab_name, node)
+    if emit(data["services"], output):
+        return
+    click.echo(table(*services_table(data["services"])))
+
+
+@ztunnel_config.command()
+@LAB_OPTION
+@NODE_OPTION
+@OUTPUT_OPTION
+def policies(lab_name: str, node: str, output: str) -> None:
+    """AuthorizationPolicies and PeerAuthentications the ztunnel holds: scope, action, rules."""
+    data = _dump(lab_name, node)
+    rows = data.get("policy_details", [])
+    if emit(rows, output):
+        return
+    click.echo(table(*policies_table(rows)))
+
+
+@ztunnel_config.command()
+@LAB_OPTION
+@NODE_OPTION
+@OUTPUT_OPTION
+def connections(lab_name: str, node: str, output: str) -> None:
+    """Connections the ztunnel relays now, inbound and outbound: source and destination with
+    their identities, bytes so far, age."""
+    data = _dump(lab_name, node, "/connections")
+    if emit(data, output):
+        return
+    click.echo(table(*connections_table(data["connections"])))
+    if data["listed"] < data["total"]:
+        click.echo(f"({data['listed']} of {data['total']} listed, the oldest first)")
+
+
+# --- pure: the tables ------------------------------------------------------------------------
+
+
+Table = tuple[list[str], list[list[object]]]
+
+
+def services_table(services: list[dict[str, Any]]) -> Table:
+    rows: list[list[object]] = []
+    for s in services:
+        ready = sum(1 for e in s.get("endpoints", []) if e.get("ready"))
+        ports = ",".join(f"{p['port']}/{p['protocol']}" for p in s.get("ports", []))
+        rows.append(
+            [
+                s["namespace"],
+                s["name"],
+                ",".join(s["addresses"]),
+                ports or "-",
+                f"{ready}/{len(s.get('endpoints', []))}",
+                s.get("waypoint") or "-",
+            ]
+        )
+    return ["NAMESPACE", "NAME", "VIP", "PORTS", "ENDPOINTS", "WAYPOINT"], rows
+
+
+def policies_table(policies: list[dict[str, Any]]) -> Table:
+    rows: list[list[object]] = []
+    for p in policies:
+        rules = p.get("rules", [])
+        rows.append(
+            [
+                p["namespace"],
+                p["name"],
+                p["kind"],
+                p["scope"],
+                p["action"],
+                "; ".join(rules) if len(rules) <= 1 else f"{len(rules)} rules: {rules[0]}; ...",
+            ]
+        )
+    return ["NAMESPACE", "NAME", "KIND", "SCOPE", "ACTION", "RULES"], rows
+
+
+def _short(principal: str) -> str:
+    parts = principal.split("/")
+    if principal.startswith("spiffe://") and len(parts) == 7:
+        return f"{parts[4]}/{parts[6]}"
+    return principal or "-"
+
+
+def connections_table(conns: list[dict[str, Any]]) -> Table:
+    rows: list[list[object]] = [
+        [
+            c["direction"],
+            c["source"] or "-",
+            _short(c["source_principal"]),
+            c["destination"],
+            _short(c["destination_principal"]),
+            c["security"],
+            c["bytes_sent"],
+            c["bytes_received"],
+            f"{c['age_s']:g}s",
+        ]
+        for c in conns
+    ]
+    headers = ["DIRECTION", "SOURCE", "SOURCE-ID", "DESTINATION", "DESTINATION-ID", "SECURITY"]
+    return [*headers, "SENT", "RECEIVED", "AGE"], rows
 
 
 @ztunnel_config.command("all")
