@@ -88,7 +88,7 @@ def test_services_have_vips_ports_endpoints_and_waypoint() -> None:
         {"workload": "shop/web-2", "address": "10.1.1.9", "node": "node-1", "ready": False,
          "ports": {"80": 8080}},
     ]  # fmt: skip
-    headers, rows = services_table([svc])
+    _, rows = services_table([svc])
     assert rows == [["shop", "web", "10.96.0.20", "80/TCP", "1/2", "shop/waypoint"]]
 
 
