@@ -359,6 +359,16 @@ class _Explainer:
     ) -> str | None:
         if result.decision is not None and result.decision.policy:
             return result.decision.policy
+        if result.decision is not None and not result.decision.allowed:
+            # "no ALLOW policy matched": when exactly one applies, it is the one that said no
+            allow = [
+                p
+                for p in rbac.applicable(
+                    view.policies, w.namespace, w.labels, root_namespace=view.root_namespace
+                )
+                if p.action.value == "ALLOW"
+            ]
+            return allow[0].key if len(allow) == 1 else None
         if result.verdict is Verdict.STRICT:
             _, by = self.peer_auth(view, w, attempt.target_port)
             return _key(by) if by is not None else None
@@ -448,13 +458,13 @@ class _Explainer:
                 source_principal=principal,
                 trust_domain=self.td,
             )
-        decided_by = result.decision.policy if result.decision else None
+        decided_by = self.l4_deciding(view, w, attempt, result) if result.decision else None
         done = False
         lines = []
         for p in applying:
             action = p.action.value
             matcher = rbac.matcher_for(p)
-            if conn is None or done:
+            if conn is None or (done and action != "AUDIT"):  # AUDIT is always evaluated
                 verdict, rule = "not-reached", None
             else:
                 rule = _l4_rule(p, conn)
@@ -470,6 +480,8 @@ class _Explainer:
             detail = matcher.note
             if action == "ALLOW" and verdict == "no-match" and not p.rules:
                 detail = "an ALLOW policy with no rules allows nothing"
+            elif decides and verdict == "no-match":
+                detail = result.decision.reason if result.decision else detail
             lines.append(
                 PolicyResult(
                     "AuthorizationPolicy",
@@ -484,7 +496,7 @@ class _Explainer:
                 )
             )
         if result.decision is not None and decided_by is None:
-            lines.append(
+            lines.append(  # no single policy decided: say what did
                 PolicyResult(
                     "AuthorizationPolicy",
                     "",
@@ -555,9 +567,14 @@ class _Explainer:
         )
         lines: list[PolicyResult] = []
         access: authz.Verdict | None = None
+        deciding: str | None = None
         if policies is not None:
             access = policies.evaluate(rview, l4=not http, providers=wview.ext_authz_providers)
-            lines = self.l7_lines(policies, rview, access, where, l4=not http)
+            deciding = access.policy or None
+            if not access.allowed and not deciding and len(policies.allow) == 1:
+                # "no ALLOW policy matched": when exactly one applies, it is the one that said no
+                deciding = policies.allow[0].key
+            lines = self.l7_lines(policies, rview, access, deciding, where, l4=not http)
         verdict = ALLOW if access is None or access.allowed else DENY
         if access is not None and access.custom and access.allowed:
             names = ", ".join(c.provider for c in access.custom)
@@ -586,7 +603,6 @@ class _Explainer:
             gateway,
             listed,
         )
-        deciding = access.policy or None if access is not None else None
         if verdict == DENY:
             why = f"denied at waypoint {gateway}: {wp_reason}"
             return path_info, [_Judged(DENY, why, deciding, [], lines)]
@@ -626,18 +642,18 @@ class _Explainer:
         policies: authz.PolicySet,
         rview: authz.RequestView,
         access: authz.Verdict,
+        deciding: str | None,
         where: str,
         *,
         l4: bool,
     ) -> list[PolicyResult]:
-        decided = access.decided_by
         layer = "L4" if l4 else "L7"
         by_key = {_key(p): p for p in self.any.policies}
         lines = []
         done = False
         for p in (*policies.custom, *policies.deny, *policies.allow, *policies.audit):
             action = p.action.value
-            if done:
+            if done and action != "AUDIT":  # AUDIT is always evaluated
                 lines.append(
                     PolicyResult("AuthorizationPolicy", p.key, where, layer, action, "not-reached")
                 )
@@ -648,7 +664,7 @@ class _Explainer:
             else:
                 index = rule.index
                 verdict = "audit" if action == "AUDIT" else ALLOW if action == "ALLOW" else DENY
-            decides = decided is not None and decided.policy == p.key
+            decides = deciding == p.key
             done = done or decides
             detail = ""
             if not self.request.given and not l4 and _uses_l7(by_key.get(p.key)):
