@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import RUN_ID
 from tests.e2e.waypoint_lab import poll_until, running_lab
 from tests.integration.lab.labtools import Lab, weftctl
+from tests.kubeapi import binaries
 
 pytestmark = pytest.mark.e2e
 
@@ -419,3 +420,57 @@ def test_status_says_which_process_cannot_be_reached(lab: Lab) -> None:
     assert "Traceback" not in table.stderr
     code, _ = status(lab)
     assert code == 0
+
+
+# --- the same through a real API server ---------------------------------------------------------
+
+K8S_MANIFESTS = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec:
+  containers:
+  - name: main
+    command: ["sleep", "3600"]
+"""
+
+
+def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(binaries().kubectl), "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+@pytest.mark.kubernetes
+def test_enroll_on_a_lab_with_a_real_api_server(tmp_path: Path) -> None:
+    binaries()  # (skips, saying why, where the API server cannot be built)
+    name = f"weft-a-k-{RUN_ID}"
+    with running_lab(name, K8S_MANIFESTS, tmp_path, ("--source", "kubernetes")) as lab:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(lab.run("kubeconfig").stdout)
+
+        def labels(*what: str) -> dict[str, str]:
+            doc = json.loads(kubectl(kubeconfig, "get", *what, "-o", "json").stdout)
+            return dict(doc["metadata"].get("labels") or {})
+
+        pid = pids(lab, "shop")["client"]
+        data = cli(lab, "enroll", "namespace", "shop")
+        assert [(o["pod"], o["result"]) for o in data["outcomes"]] == [("shop/client", "captured")]
+        assert pids(lab, "shop")["client"] == pid
+        # the lab mirrors the label to the API server, where the controller read it
+        assert (
+            poll_until(lambda: labels("namespace", "shop"), lambda ls: LABEL in ls, 20)[LABEL]
+            == "ambient"
+        )
+        data = cli(lab, "unenroll", "pod", "client", "-n", "shop")
+        assert data["outcomes"][0]["result"] == "uncaptured"
+        got = poll_until(lambda: labels("pod", "client", "-n", "shop"), lambda ls: LABEL in ls, 20)
+        assert got[LABEL] == "none"
