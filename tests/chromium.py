@@ -138,10 +138,15 @@ class Chromium:
             text = details.get("exception", {}).get("description") or details.get("text")
             self.console.append(f"uncaught: {text}")
 
-    async def goto(self, url: str) -> None:
+    async def goto(self, url: str, timeout: float = 30.0) -> None:
+        """Load `url` and return once its document (and its deferred scripts) loaded."""
         result = await self.send("Page.navigate", {"url": url})
         if result.get("errorText"):
             raise BrowserError(f"cannot load {url}: {result['errorText']}")
+        await self.wait_for(
+            f"location.href === {json.dumps(url)} && document.readyState === 'complete'",
+            timeout,
+        )
 
     async def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (promises awaited)."""
@@ -157,14 +162,19 @@ class Chromium:
         """Poll (a few times a second, at most `timeout` seconds) until `expression` is
         truthy; its value. BrowserError with the page's console when it never is."""
         deadline = time.monotonic() + timeout
+        error = ""
         while True:
-            value = await self.evaluate(expression)
+            try:
+                value = await self.evaluate(expression)
+            except BrowserError as err:  # (e.g. the element is not there yet)
+                value, error = None, str(err)[:300]
             # JavaScript's truthiness: a DOM element comes back as {}, which is found
             if value not in (None, False, 0, ""):
                 return value
             if time.monotonic() > deadline:
                 raise BrowserError(
-                    f"not true after {timeout:g}s: {expression}\nconsole: {self.console[-10:]}"
+                    f"not true after {timeout:g}s: {expression}\nlast error: {error}\n"
+                    f"console: {self.console[-10:]}"
                 )
             await asyncio.sleep(0.25)
 

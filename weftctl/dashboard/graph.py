@@ -122,6 +122,14 @@ class GraphInput:
     tcp_active: tuple[Sample, ...] = ()
     tcp_sent: tuple[Sample, ...] = ()
     tcp_received: tuple[Sample, ...] = ()
+    waypoints: tuple[Sample, ...] = ()  # one per waypoint Deployment: namespace, gateway
+
+    def waypoint_workloads(self, inventory: Inventory) -> frozenset[WorkloadKey]:
+        """The waypoints' workloads (a waypoint's Deployment is named after its Gateway)."""
+        scraped = {
+            (s.labels.get("namespace", ""), s.labels.get("gateway", "")) for s in self.waypoints
+        }
+        return inventory.waypoints | {k for k in scraped if k[0] and k[1]}
 
 
 # --- flows -------------------------------------------------------------------------------
@@ -193,6 +201,7 @@ def _chosen_reporters(samples: Iterable[Sample]) -> dict[tuple[Any, Any], str]:
 def flows(data: GraphInput, inventory: Inventory) -> dict[FlowKey, _Flow]:
     """Every flow with traffic in the window, waypoint hops folded in."""
     out: dict[FlowKey, _Flow] = {}
+    waypoints = data.waypoint_workloads(inventory)
     # (source, Service) -> the waypoints its connections to that Service went to
     via: dict[tuple[WorkloadKey | None, WorkloadKey | None], set[WorkloadKey]] = {}
 
@@ -220,12 +229,12 @@ def flows(data: GraphInput, inventory: Inventory) -> dict[FlowKey, _Flow]:
             src, dst = _side(s.labels, "source"), _side(s.labels, "destination")
             if chosen.get((src, dst)) != s.labels.get("reporter", ""):
                 continue
-            if dst is not None and dst in inventory.waypoints:
+            if dst is not None and dst in waypoints:
                 # a hop into a waypoint: remembered, drawn as the waypoint's own edges
                 svc = service_of(s.labels.get("destination_service", ""))
                 via.setdefault((src, svc), set()).add(dst)
                 continue
-            if src is not None and src in inventory.waypoints:
+            if src is not None and src in waypoints:
                 continue  # the waypoint's onward hop: it reports it with the real source
             if s.labels.get("reporter") == "destination" and (src, dst) in carried:
                 continue
@@ -302,6 +311,7 @@ def build(data: GraphInput, inventory: Inventory, max_nodes: int = MAX_NODES) ->
     # edge -> its busiest flow's (source workload, Service, destination workload)
     sample_flow: dict[tuple[str, str], tuple[float, FlowKey]] = {}
     nodes: dict[str, Node] = {}
+    waypoints = data.waypoint_workloads(inventory)
 
     def workload_node(key: WorkloadKey | None) -> str:
         nid = _workload_id(key)
@@ -315,7 +325,7 @@ def build(data: GraphInput, inventory: Inventory, max_nodes: int = MAX_NODES) ->
                     key[0],
                     key[1],
                     inventory.is_enrolled(key),
-                    key in inventory.waypoints,
+                    key in waypoints,
                 )
         return nid
 

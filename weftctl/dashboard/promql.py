@@ -109,6 +109,9 @@ def graph_queries(window: Window) -> dict[str, str]:
             f" or sum by ({_by(TCP_GROUP)}) (istio_tcp_connections_opened_total) * 0)"
         ),
         "tcp_sent": by(BYTES_GROUP, "istio_tcp_sent_bytes_total"),
+        # the waypoints Prometheus scrapes (weft's scrape configs, the lab's and Kubernetes',
+        # label them), so their hops fold in even when no lab says which pods they are
+        "waypoints": 'count by (namespace, gateway) (up{component="waypoint"})',
         "tcp_received": by(BYTES_GROUP, "istio_tcp_received_bytes_total"),
     }
 

@@ -25,7 +25,7 @@ from aiohttp.typedefs import Middleware
 from lab import client as lab_client
 from lab.config import STATE_ROOT
 from lab.state import LabPaths
-from weftctl.dashboard import graph, inventory, promql
+from weftctl.dashboard import graph, inventory, prometheus, promql
 from weftctl.dashboard.prometheus import PrometheusClient, PrometheusUnavailable
 
 log = structlog.get_logger("weftctl.dashboard")
@@ -55,6 +55,9 @@ class Settings:
     refresh_seconds: int = 5
     allowed_hosts: frozenset[str] = frozenset()  # Host headers served; empty: any
     state_root: Path | None = None  # None: $WEFT_LAB_STATE or the default
+    query_timeout: float = prometheus.QUERY_TIMEOUT
+    max_body: int = prometheus.MAX_BODY
+    max_series: int = prometheus.MAX_SERIES
 
     @property
     def paths(self) -> LabPaths:
@@ -105,7 +108,13 @@ class Dashboard:
         if url is None:
             raise ApiError(503, NO_PROMETHEUS.format(lab=self.settings.lab_name), "no_prometheus")
         assert self.session is not None
-        return PrometheusClient(url, self.session)
+        return PrometheusClient(
+            url,
+            self.session,
+            timeout=self.settings.query_timeout,
+            max_body=self.settings.max_body,
+            max_series=self.settings.max_series,
+        )
 
     async def inventory(self) -> tuple[inventory.Inventory, str]:
         """The lab's inventory (cached briefly), and a warning when it could not be read: the

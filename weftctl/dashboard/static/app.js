@@ -52,7 +52,7 @@ async function getJSON(url) {
 }
 
 function health(edge) {
-  if (edge.denial_rate > 0 || edge.error_rate >= 0.1) return "bad";
+  if (edge.denial_rate > 0 || edge.error_rate > 0.1) return "bad";  // past 10% failing
   if (edge.error_rate > 0) return "warn";
   return "ok";
 }
