@@ -27,6 +27,8 @@ APT_PACKAGES=(
 [[ -n "$EXTRAS" ]] && APT_PACKAGES+=(etcd-server)  # the test Kubernetes API server's store (tests/kubeapi.py)
 # tests/integration/test_vagrant.py: `vagrant validate` of the Vagrantfile, shellcheck of its scripts
 [[ -n "$EXTRAS" ]] && APT_PACKAGES+=(vagrant shellcheck)
+# tests/chromium.py: `weftctl dashboard`'s page loaded in headless Chromium
+[[ -n "$EXTRAS" ]] && APT_PACKAGES+=(chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
