@@ -45,6 +45,35 @@ REJECTS = Counter("pilot_total_xds_rejects", "Versions a node NACKed.")
 CSR_COUNT = Counter("citadel_server_csr_count", "Certificate signing requests received.")
 CERTS_ISSUED = Counter("citadel_server_success_cert_issuance_count", "Certificates signed.")
 CSR_REFUSED = Counter("weft_controller_csr_refused", "Certificate requests refused.", ["reason"])
+HELLO_CLIPPED = Counter(
+    "weft_controller_hello_fields_clipped",
+    "Hello fields not kept as a subscriber sent them (a component its credential cannot be, "
+    "a version over the length kept).",
+    ["field"],
+)
+
+# What a subscriber may say it is, by the kind of credential it connected with.
+HELLO_COMPONENTS = {CallerKind.NODE: ("agent", "ztunnel"), CallerKind.WAYPOINT: ("waypoint",)}
+WEFT_VERSION_MAX = 64  # characters of Hello.weft_version kept (shown by weftctl, logged)
+
+
+def hello_identity(
+    kind: CallerKind, component: str, weft_version: str
+) -> tuple[str, str, list[str]]:
+    """(component, weft version, fields clipped) of a subscriber, as kept: the component only
+    when its credential allows it (a waypoint is a waypoint whatever it says; "" otherwise),
+    and the version cut to WEFT_VERSION_MAX characters. Both are for people reading
+    /debug/nodes: nothing is authorized by them."""
+    allowed = HELLO_COMPONENTS[kind]
+    clipped = []
+    if component not in allowed:
+        if component:
+            clipped.append("component")
+        component = allowed[0] if len(allowed) == 1 else ""
+    if len(weft_version) > WEFT_VERSION_MAX:
+        clipped.append("weft_version")
+        weft_version = weft_version[:WEFT_VERSION_MAX]
+    return component, weft_version, clipped
 
 
 @dataclass
@@ -190,13 +219,18 @@ class ControllerService:
                 f"credential is for node {node!r}, not {hello.node!r}",
             )
             return
+        component, weft_version, clipped = hello_identity(
+            caller.kind, hello.component, hello.weft_version
+        )
+        for name in clipped:
+            HELLO_CLIPPED.labels(name).inc()
         session = NodeSession(
             node,
             context.peer(),
             epoch=hello.epoch,
             acked_version=hello.version if hello.epoch == self.state.epoch else 0,
-            component=hello.component or ("waypoint" if caller.kind is CallerKind.WAYPOINT else ""),
-            weft_version=hello.weft_version,
+            component=component,
+            weft_version=weft_version,
         )
         self.sessions.append(session)
         CONNECTED.inc()
@@ -205,6 +239,8 @@ class ControllerService:
             node=node,
             kind=caller.kind.value,
             component=session.component,
+            weft_version=session.weft_version,
+            clipped=clipped or None,
             peer=session.peer,
             epoch=hello.epoch,
             version=hello.version,
