@@ -19,10 +19,11 @@ from meshcore.adminclient import get_json
 from meshcore.meshstate import WAYPOINT_GATEWAY_CLASS
 from weftctl.labnodes import lab_paths
 from weftctl.output import OUTPUT_OPTION, emit, table
-from weftctl.statusreport import Read, Reads, report
+from weftctl.statusreport import Read, Reads, lagging, report
 from weftctl.waypoint_commands import ClusterError, LabCluster, waypoint_summary
 
 READ_TIMEOUT = 5.0  # per admin API read
+ACK_GRACE = 1.0  # seconds given to ACKs on their way before a version not ACKed is an issue
 
 
 async def _read(get: Awaitable[Any]) -> Read:
@@ -70,9 +71,13 @@ async def gather(paths: LabPaths, lab: dict[str, Any]) -> Reads:
         asyncio.to_thread(_waypoints, paths),
     )
     count = len(nodes)
+    controller_nodes = reads[0]
+    if lagging(controller_nodes):  # an ACK on its way is not an issue: look once more
+        await asyncio.sleep(ACK_GRACE)
+        controller_nodes = await _read(get_json(ctl, "/debug/nodes", READ_TIMEOUT))
     return Reads(
         lab=lab,
-        controller_nodes=reads[0],
+        controller_nodes=controller_nodes,
         problems=reads[1],
         agents=dict(zip(nodes, reads[2 : 2 + count], strict=True)),
         ztunnels=dict(zip(nodes, reads[2 + count : 2 + 2 * count], strict=True)),

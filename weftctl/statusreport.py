@@ -58,6 +58,18 @@ def _sessions(nodes: Read) -> dict[tuple[str, str], Mapping[str, Any]]:
     return out
 
 
+def lagging(nodes: Read) -> bool:
+    """Does a connected subscriber not have the current state version yet? (Right after a
+    change that is normal for a few milliseconds: the caller reads once more.)"""
+    if not nodes.ok:
+        return False
+    version = nodes.data.get("version")
+    return any(
+        s.get("connected") and s.get("acked_version") != version
+        for s in nodes.data.get("nodes", [])
+    )
+
+
 def subscription_issues(
     node: str, component: str, session: Mapping[str, Any] | None, version: int | None
 ) -> list[str]:

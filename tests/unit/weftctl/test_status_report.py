@@ -17,6 +17,7 @@ from weftctl.statusreport import (
     Read,
     Reads,
     certificate_summary,
+    lagging,
     report,
     subscription_issues,
     waypoint_issues,
@@ -261,3 +262,13 @@ def test_check_node_reads_the_lab_record(tmp_path: Path) -> None:
     check_node(paths, "node-3")
     with pytest.raises(click.ClickException, match='no node "node-9" in lab lab-x; nodes: node-1'):
         check_node(paths, "node-9")
+
+
+def test_lagging_when_a_connected_subscriber_has_not_acked_the_version() -> None:
+    reads = healthy()
+    assert not lagging(reads.controller_nodes)
+    reads.controller_nodes.data["nodes"][0]["acked_version"] = VERSION - 1
+    assert lagging(reads.controller_nodes)
+    reads.controller_nodes.data["nodes"][0]["connected"] = False
+    assert not lagging(reads.controller_nodes)
+    assert not lagging(Read(error="down"))
