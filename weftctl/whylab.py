@@ -92,6 +92,23 @@ async def _node_facts(paths: LabPaths, node: str) -> NodeFacts:
     return NodeFacts(node, captured, certs, tuple(errors))
 
 
+async def _lagging(paths: LabPaths, version: int) -> list[str]:
+    """Subscribers (agents, ztunnels, waypoints) that have not ACKed `version` yet: the data
+    plane there may still run an older state than the one explained."""
+    try:
+        data = await get_json(paths.controller_admin, "/debug/nodes", READ_TIMEOUT)
+    except (aiohttp.ClientError, OSError, TimeoutError) as err:
+        return [f"the controller's subscribers could not be read: {err or type(err).__name__}"]
+    out = []
+    for n in data.get("nodes", []):
+        if n.get("connected") and int(n.get("acked_version") or 0) < version:
+            out.append(
+                f"{n.get('component', 'subscriber')} of {n.get('node')} has ACKed state version "
+                f"{n.get('acked_version')}, not {version} yet: it may still enforce the older state"
+            )
+    return out
+
+
 async def snapshot(lab_name: str) -> tuple[MeshSnapshot, list[str]]:
     """The lab's live state, and what could not be read (named)."""
     paths = lab_paths(lab_name)
@@ -103,6 +120,7 @@ async def snapshot(lab_name: str) -> tuple[MeshSnapshot, list[str]]:
             f"({err or type(err).__name__}); is the lab up?"
         ) from None
     state, problems = parse_state(data)
+    problems += await _lagging(paths, int(data.get("version", 0)))
     nodes = sorted({v.node for v in state.values() if isinstance(v, Workload) and v.node})
     facts = await asyncio.gather(*(_node_facts(paths, n) for n in nodes))
     for f in facts:
