@@ -22,7 +22,7 @@ from meshcore.meshstate import (
     Workload,
 )
 from meshcore.resources import ResourceKey, documents_from_text, parse_documents
-from weftctl.explain.engine import explain
+from weftctl.explain.engine import MAX_ENDPOINTS, explain
 from weftctl.explain.model import (
     Certificate,
     MeshSnapshot,
@@ -326,3 +326,15 @@ def test_the_source_ztunnel_is_expected_to_report_the_destination_refusal() -> N
         ("waypoint", "waypoint"): "deny",
         ("ztunnel", "source"): "allow",
     }
+
+
+def test_past_the_endpoint_bound_only_the_first_are_judged_and_it_is_said() -> None:
+    many = tuple(
+        pod(f"api-{i:02d}", f"10.2.1.{i}", "node-2", labels={"app": "api"},
+            services=(ServiceMembership("shop", "api", {80: 8080}),))
+        for i in range(MAX_ENDPOINTS + 2)
+    )  # fmt: skip
+    found = explain(snapshot(values=(*BASE, *many)), "shop/client", "api.shop")
+    judged = [h for h in found.path.hops if h.role == "destination"]
+    assert len(judged) == MAX_ENDPOINTS
+    assert f"{MAX_ENDPOINTS + 3} endpoints: the first {MAX_ENDPOINTS} are judged" in found.notes
