@@ -23,6 +23,7 @@ APT_PACKAGES=(
   bpftool clang llvm iproute2 nftables procps psmisc curl
   iperf3 stunnel4 haproxy linux-headers-amd64
   redis-server  # Global RateLimitPolicy counters (the lab's, and the tests')
+  prometheus    # `weftctl lab up --prometheus` (lab/prometheus.py); promtool checks our configs
 )
 [[ -n "$EXTRAS" ]] && APT_PACKAGES+=(etcd-server)  # the test Kubernetes API server's store (tests/kubeapi.py)
 # tests/integration/test_vagrant.py: `vagrant validate` of the Vagrantfile, shellcheck of its scripts
@@ -39,6 +40,17 @@ if ((${#missing[@]})); then
   apt-get update -qq || die "apt-get update failed"
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || die "apt-get install failed for: ${missing[*]}"
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    # The package enables (and on systemd starts) its own server on :9090 with a data folder
+    # that grows; the lab runs its own instance with its own config, data and address.
+    say "disabling the prometheus package's own service (the lab runs its own server)"
+    systemctl disable prometheus.service >/dev/null 2>&1 || update-rc.d prometheus disable >/dev/null 2>&1 || true
+    if [[ -d /run/systemd/system ]]; then
+      systemctl stop prometheus.service >/dev/null 2>&1 || true
+    else
+      invoke-rc.d prometheus stop >/dev/null 2>&1 || true
+    fi
+  fi
 else
   say "Debian packages present"
 fi
