@@ -23,6 +23,7 @@ import click
 from lab import client
 from lab.state import LabPaths
 from meshcore.adminclient import get_json
+from meshcore.meshstate import DATAPLANE_MODE_LABEL
 from weftctl.enrollplan import (
     EnrollError,
     EnrollPlan,
@@ -238,6 +239,7 @@ def _options(f: Any) -> Any:
     f = OUTPUT_OPTION(f)
     f = click.option(
         "--timeout",
+        type=click.FloatRange(min=0),
         default=30.0,
         show_default=True,
         help="Seconds to wait for the node agents to capture (or release) the pods.",
@@ -264,12 +266,11 @@ def _group(mode: Mode) -> click.Group:
     def group(ctx: click.Context, lab_name: str) -> None:
         ctx.obj = lab_paths(lab_name)
 
+    done = "captured" if mode is Mode.ENROLL else "released"
     group.help = (
-        f"{verb} a namespace or a pod: set its {'weft.dev/dataplane-mode'} label and wait "
-        "until its pods are "
-        + ("captured" if mode is Mode.ENROLL else "released")
-        + " by their node agents (running pods change live, without a restart). Exit code 1 "
-        "when a pod is not as asked in time; each such pod is named with the reason."
+        f"{verb} a namespace or a pod: set its {DATAPLANE_MODE_LABEL} label and wait until its "
+        f"pods are {done} by their node agents (running pods change live, without a restart). "
+        "Exit code 1 when a pod is not as asked in time; each such pod is named with the reason."
     )
 
     @group.command("namespace")
