@@ -56,6 +56,10 @@ def _lab(paths: LabPaths, method: str, path: str, body: Any = None) -> Any:
         return client.request(paths, method, path, body, timeout=120)
     except client.LabUnavailable as err:
         _fail(f"{err}; is the lab up? (`weftctl lab up`)")
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
+        _fail(
+            f"the lab daemon at {paths.socket} did not answer {path}: {err or type(err).__name__}"
+        )
 
 
 def cluster_view(paths: LabPaths) -> tuple[dict[str, dict[str, str]], list[PodInfo]]:
@@ -100,6 +104,8 @@ def _apply(paths: LabPaths, change: LabelChange) -> None:
             return
         except client.LabUnavailable as err:
             _fail(f"{err}; is the lab up? (`weftctl lab up`)")
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
+            _fail(f"the lab daemon did not answer the label change: {err or type(err).__name__}")
         except client.LabRequestFailed as err:
             spec_changed = any(e.get("field") == "spec" for e in err.errors)
             if not (spec_changed and i + 1 < len(attempts)):

@@ -45,6 +45,8 @@ def _waypoints(paths: LabPaths) -> Read:
         pods = cluster.get("Pod") if gateways else []
     except ClusterError as err:
         return Read(error=str(err))
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
+        return Read(error=str(err) or type(err).__name__)
     return Read(
         [
             waypoint_summary(
@@ -195,6 +197,12 @@ def status(lab_name: str, output: str) -> None:
         lab: dict[str, Any] = client.request(paths, "GET", "/v1/status", timeout=30)
     except client.LabUnavailable as err:
         click.secho(f"error: {err}; is the lab up? (`weftctl lab up`)", fg="red", err=True)
+        sys.exit(2)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
+        why = str(err) or type(err).__name__
+        click.secho(
+            f"error: the lab daemon at {paths.socket} did not answer: {why}", fg="red", err=True
+        )
         sys.exit(2)
     data = report(asyncio.run(gather(paths, lab)))
     if not emit(data, output):
