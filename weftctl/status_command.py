@@ -156,6 +156,17 @@ def _print(data: dict[str, Any]) -> None:
                 ],
             )
         )
+    if data["waypoint_subscriptions"]:
+        click.echo()
+        click.echo(
+            table(
+                ["WAYPOINT-REPLICA", "WEFT", "SENT", "ACKED"],
+                [
+                    [r["identity"], r["weft_version"] or "-", r["sent_version"], r["acked_version"]]
+                    for r in data["waypoint_subscriptions"]
+                ],
+            )
+        )
     click.echo()
     click.echo(
         table(

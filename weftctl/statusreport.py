@@ -9,7 +9,8 @@ report comes out, with every issue in words. The rules:
 - every node's agent and ztunnel answer, are subscribed to the controller and have ACKed its
   current state version (a NACK is named); an agent is ready;
 - no ztunnel holds an expired certificate;
-- every waypoint is Programmed with all its replicas ready;
+- every waypoint is Programmed with all its replicas ready, and each replica subscribed has
+  ACKed the current state version;
 - every running pod the labels enroll is in its node agent's capture maps;
 - the controller refused no resource (`weftctl controller problems`).
 """
@@ -202,6 +203,31 @@ def waypoint_issues(waypoints: Sequence[Mapping[str, Any]]) -> list[str]:
     return issues
 
 
+def waypoint_subscriptions(nodes: Read) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each connected waypoint replica's subscription (by its identity), and the ones that
+    have not ACKed the controller's current state version."""
+    if not nodes.ok:
+        return [], []
+    version = nodes.data.get("version")
+    rows = [
+        {
+            "identity": s.get("node", ""),
+            "weft_version": s.get("weft_version", ""),
+            "sent_version": s.get("sent_version"),
+            "acked_version": s.get("acked_version"),
+        }
+        for s in nodes.data.get("nodes", [])
+        if s.get("component") == "waypoint" and s.get("connected")
+    ]
+    rows.sort(key=lambda r: r["identity"])
+    issues = [
+        f"waypoint replica {r['identity']}: ACKed state version {r['acked_version']} of {version}"
+        for r in rows
+        if r["acked_version"] != version
+    ]
+    return rows, issues
+
+
 def report(reads: Reads) -> dict[str, Any]:
     """The whole status: each part, the issues found, and `healthy` when there are none."""
     issues: list[str] = []
@@ -244,6 +270,8 @@ def report(reads: Reads) -> dict[str, Any]:
         issues += waypoint_issues(waypoints)
     else:
         issues.append(f"waypoints: cannot be listed ({reads.waypoints.error})")
+    replicas, replica_issues = waypoint_subscriptions(nodes_read)
+    issues += replica_issues
     namespaces, ns_issues = namespace_rows(reads.lab, reads.agents)
     issues += ns_issues
     problems: list[str] = []
@@ -262,6 +290,7 @@ def report(reads: Reads) -> dict[str, Any]:
         "controller": controller,
         "nodes": node_rows,
         "waypoints": waypoints,
+        "waypoint_subscriptions": replicas,
         "namespaces": namespaces,
         "problems": problems,
     }

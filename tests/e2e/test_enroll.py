@@ -231,6 +231,10 @@ def test_status_lists_every_node_agent_ztunnel_and_the_waypoint(lab: Lab) -> Non
             assert certs["count"] == 0 and certs["earliest_expires_in_s"] is None, certs
     assert [(w["namespace"], w["name"], w["programmed"], w["replicas"]) for w in
             data["waypoints"]] == [("meshed", "waypoint", "True", {"ready": 1, "desired": 1})]  # fmt: skip
+    assert [(r["identity"], r["acked_version"], r["weft_version"]) for r in
+            data["waypoint_subscriptions"]] == [
+        ("spiffe://cluster.local/ns/meshed/sa/waypoint", version, weft)
+    ]  # fmt: skip
     counts = {n["namespace"]: (n["mode"], n["pods"], n["enrolled"], n["captured"])
               for n in data["namespaces"]}  # fmt: skip
     # meshed: inmesh (enrolled) and its waypoint's pod (labeled none, as Istio's are)

@@ -272,3 +272,16 @@ def test_lagging_when_a_connected_subscriber_has_not_acked_the_version() -> None
     reads.controller_nodes.data["nodes"][0]["connected"] = False
     assert not lagging(reads.controller_nodes)
     assert not lagging(Read(error="down"))
+
+
+def test_waypoint_replicas_behind_the_state_are_issues() -> None:
+    reads = healthy()
+    wp = "spiffe://cluster.local/ns/shop/sa/waypoint"
+    reads.controller_nodes.data["nodes"] += [
+        session(wp, "waypoint"),
+        session(wp, "waypoint", acked=VERSION - 2),
+        session(wp, "waypoint", acked=1, connected=False),  # gone: not judged
+    ]
+    data = report(reads)
+    assert [r["acked_version"] for r in data["waypoint_subscriptions"]] == [VERSION, VERSION - 2]
+    assert data["issues"] == [f"waypoint replica {wp}: ACKed state version 5 of {VERSION}"]
