@@ -25,6 +25,7 @@ from controller.meshbuilder import is_enrolled
 from meshcore.meshstate import DATAPLANE_MODE_LABEL
 
 COMPONENTS = ("agent", "ztunnel")
+NO_ZTUNNEL = "the lab runs no ztunnel (lab up --no-ztunnel)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,10 +249,25 @@ def report(reads: Reads) -> dict[str, Any]:
         "agent": reads.lab.get("node_agents") or {},
         "ztunnel": reads.lab.get("ztunnels") or {},
     }
+    # `lab up --no-ztunnel`: no ztunnel to judge (said once below, when a pod needs one)
+    components = [("agent", reads.agents)]
+    if processes["ztunnel"]:
+        components.append(("ztunnel", reads.ztunnels))
     node_rows = []
     for node in [str(n["name"]) for n in reads.lab.get("nodes", [])]:
         row: dict[str, Any] = {"node": node}
-        for component, read_map in (("agent", reads.agents), ("ztunnel", reads.ztunnels)):
+        if not processes["ztunnel"]:
+            row["ztunnel"] = {
+                "component": "ztunnel",
+                "reachable": False,
+                "error": NO_ZTUNNEL,
+                "process": "",
+                "weft_version": "",
+                "connected": False,
+                "sent_version": None,
+                "acked_version": None,
+            }
+        for component, read_map in components:
             read = read_map.get(node, Read(error="not read"))
             part, found = _component_row(
                 node,
@@ -274,6 +290,8 @@ def report(reads: Reads) -> dict[str, Any]:
     issues += replica_issues
     namespaces, ns_issues = namespace_rows(reads.lab, reads.agents)
     issues += ns_issues
+    if not processes["ztunnel"] and any(n["enrolled"] for n in namespaces):
+        issues.append(f"{NO_ZTUNNEL}: the connections of enrolled pods fail closed")
     problems: list[str] = []
     if reads.problems.ok:
         problems = [str(p.get("message", "")) for p in reads.problems.data.get("problems", [])]

@@ -285,3 +285,20 @@ def test_waypoint_replicas_behind_the_state_are_issues() -> None:
     data = report(reads)
     assert [r["acked_version"] for r in data["waypoint_subscriptions"]] == [VERSION, VERSION - 2]
     assert data["issues"] == [f"waypoint replica {wp}: ACKed state version 5 of {VERSION}"]
+
+
+def test_a_lab_without_ztunnels_says_so_once_when_a_pod_needs_one() -> None:
+    reads = healthy()
+    reads = change(reads, lab={**reads.lab, "ztunnels": {}})
+    reads.controller_nodes.data["nodes"] = [
+        s for s in reads.controller_nodes.data["nodes"] if s["component"] == "agent"
+    ]
+    reads = change(reads, ztunnels={})
+    data = report(reads)
+    assert data["nodes"][0]["ztunnel"]["error"].startswith("the lab runs no ztunnel")
+    assert data["issues"] == [
+        "the lab runs no ztunnel (lab up --no-ztunnel): the connections of enrolled pods fail "
+        "closed"
+    ]
+    reads.lab["namespaces"][1]["labels"] = {}  # nothing enrolled: nothing fails
+    assert report(reads)["healthy"]
