@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,10 @@ def test_prometheus_url_is_none_unless_the_lab_runs_one(tmp_path: Path) -> None:
         [sys.executable, "-c", "import time; time.sleep(30)", "lab.daemon", "weft-d-url"]
     )
     try:
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 5
+        while b"lab.daemon" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)  # until it has exec'd (before, it reads as this test's process)
         record = LabRecord("weft-d-url", "abc123", LabConfig(), 0.0, daemon_pid=proc.pid)
         record.save(paths)
         assert prometheus_url(paths) == "http://127.0.0.1:41234"
