@@ -86,13 +86,25 @@ def _by(labels: Sequence[str]) -> str:
     return ", ".join(labels)
 
 
+def per_second(selector: str, window: Window) -> str:
+    """The per-second increase over `window` of the counters `selector` picks, where a
+    series born inside the window counts from zero. rate() takes a new series' first sample
+    as its baseline, so the first burst of a flow (often all there is of a rare event, such
+    as connections a policy refused) would count as nothing. The exporters create a series
+    at its first increment, so a series absent a window ago started at zero within it."""
+    w = window.text
+    return (
+        f"((rate({selector}[{w}]) and {selector} offset {w})"
+        f" or (({selector} unless {selector} offset {w}) / {window.seconds}))"
+    )
+
+
 def graph_queries(window: Window) -> dict[str, str]:
     """The instant queries one graph is built from, by name (graph.GraphInput's fields,
     bytes in two halves: a rate() over two metric names at once would merge their series)."""
-    w = window.text
 
     def by(group: Sequence[str], selector: str) -> str:
-        return f"sum by ({_by(group)}) (rate({selector}[{w}]))"
+        return f"sum by ({_by(group)}) {per_second(selector, window)}"
 
     return {
         "requests": by(REQUEST_GROUP, "istio_requests_total"),
@@ -154,21 +166,27 @@ def signal_queries(target: Target, window: Window) -> dict[str, str]:
     req = target.request_matchers()
     tcp = target.tcp_matchers()
     queries = {
-        "request_rate": f"sum(rate(istio_requests_total{{{req}}}[{w}]))",
-        "error_rate": (f'sum(rate(istio_requests_total{{{req},response_code=~"5..|0"}}[{w}]))'),
-        "denial_rate": (f'sum(rate(istio_requests_total{{{req},response_code="403"}}[{w}]))'),
+        "request_rate": "sum " + per_second(f"istio_requests_total{{{req}}}", window),
+        "error_rate": "sum "
+        + per_second(f'istio_requests_total{{{req},response_code=~"5..|0"}}', window),
+        "denial_rate": "sum "
+        + per_second(f'istio_requests_total{{{req},response_code="403"}}', window),
         "active_connections": (
             f"max(sum by (reporter) (istio_tcp_connections_opened_total{{{tcp}}})"
             f" - (sum by (reporter) (istio_tcp_connections_closed_total{{{tcp}}})"
             f" or sum by (reporter) (istio_tcp_connections_opened_total{{{tcp}}}) * 0))"
         ),
-        "connection_rate": (
-            f"max(sum by (reporter) (rate(istio_tcp_connections_opened_total{{{tcp}}}[{w}])))"
-        ),
-        "tcp_bytes_rate": (
-            f"max(sum by (reporter) (rate(istio_tcp_sent_bytes_total{{{tcp}}}[{w}]))"
-            f" + sum by (reporter) (rate(istio_tcp_received_bytes_total{{{tcp}}}[{w}])))"
-        ),
+        "connection_rate": "max(sum by (reporter) "
+        + per_second(f"istio_tcp_connections_opened_total{{{tcp}}}", window)
+        + ")",
+        "denied_connection_rate": "max(sum by (reporter) "
+        + per_second(f'istio_tcp_connections_closed_total{{{tcp},response_flags="UAEX"}}', window)
+        + ")",
+        "tcp_bytes_rate": "max(sum by (reporter) "
+        + per_second(f"istio_tcp_sent_bytes_total{{{tcp}}}", window)
+        + " + sum by (reporter) "
+        + per_second(f"istio_tcp_received_bytes_total{{{tcp}}}", window)
+        + ")",
     }
     for q in QUANTILES:
         queries[f"p{round(q * 100)}_ms"] = (

@@ -200,6 +200,7 @@ async function selectNode(n) {
       ["latency p99", s.p99_ms === null ? "–" : `${s.p99_ms.toFixed(1)} ms`],
       ["TCP connections", rate(s.connection_rate, "cps")],
       ["TCP open now", s.active_connections === null ? "–" : String(Math.round(s.active_connections))],
+      ["TCP denied", rate(s.denied_connection_rate, "cps")],
       ["TCP bytes", bytes(s.tcp_bytes_rate)],
     ];
     const table = html("table", { class: "signals" });
