@@ -359,6 +359,8 @@ def _print_hints(ctx: LabContext, status: dict[str, Any]) -> None:
         click.echo(f"  weftctl ztunnel-config workloads{lab_flag} --node node-1   # the mesh")
         click.echo(f"  weftctl agent{lab_flag} status --node node-1")
         click.echo(f"  weftctl controller{lab_flag} nodes")
+    if status.get("prometheus"):
+        click.echo(f"  curl -s $({prefix} prometheus)/api/v1/targets   # metrics")
     click.echo(f"  {prefix} down")
 
 
@@ -416,6 +418,9 @@ def _print_status(status: dict[str, Any]) -> None:
     ctl = status.get("controller")
     if ctl:
         click.echo(f"controller: {ctl['address']} ({ctl['state']}, restarts {ctl['restarts']})")
+    prom = status.get("prometheus")
+    if prom:
+        click.echo(f"prometheus: {prom['url'] or prom['listen']} ({prom['state']})")
     click.echo("\nNODES")
     click.echo(
         table(
