@@ -162,7 +162,6 @@ class Target:
 def signal_queries(target: Target, window: Window) -> dict[str, str]:
     """Golden signals of one target. Requests are counted by the waypoint (weft's only L7
     reporter); TCP by whichever reporter saw more, so a connection is never counted twice."""
-    w = window.text
     req = target.request_matchers()
     tcp = target.tcp_matchers()
     queries = {
@@ -189,10 +188,8 @@ def signal_queries(target: Target, window: Window) -> dict[str, str]:
         + ")",
     }
     for q in QUANTILES:
-        queries[f"p{round(q * 100)}_ms"] = (
-            f"histogram_quantile({q}, sum by (le) "
-            f"(rate(istio_request_duration_milliseconds_bucket{{{req}}}[{w}])))"
-        )
+        buckets = per_second(f"istio_request_duration_milliseconds_bucket{{{req}}}", window)
+        queries[f"p{round(q * 100)}_ms"] = f"histogram_quantile({q}, sum by (le) {buckets})"
     return queries
 
 
