@@ -57,8 +57,8 @@ class Inbound:
         table: ConnectionTable | None = None,  # open connections, for /connections
     ) -> None:
         self.node = node
-        self.tap = tap or TapHub("ztunnel", node)
-        self.table = table or ConnectionTable()
+        self.tap = tap if tap is not None else TapHub("ztunnel", node)
+        self.table = table if table is not None else ConnectionTable()
         self.trust_domain = trust_domain
         self.view = view
         self.identities = identities

@@ -63,8 +63,8 @@ class Outbound:
         self.node = node
         self.view = view
         self.pool = pool
-        self.tap = tap or TapHub("ztunnel", node)
-        self.table = table or ConnectionTable()
+        self.tap = tap if tap is not None else TapHub("ztunnel", node)
+        self.table = table if table is not None else ConnectionTable()
         self.synced = synced or asyncio.Event()
         if synced is None:
             self.synced.set()
