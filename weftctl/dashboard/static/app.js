@@ -129,7 +129,11 @@ function drawEdge(e, a, b) {
     (e.waypoints.length ? `, via ${e.waypoints.join(", ")}` : "")));
   g.append(el("path", { class: "hit", d }));
   g.append(el("path", { class: "line", d, "marker-end": `url(#arrow-${kind})` }));
-  const lx = b.x > a.x ? mx : (a.x + b.x) / 2, ly = b.x > a.x ? (a.y + b.y) / 2 : Math.max(a.y, b.y) + 70;
+  // the label sits past the middle of the curve, where edges fanning out of one node have
+  // already parted: (x, y) of the cubic at t = 0.6 (the middle of a straight one)
+  const t = a.y === b.y ? 0.5 : 0.6, u = 1 - t;
+  const lx = b.x > a.x ? u * u * u * x1 + 3 * u * u * t * mx + 3 * u * t * t * mx + t * t * t * x2 : (a.x + b.x) / 2;
+  const ly = b.x > a.x ? u * u * u * a.y + 3 * u * u * t * a.y + 3 * u * t * t * b.y + t * t * t * b.y : Math.max(a.y, b.y) + 70;
   g.append(el("text", { x: lx, y: ly - 6, "text-anchor": "middle" }, edgeLabel(e)));
   if (e.waypoints.length) g.append(el("text", { x: lx, y: ly + 8, "text-anchor": "middle", fill: "#00838f" }, `via ${e.waypoints.join(", ")}`));
   if (e.security === "mutual_tls") g.append(lock(lx, ly - 6));
