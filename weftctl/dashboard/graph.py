@@ -41,6 +41,8 @@ class Node:
     enrolled: bool | None  # None: not known (a Service, or no lab inventory)
     waypoint: bool = False  # a waypoint's own workload
     depth: int = 0  # call depth from the graph's entry points: the layout's column
+    # how the traffic it received came: "mutual_tls", "none", "mixed"; "" when it received none
+    inbound_security: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class Node:
             "enrolled": self.enrolled,
             "waypoint": self.waypoint,
             "depth": self.depth,
+            "inbound_security": self.inbound_security,
         }
 
 
@@ -353,8 +356,22 @@ def build(data: GraphInput, inventory: Inventory, max_nodes: int = MAX_NODES) ->
     kept, dropped = _busiest_nodes(nodes, edges, max_nodes)
     edges = {e: f for e, f in edges.items() if e[0] in kept and e[1] in kept}
     depth = layers(kept, edges)
+    inbound: dict[str, dict[str, float]] = {}
+    for (_, target), f in edges.items():
+        weights = inbound.setdefault(target, {})
+        for mode, w in f.security.items():
+            weights[mode] = weights.get(mode, 0.0) + w
     out_nodes = tuple(
-        Node(n.id, n.kind, n.namespace, n.name, n.enrolled, n.waypoint, depth[n.id])
+        Node(
+            n.id,
+            n.kind,
+            n.namespace,
+            n.name,
+            n.enrolled,
+            n.waypoint,
+            depth[n.id],
+            _security(inbound[n.id]) if n.id in inbound else "",
+        )
         for n in sorted((nodes[i] for i in kept), key=lambda n: (depth[n.id], n.id))
     )
     out_edges = tuple(_edge(e, f, sample_flow[e][1], inventory) for e, f in sorted(edges.items()))

@@ -377,3 +377,18 @@ def test_inventory_refuses_a_malformed_status_naming_the_field(
     with pytest.raises(inventory.InventoryError, match=None) as err:
         inventory.from_status(broken)
     assert message in str(err.value)
+
+
+def test_nodes_say_how_the_traffic_they_receive_is_secured() -> None:
+    data = GraphInput(
+        tcp_opened=(
+            tcp("legacy", "frontend", 1.0, reporter="destination", security="none"),
+            tcp("traffic", "frontend", 1.0),
+            tcp("traffic", "backend-v1", 1.0),
+        )
+    )
+    nodes = {n.id: n for n in build(data, DEMO).nodes}
+    assert nodes["workload:demo/frontend"].inbound_security == "mixed"
+    assert nodes["workload:demo/backend-v1"].inbound_security == "mutual_tls"
+    assert nodes["workload:demo/traffic"].inbound_security == ""  # receives nothing
+    assert nodes["workload:demo/frontend"].to_json()["inbound_security"] == "mixed"

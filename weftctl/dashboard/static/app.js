@@ -95,12 +95,14 @@ function lock(x, y) {
 function drawNode(n, p) {
   const classes = ["node", n.kind];
   if (n.waypoint) classes.push("waypoint");
+  if (n.inbound_security && n.inbound_security !== "mutual_tls") classes.push("plaintext-in");
   if (n.enrolled === false) classes.push("unenrolled");
   if (state.selected === `node:${n.id}`) classes.push("selected");
   const g = el("g", { class: classes.join(" "), "data-id": n.id, "data-kind": n.kind, "data-name": n.name, "data-namespace": n.namespace, transform: `translate(${p.x},${p.y})` });
   const what = n.kind === "service" ? "Service" : n.waypoint ? "waypoint" : n.kind;
   const enrolled = n.enrolled === null ? "" : n.enrolled ? ", enrolled" : ", not enrolled";
-  g.append(el("title", {}, `${what} ${n.namespace}/${n.name}${enrolled}`));
+  const inbound = n.inbound_security ? `, receives ${n.inbound_security === "mutual_tls" ? "mutual TLS" : n.inbound_security === "none" ? "plaintext" : "mutual TLS and plaintext"}` : "";
+  g.append(el("title", {}, `${what} ${n.namespace}/${n.name}${enrolled}${inbound}`));
   if (n.kind === "service") g.append(el("polygon", { class: "shape", points: "0,-18 20,0 0,18 -20,0" }));
   else if (n.waypoint) g.append(el("rect", { class: "shape", x: -18, y: -14, width: 36, height: 28, rx: 4 }));
   else g.append(el("circle", { class: "shape", r: 16 }));
@@ -209,7 +211,8 @@ async function selectNode(n) {
     ];
     const table = html("table", { class: "signals" });
     for (const [k, v] of rows) table.append(html("tr", { "data-signal": k }, html("td", {}, k), html("td", {}, v)));
-    const enrolled = n.enrolled === null ? "" : n.enrolled ? "enrolled in the mesh" : "not enrolled";
+    const enrolled = [n.enrolled === null ? "" : n.enrolled ? "enrolled in the mesh" : "not enrolled",
+      n.inbound_security === "mutual_tls" ? "receives mutual TLS only" : n.inbound_security === "none" ? "receives plaintext" : n.inbound_security === "mixed" ? "receives mutual TLS and plaintext" : ""].filter(Boolean).join(", ");
     panel(html("h2", {}, `${kind === "service" ? "Service" : "Workload"} ${n.namespace}/${n.name}`),
       html("p", { class: "hint" }, `golden signals over ${data.window}${enrolled ? ", " + enrolled : ""}`), table);
   } catch (err) {
