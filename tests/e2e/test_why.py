@@ -354,6 +354,8 @@ def test_why_agrees_with_the_data_plane(lab: tuple[Lab, Path], situation: Situat
             report = probed["probe"]
             assert report["agrees"] is True, json.dumps(report, indent=1)
             assert report["observed"] == real, json.dumps(report, indent=1)
+            # every situation has a ztunnel on its path: it reported the probe's connection
+            assert report["events"], json.dumps(report, indent=1)
     finally:
         if keys:
             the_lab.run("delete", "-f", str(path))
