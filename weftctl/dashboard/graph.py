@@ -308,8 +308,11 @@ def _security(weights: Mapping[str, float]) -> str:
     return MIXED if modes else PLAINTEXT
 
 
-def build(data: GraphInput, inventory: Inventory, max_nodes: int = MAX_NODES) -> Graph:
-    """The graph of every flow with traffic in the window."""
+def build(
+    data: GraphInput, inventory: Inventory, max_nodes: int = MAX_NODES, namespace: str = ""
+) -> Graph:
+    """The graph of every flow with traffic in the window; with `namespace`, of the flows
+    that start, pass or end in it (and their other ends)."""
     edges: dict[tuple[str, str], _Flow] = {}
     # edge -> its busiest flow's (source workload, Service, destination workload)
     sample_flow: dict[tuple[str, str], tuple[float, FlowKey]] = {}
@@ -344,6 +347,8 @@ def build(data: GraphInput, inventory: Inventory, max_nodes: int = MAX_NODES) ->
 
     for key, f in flows(data, inventory).items():
         src, svc, dst = key
+        if namespace and namespace not in {k[0] for k in key if k is not None}:
+            continue
         s = workload_node(src)
         if svc is None:
             add((s, workload_node(dst)), f, key)

@@ -161,10 +161,16 @@ class Dashboard:
 
     async def graph(self, request: web.Request) -> web.Response:
         window = _window(request)
+        namespace = request.query.get("namespace", "")
+        try:
+            if namespace:
+                promql.check_name("namespace", namespace)
+        except promql.QueryError as err:
+            raise ApiError(400, str(err), "bad_request") from None
         vectors = await self.vectors(promql.graph_queries(window))
         inv, warning = await self.inventory()
         data = graph.GraphInput(**{k: v.samples for k, v in vectors.items()})
-        built = graph.build(data, inv)
+        built = graph.build(data, inv, namespace=namespace)
         dropped = sum(v.dropped for v in vectors.values())
         warnings = [warning] if warning else []
         if dropped:
@@ -175,6 +181,7 @@ class Dashboard:
             {
                 "lab": self.settings.lab_name,
                 "window": window.text,
+                "namespace": namespace,
                 "time": time.time(),
                 "graph": built.to_json(),
                 "dropped_series": dropped,

@@ -392,3 +392,48 @@ def test_nodes_say_how_the_traffic_they_receive_is_secured() -> None:
     assert nodes["workload:demo/backend-v1"].inbound_security == "mutual_tls"
     assert nodes["workload:demo/traffic"].inbound_security == ""  # receives nothing
     assert nodes["workload:demo/frontend"].to_json()["inbound_security"] == "mixed"
+
+
+def test_a_namespace_keeps_the_flows_that_start_pass_or_end_in_it() -> None:
+    data = GraphInput(
+        tcp_opened=(
+            tcp("traffic", "frontend", 1.0, service=HOST.format("frontend")),
+            Sample(
+                {
+                    "reporter": "source",
+                    "source_workload": "client",
+                    "source_workload_namespace": "other",
+                    "destination_workload": "frontend",
+                    "destination_workload_namespace": "demo",
+                    "destination_service": HOST.format("frontend"),
+                    "connection_security_policy": "mutual_tls",
+                },
+                1.0,
+            ),
+            Sample(
+                {
+                    "reporter": "source",
+                    "source_workload": "a",
+                    "source_workload_namespace": "other",
+                    "destination_workload": "b",
+                    "destination_workload_namespace": "other",
+                    "destination_service": "unknown",
+                    "connection_security_policy": "mutual_tls",
+                },
+                1.0,
+            ),
+        )
+    )
+    assert len(build(data, DEMO).edges) == 4
+    demo = {e.id for e in build(data, DEMO, namespace="demo").edges}
+    assert demo == {
+        "workload:demo/traffic->service:demo/frontend",
+        "workload:other/client->service:demo/frontend",
+        "service:demo/frontend->workload:demo/frontend",
+    }
+    assert {e.id for e in build(data, DEMO, namespace="other").edges} == {
+        "workload:other/client->service:demo/frontend",
+        "service:demo/frontend->workload:demo/frontend",
+        "workload:other/a->workload:other/b",
+    }
+    assert build(data, DEMO, namespace="nowhere").edges == ()

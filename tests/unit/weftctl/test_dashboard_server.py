@@ -318,6 +318,22 @@ def test_windows_are_bounded(tmp_path: Path, window: str, message: str) -> None:
     assert prom.queries == []  # nothing reached Prometheus
 
 
+def test_a_namespace_filter_must_be_a_kubernetes_name(tmp_path: Path) -> None:
+    prom = StandInPrometheus()
+    prom.answers = demo_answers()
+
+    async def go() -> None:
+        async with dashboard(tmp_path, prom) as url:
+            status, data, _ = await get(f"{url}/api/graph", params={"namespace": 'demo"}'})
+            assert status == 400 and "namespace: not a Kubernetes name" in data["error"]
+            status, data, _ = await get(f"{url}/api/graph", params={"namespace": "demo"})
+            assert status == 200 and data["namespace"] == "demo" and data["graph"]["edges"]
+            status, data, _ = await get(f"{url}/api/graph", params={"namespace": "elsewhere"})
+            assert status == 200 and data["graph"]["edges"] == []
+
+    run(go())
+
+
 def test_windows_accepted() -> None:
     assert parse_window("30s") == promql.Window(30, "30s")
     assert parse_window("90s").seconds == 90
@@ -509,6 +525,10 @@ def test_page_draws_the_graph_shows_signals_and_says_when_there_is_no_traffic(
                 "[...document.querySelectorAll('.node')].map(n => n.dataset.name)"
             )
             assert {"traffic", "frontend", "backend-v1", "backend-v2"} <= set(names)
+            options = await browser.evaluate(
+                "[...document.querySelectorAll('#namespace option')].map(o => o.value)"
+            )
+            assert options == ["", "demo"]
             shot = await browser.screenshot(tmp_path / "dashboard-standin-graph.png")
             keep_artifact(shot)
 

@@ -5,7 +5,7 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const COLUMN = 190, ROW = 90, MARGIN = 70;
-const state = { window: "1m", refresh: 5, selected: null, timer: null, graph: null };
+const state = { window: "1m", namespace: "", namespaces: new Set(), refresh: 5, selected: null, timer: null, graph: null };
 
 function el(tag, attrs = {}, text) {
   const node = document.createElementNS(SVG, tag);
@@ -147,7 +147,8 @@ function render(graph) {
   const root = document.getElementById("graph");
   root.replaceChildren();
   if (!graph.nodes.length) {
-    root.append(html("p", { class: "empty" }, `No traffic in the last ${state.window}: nothing to draw yet. The graph fills in as workloads talk.`));
+    const where = state.namespace ? ` in namespace ${state.namespace}` : "";
+    root.append(html("p", { class: "empty" }, `No traffic in the last ${state.window}${where}: nothing to draw yet. The graph fills in as workloads talk.`));
     return;
   }
   const { pos, width, height } = layout(graph);
@@ -168,10 +169,22 @@ function render(graph) {
   root.append(svg);
 }
 
+// The namespace filter offers every namespace seen since the page was loaded.
+function learnNamespaces(graph) {
+  const before = state.namespaces.size;
+  for (const n of graph.nodes) if (n.namespace) state.namespaces.add(n.namespace);
+  if (state.namespaces.size === before) return;
+  const select = document.getElementById("namespace");
+  select.replaceChildren(html("option", { value: "" }, "all"),
+    ...[...state.namespaces].sort().map((ns) => html("option", { value: ns }, ns)));
+  select.value = state.namespace;
+}
+
 async function refresh() {
   try {
-    const data = await getJSON(`/api/graph?window=${encodeURIComponent(state.window)}`);
+    const data = await getJSON(`/api/graph?window=${encodeURIComponent(state.window)}&namespace=${encodeURIComponent(state.namespace)}`);
     state.graph = data.graph;
+    learnNamespaces(data.graph);
     render(data.graph);
     document.getElementById("updated").textContent = `updated ${new Date(data.time * 1000).toLocaleTimeString()}`;
     if (data.warnings.length) setStatus(data.warnings.join("; "), "warning");
@@ -273,6 +286,8 @@ async function start() {
   const select = document.getElementById("window");
   select.value = state.window;
   select.addEventListener("change", () => { state.window = select.value; refresh(); });
+  const nsSelect = document.getElementById("namespace");
+  nsSelect.addEventListener("change", () => { state.namespace = nsSelect.value; refresh(); });
   await refresh();
   state.timer = setInterval(refresh, state.refresh * 1000);
 }
