@@ -2,12 +2,13 @@
 agent, ztunnel and waypoint replica (`weftctl lab up --prometheus`).
 
 It runs in the control plane's namespace, which reaches every node over the underlay and every
-pod through routes to the nodes' pod ranges, and listens only there, on the control plane's
-address. The host reaches it through a forward on its loopback (`lab.forward`, as the lab's
-API server is reached); `url` in its folder records that address for `prometheus_url` (and
-so `weftctl lab prometheus`). Its configuration, data and log live in the lab's state folder,
-and the process in the lab's control cgroup, so `lab down`, and the teardown of a lab whose
-daemon died, remove both with the rest of the lab.
+pod through routes to the nodes' pod ranges, and listens on that namespace's loopback only, so
+no pod or node can query it. The host reaches it through a forward on its own loopback
+(`lab.forward`, which connects from inside the namespace, as for the lab's API server); `url`
+in its folder records that address for `prometheus_url` (and so `weftctl lab prometheus`).
+Its configuration, data and log live in the lab's state folder, and the process in the lab's
+control cgroup, so `lab down`, and the teardown of a lab whose daemon died, remove both with
+the rest of the lab.
 """
 
 from __future__ import annotations
@@ -86,14 +87,14 @@ class LabPrometheus:
         self.names = names
         self.paths = paths
         self.folder = paths.prometheus
-        self.listen = f"{control_ip}:{PROMETHEUS_PORT}"
+        self.listen = f"127.0.0.1:{PROMETHEUS_PORT}"  # the control namespace's loopback
         self.static_jobs = {
             JOB_CONTROLLER: [controller_target(control_ip)],
             **node_targets(nodes, ztunnel=ztunnel),
         }
         self.scrape_interval = scrape_interval
         self.process: Supervised | None = None
-        self.forward = NetnsForward(NETNS_DIR / names.control_netns, control_ip, PROMETHEUS_PORT)
+        self.forward = NetnsForward(NETNS_DIR / names.control_netns, "127.0.0.1", PROMETHEUS_PORT)
         self._waypoints_text = ""
         self.waypoints = 0
 

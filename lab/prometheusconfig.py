@@ -22,7 +22,7 @@ import yaml
 
 from meshcore.meshstate import GATEWAY_NAME_LABEL, MANAGED_BY_MESH_CONTROLLER, MANAGED_LABEL
 
-PROMETHEUS_PORT = 9090  # inside the control plane's namespace, on its underlay address
+PROMETHEUS_PORT = 9090  # on the control plane namespace's loopback
 CONTROLLER_METRICS_PORT = 15014  # controller.app ControllerConfig.metrics_addr
 AGENT_METRICS_PORT = 15014  # node_agent.agent AgentConfig.metrics_addr (Istio's CNI agent's)
 ZTUNNEL_METRICS_PORT = 15020  # ztunnel.app ZtunnelConfig.metrics_addr

@@ -152,8 +152,29 @@ def test_lab_prometheus_prints_a_url_on_loopback_that_answers(lab: Lab, url: str
     status = lab.status()["prometheus"]
     assert status["url"] == url
     assert status["state"] == "Running"
-    # It listens inside the lab only: the forward is the host's way in
-    assert not status["listen"].startswith(("0.0.0.0", "127."))
+    # It listens on the control plane namespace's loopback: the host's forward is the only
+    # way in. A pod reaches the control plane's address (the controller's metrics answer it),
+    # not Prometheus there; nor does a node.
+    assert status["listen"] == "127.0.0.1:9090"
+    control_ip = lab.status()["controller"]["address"].rpartition(":")[0]
+
+    def http_code(port: int) -> str:
+        return lab.exec(
+            "traffic", "demo", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+            "--max-time", "5", f"http://{control_ip}:{port}/metrics", check=False,
+        ).stdout.strip()  # fmt: skip
+
+    assert http_code(15014) == "200"
+    assert http_code(9090) == "000"
+    record = lab.record()
+    assert record is not None
+    node = subprocess.run(
+        ["nsenter", f"--net=/run/netns/weft-{record.lab_id}-node-1", "--",
+         "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+         f"http://{control_ip}:9090/-/ready"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert node.stdout.strip() == "000"
 
 
 def test_every_mesh_process_is_a_target_and_up(lab: Lab, url: str) -> None:
