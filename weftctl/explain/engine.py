@@ -28,9 +28,10 @@ import ipaddress
 from dataclasses import dataclass
 
 from meshcore.meshstate import MeshService, ServicePort, TrustBundle, Workload
+from meshcore.resources.requestauthn import RequestAuthentication
 from meshcore.resources.security import AuthorizationPolicy, MtlsMode, PeerAuthentication
 from waypoint import authz, routing
-from waypoint.decision import RouteTables
+from waypoint.decision import GrpcRouteTables, RouteTables
 from waypoint.protocol import AppProtocol, declared
 from waypoint.state import WaypointView
 from weftctl.explain.model import (
@@ -546,6 +547,7 @@ class _Explainer:
                 f"L7 rules and routes are judged for {DEFAULT_METHOD} {DEFAULT_PATH}; "
                 "give --method/--path/--header for another request"
             )
+        self.note_request_authentication(wview, gateway, service)
         method = self.request.method or DEFAULT_METHOD
         path = self.request.path or DEFAULT_PATH
         tables = authz.AuthzTables(gateway, root_namespace=wview.mesh.root_namespace)
@@ -715,7 +717,14 @@ class _Explainer:
             client_namespace=src.namespace,
             source_labels=src.labels,
         )
-        decided = RouteTables(wview, rand=lambda: 0.0).decide(service, port, request)
+        decided: routing.Forward | routing.Respond | None = None
+        if declared(port) is AppProtocol.GRPC:  # as the h2c side routes a gRPC call
+            grpc = GrpcRouteTables(wview, rand=lambda: 0.0)
+            table = grpc.table(service, port)
+            if not table.empty:
+                decided = routing.route_grpc(table, request, grpc.rand)
+        if decided is None:
+            decided = RouteTables(wview, rand=lambda: 0.0).decide(service, port, request)
         if isinstance(decided, routing.Respond):
             self.routes.append(
                 RouteResult(
@@ -773,9 +782,10 @@ class _Explainer:
         waypoint draws one per request, so all are candidates."""
         key = decided.route_key
         one = [(decided.backend_namespace, decided.backend_name, decided.backend_port, 1)]
-        if key is None or key.kind != "HTTPRoute":
+        if key is None or key.kind not in ("HTTPRoute", "GRPCRoute"):
             return one
-        route = next((r for r in wview.http_routes if r.key == key), None)
+        routes = wview.http_routes if key.kind == "HTTPRoute" else wview.grpc_routes
+        route = next((r for r in routes if r.key == key), None)
         if route is None or not 0 <= decided.rule_index < len(route.rules):
             return one
         refs = route.rules[decided.rule_index].backend_refs
@@ -785,12 +795,26 @@ class _Explainer:
             out.append((namespace, ref.name, int(getattr(ref, "port", 0) or 0), int(ref.weight)))
         return out or one
 
+    def note_request_authentication(
+        self, wview: WaypointView, gateway: str, service: MeshService | None
+    ) -> None:
+        """RequestAuthentication runs before authorization at the waypoint; why does not
+        validate tokens, so it says which apply."""
+        name = f"{service.namespace}/{service.name}" if service is not None else None
+        for ra in wview.request_authentications:
+            found = authz.scopes(ra, gateway, root_namespace=wview.mesh.root_namespace)
+            if any(scope is authz.Scope.GATEWAY or n == name for scope, n in found):
+                self.notes.append(
+                    f"RequestAuthentication {_key(ra)} applies at waypoint {gateway}: a request "
+                    "with an invalid token is refused 401 there; tokens are not validated here"
+                )
+
     def note_more(self, count: int) -> None:
         if count > MAX_ENDPOINTS:
             self.notes.append(f"{count} endpoints: the first {MAX_ENDPOINTS} are judged")
 
 
-def _key(p: AuthorizationPolicy | PeerAuthentication) -> str:
+def _key(p: AuthorizationPolicy | PeerAuthentication | RequestAuthentication) -> str:
     return f"{p.metadata.namespace}/{p.metadata.name}"
 
 

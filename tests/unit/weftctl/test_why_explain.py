@@ -338,3 +338,56 @@ def test_past_the_endpoint_bound_only_the_first_are_judged_and_it_is_said() -> N
     judged = [h for h in found.path.hops if h.role == "destination"]
     assert len(judged) == MAX_ENDPOINTS
     assert f"{MAX_ENDPOINTS + 3} endpoints: the first {MAX_ENDPOINTS} are judged" in found.notes
+
+
+GRPC_SVC = MeshService("rpc", "shop", "rpc.shop.svc.cluster.local", ("10.96.0.12",),
+                       (ServicePort("grpc", 7070),), waypoint="shop/waypoint")  # fmt: skip
+RPC = pod("rpc", "10.2.0.4", "node-2", services=(ServiceMembership("shop", "rpc", {7070: 7070}),))
+
+
+def test_a_grpc_port_is_routed_by_its_grpc_routes() -> None:
+    route = """
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: GRPCRoute
+        metadata: {name: rpc, namespace: shop}
+        spec:
+          parentRefs: [{group: "", kind: Service, name: rpc, port: 7070}]
+          rules:
+          - matches: [{method: {service: shop.Cart, method: Add}}]
+            backendRefs: [{name: rpc, port: 7070}]
+        """
+    values = (*BASE, GRPC_SVC, RPC)
+    found = explain(snapshot(route, values=values), "shop/client", "rpc.shop",
+                    RequestSpec("POST", "/shop.Cart/Add"))  # fmt: skip
+    (r,) = found.routes
+    assert (r.kind, r.name, r.rule) == ("GRPCRoute", "shop/rpc", 0)
+    assert found.verdict == "allow"
+    other = explain(snapshot(route, values=values), "shop/client", "rpc.shop",
+                    RequestSpec("POST", "/shop.Cart/Remove"))  # fmt: skip
+    assert other.routes[0].decision.startswith("answered 404")
+
+
+def test_a_request_authentication_at_the_waypoint_is_said() -> None:
+    jwt = """
+        ---
+        apiVersion: security.weft.dev/v1
+        kind: RequestAuthentication
+        metadata: {name: web-jwt, namespace: shop}
+        spec:
+          targetRefs: [{kind: Service, group: "", name: web}]
+          jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/jwks}]
+        """
+    found = explain(snapshot(jwt), "shop/client", "web.shop", RequestSpec("GET", "/"))
+    assert any("RequestAuthentication shop/web-jwt applies" in n for n in found.notes)
+    assert not any("RequestAuthentication" in n for n in
+                   explain(snapshot(jwt), "shop/client", "api.shop").notes)  # fmt: skip
+
+
+def test_a_disagreeing_probe_is_printed_loudly() -> None:
+    data = explain(snapshot(), "shop/client", "api.shop").to_json()
+    agrees, diffs = compare(data, {"outcome": "reset"}, [])
+    data["probe"] = {"agrees": agrees, "summary": "one connection: reset -> deny",
+                     "disagreement": "; ".join(diffs), "events": []}  # fmt: skip
+    text = explanation_text(data)
+    assert "!!! DISAGREEMENT" in text and "the client saw deny" in text
