@@ -540,6 +540,16 @@ def test_page_draws_the_graph_shows_signals_and_says_when_there_is_no_traffic(
             assert any("requests" in r and "2.0 rps" in r for r in rows), rows
             assert any("latency p99" in r and "21.5 ms" in r for r in rows), rows
 
+            # no lab, so no pod to ask `why` about: the panel says so
+            await browser.click(
+                '.edge[data-source="workload:demo/traffic"][data-target="service:demo/frontend"]'
+            )
+            text = await browser.wait_for(
+                "document.getElementById('panel').innerText.includes('No pod') &&"
+                " document.getElementById('panel').innerText"
+            )
+            assert "nothing to ask `why` about" in text
+
             # the traffic stops: the next refresh says so instead of drawing stale edges
             prom.answers = {}
             text = await browser.wait_for(
