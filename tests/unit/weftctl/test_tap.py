@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from lab.state import LabPaths
 from meshcore import adminserver, tapserver
 from meshcore.accessevents import TapFilter, TapHub
 from tests.unit.meshcore.test_accessevents import event
-from weftctl.tap import TapError, TapSource, lab_sources, open_tap
+from weftctl.tap import LabTap, TapError, TapSource, lab_sources, open_tap
 from weftctl.tap_commands import format_event
 
 STATUS = {
@@ -137,3 +138,89 @@ def test_open_tap_names_an_unreachable_source(tmp_path: Path) -> None:
     source = TapSource("ztunnel node-9", "ztunnel", socket=tmp_path / "none.sock")
     with pytest.raises(TapError, match=r"cannot tap ztunnel node-9 at .*none.sock .*is the lab up"):
         asyncio.run(open_tap(source, TapFilter(), timeout=2))
+
+
+class _FixedLab(LabTap):
+    """LabTap over a list of sources the test changes, in place of a lab's status."""
+
+    def __init__(self, sources: list[TapSource]) -> None:
+        super().__init__("unit", TapFilter(), refresh=0.05)
+        self.wanted = sources
+
+    async def _discover(self) -> list[TapSource]:
+        return list(self.wanted)
+
+
+def test_lab_tap_follows_sources_that_come_go_and_restart(tmp_path: Path) -> None:
+    async def main() -> None:
+        hub_a, hub_b = TapHub("ztunnel", "node-1"), TapHub("waypoint")
+        sock_a, sock_b = tmp_path / "a.sock", tmp_path / "b.sock"
+        runners_a = await _serve(hub_a, sock_a)
+        runners_b: list[web.AppRunner] = []
+        a = TapSource("ztunnel node-1", "ztunnel", socket=sock_a)
+        b = TapSource("waypoint demo/waypoint-1", "waypoint", socket=sock_b)
+        notices: list[str] = []
+        tap = _FixedLab([a])
+        tap.notice = notices.append
+        try:
+            async with tap:
+                events = aiter(tap)
+                hub_a.publish(event(bytes_sent=1))
+                assert (await asyncio.wait_for(anext(events), 3))["bytes_sent"] == 1
+                # a new replica appears: tapped at the next look
+                runners_b = await _serve(hub_b, sock_b)
+                tap.wanted = [a, b]
+                await _until(lambda: hub_b.subscribers == 1)
+                hub_b.publish(event(bytes_sent=2, component="waypoint"))
+                assert (await asyncio.wait_for(anext(events), 3))["component"] == "waypoint"
+                # the ztunnel restarts: its stream ends, it is dialled again
+                hub_a.close()  # (as the ztunnel stops: its taps end, then its listeners)
+                for r in runners_a:
+                    await r.cleanup()
+                runners_a = await _serve(hub_a, sock_a)
+                await _until(lambda: hub_a.subscribers == 1, 5)
+                hub_a.publish(event(bytes_sent=3))
+                assert (await asyncio.wait_for(anext(events), 3))["bytes_sent"] == 3
+                # the replica goes away: no longer tapped
+                tap.wanted = [a]
+                await _until(lambda: hub_b.subscribers == 0)
+                assert tap.sources == ["ztunnel node-1"]
+        finally:
+            hub_a.close()
+            hub_b.close()
+            for r in runners_a + runners_b:
+                await r.cleanup()
+        assert "tapping waypoint demo/waypoint-1" in notices
+        assert "waypoint demo/waypoint-1 is gone" in notices
+
+    asyncio.run(main())
+
+
+def test_lab_tap_names_every_source_that_did_not_say_hello(tmp_path: Path) -> None:
+    async def main() -> str:
+        hub = TapHub("ztunnel")
+        runners = await _serve(hub, tmp_path / "a.sock")
+        tap = _FixedLab(
+            [
+                TapSource("ztunnel node-1", "ztunnel", socket=tmp_path / "a.sock"),
+                TapSource("ztunnel node-2", "ztunnel", socket=tmp_path / "gone.sock"),
+            ]
+        )
+        try:
+            with pytest.raises(TapError) as err:
+                async with tap:
+                    pass
+            await _until(lambda: hub.subscribers == 0)  # the one that answered is let go
+            return str(err.value)
+        finally:
+            for r in runners:
+                await r.cleanup()
+
+    assert asyncio.run(main()).startswith("cannot tap ztunnel node-2 at ")
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
