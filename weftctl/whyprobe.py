@@ -32,7 +32,7 @@ RUN_TIMEOUT = 20.0  # the whole in-pod client, bounded
 MAX_EVENTS = 64  # events kept per probe; more are counted
 
 # Run inside the source pod: one connection to argv[1]:argv[2], one request on it; prints
-# {"outcome": "response"|"reset"|"refused"|"timeout", "status": N, "body": "..."}.
+# {"outcome": "response"|"data"|"open"|"reset"|"refused"|"timeout", "status": N, "body": ".."}.
 CLIENT = textwrap.dedent("""
     import json, socket, sys
     ip, port, method, path, host, headers = sys.argv[1], int(sys.argv[2]), sys.argv[3], \\
@@ -48,28 +48,34 @@ CLIENT = textwrap.dedent("""
     else:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
         lines += [f"{k}: {v}" for k, v in headers]
+        data, failed, waited = b"", "", False
         try:
             s.sendall(("\\r\\n".join(lines) + "\\r\\n\\r\\n").encode("latin-1"))
-            data = b""
             while len(data) < 65536:
                 chunk = s.recv(65536)
                 if not chunk:
                     break
                 data += chunk
-            if data.startswith(b"HTTP/"):
-                out["outcome"] = "response"
-                out["status"] = int(data.split(b" ", 2)[1])
-                out["body"] = data.partition(b"\\r\\n\\r\\n")[2][:200].decode("latin-1")
-            else:
-                out["outcome"] = "reset"
-                out["body"] = data[:200].decode("latin-1")
+                if not data.startswith(b"HTTP/"):
+                    s.settimeout(0.5)  # not HTTP (an echo...): no need to wait for its close
         except TimeoutError:
-            out["outcome"] = "timeout"
+            waited = True
         except OSError as err:
-            out["outcome"] = "reset"
-            out["body"] = repr(err)
+            failed = repr(err)
         finally:
             s.close()
+        if data.startswith(b"HTTP/"):
+            out["outcome"] = "response"
+            out["status"] = int(data.split(b" ", 2)[1])
+            out["body"] = data.partition(b"\\r\\n\\r\\n")[2][:200].decode("latin-1")
+        elif data:
+            out["outcome"] = "data"  # bytes came back: the connection was carried
+            out["body"] = data[:200].decode("latin-1")
+        elif waited and not failed:
+            out["outcome"] = "open"  # held open, silent: carried, nothing answered yet
+        else:
+            out["outcome"] = "reset"  # reset, or closed before any answer
+            out["body"] = failed
     print(json.dumps(out))
 """)
 
@@ -81,14 +87,16 @@ class ProbeError(RuntimeError):
 
 
 def observed_verdict(result: dict[str, Any]) -> str:
-    """What the client saw, as a verdict: a response is an allow unless it is the
-    waypoint's RBAC 403; a reset, refusal or silence is a deny."""
-    if result.get("outcome") == "response":
+    """What the client saw, as a verdict: an HTTP response is an allow unless it is the
+    waypoint's RBAC 403; bytes that are not HTTP, or a connection held open, were carried
+    (allow); a reset, a close before any answer, or a refused or timed-out connect is a deny."""
+    outcome = result.get("outcome")
+    if outcome == "response":
         body = str(result.get("body", ""))
         if int(result.get("status", 0)) == 403 and body.startswith(RBAC_DENIED):
             return DENY
         return ALLOW
-    return DENY
+    return ALLOW if outcome in ("data", "open") else DENY
 
 
 def compare(
@@ -99,9 +107,10 @@ def compare(
     differences: list[str] = []
     seen = observed_verdict(result)
     if seen != explanation["verdict"]:
+        status = f" {result['status']}" if result.get("status") else ""
         differences.append(
             f"explained {explanation['verdict']}, the client saw {seen} "
-            f"({result.get('outcome')} {result.get('status') or ''})".rstrip()
+            f"({result.get('outcome')}{status})"
         )
     expected = expected_by_reporter(explanation)
     for e in events:
