@@ -153,6 +153,7 @@ class LabTap:
         state_root: Path | None = None,
         notice: Notice | None = None,
         refresh: float = REFRESH,
+        hello_timeout: float = HELLO_TIMEOUT,
     ) -> None:
         root = state_root or Path(os.environ.get("WEFT_LAB_STATE", STATE_ROOT))
         self.paths = LabPaths.for_lab(lab_name, root)
@@ -160,6 +161,7 @@ class LabTap:
         self.filter = flt
         self.notice = notice or (lambda _text: None)
         self.refresh = refresh
+        self.hello_timeout = hello_timeout
         self.dropped: dict[str, int] = {}
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_MERGED)
         self._tasks: dict[TapSource, asyncio.Task[None]] = {}
@@ -178,18 +180,28 @@ class LabTap:
 
     async def __aenter__(self) -> LabTap:
         sources = await self._discover()
-        opened = await asyncio.gather(
-            *(open_tap(s, self.filter) for s in sources), return_exceptions=True
-        )
-        failed = [str(r) for r in opened if isinstance(r, BaseException)]
-        if failed:
-            for r in opened:
-                if not isinstance(r, BaseException):
-                    r[1].close()
-            raise TapError("\n".join(failed))
-        for source, result in zip(sources, opened, strict=True):
-            assert not isinstance(result, BaseException)
-            self._start(source, result[0], result[1])
+        # a source that refuses or is not listening yet (a replica starting) is asked again
+        # until hello_timeout; then the tap fails, naming each one that never said hello
+        deadline = asyncio.get_running_loop().time() + self.hello_timeout
+        pending, errors = list(sources), {}
+        while pending:
+            opened = await asyncio.gather(
+                *(open_tap(s, self.filter) for s in pending), return_exceptions=True
+            )
+            for source, result in zip(pending, opened, strict=True):
+                if isinstance(result, TapError):
+                    errors[source] = str(result)
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    errors.pop(source, None)
+                    self._start(source, result[0], result[1])
+            pending = [s for s in pending if s in errors]
+            if pending and asyncio.get_running_loop().time() + RETRY > deadline:
+                await self.__aexit__()
+                raise TapError("\n".join(errors[s] for s in pending))
+            if pending:
+                await asyncio.sleep(RETRY / 2)
         self._refresher = asyncio.create_task(self._refresh())
         return self
 

@@ -144,7 +144,7 @@ class _FixedLab(LabTap):
     """LabTap over a list of sources the test changes, in place of a lab's status."""
 
     def __init__(self, sources: list[TapSource]) -> None:
-        super().__init__("unit", TapFilter(), refresh=0.05)
+        super().__init__("unit", TapFilter(), refresh=0.05, hello_timeout=1.5)
         self.wanted = sources
 
     async def _discover(self) -> list[TapSource]:
@@ -224,3 +224,26 @@ async def _until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
+
+
+def test_lab_tap_waits_for_a_source_still_starting(tmp_path: Path) -> None:
+    async def main() -> int:
+        hub = TapHub("waypoint")
+        sock = tmp_path / "late.sock"
+        started: list[web.AppRunner] = []
+
+        async def start_late() -> None:
+            await asyncio.sleep(0.5)
+            started.extend(await _serve(hub, sock))
+
+        late = asyncio.create_task(start_late())
+        try:
+            async with _FixedLab([TapSource("waypoint demo/waypoint-2", "waypoint", sock)]):
+                return hub.subscribers
+        finally:
+            await late
+            hub.close()
+            for r in started:
+                await r.cleanup()
+
+    assert asyncio.run(main()) == 1
