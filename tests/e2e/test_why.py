@@ -1,4 +1,4 @@
-"""`weftctl why` against the data plane: one two-node lab, a table of policy situations, each
+"""`weftctl why` against the data plane: one two-node lab, a table of 14 policy situations, each
 applied with `weftctl lab apply` (and deleted after), then for each question asked of it:
 
 - the real outcome of one connection + GET from the source pod (run with `lab exec`, judged
@@ -36,7 +36,7 @@ TD = "cluster.local"
 SYNC_TIMEOUT = 40.0
 
 
-def _pod(ns: str, name: str, node: str, *, echo: bool, sa: str = "") -> str:
+def _pod(ns: str, name: str, node: str, *, echo: bool, sa: str = "", tcp: bool = False) -> str:
     account = f"  serviceAccountName: {sa}\n" if sa else ""
     container = (
         '  - name: echo\n    image: weft/http-echo\n    args: ["--port", "8080"]\n'
@@ -44,6 +44,11 @@ def _pod(ns: str, name: str, node: str, *, echo: bool, sa: str = "") -> str:
         if echo
         else '  - name: main\n    command: ["sleep", "3600"]\n'
     )
+    if tcp:
+        container = (
+            '  - name: echo\n    image: weft/tcp-echo\n    args: ["--port", "9000"]\n'
+            "    ports: [{name: tcp, containerPort: 9000}]\n"
+        )
     return (
         f"\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, "
         f"labels: {{app: {name}}}}}\nspec:\n  nodeName: {node}\n{account}  containers:\n"
@@ -51,7 +56,8 @@ def _pod(ns: str, name: str, node: str, *, echo: bool, sa: str = "") -> str:
     )
 
 
-def _service(ns: str, name: str, waypoint: str = "") -> str:
+def _service(ns: str, name: str, waypoint: str = "", port: str = "{name: http, port: 80, "
+             "targetPort: http}") -> str:  # fmt: skip
     labels = f", labels: {{weft.dev/use-waypoint: {waypoint}}}" if waypoint else ""
     return f"""
 apiVersion: v1
@@ -59,7 +65,7 @@ kind: Service
 metadata: {{name: {name}, namespace: {ns}{labels}}}
 spec:
   selector: {{app: {name}}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
+  ports: [{port}]
 """
 
 
@@ -89,6 +95,8 @@ MANIFESTS = wl.manifests(
     _service(NS, "web", waypoint="waypoint"),
     _gateway("waypoint"),
     _pod(NS, "dark", "node-2", echo=True),
+    _pod(NS, "tcp", "node-2", echo=False, tcp=True),
+    _service(NS, "tcp", waypoint="waypoint", port="{name: tcp, port: 9000, targetPort: tcp}"),
     _pod(OUT, "plain", "node-2", echo=True),
     _service(OUT, "plain"),
 )
@@ -124,6 +132,7 @@ class Ask:
     deciding: str | None = None
     path_kind: str = ""
     path: str = ""  # --path (and the GET's path)
+    tcp: bool = False  # a TCP echo: the real outcome is whether a line comes back
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,14 @@ class Situation:
 
 ECHO = "echo.whyns"
 SITUATIONS = [
-    Situation("no-policy", "", (Ask("whyns/client", ECHO, "allow", None, "ztunnel-to-ztunnel"),)),
+    Situation(
+        "no-policy",
+        "",
+        (
+            Ask("whyns/client", ECHO, "allow", None, "ztunnel-to-ztunnel"),
+            Ask("whyns/client", "tcp.whyns:9000", "allow", None, "waypoint", tcp=True),
+        ),
+    ),
     Situation(
         "allow-matching-principal",
         _policy(
@@ -208,6 +224,20 @@ SITUATIONS = [
         ),
     ),
     Situation(
+        # a TCP port through the waypoint is judged as at L4: an ALLOW rule of HTTP fields
+        # never matches a connection
+        "waypoint-tcp-port-with-http-only-allow",
+        _policy(
+            "tcp-public",
+            """
+            targetRefs: [{kind: Service, group: "", name: tcp}]
+            action: ALLOW
+            rules: [{to: [{operation: {paths: ["/public*"]}}]}]
+            """,
+        ),
+        (Ask("whyns/client", "tcp.whyns:9000", "deny", "whyns/tcp-public", "waypoint", tcp=True),),
+    ),
+    Situation(
         "waypoint-without-replica",
         wl.manifests(_gateway("idle", replicas=0), _service(NS, "dark", waypoint="idle")),
         (Ask("whyns/client", "dark.whyns", "deny", None, "refused"),),
@@ -259,10 +289,28 @@ GET = textwrap.dedent("""
 """)
 
 
-def real_outcome(lab: Lab, src: str, host: str, port: int, path: str) -> tuple[str, list[Any]]:
-    """What one GET from `src` really met: allow, or deny (a reset, or the RBAC 403)."""
-    ns, name = src.split("/")
-    out = lab.exec(name, ns, "python3", "-c", GET, host, str(port), path or "/", timeout=60)
+# Run in the source pod: one line to a TCP echo; ["echoed", 0, line] or ["error", 0, why].
+LINE = textwrap.dedent("""
+    import json, socket, sys
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+        s.sendall(b"weft why\\n")
+        back = s.recv(100)
+        print(json.dumps(["echoed" if back else "error", 0, back.decode("latin-1")]))
+    except OSError as err:
+        print(json.dumps(["error", 0, type(err).__name__]))
+""")
+
+
+def real_outcome(lab: Lab, ask: Ask, host: str, port: int) -> tuple[str, list[Any]]:
+    """What one GET (or echoed line) from the source really met: allow, or deny (a reset,
+    the RBAC 403, no echo)."""
+    ns, name = ask.src.split("/")
+    if ask.tcp:
+        out = lab.exec(name, ns, "python3", "-c", LINE, host, str(port), timeout=60)
+        said = json.loads(out.stdout.strip().splitlines()[-1])
+        return ("allow" if said[0] == "echoed" else "deny"), said
+    out = lab.exec(name, ns, "python3", "-c", GET, host, str(port), ask.path or "/", timeout=60)
     said = json.loads(out.stdout.strip().splitlines()[-1])
     if said[0] == "response" and not (said[1] == 403 and said[2].startswith("RBAC")):
         return "allow", said
@@ -342,7 +390,7 @@ def test_why_agrees_with_the_data_plane(lab: tuple[Lab, Path], situation: Situat
         wait_synced(the_lab, keys, present=True)
         for ask in situation.asks:
             host, port = _target(the_lab, ask.dst)
-            real, said = real_outcome(the_lab, ask.src, host, port, ask.path)
+            real, said = real_outcome(the_lab, ask, host, port)
             code, data = why(the_lab, ask)
             context = json.dumps({"real": said, "why": data}, indent=1)
             assert data["verdict"] == real == ask.verdict, context
