@@ -14,26 +14,25 @@ Nothing here re-implements a decision. Each hop is asked as the process at that 
   built as its listener builds it (HBONE from the source's node or from the waypoint, with
   `forwarded`; or plaintext steered to 15006), on the `MeshView` of the destination's node.
 
-The per-policy lines (which rule matched, which policy was not reached) are for people; they
-are computed with the same compiled matchers (`ztunnel.rbac.PolicyMatcher`, one rule at a
-time, and `waypoint.authz.CompiledPolicy.first_match`), and the hop's verdict is always the
-one `admit()` or `PolicySet.evaluate()` gave. What only the running data plane decides (which
+The per-policy lines (which rule matched, which policy was not reached) are for people
+(weftctl/explain/policies.py); they are computed with the same compiled matchers
+(`ztunnel.rbac.PolicyMatcher`, one rule at a time, and `waypoint.authz.CompiledPolicy.
+first_match`), and the hop's verdict is always the one `admit()` or `PolicySet.evaluate()`
+gave. What only the running data plane decides (which
 endpoint or backend a weighted choice picks) is said as such: every candidate is judged.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from dataclasses import dataclass
 
 from meshcore.meshstate import MeshService, ServicePort, TrustBundle, Workload
-from meshcore.resources.requestauthn import RequestAuthentication
-from meshcore.resources.security import AuthorizationPolicy, MtlsMode, PeerAuthentication
 from waypoint import authz, routing
 from waypoint.decision import GrpcRouteTables, RouteTables
 from waypoint.protocol import AppProtocol, declared
 from waypoint.state import WaypointView
+from weftctl.explain import policies as pl
 from weftctl.explain.model import (
     ALLOW,
     DENY,
@@ -46,16 +45,15 @@ from weftctl.explain.model import (
     RouteResult,
     Side,
 )
+from weftctl.explain.policies import DEFAULT_METHOD, DEFAULT_PATH
 from weftctl.explain.targets import Destination, destination, source
-from ztunnel import admission, peerauthn, rbac
-from ztunnel.admission import Admission, Attempt, Listener, Verdict
+from ztunnel import admission
+from ztunnel.admission import Attempt, Listener
 from ztunnel.destinations import Passthrough, Refuse, ToEndpoints, ViaWaypoint, resolve
 from ztunnel.state import MeshView
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
-DEFAULT_METHOD, DEFAULT_PATH = "GET", "/"
 MAX_ENDPOINTS = 8  # candidates judged (and listed) per hop; more are summarised in notes
-_ACTION_ORDER = {"CUSTOM": 0, "DENY": 1, "ALLOW": 2, "AUDIT": 3}
 
 
 def trust_domain(snapshot: MeshSnapshot) -> str:
@@ -328,188 +326,10 @@ class _Explainer:
             security,
             attempt.peer_identity or attempt.peer_address,
         )
-        policies = self.l4_policies(view, w, attempt, result)
-        deciding = self.l4_deciding(view, w, attempt, result)
+        policies = pl.l4_lines(view, w, attempt, result, self.td)
+        deciding = pl.l4_deciding(view, w, attempt, result)
         reason = f"destination ztunnel on {w.node}: {result.reason}"
         return _Judged(verdict, reason, deciding, [hop], policies)
-
-    def peer_auth(
-        self, view: MeshView, w: Workload, port: int
-    ) -> tuple[MtlsMode, PeerAuthentication | None]:
-        """The effective mode (ztunnel.peerauthn) and the resource that set it, if any."""
-        mode = peerauthn.effective_mode(
-            view.peer_authentications,
-            w.namespace,
-            w.labels,
-            port,
-            root_namespace=view.root_namespace,
-        )
-        workload, namespace, mesh = peerauthn.governing_policies(
-            view.peer_authentications, w.namespace, w.labels, root_namespace=view.root_namespace
-        )
-        setters: list[tuple[MtlsMode, PeerAuthentication]] = []
-        if workload is not None:
-            setters += [(workload.port_level_mtls.get(port, MtlsMode.UNSET), workload)]
-            setters += [(workload.mode, workload)]
-        setters += [(p.mode, p) for p in (namespace, mesh) if p is not None]
-        by = next((p for m, p in setters if m is not MtlsMode.UNSET), None)
-        return mode, by
-
-    def l4_deciding(
-        self, view: MeshView, w: Workload, attempt: Attempt, result: Admission
-    ) -> str | None:
-        if result.decision is not None and result.decision.policy:
-            return result.decision.policy
-        if result.decision is not None and not result.decision.allowed:
-            # "no ALLOW policy matched": when exactly one applies, it is the one that said no
-            allow = [
-                p
-                for p in rbac.applicable(
-                    view.policies, w.namespace, w.labels, root_namespace=view.root_namespace
-                )
-                if p.action.value == "ALLOW"
-            ]
-            return allow[0].key if len(allow) == 1 else None
-        if result.verdict is Verdict.STRICT:
-            _, by = self.peer_auth(view, w, attempt.target_port)
-            return _key(by) if by is not None else None
-        return None
-
-    def l4_policies(
-        self, view: MeshView, w: Workload, attempt: Attempt, result: Admission
-    ) -> list[PolicyResult]:
-        where = f"ztunnel {w.node}"
-        out: list[PolicyResult] = []
-        plaintext = attempt.listener is Listener.PLAINTEXT
-        mode, by = self.peer_auth(view, w, attempt.target_port)
-        if by is not None or mode is not peerauthn.DEFAULT_MODE or plaintext:
-            strict = mode is MtlsMode.STRICT
-            out.append(
-                PolicyResult(
-                    "PeerAuthentication",
-                    _key(by) if by is not None else "",
-                    where,
-                    "L4",
-                    mode.value,
-                    (DENY if strict else ALLOW) if plaintext else ALLOW,
-                    decides=plaintext and strict,
-                    detail=(
-                        f"effective mode {mode.value} for port {attempt.target_port}, set by "
-                        + (f"PeerAuthentication {_key(by)}" if by else "the default")
-                        + ("; plaintext " + ("refused" if strict else "accepted"))
-                        if plaintext
-                        else f"effective mode {mode.value}; the connection is mTLS (HBONE)"
-                    ),
-                )
-            )
-        if result.verdict is Verdict.WAYPOINT_BYPASS:
-            out.append(
-                PolicyResult(
-                    "WaypointBinding",
-                    w.waypoint,
-                    where,
-                    "L4",
-                    "",
-                    DENY,
-                    decides=True,
-                    detail=result.reason,
-                )
-            )
-        guard = view.waypoint_guard.get((w.namespace, w.name))
-        if guard:
-            bypass = result.verdict is Verdict.WAYPOINT_POLICY_BYPASS
-            out.append(
-                PolicyResult(
-                    "WaypointGuard",
-                    ", ".join(sorted(guard)),
-                    where,
-                    "L4",
-                    "",
-                    DENY if bypass else ALLOW,
-                    decides=bypass,
-                    detail=result.reason
-                    if bypass
-                    else "an L7 policy guards this workload: only its waypoint may reach it, "
-                    "and this is the waypoint",
-                )
-            )
-        out += self.rbac_lines(view, w, attempt, result, where)
-        return out
-
-    def rbac_lines(
-        self, view: MeshView, w: Workload, attempt: Attempt, result: Admission, where: str
-    ) -> list[PolicyResult]:
-        applying = [
-            p
-            for p in view.policies
-            if rbac.applies_to(p, w.namespace, w.labels, root_namespace=view.root_namespace)
-        ]
-        applying.sort(key=lambda p: (_ACTION_ORDER[p.action.value], _key(p)))
-        reached = result.decision is not None  # else decided before authorization
-        principal = attempt.peer_identity if attempt.listener is Listener.HBONE else None
-        conn = None
-        if reached and result.source_ip:
-            conn = rbac.Connection(
-                destination_namespace=w.namespace,
-                destination_name=w.name,
-                destination_labels=w.labels,
-                destination_ip=ipaddress.ip_address(attempt.target_ip),
-                destination_port=attempt.target_port,
-                source_ip=ipaddress.ip_address(result.source_ip),
-                source_principal=principal,
-                trust_domain=self.td,
-            )
-        decided_by = self.l4_deciding(view, w, attempt, result) if result.decision else None
-        done = False
-        lines = []
-        for p in applying:
-            action = p.action.value
-            matcher = rbac.matcher_for(p)
-            if conn is None or (done and action != "AUDIT"):  # AUDIT is always evaluated
-                verdict, rule = "not-reached", None
-            else:
-                rule = _l4_rule(p, conn)
-                if rule is None:
-                    verdict = "no-match"
-                elif action == "AUDIT":
-                    verdict = "audit"
-                else:
-                    verdict = ALLOW if action == "ALLOW" else DENY
-            decides = decided_by == _key(p)
-            if decides:
-                done = True
-            detail = matcher.note
-            if action == "ALLOW" and verdict == "no-match" and not p.rules:
-                detail = "an ALLOW policy with no rules allows nothing"
-            elif decides and verdict == "no-match":
-                detail = result.decision.reason if result.decision else detail
-            lines.append(
-                PolicyResult(
-                    "AuthorizationPolicy",
-                    _key(p),
-                    where,
-                    "L4",
-                    action,
-                    verdict,
-                    rule,
-                    decides,
-                    detail,
-                )
-            )
-        if result.decision is not None and decided_by is None:
-            lines.append(  # no single policy decided: say what did
-                PolicyResult(
-                    "AuthorizationPolicy",
-                    "",
-                    where,
-                    "L4",
-                    "",
-                    ALLOW if result.decision.allowed else DENY,
-                    decides=False,
-                    detail=result.decision.reason,
-                )
-            )
-        return lines
 
     # --- through a waypoint ----------------------------------------------------------------
 
@@ -576,7 +396,17 @@ class _Explainer:
             if not access.allowed and not deciding and len(policies.allow) == 1:
                 # "no ALLOW policy matched": when exactly one applies, it is the one that said no
                 deciding = policies.allow[0].key
-            lines = self.l7_lines(policies, rview, access, deciding, where, l4=not http)
+            found, depends = pl.l7_lines(
+                policies,
+                rview,
+                deciding,
+                where,
+                l4=not http,
+                written={pl.key(p): p for p in wview.mesh.policies},
+                request_given=self.request.given,
+            )
+            self.depends = self.depends or depends
+            lines = found
         verdict = ALLOW if access is None or access.allowed else DENY
         if access is not None and access.custom and access.allowed:
             names = ", ".join(c.provider for c in access.custom)
@@ -638,54 +468,6 @@ class _Explainer:
             why = "no ready endpoint behind the waypoint's backend: the waypoint answers 503"
             return path_info, [_Judged(DENY, why, deciding, [], lines)]
         return path_info, ways
-
-    def l7_lines(
-        self,
-        policies: authz.PolicySet,
-        rview: authz.RequestView,
-        access: authz.Verdict,
-        deciding: str | None,
-        where: str,
-        *,
-        l4: bool,
-    ) -> list[PolicyResult]:
-        layer = "L4" if l4 else "L7"
-        by_key = {_key(p): p for p in self.any.policies}
-        lines = []
-        done = False
-        for p in (*policies.custom, *policies.deny, *policies.allow, *policies.audit):
-            action = p.action.value
-            if done and action != "AUDIT":  # AUDIT is always evaluated
-                lines.append(
-                    PolicyResult("AuthorizationPolicy", p.key, where, layer, action, "not-reached")
-                )
-                continue
-            rule = p.first_match(rview, [], l4=l4)
-            if rule is None:
-                verdict, index = "no-match", None
-            else:
-                index = rule.index
-                verdict = "audit" if action == "AUDIT" else ALLOW if action == "ALLOW" else DENY
-            decides = deciding == p.key
-            done = done or decides
-            detail = ""
-            if not self.request.given and not l4 and _uses_l7(by_key.get(p.key)):
-                self.depends = True
-                detail = f"depends on the request (judged as {DEFAULT_METHOD} {DEFAULT_PATH})"
-            lines.append(
-                PolicyResult(
-                    "AuthorizationPolicy",
-                    p.key,
-                    where,
-                    layer,
-                    action,
-                    verdict,
-                    index,
-                    decides,
-                    detail,
-                )
-            )
-        return lines
 
     def waypoint_backends(
         self,
@@ -805,7 +587,7 @@ class _Explainer:
             found = authz.scopes(ra, gateway, root_namespace=wview.mesh.root_namespace)
             if any(scope is authz.Scope.GATEWAY or n == name for scope, n in found):
                 self.notes.append(
-                    f"RequestAuthentication {_key(ra)} applies at waypoint {gateway}: a request "
+                    f"RequestAuthentication {pl.key(ra)} applies at waypoint {gateway}: a request "
                     "with an invalid token is refused 401 there; tokens are not validated here"
                 )
 
@@ -814,33 +596,15 @@ class _Explainer:
             self.notes.append(f"{count} endpoints: the first {MAX_ENDPOINTS} are judged")
 
 
-def _key(p: AuthorizationPolicy | PeerAuthentication | RequestAuthentication) -> str:
-    return f"{p.metadata.namespace}/{p.metadata.name}"
-
-
-def _rkey(key: object) -> str:
-    if key is None:
-        return ""
-    return f"{key.namespace}/{key.name}"  # type: ignore[attr-defined]
-
-
-def _uses_l7(policy: AuthorizationPolicy | None) -> bool:
-    return policy is not None and bool(policy.l7_only_fields())
-
-
-def _l4_rule(policy: AuthorizationPolicy, conn: rbac.Connection) -> int | None:
-    """The index of the first rule of `policy` that matches `conn` at L4, by compiling each
-    rule alone with the ztunnel's own compiler (`PolicyMatcher.compile`)."""
-    for index, rule in enumerate(policy.rules):
-        alone = dataclasses.replace(policy, rules=(rule,))
-        if rbac.PolicyMatcher.compile(alone).matches(conn):
-            return index
-    return None
-
-
 def explain(
     snapshot: MeshSnapshot, src: str, dst: str, request: RequestSpec | None = None
 ) -> Explanation:
     """Why SRC (`NAMESPACE/POD`) may or may not reach DST; TargetError for names the mesh
     does not know."""
     return _Explainer(snapshot, request or RequestSpec()).explain(src, dst)
+
+
+def _rkey(key: object) -> str:
+    if key is None:
+        return ""
+    return f"{key.namespace}/{key.name}"  # type: ignore[attr-defined]
