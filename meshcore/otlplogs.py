@@ -122,6 +122,11 @@ class OtlpLogs:
         log.info("otlp_logs.enabled", otlp_logs_endpoint=endpoint, component=component)
         return cls(exporter, service_name, component, attributes)
 
+    @property
+    def pending(self) -> int:
+        """Records emitted and not yet exported (or failed)."""
+        return self._pending
+
     def _exported(self, count: int) -> None:
         with self._lock:
             self._pending -= count
