@@ -64,6 +64,7 @@ class WaypointProcessConfig:
     otlp_endpoint: str = ""
     # OTLP/gRPC collector for the access log (`host:port` or an http(s):// URL); "" is none
     otlp_logs_endpoint: str = ""
+    node: str = ""  # the node this replica runs on, for its access events ("" unknown)
     # Redis for Global RateLimitPolicy counters (`host:port` or `unix:/path`); "" is none
     redis_addr: str = ""
     # How request paths are normalised before AuthorizationPolicy matching (Istio's options)
@@ -107,6 +108,7 @@ class WaypointProcess:
             else None
         )
         self.ratelimit_store = RedisStore(config.redis_addr) if config.redis_addr else None
+        telemetry.TAP.node = config.node
         # the access log as OTLP log records: a sink of this process's access events
         self.otlp_logs = (
             OtlpLogs.otlp(

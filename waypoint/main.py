@@ -91,6 +91,13 @@ def cli() -> None:
     "unset: no spans (trace context is still propagated).",
 )
 @click.option(
+    "--node",
+    default="",
+    envvar="NODE_NAME",
+    help="The node this replica runs on (the deployer sets NODE_NAME from spec.nodeName), "
+    "named in its access events.",
+)
+@click.option(
     "--otlp-logs-endpoint",
     default="",
     envvar="WEFT_OTLP_LOGS_ENDPOINT",
@@ -125,6 +132,7 @@ def run(
     credential: Path,
     hbone_addr: str,
     otlp_endpoint: str,
+    node: str,
     otlp_logs_endpoint: str,
     redis_addr: str,
     path_normalization: str,
@@ -152,6 +160,7 @@ def run(
         readiness_addr=readiness_addr,
         otlp_endpoint=otlp_endpoint,
         otlp_logs_endpoint=otlp_logs_endpoint,
+        node=node,
         redis_addr=redis_addr,
         path_normalization=parse_mode(path_normalization),
     )

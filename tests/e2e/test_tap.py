@@ -152,6 +152,7 @@ def test_a_request_through_the_waypoint_has_its_response_code(lab: Lab) -> None:
     sources, event = asyncio.run(main())
     assert any(s.startswith(f"waypoint {L7}/waypoint-") for s in sources), sources
     assert (event["component"], event["reporter"]) == ("waypoint", "waypoint")
+    assert event["node"] in ("node-1", "node-2")  # the replica's, from NODE_NAME
     assert event["response_code"] == 418 and event["path"] == "/status/418"
     assert event["method"] == "GET" and event["verdict"] == "allow"
     assert event["source_principal"] == f"spiffe://cluster.local/ns/{L7}/sa/default"
