@@ -247,3 +247,22 @@ def test_lab_tap_waits_for_a_source_still_starting(tmp_path: Path) -> None:
                 await r.cleanup()
 
     assert asyncio.run(main()) == 1
+
+
+def test_cli_refuses_a_bad_verdict_and_says_when_the_lab_is_not_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from weftctl.main import cli
+
+    monkeypatch.setenv("WEFT_LAB_STATE", str(tmp_path))
+    runner = CliRunner()
+    bad = runner.invoke(cli, ["tap", "--verdict", "maybe"])
+    assert bad.exit_code == 2 and "'maybe' is not one of 'allow', 'deny', 'error'" in bad.output
+    bad_port = runner.invoke(cli, ["tap", "--port", "0"])
+    assert bad_port.exit_code == 2 and "--port" in bad_port.output
+    down = runner.invoke(cli, ["tap", "--lab", "nolab", "-n", "demo"])
+    assert down.exit_code == 1
+    assert "lab 'nolab': no lab daemon socket at" in down.output
+    assert "is it up? (`weftctl lab up`)" in down.output
