@@ -125,15 +125,22 @@ def test_weftctl_tap_sees_a_connection_within_a_second(lab: Lab) -> None:
 
 
 def test_a_denied_connection_carries_its_policy(lab: Lab) -> None:
-    async def main() -> list[dict[str, Any]]:
+    async def main() -> dict[str, dict[str, Any]]:
         async with LabTap(lab.name, TapFilter(namespace=L4, verdict="deny")) as tap:
             got = await asyncio.to_thread(one_get, lab, L4, "blocked")
             assert "error" in got, got  # reset: the policy denied it
-            return [await asyncio.wait_for(anext(aiter(tap)), 20)]
+            events = aiter(tap)  # both ends report it, in either order
+            first = await asyncio.wait_for(anext(events), 20)
+            second = await asyncio.wait_for(anext(events), 20)
+            return {e["reporter"]: e for e in (first, second)}
 
-    (event,) = asyncio.run(main())
-    assert event["reporter"] == "destination" and event["policy"] == "demo/no-client"
-    assert event["destination_workload"].startswith("blocked-")
+    by_reporter = asyncio.run(main())
+    destination, source = by_reporter["destination"], by_reporter["source"]
+    assert destination["policy"] == "demo/no-client"
+    assert destination["destination_workload"].startswith("blocked-")
+    # the source's ztunnel is told only "denied" (which policy stays with the destination)
+    assert source["policy"] == "" and source["reason"].startswith("403")
+    assert source["source_workload"] == "client"
 
 
 def test_a_request_through_the_waypoint_has_its_response_code(lab: Lab) -> None:
