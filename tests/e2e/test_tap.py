@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import textwrap
 import time
@@ -238,3 +239,23 @@ def test_ztunnel_config_services_policies_and_connections(lab: Lab) -> None:
     (in_conn,) = [c for c in inbound["connections"] if c["source"] == f"{L4}/client"]
     assert in_conn["source_principal"] == "spiffe://cluster.local/ns/demo/sa/default"
     assert in_conn["bytes_received"] > 0 and in_conn["age_s"] >= 0
+
+
+def test_ctrl_c_stops_weftctl_tap_cleanly(lab: Lab) -> None:
+    tap = subprocess.Popen(
+        [*WEFTCTL, "tap", "--lab", lab.name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert tap.stderr is not None
+        assert tap.stderr.readline().startswith("# tapping ")
+        tap.send_signal(signal.SIGINT)
+        _out, err = tap.communicate(timeout=10)
+    finally:
+        if tap.poll() is None:
+            tap.kill()
+            tap.wait(10)
+    assert tap.returncode == 0, err
+    assert "Traceback" not in err
