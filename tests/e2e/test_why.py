@@ -417,3 +417,13 @@ def test_unknown_destination_names_close_matches(lab: tuple[Lab, Path]) -> None:
     assert "did you mean" in proc.stderr and "echo.whyns" in proc.stderr, proc.stderr
     proc = weftctl("why", "--lab", the_lab.name, "whyns/client", "whyns/echo", check=False)
     assert proc.returncode == 2 and "whyns/echo:PORT" in proc.stderr, proc.stderr
+
+
+def test_the_text_form_says_the_verdict_path_and_sides(lab: tuple[Lab, Path]) -> None:
+    the_lab, _ = lab
+    proc = weftctl("why", "--lab", the_lab.name, "whyns/client", "web.whyns", "--path", "/x")
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("ALLOW: whyns/client -> "), proc.stdout
+    assert "pod whyns/client" in proc.stdout and "enrolled, captured" in proc.stdout
+    assert "waypoint: source ztunnel (node-1) -> waypoint whyns/waypoint" in proc.stdout
+    assert "certificate held by its ztunnel" in proc.stdout
