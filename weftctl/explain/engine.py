@@ -72,6 +72,7 @@ class _Judged:
     deciding: str | None
     hops: list[Hop]
     policies: list[PolicyResult]
+    endpoint: Workload | None = None  # the destination workload this way reaches
 
 
 class _Explainer:
@@ -177,6 +178,13 @@ class _Explainer:
         for w in ways:
             hops += [h for h in w.hops if h not in hops]
             policies += [p for p in w.policies if p not in policies]
+        endpoints = {
+            (w.endpoint.namespace, w.endpoint.name): self.side(
+                w.endpoint, "pod", w.endpoint.addresses[0] if w.endpoint.addresses else ""
+            )
+            for w in ways
+            if w.endpoint is not None
+        }
         return Explanation(
             verdict=DENY if denied else ALLOW,
             deciding_policy=chosen.deciding,
@@ -186,6 +194,7 @@ class _Explainer:
             path=dataclasses.replace(path, hops=tuple(hops)),
             policies=tuple(policies),
             routes=tuple(self.routes),
+            endpoints=tuple(endpoints.values()),
             depends_on_request=self.depends,
             notes=tuple(dict.fromkeys(self.notes)),
             state_version=self.snapshot.version,
@@ -229,7 +238,16 @@ class _Explainer:
     def plaintext_inbound(self, src_ip: str, w: Workload | None, ip: str, port: int) -> _Judged:
         if w is None or not w.enrolled:
             where = f"{w.namespace}/{w.name}" if w else ip
-            return _Judged(ALLOW, f"{where} is not in the mesh: nothing checks it", None, [], [])
+            return _Judged(ALLOW, f"{where} is not in the mesh: nothing checks it", None, [], [], w)
+        if self.captured(w) is False:
+            # its agent has not enrolled it in the node's maps: nothing steers plaintext to
+            # the ztunnel, so the pod is reached directly and no mesh policy is applied
+            why = (
+                f"{w.namespace}/{w.name} is enrolled but not captured on {w.node}: plaintext "
+                "reaches it directly, no policy (STRICT included) is applied"
+            )
+            self.notes.append(why)
+            return _Judged(ALLOW, why, None, [], [], w)
         attempt = Attempt(Listener.PLAINTEXT, ip, port, src_ip)
         return self.admitted(attempt, w, security="none")
 
@@ -274,7 +292,7 @@ class _Explainer:
             if not w.enrolled:
                 why = f"{w.namespace}/{w.name} is not enrolled: reached directly in plaintext"
                 hop = Hop("kernel", "destination", w.node, f"{ip}:{port}", ALLOW, why, "none")
-                ways.append(_Judged(ALLOW, why, None, [hop], []))
+                ways.append(_Judged(ALLOW, why, None, [hop], [], w))
                 continue
             attempt = Attempt(
                 Listener.HBONE,
@@ -329,7 +347,7 @@ class _Explainer:
         policies = pl.l4_lines(view, w, attempt, result, self.td)
         deciding = pl.l4_deciding(view, w, attempt, result)
         reason = f"destination ztunnel on {w.node}: {result.reason}"
-        return _Judged(verdict, reason, deciding, [hop], policies)
+        return _Judged(verdict, reason, deciding, [hop], policies, w)
 
     # --- through a waypoint ----------------------------------------------------------------
 
@@ -447,7 +465,7 @@ class _Explainer:
             ip = w.addresses[0]
             if not w.enrolled:
                 why = f"{w.namespace}/{w.name} is not enrolled: the waypoint connects directly"
-                ways.append(_Judged(ALLOW, why, deciding, [], lines))
+                ways.append(_Judged(ALLOW, why, deciding, [], lines, w))
                 continue
             attempt = Attempt(
                 Listener.HBONE,

@@ -141,6 +141,7 @@ class Explanation:
     path: PathInfo
     policies: tuple[PolicyResult, ...] = ()
     routes: tuple[RouteResult, ...] = ()
+    endpoints: tuple[Side, ...] = ()  # the destination workloads judged (each side's facts)
     depends_on_request: bool = False
     notes: tuple[str, ...] = ()
     state_version: int = 0

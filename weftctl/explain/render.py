@@ -53,6 +53,11 @@ def explanation_text(data: dict[str, Any]) -> str:
         f"  destination  {_side(dst)}",
         f"  path         {path['kind']}: {path['summary']}",
     ]
+    lines[3:3] = [
+        f"    endpoint   {_side(e)}"
+        for e in data.get("endpoints", [])
+        if dst["kind"] != "pod" or (e["namespace"], e["name"]) != (dst["namespace"], dst["name"])
+    ]
     for replica in path["replicas"]:
         lines.append(f"               waypoint replica {replica}")
     for h in path["hops"]:

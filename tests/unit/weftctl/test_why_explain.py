@@ -391,3 +391,20 @@ def test_a_disagreeing_probe_is_printed_loudly() -> None:
                      "disagreement": "; ".join(diffs), "events": []}  # fmt: skip
     text = explanation_text(data)
     assert "!!! DISAGREEMENT" in text and "the client saw deny" in text
+
+
+def test_a_service_destination_lists_each_endpoint_with_its_identity_and_capture() -> None:
+    found = explain(snapshot(captured={"shop/client"}), "shop/client", "api.shop")
+    (endpoint,) = found.endpoints
+    assert (endpoint.namespace, endpoint.name, endpoint.node) == ("shop", "api", "node-2")
+    assert endpoint.identity == API.identity and endpoint.captured is False
+    assert endpoint.certificate_held is False  # node-2's ztunnel holds only the client's
+    text = explanation_text(found.to_json())
+    assert "    endpoint   pod shop/api 10.2.0.2 on node-2: enrolled, NOT captured" in text
+
+
+def test_plaintext_to_an_enrolled_pod_its_agent_does_not_capture_is_not_policed() -> None:
+    strict = ap("strict", "mtls: {mode: STRICT}", kind="PeerAuthentication")
+    found = explain(snapshot(strict, captured={"shop/client"}), "outside/legacy", "api.shop")
+    assert found.verdict == "allow" and found.deciding_policy is None
+    assert any("not captured on node-2" in n for n in found.notes)
