@@ -9,6 +9,10 @@ import pytest
 
 RUN_ID = secrets.token_hex(2)
 
+# `weftctl lab up` runs a Prometheus by default; the tests' labs go without one (45 MB and a
+# process each) unless a test asks with --prometheus, which wins over the environment.
+os.environ.setdefault("WEFT_LAB_PROMETHEUS", "0")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:

@@ -145,10 +145,12 @@ def lab(ctx: click.Context, name: str) -> None:
 )
 @click.option(
     "--prometheus/--no-prometheus",
-    default=LabConfig.prometheus,
-    show_default=True,
+    default=None,
+    envvar="WEFT_LAB_PROMETHEUS",
     help="Run a Prometheus server (Debian's prometheus) scraping every controller, agent, "
-    "ztunnel and waypoint; `weftctl lab prometheus` prints its URL.",
+    "ztunnel and waypoint; `weftctl lab prometheus` prints its URL. Default: on when the "
+    "prometheus binary is installed (it costs about 45 MB); env WEFT_LAB_PROMETHEUS=0 turns "
+    "it off (the test suite does, except where a test asks for it).",
 )
 @click.option(
     "--prometheus-scrape-interval",
@@ -174,13 +176,15 @@ def up(
     ztunnel: bool,
     otlp_endpoint: str,
     source: str,
-    prometheus: bool,
+    prometheus: bool | None,
     prometheus_scrape_interval: float,
     wait_seconds: float,
 ) -> None:
     """Create the lab and start its pods."""
     started = time.monotonic()
     _preflight()
+    if prometheus is None:  # on when it can be: `weftctl dashboard` needs it
+        prometheus = prometheus_binary() is not None
     sources = tuple(str(p.resolve()) for p in (manifests or (DEMO_MANIFESTS,)))
     config = LabConfig(
         name=ctx.name,

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import click
 
-from lab.config import STATE_ROOT
-from lab.state import LabPaths
 from meshcore.adminclient import get_json
 from weftctl.admin import fetch
+from weftctl.labnodes import check_node, lab_paths
 from weftctl.output import OUTPUT_OPTION, emit, table
 
 
 def _dump(lab_name: str, node: str, path: str = "/config_dump") -> dict[str, Any]:
-    paths = LabPaths.for_lab(lab_name, Path(os.environ.get("WEFT_LAB_STATE", STATE_ROOT)))
+    paths = lab_paths(lab_name)
+    check_node(paths, node)  # node-9 on a 2-node lab: say which nodes there are
     sock = paths.ztunnel_socket(node)
     data: dict[str, Any] = fetch(get_json(sock, path), f"the ztunnel of {node}", sock)
     return data
