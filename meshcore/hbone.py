@@ -184,6 +184,14 @@ class ConnectionClosed:
 
 
 @dataclass(frozen=True)
+class GoingAway:
+    """The peer sent a graceful GOAWAY (NO_ERROR; it is draining, e.g. a ztunnel being
+    replaced): streams up to `last_stream_id` go on, no new one may be opened here."""
+
+    last_stream_id: int
+
+
+@dataclass(frozen=True)
 class LimitExceeded:
     """The peer went past one of the limits above. `stream_id` 0: the connection is being
     closed (a `ConnectionClosed` follows); otherwise only that stream was refused."""
@@ -203,6 +211,7 @@ Event = (
     | StreamReset
     | WindowOpened
     | ConnectionClosed
+    | GoingAway
 )
 
 
@@ -270,6 +279,9 @@ _DATA, _HEADERS, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x3, 0x4
 _PUSH_PROMISE, _PING, _CONTINUATION = 0x5, 0x6, 0x9
 _END_STREAM, _ACK, _END_HEADERS, _PADDED = 0x1, 0x1, 0x4, 0x8
 _HEADER_BLOCK = (_HEADERS, _PUSH_PROMISE, _CONTINUATION)
+_GOAWAY = 0x7
+_GOAWAY_BODY = struct.Struct(">LL")  # last stream id, error code
+MAX_STREAM_ID = 0x7FFFFFFF
 _CAN_RECEIVE = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
 _CAN_SEND = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 _JOIN_BELOW = 16 * 1024
@@ -277,6 +289,11 @@ _JOIN_BELOW = 16 * 1024
 
 def data_frame_header(length: int, stream_id: int) -> bytes:
     return _FRAME_HEADER.pack(length >> 8, length & 0xFF, _DATA, 0, stream_id)
+
+
+def goaway_frame(last_stream_id: int, code: int = 0) -> bytes:
+    """A GOAWAY frame (RFC 9113 6.8) with no debug data."""
+    return _FRAME_HEADER.pack(0, 8, _GOAWAY, 0, 0) + _GOAWAY_BODY.pack(last_stream_id, code)
 
 
 class _StreamLimitHeadroom(h2.settings.Settings):
@@ -314,6 +331,9 @@ class _Base:
     _deadline_limit: str = field(default="", init=False)
     # PING/SETTINGS received since the I/O layer last said our output drained (their ACKs)
     acks_pending: int = field(default=0, init=False)
+    # A graceful GOAWAY was sent or received: the streams under way go on, no new one is
+    # opened. Kept apart from h2, whose connection state after any GOAWAY refuses DATA too.
+    draining: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         # A server checks a request's headers itself (`_request_problem`): h2 makes a
@@ -510,6 +530,9 @@ class _Base:
                 self._header_block_frame(ftype, flags, length)
             elif ftype == _SETTINGS and self._deadline_limit == LIMIT_PREFACE_TIME:
                 self.deadline, self._deadline_limit = 0.0, ""  # the client's preface is in
+            elif ftype == _GOAWAY and (going := self._graceful_goaway(frame)) is not None:
+                events += going
+                continue
             events += self._h2_receive(frame)
         return events
 
@@ -650,6 +673,29 @@ class _Base:
 
     def forget(self, stream_id: int) -> None:
         """The I/O layer is done with the stream (whatever state it is in)."""
+
+    def drain(self) -> None:
+        """Send a graceful GOAWAY (NO_ERROR, last stream 2^31-1: every stream the peer has
+        sent or sends before reading it is still served) and keep carrying the streams
+        under way. Written by hand: h2 would refuse to send DATA after its own GOAWAY."""
+        if self.closed or self.draining:
+            return
+        self.draining = True
+        if self.conn._data_to_send:
+            self._out.append(self.conn.data_to_send())
+        self._out.append(goaway_frame(MAX_STREAM_ID))
+
+    def _graceful_goaway(self, frame: bytes) -> list[Event] | None:
+        """RFC 9113 6.8's shutdown notice (NO_ERROR, last stream 2^31-1) is the peer
+        draining: not given to h2 (which would stop all sending), the streams go on. Any
+        other GOAWAY (an error, or the final one of a close): None, for h2 as before."""
+        if len(frame) < 17 or _FRAME_HEADER.unpack_from(frame)[4] & MAX_STREAM_ID:
+            return None
+        last, code = _GOAWAY_BODY.unpack_from(frame, 9)
+        if code != h2.errors.ErrorCodes.NO_ERROR or last & MAX_STREAM_ID != MAX_STREAM_ID:
+            return None
+        self.draining = True
+        return [GoingAway(MAX_STREAM_ID)]
 
     def close(self, code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
         if not self.closed:
@@ -827,5 +873,7 @@ class HboneClient(_Base):
     @property
     def can_open_stream(self) -> bool:
         return (
-            not self.closed and self.open_streams < self.conn.remote_settings.max_concurrent_streams
+            not self.closed
+            and not self.draining
+            and self.open_streams < self.conn.remote_settings.max_concurrent_streams
         )

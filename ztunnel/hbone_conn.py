@@ -453,6 +453,11 @@ class HboneConnection(asyncio.Protocol):
         self.flush()
         self._close_transport()
 
+    def drain(self) -> None:
+        """A graceful GOAWAY: the peer opens no new stream here, those under way go on."""
+        self.proto.drain()
+        self.flush()
+
     def _close_transport(self) -> None:
         """Close after what is queued (the GOAWAY) is written, or abort after CLOSE_GRACE_S
         if the peer reads nothing."""
@@ -539,6 +544,9 @@ class HboneConnection(asyncio.Protocol):
             return
         if isinstance(event, hbone.BadRequest):
             log.warning("hbone.bad_request", connection=self.label, reason=event.reason)
+            return
+        if isinstance(event, hbone.GoingAway):  # the peer drains: the pool opens no stream here
+            log.info("hbone.going_away", connection=self.label, last_stream=event.last_stream_id)
             return
         if isinstance(event, hbone.ConnectionClosed):
             if event.error:

@@ -137,7 +137,7 @@ def state_of(conn: HboneConnection) -> Pooled:
     assert isinstance(proto, hbone.HboneClient)
     return pooled_state(
         transport_closed=conn.closed.is_set(),
-        protocol_closed=proto.closed,
+        protocol_closed=proto.closed or proto.draining,  # a GOAWAY: no new stream here
         open_streams=proto.open_streams,
         max_streams=int(proto.conn.remote_settings.max_concurrent_streams),
     )
