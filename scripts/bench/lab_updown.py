@@ -1,27 +1,38 @@
 """Time `weftctl lab up` and `lab down` for a few cluster sizes (not a test).
 
     .venv/bin/python scripts/bench/lab_updown.py [--pods 20] [--nodes 2 --nodes 5] [--runs 3]
+    .venv/bin/python scripts/bench/lab_updown.py --bpf-cache cold   # compile once per lab
     .venv/bin/python scripts/bench/lab_updown.py --smoke   # tiny counts, for CI
 
 Each run brings a lab up with N nodes and a Deployment of --pods sample HTTP servers
 (spread over the nodes, each ready only once its port accepts), then takes it down, and
-checks that nothing with the lab's id is left. Prints median and worst times per size.
+checks that nothing with the lab's id is left. Runs of the sizes are interleaved (2, 5, 2,
+5, ...) so that a busy spell of the machine does not land on one size. Prints median and
+worst times per size, and per node agent the time from its start to ready (from the lab's
+daemon log) and how many agents compiled the eBPF programs rather than loading them from
+the compile cache (node_agent/bpfcache.py; `--bpf-cache cold` empties it before each run).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import click
 
 from lab.state import LabPaths, LabRecord
+
+# node_agent/bpfcache.py's default folder and the event an agent logs when it compiled.
+BPF_CACHE_DIR = Path("/var/cache/weft/bpf")
+COMPILED_EVENT = "bpf_cache.compiled"
 
 MANIFEST = """
 apiVersion: v1
@@ -60,24 +71,81 @@ def weftctl(*args: str) -> float:
     return time.monotonic() - started
 
 
+def _events(path: Path) -> list[dict[str, object]]:
+    events = []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def _seconds(timestamp: object) -> float:
+    return datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp()
+
+
+def agent_times(paths: LabPaths) -> list[float]:
+    """Per node agent, seconds from its process start to its ready (the daemon's log)."""
+    started: dict[str, float] = {}
+    ready: dict[str, float] = {}
+    for e in _events(paths.daemon_log):
+        name = str(e.get("name", ""))
+        if e.get("event") == "container.started" and name.endswith("/node-agent"):
+            started.setdefault(name.split("/")[0], _seconds(e["timestamp"]))
+        elif e.get("event") == "node_agent.ready":
+            ready.setdefault(str(e.get("node")), _seconds(e["timestamp"]))
+    return [ready[n] - started[n] for n in started if n in ready]
+
+
+def compiles(paths: LabPaths) -> int:
+    """How many of the lab's node agents compiled programs (0: all came from the cache)."""
+    return sum(
+        any(e.get("event") == COMPILED_EVENT for e in _events(log))
+        for log in paths.logs.glob("*-node-agent.log")
+    )
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 2) if values else float("nan")
+
+
 @click.command()
 @click.option("--pods", default=20, show_default=True)
 @click.option("--nodes", "node_counts", multiple=True, type=int, default=(2, 5), show_default=True)
 @click.option("--runs", default=3, show_default=True)
+@click.option(
+    "--bpf-cache",
+    type=click.Choice(["keep", "cold"]),
+    default="keep",
+    show_default=True,
+    help=f"cold: empty {BPF_CACHE_DIR} before each run, so one agent per lab compiles.",
+)
 @click.option("--smoke", is_flag=True, help="Tiny counts: checks the benchmark runs, no figures.")
-def main(pods: int, node_counts: tuple[int, ...], runs: int, smoke: bool) -> None:
+def main(pods: int, node_counts: tuple[int, ...], runs: int, bpf_cache: str, smoke: bool) -> None:
     if smoke:
         pods, node_counts, runs = 2, (1,), 1
-    results = []
+    ups: dict[int, list[float]] = {n: [] for n in node_counts}
+    downs: dict[int, list[float]] = {n: [] for n in node_counts}
+    agents: dict[int, list[float]] = {n: [] for n in node_counts}
+    compiled: dict[int, list[int]] = {n: [] for n in node_counts}
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as tmp:
         manifest = Path(tmp) / "web.yaml"
         manifest.write_text(MANIFEST.format(pods=pods))
-        for nodes in node_counts:
-            ups, downs = [], []
-            for run in range(runs):
+        for run in range(runs):
+            for nodes in node_counts:
+                if bpf_cache == "cold":
+                    shutil.rmtree(BPF_CACHE_DIR, ignore_errors=True)
                 name = f"weft-bench-{os.getpid() % 10000}-{nodes}n-{run}"
+                paths = LabPaths.for_lab(name)
                 try:
-                    ups.append(
+                    ups[nodes].append(
                         weftctl(
                             "lab",
                             "--name",
@@ -87,28 +155,44 @@ def main(pods: int, node_counts: tuple[int, ...], runs: int, smoke: bool) -> Non
                             str(nodes),
                             "--manifests",
                             str(manifest),
+                            "--no-prometheus",
                         )
                     )
-                    record = LabRecord.load(LabPaths.for_lab(name))
+                    record = LabRecord.load(paths)
                     lab_id = record.lab_id if record else "?"
-                    click.echo(f"lab {name} (id {lab_id}) up", err=True)
+                    agents[nodes].extend(agent_times(paths))
+                    compiled[nodes].append(compiles(paths))
+                    click.echo(
+                        f"lab {name} (id {lab_id}) up in {ups[nodes][-1]:.2f}s, "
+                        f"{compiled[nodes][-1]} agent(s) compiled",
+                        err=True,
+                    )
                 finally:
-                    downs.append(weftctl("lab", "--name", name, "down"))
-            row = {
-                "nodes": nodes,
-                "pods": pods,
-                "runs": runs,
-                "up_median_s": round(statistics.median(ups), 2),
-                "up_max_s": round(max(ups), 2),
-                "down_median_s": round(statistics.median(downs), 2),
-                "down_max_s": round(max(downs), 2),
-            }
-            results.append(row)
-            click.echo(
-                f"{nodes} nodes, {pods} pods: up {row['up_median_s']}s median "
-                f"({row['up_max_s']}s worst), down {row['down_median_s']}s median "
-                f"({row['down_max_s']}s worst) over {runs} runs"
-            )
+                    downs[nodes].append(weftctl("lab", "--name", name, "down"))
+    results = []
+    for nodes in node_counts:
+        row = {
+            "nodes": nodes,
+            "pods": pods,
+            "runs": runs,
+            "bpf_cache": bpf_cache,
+            "up_s": [round(u, 2) for u in ups[nodes]],
+            "up_median_s": _median(ups[nodes]),
+            "up_max_s": round(max(ups[nodes]), 2),
+            "down_median_s": _median(downs[nodes]),
+            "down_max_s": round(max(downs[nodes]), 2),
+            "agent_ready_median_s": _median(agents[nodes]),
+            "agent_ready_max_s": round(max(agents[nodes], default=float("nan")), 2),
+            "agents_compiled_per_lab": compiled[nodes],
+        }
+        results.append(row)
+        click.echo(
+            f"{nodes} nodes, {pods} pods: up {row['up_median_s']}s median "
+            f"({row['up_max_s']}s worst), down {row['down_median_s']}s median "
+            f"({row['down_max_s']}s worst) over {runs} runs; node agent start to ready "
+            f"{row['agent_ready_median_s']}s median ({row['agent_ready_max_s']}s worst); "
+            f"agents that compiled, per lab: {compiled[nodes]}"
+        )
     click.echo(json.dumps(results))
 
 
