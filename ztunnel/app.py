@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +27,25 @@ from meshcore.configclient import Applied, ConfigClient, NodeCredential
 from meshcore.otlplogs import OtlpLogs
 from ztunnel import configview
 from ztunnel.connections import ConnectionTable
+from ztunnel.handover import READY_TIMEOUT_S, Draining
+from ztunnel.handoverio import HandoverServer, Takeover
 from ztunnel.identity import IdentityManager
 from ztunnel.inbound import HANDSHAKE_TIMEOUT, Inbound, transparent_listener
-from ztunnel.listeners import serve_hbone
+from ztunnel.listeners import BACKLOG, HboneListener, listening_socket
 from ztunnel.outbound import Outbound
 from ztunnel.pool import Pool
 from ztunnel.state import MeshView
+from ztunnel.version import VERSION
 
 log = structlog.get_logger("ztunnel")
+
+# The listening sockets a successor takes over (ztunnel.handover), by name.
+LISTENERS = frozenset({"outbound", "hbone", "plaintext"})
+DRAIN_TIMEOUT_S = 600.0  # Istio's default termination grace for ztunnel is 30 s; ours drains
+# After the GOAWAY, a peer may still open a stream it sent before reading it: an inbound HBONE
+# connection is closed only once it carried no stream for this long.
+GOAWAY_GRACE_S = 5.0
+DRAIN_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,9 @@ class ZtunnelConfig:
     admin_socket: Path | None = None  # the admin routes, for weftctl and the lab
     # OTLP/gRPC collector for the access log (`host:port` or an http(s):// URL); "" is none
     otlp_logs_endpoint: str = ""
+    # where a successor takes the listeners from (node-local, root only); None: no handover
+    handover_socket: Path | None = None
+    drain_timeout: float = DRAIN_TIMEOUT_S  # a replaced ztunnel relays on at most this long
 
 
 class Ztunnel:
@@ -95,6 +112,13 @@ class Ztunnel:
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
+        self._listeners: dict[str, socket.socket] = {}
+        self._hbone: HboneListener | None = None
+        self._handover: HandoverServer | None = None
+        self.started_at = time.time()
+        self.predecessor: dict[str, object] | None = None  # the ztunnel this one replaced
+        self.draining_since: float | None = None  # (loop time) a successor took over
+        self.drained = asyncio.Event()  # draining is over: the process may exit
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -116,39 +140,125 @@ class Ztunnel:
         except Exception as err:  # logged; the next change or connection retries
             log.warning("cert.fetch_failed", identity=identity, error=str(err))
 
-    async def start(self) -> None:
+    async def start(self, takeover: Takeover | None = None) -> None:
+        """Bind and serve; or, taking over from a running ztunnel, serve on its listening
+        sockets once ready (config synced, certificates fetched), then tell it to drain."""
         c = self.config
         self._spawn(self.client.run())
         self._spawn(self.pool.reap())
         self._spawn(self.inbound.reap())
+        if takeover is None:
+            await self._serve(self._bind())
+            await self._start_http()
+            self._spawn(self._become_ready())
+        else:
+            try:  # the old one serves meanwhile; it gives up on us after READY_TIMEOUT_S
+                async with asyncio.timeout(READY_TIMEOUT_S - 10):
+                    await self._become_ready()
+                await self._serve(takeover.listeners)
+            except BaseException as err:
+                takeover.abandon(f"the successor failed to start: {err!r}")
+                raise
+            draining = await takeover.complete()  # it stops accepting, lets go of HTTP
+            self.predecessor = {
+                "pid": takeover.offer.pid,
+                "version": takeover.offer.version,
+                "connections": draining.connections,
+            }
+            await self._start_http()
+            log.info("handover.completed", **self.predecessor)
+        if c.handover_socket is not None:
+            self._handover = HandoverServer(
+                c.handover_socket, c.node, VERSION, lambda: dict(self._listeners), self._drain
+            )
+            await self._handover.start()
+        log.info("ztunnel.started", node=c.node, controller=c.controller, version=VERSION)
+
+    def _bind(self) -> dict[str, socket.socket]:
+        c = self.config
+        socks: dict[str, socket.socket] = {}
+        try:
+            socks["outbound"] = listening_socket(c.data_host, c.outbound_port)
+            socks["hbone"] = listening_socket(c.data_host, c.inbound_port)
+            socks["plaintext"] = transparent_listener(c.data_host, c.plaintext_port)
+        except BaseException:
+            for sock in socks.values():
+                sock.close()
+            raise
+        return socks
+
+    async def _serve(self, socks: dict[str, socket.socket]) -> None:
+        """Serve on the listening sockets (bound here, or taken from a predecessor)."""
         loop = asyncio.get_running_loop()
+        self._listeners = dict(socks)
         self._servers.append(
             await loop.create_server(
-                self.outbound.protocol,
-                c.data_host,
-                c.outbound_port,
-                reuse_address=True,
-                backlog=1024,
+                self.outbound.protocol, sock=socks["outbound"], backlog=BACKLOG
             )
         )
-        self._servers.append(  # handshakes bounded per source and in total
-            await serve_hbone(
-                self.inbound.hbone_protocol,
-                c.data_host,
-                c.inbound_port,
-                self.inbound.server_context(),
-                handshake_timeout=HANDSHAKE_TIMEOUT,
-            )
+        # handshakes bounded per source and in total
+        self._hbone = HboneListener(
+            self.inbound.hbone_protocol,
+            socks["hbone"],
+            self.inbound.server_context(),
+            handshake_timeout=HANDSHAKE_TIMEOUT,
         )
+        await self._hbone.start_serving()
+        self._servers.append(self._hbone)
         self._servers.append(
             await loop.create_server(
-                self.inbound.plaintext_protocol,
-                sock=transparent_listener(c.data_host, c.plaintext_port),
+                self.inbound.plaintext_protocol, sock=socks["plaintext"], backlog=BACKLOG
             )
         )
-        await self._start_http()
-        self._spawn(self._become_ready())
-        log.info("ztunnel.started", node=c.node, controller=c.controller)
+
+    # --- being replaced --------------------------------------------------------------------
+
+    async def _drain(self) -> Draining:
+        """A successor serves on our listening sockets: accept no more (what waits in the
+        accept queues is the successor's), GOAWAY to the other nodes' pools, let go of the
+        HTTP listeners, and relay what is open until it ends or the drain timeout."""
+        loop = asyncio.get_running_loop()
+        self.draining_since = loop.time()
+        for server in self._servers:
+            if isinstance(server, HboneListener):
+                server.stop_accepting()
+            else:
+                server.close()
+        self._servers = []
+        self.inbound.drain()
+        self.ready.clear()
+        self.tap.close()  # open /tap streams end (the successor serves /tap now)
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners = []
+        open_now = len(self.connections)
+        log.info(
+            "drain.started",
+            connections=open_now,
+            hbone_connections=len(self.inbound.stats()),
+            timeout_s=self.config.drain_timeout,
+        )
+        self._spawn(self._drain_until_done())
+        return Draining(self.config.drain_timeout, open_now)
+
+    async def _drain_until_done(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.draining_since is not None
+        deadline = self.draining_since + self.config.drain_timeout
+        while loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+            hbone_open = self.inbound.close_emptied(self.draining_since, GOAWAY_GRACE_S)
+            settled = loop.time() - self.draining_since > GOAWAY_GRACE_S
+            if settled and not hbone_open and not len(self.connections):
+                log.info("drain.done", seconds=round(loop.time() - self.draining_since, 1))
+                break
+        else:
+            log.warning(
+                "drain.timeout",
+                timeout_s=self.config.drain_timeout,
+                connections_cut=len(self.connections),
+            )
+        self.drained.set()
 
     async def _become_ready(self) -> None:
         await self.client.synced.wait()
@@ -163,6 +273,8 @@ class Ztunnel:
         )
 
     async def stop(self) -> None:
+        if self._handover is not None:
+            self._handover.close()
         for server in self._servers:
             server.close()
         await self.pool.close()
@@ -201,6 +313,13 @@ class Ztunnel:
         body = {
             "node": self.config.node,
             "controller": {"connected": self.client.connected, "version": self.client.version},
+            # which code serves, and the ztunnel it took over from (restart, upgrade)
+            "process": {
+                "pid": os.getpid(),
+                "version": VERSION,
+                "started_at": dt.datetime.fromtimestamp(self.started_at, dt.UTC).isoformat(),
+                "predecessor": self.predecessor,
+            },
             "workloads": [
                 {
                     "name": w.name,

@@ -69,6 +69,7 @@ class Inbound:
         )
         self._setups = SetupTasks("inbound.failed_unexpectedly")
         self._connections: weakref.WeakSet[HboneConnection] = weakref.WeakSet()
+        self.draining = False  # replaced by a new ztunnel (ztunnel.handover): GOAWAY on all
         self._open: set[OpenConnection] = set()
         view.on_update.append(self.recheck)  # policy changes reach open connections too
 
@@ -82,6 +83,23 @@ class Inbound:
                 if not conn.streams and now - conn.last_used > idle_timeout:
                     log.info("inbound.idle_closed", peer=conn.label)
                     conn.close()
+
+    def drain(self) -> None:
+        """This ztunnel is being replaced: a graceful GOAWAY on every HBONE connection from
+        other nodes (and on each accepted from now on), so their pools open new streams on
+        new connections, which the successor accepts; the streams under way go on."""
+        self.draining = True
+        for conn in list(self._connections):
+            conn.drain()
+
+    def close_emptied(self, since: float, grace: float) -> int:
+        """Draining: close the HBONE connections that carried no stream for `grace` seconds
+        after `since` (their peers have read the GOAWAY by then); how many are left open."""
+        now = asyncio.get_running_loop().time()
+        for conn in list(self._connections):
+            if not conn.streams and now - max(conn.last_used, since) > grace:
+                conn.close()
+        return sum(1 for c in self._connections if not c.closed.is_set())
 
     def stats(self) -> list[dict[str, object]]:
         """Open HBONE connections from other nodes, with their open streams."""
@@ -288,6 +306,8 @@ class Inbound:
 
         conn.on_connect = on_connect
         conn.start()
+        if self.draining:
+            conn.drain()
 
     async def _hbone_stream(self, stream: Stream, attempt: Attempt) -> None:
         started = time.monotonic()

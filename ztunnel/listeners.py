@@ -93,6 +93,16 @@ class HboneListener(asyncio.AbstractServer):
             task.cancel()
         self._sock.close()
 
+    def stop_accepting(self) -> None:
+        """Draining (a successor took the socket): accept no more, but let the handshakes
+        under way finish; they become connections like any other."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._accepting is not None:
+            self._accepting.cancel()
+        self._sock.close()  # our descriptor only: the successor's keeps the socket listening
+
     async def wait_closed(self) -> None:
         await self._closed.wait()
         if self._accepting is not None:
