@@ -118,6 +118,7 @@ class LabDaemon:
                 web.get("/v1/objects", self._objects),
                 web.put("/v1/objects/status", self._put_status),
                 web.post("/v1/shutdown", self._shutdown),
+                web.post("/v1/ztunnel/restart", self._restart_ztunnel),
             ]
         )
         runner = web.AppRunner(app, access_log=None)
@@ -393,6 +394,31 @@ class LabDaemon:
                 self._statuses[key] = status
                 self._save_manifests()
         return web.json_response({"results": [f"{key} status updated"]})
+
+    async def _restart_ztunnel(self, request: web.Request) -> web.Response:
+        """`weftctl ztunnel restart`: a new ztunnel takes over the node's listeners, the old
+        one drains (docs/ztunnel-restart.md). Body: node, drain_timeout_s, pythonpath."""
+        if self.phase != "Ready":
+            return web.json_response({"errors": [{"message": f"lab is {self.phase}"}]}, status=409)
+        body: dict[str, Any] = await request.json()
+        node = body.get("node")
+        drain = body.get("drain_timeout_s", 600)
+        pythonpath = body.get("pythonpath", "")
+        if node not in self.agents.ztunnels:
+            nodes = ", ".join(sorted(self.agents.ztunnels))
+            message = f"node: no node {node!r} in this lab; nodes: {nodes}"
+            return web.json_response({"errors": [{"message": message}]}, status=404)
+        if not isinstance(drain, int | float) or isinstance(drain, bool) or drain < 0:
+            message = f"drain_timeout_s: want seconds >= 0, got {drain!r}"
+            return web.json_response({"errors": [{"message": message}]}, status=400)
+        if not isinstance(pythonpath, str):
+            message = f"pythonpath: want a path, got {pythonpath!r}"
+            return web.json_response({"errors": [{"message": message}]}, status=400)
+        try:
+            result = await self.agents.restart_ztunnel(node, float(drain), pythonpath)
+        except RuntimeError as err:
+            return web.json_response({"errors": [{"message": str(err)}]}, status=500)
+        return web.json_response(result)
 
     async def _shutdown(self, _request: web.Request) -> web.Response:
         self._stop.set()

@@ -8,6 +8,7 @@ Each agent is fed by the lab's controller and pins its maps under
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,12 @@ class NodeAgents:
         self.bootstrap = bootstrap
         self.agents: dict[str, Supervised] = {}
         self.ztunnels: dict[str, Supervised] = {}
+        # restarts: each node's plan, ztunnel generation, and the replaced ones still draining
+        self._plans: dict[str, NodePlan] = {}
+        self._generation: dict[str, int] = {}
+        self._restarting: set[str] = set()
+        self._retired: dict[str, list[Supervised]] = {}
+        self._reaping: set[asyncio.Task[None]] = set()
 
     def agent_socket(self, node: str) -> Path:
         return self.paths.agent_socket(node)
@@ -58,15 +65,103 @@ class NodeAgents:
     def ztunnel_socket(self, node: str) -> Path:
         return self.paths.ztunnel_socket(node)
 
+    def handover_socket(self, node: str) -> Path:
+        """Where a node's ztunnel waits for its successor (`weftctl ztunnel restart`)."""
+        return self.paths.ztunnel_socket(node).with_name("ztunnel-handover.sock")
+
+    def _ztunnel_args(self, node: str) -> list[str]:
+        return [
+            "--admin-socket",
+            str(self.ztunnel_socket(node)),
+            "--handover-socket",
+            str(self.handover_socket(node)),
+        ]
+
     def start_ztunnels(self, nodes: list[NodePlan]) -> None:
         for node in nodes:
+            self._plans[node.name] = node
             self.ztunnels[node.name] = self._start_on_node(
-                node,
-                "ztunnel",
-                "ztunnel",
-                ["--admin-socket", str(self.ztunnel_socket(node.name))],
-                grace_seconds=3.0,
+                node, "ztunnel", "ztunnel", self._ztunnel_args(node.name), grace_seconds=3.0
             )
+
+    async def restart_ztunnel(
+        self, node: str, drain_timeout: float, pythonpath: str = "", timeout: float = 150
+    ) -> dict[str, Any]:
+        """Replace a node's ztunnel without dropping a connection: a new one takes the
+        listeners over the handover socket; the old one drains, then exits (not a crash:
+        it is not restarted). `pythonpath`: run the new one from another code tree (an
+        upgrade). RuntimeError, the old one serving on, if the new one does not take over."""
+        old = self.ztunnels[node]
+        if node in self._restarting:
+            raise RuntimeError(f"a restart of the ztunnel of {node} is under way")
+        self._restarting.add(node)
+        try:
+            self._generation[node] = generation = self._generation.get(node, 1) + 1
+            env = {"PYTHONPATH": pythonpath} if pythonpath else {}
+            new = self._start_on_node(
+                self._plans[node],
+                f"ztunnel-{generation}",
+                "ztunnel",
+                [
+                    *self._ztunnel_args(node),
+                    "--takeover",
+                    str(self.handover_socket(node)),
+                    "--drain-timeout",
+                    f"{drain_timeout:g}",
+                ],
+                grace_seconds=3.0,
+                env=env,
+                log_name="ztunnel",
+            )
+            try:
+                dump = await self._until_serving(node, new, timeout)
+            except BaseException:
+                await new.stop()
+                raise
+            old.retire()
+            self.ztunnels[node] = new
+            self._retired.setdefault(node, []).append(old)
+            task = asyncio.create_task(self._reap_retired(node, old))
+            self._reaping.add(task)
+            task.add_done_callback(self._reaping.discard)
+        finally:
+            self._restarting.discard(node)
+        process = dump.get("process", {})
+        log.info("ztunnel.replaced", node=node, old_pid=old.status.pid, new_pid=new.status.pid)
+        return {
+            "node": node,
+            "old_pid": old.status.pid,
+            "new_pid": new.status.pid,
+            "version": process.get("version"),
+            "predecessor": process.get("predecessor"),
+            "drain_timeout_s": drain_timeout,
+        }
+
+    async def _until_serving(self, node: str, new: Supervised, timeout: float) -> dict[str, Any]:
+        """The new ztunnel's /config_dump once it serves the admin socket (so the old one
+        has let go: the handover is done); RuntimeError if it exits or times out first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if new.status.history:  # it exited (the supervisor may be restarting it)
+                raise RuntimeError(
+                    f"the new ztunnel of {node} exited before taking over; the old one serves "
+                    f"on. Its log ends with:\n{_tail(new.spec.log_path)}"
+                )
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                dump = await get_json(self.ztunnel_socket(node), "/config_dump", timeout=2)
+                pid = dump.get("process", {}).get("pid")
+                if pid is not None and pid == new.status.pid:
+                    return dump
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"the new ztunnel of {node} did not take over within {timeout:.0f}s")
+
+    async def _reap_retired(self, node: str, old: Supervised) -> None:
+        """Once a replaced ztunnel has drained and exited, its cgroup goes."""
+        await old.exited()
+        await old.stop()
+        with contextlib.suppress(ValueError):
+            self._retired.get(node, []).remove(old)
+        log.info("ztunnel.drained", node=node, exit_code=old.status.exit_code)
 
     def _start_on_node(
         self,
@@ -75,6 +170,8 @@ class NodeAgents:
         module: str,
         args: list[str],
         grace_seconds: float,
+        env: dict[str, str] | None = None,
+        log_name: str = "",
     ) -> Supervised:
         """One of a node's own processes: in the node's namespace and system cgroup, with
         the node's credential for the controller, always restarted."""
@@ -94,10 +191,10 @@ class NodeAgents:
                 *self.bootstrap(node.name),
                 *args,
             ],
-            env=node_process_env(),
+            env={**node_process_env(), **(env or {})},
             netns=self.names.node_netns(node.name),
             cgroup=f"{self.names.node_system_cgroup(node.name)}/{component}",
-            log_path=self.paths.logs / f"{node.name}-{component}.log",
+            log_path=self.paths.logs / f"{node.name}-{log_name or component}.log",
             restart=RestartPolicy.ALWAYS,
             grace_seconds=grace_seconds,
             host_mounts=True,
@@ -158,7 +255,10 @@ class NodeAgents:
         )
 
     async def stop(self) -> None:
-        await asyncio.gather(*(z.stop() for z in self.ztunnels.values()))
+        for task in list(self._reaping):
+            task.cancel()
+        retired = [z for zs in self._retired.values() for z in zs]
+        await asyncio.gather(*(z.stop() for z in [*self.ztunnels.values(), *retired]))
         await asyncio.gather(*(a.stop() for a in self.agents.values()))
 
     def status(self) -> dict[str, Any]:

@@ -135,6 +135,18 @@ class Supervised:
             backoff = min(backoff * 2, BACKOFF_MAX)
             self.status.restarts += 1
 
+    def retire(self) -> None:
+        """It was replaced (a ztunnel handed its listeners to a successor) and drains: its
+        exit is expected, not a crash, and it is not restarted."""
+        self._stopping = True
+        self.status.reason = "Draining"
+
+    async def exited(self) -> None:
+        """Until its program has exited (and, retired or stopped, is not restarted)."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
     def _should_restart(self, code: int) -> bool:
         if self.spec.restart is RestartPolicy.ALWAYS:
             return True

@@ -17,6 +17,7 @@ from weftctl.tap_commands import tap
 from weftctl.waypoint_commands import waypoint
 from weftctl.why import why
 from weftctl.ztunnel_commands import ztunnel_config
+from weftctl.ztunnel_restart import ztunnel
 
 
 @click.group()
@@ -29,6 +30,7 @@ cli.add_command(lab)
 cli.add_command(controller)
 cli.add_command(agent)
 cli.add_command(ztunnel_config)
+cli.add_command(ztunnel)
 cli.add_command(waypoint)
 cli.add_command(route)
 cli.add_command(install)

@@ -159,7 +159,8 @@ class Ztunnel:
             except BaseException as err:
                 takeover.abandon(f"the successor failed to start: {err!r}")
                 raise
-            draining = await takeover.complete()  # it stops accepting, lets go of HTTP
+            # it stops accepting, lets go of HTTP, drains for at most our --drain-timeout
+            draining = await takeover.complete(c.drain_timeout)
             self.predecessor = {
                 "pid": takeover.offer.pid,
                 "version": takeover.offer.version,
@@ -213,7 +214,7 @@ class Ztunnel:
 
     # --- being replaced --------------------------------------------------------------------
 
-    async def _drain(self) -> Draining:
+    async def _drain(self, timeout: float) -> Draining:
         """A successor serves on our listening sockets: accept no more (what waits in the
         accept queues is the successor's), GOAWAY to the other nodes' pools, let go of the
         HTTP listeners, and relay what is open until it ends or the drain timeout."""
@@ -236,15 +237,15 @@ class Ztunnel:
             "drain.started",
             connections=open_now,
             hbone_connections=len(self.inbound.stats()),
-            timeout_s=self.config.drain_timeout,
+            timeout_s=timeout,
         )
-        self._spawn(self._drain_until_done())
-        return Draining(self.config.drain_timeout, open_now)
+        self._spawn(self._drain_until_done(timeout))
+        return Draining(timeout, open_now)
 
-    async def _drain_until_done(self) -> None:
+    async def _drain_until_done(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         assert self.draining_since is not None
-        deadline = self.draining_since + self.config.drain_timeout
+        deadline = self.draining_since + timeout
         while loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL_S)
             hbone_open = self.inbound.close_emptied(self.draining_since, GOAWAY_GRACE_S)
@@ -255,7 +256,7 @@ class Ztunnel:
         else:
             log.warning(
                 "drain.timeout",
-                timeout_s=self.config.drain_timeout,
+                timeout_s=timeout,
                 connections_cut=len(self.connections),
             )
         self.drained.set()

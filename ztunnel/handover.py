@@ -7,7 +7,8 @@ read, its file descriptors with it). A new one connects and the two talk:
     new -> old   Hello     protocol version, node, code version, pid
     old -> new   Offer     the listeners' names, their sockets attached (SCM_RIGHTS)
                  (or Refused, with the reason: wrong node, other protocol, busy, garbage)
-    new -> old   Ready     the new one synced its config, fetched its certificates and serves
+    new -> old   Ready     the new one synced its config, fetched its certificates and serves;
+                           with how long the old one may drain (the operator's latest word)
     old -> new   Draining  the old one stopped accepting and let go of its HTTP listeners
 
 If the new one goes away (crash, timeout) before Ready, the old one never stopped serving and
@@ -62,7 +63,7 @@ class Refused:
 
 @dataclass(frozen=True)
 class Ready:
-    pass
+    drain_timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ _FIELDS: dict[type[Message], dict[str, tuple[type, ...]]] = {
         "protocol": (int,),
     },
     Refused: {"reason": (str,)},
-    Ready: {},
+    Ready: {"drain_timeout_s": (int, float)},
     Draining: {"drain_timeout_s": (int, float), "connections": (int,)},
 }
 

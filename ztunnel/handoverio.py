@@ -121,8 +121,9 @@ def peer_uid(sock: socket.socket) -> int:
 
 class HandoverServer:
     """Listens for this ztunnel's successor. `listeners()` gives the sockets to hand over;
-    `drain()` is called on Ready (stop accepting, let the HTTP listeners go) and returns the
-    Draining reply. `taken` is set once a successor has the listeners."""
+    `drain(timeout)` is called on Ready (stop accepting, let the HTTP listeners go, relay
+    what is open for at most the timeout the successor asks) and returns the Draining
+    reply. `taken` is set once a successor has the listeners."""
 
     def __init__(
         self,
@@ -130,7 +131,7 @@ class HandoverServer:
         node: str,
         version: str,
         listeners: Callable[[], dict[str, socket.socket]],
-        drain: Callable[[], Awaitable[Draining]],
+        drain: Callable[[float], Awaitable[Draining]],
         *,
         hello_timeout: float = HELLO_TIMEOUT_S,
         ready_timeout: float = READY_TIMEOUT_S,
@@ -259,7 +260,8 @@ class HandoverServer:
                 )
                 timeout = self.ready_timeout
             if step.drain:
-                reply = await self._drain()
+                assert isinstance(msg, Ready)
+                reply = await self._drain(float(msg.drain_timeout_s))
                 send(conn, reply)
                 self.taken.set()
                 HANDOVERS.labels("taken").inc()
@@ -291,10 +293,11 @@ class Takeover:
     offer: Offer
     listeners: dict[str, socket.socket] = field(default_factory=dict)
 
-    async def complete(self) -> Draining:
-        """Ready: the old ztunnel stops accepting and lets go of its HTTP listeners."""
+    async def complete(self, drain_timeout: float) -> Draining:
+        """Ready: the old ztunnel stops accepting, lets go of its HTTP listeners and relays
+        its open connections for at most `drain_timeout` seconds."""
         try:
-            send(self.sock, Ready())
+            send(self.sock, Ready(drain_timeout))
             msg, fds = await receive(self.sock, DRAINING_TIMEOUT_S)
             close_fds(fds)
             if not isinstance(msg, Draining):

@@ -40,9 +40,9 @@ class Old:
             path, "node-1", "old", lambda: {"outbound": self.listener}, self._drain, **timeouts
         )
 
-    async def _drain(self) -> Draining:
+    async def _drain(self, timeout: float) -> Draining:
         self.drained += 1
-        return Draining(600.0, 3)
+        return Draining(timeout, 3)
 
     def close(self) -> None:
         self.server.close()
@@ -79,8 +79,8 @@ def test_the_successor_gets_the_socket_and_what_waits_in_its_accept_queue(
         assert taken is not None
         assert taken.offer == Offer("node-1", "old", os.getpid(), ("outbound",))
         assert old.drained == 0  # both serve until Ready
-        draining = await taken.complete()
-        assert draining == Draining(600.0, 3)
+        draining = await taken.complete(30.0)
+        assert draining == Draining(30.0, 3)  # the successor's drain timeout
         assert old.server.taken.is_set() and old.drained == 1
         old.listener.close()  # the old one lets go: the socket stays the successor's
         sock = taken.listeners["outbound"]
@@ -103,7 +103,7 @@ def test_a_hello_for_another_node_is_refused_and_the_old_side_serves_on(tmp_path
         assert not old.server.taken.is_set() and old.drained == 0
         taken = await take_over(path, "node-1", "new", WANTED)  # the next one is served
         assert taken is not None
-        await taken.complete()
+        await taken.complete(30.0)
         for s in taken.listeners.values():
             s.close()
 
@@ -117,7 +117,7 @@ def test_a_hello_for_another_node_is_refused_and_the_old_side_serves_on(tmp_path
     [
         (b"\x00garbage", "not a JSON message"),
         (b"{" + b" " * MAX_MESSAGE + b"}", f"a message over {MAX_MESSAGE} bytes"),
-        (b'{"type": "ready"}', "expected hello, got ready"),
+        (b'{"type": "ready", "drain_timeout_s": 1}', "expected hello, got ready"),
     ],
 )
 def test_garbage_gets_a_refusal_naming_it(tmp_path: Path, data: bytes, says: str) -> None:
@@ -145,7 +145,7 @@ def test_a_second_client_is_told_a_handover_is_under_way(tmp_path: Path) -> None
         reply, _ = await receive(second, 5)
         assert reply == Refused("busy: another handover is under way")
         second.close()
-        await first.complete()
+        await first.complete(30.0)
         for s in first.listeners.values():
             s.close()
 
@@ -175,7 +175,7 @@ def test_a_successor_that_dies_before_ready_leaves_the_old_side_serving(tmp_path
         client.close()
         retry = await take_over(path, "node-1", "new", WANTED)
         assert retry is not None
-        await retry.complete()
+        await retry.complete(30.0)
         for s in retry.listeners.values():
             s.close()
 

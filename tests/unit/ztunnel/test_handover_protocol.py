@@ -37,7 +37,7 @@ OFFER = Offer("node-1", "0.1.0", 42, ("outbound", "hbone", "plaintext"))
         OFFER,
         Offer("node-1", "0.1.0", 42, ("outbound/0", "outbound/1", "hbone/0", "plaintext")),
         Refused("busy"),
-        Ready(),
+        Ready(30.0),
         Draining(600.0, 17),
         Draining(10, 0),
     ],
@@ -68,6 +68,7 @@ def test_every_message_survives_encoding(msg: object) -> None:
         ),
         (b'{"type": "draining", "drain_timeout_s": "600", "connections": 1}', "drain_timeout_s"),
         (b'{"type": "refused"}', "refused.reason"),
+        (b'{"type": "ready"}', "ready.drain_timeout_s"),
     ],
 )
 def test_garbage_is_refused_naming_what_is_wrong(data: bytes, says: str) -> None:
@@ -113,7 +114,7 @@ def test_a_message_over_the_bound_is_refused_both_ways() -> None:
             Hello("node-1", "v", 1, protocol=PROTOCOL + 1),
             f"handover protocol {PROTOCOL + 1}, this ztunnel speaks {PROTOCOL}",
         ),
-        (Ready(), "expected hello, got ready"),
+        (Ready(30.0), "expected hello, got ready"),
     ],
 )
 def test_the_old_side_answers_only_a_hello_for_its_node_and_protocol(
@@ -135,8 +136,8 @@ def test_the_old_side_answers_only_a_hello_for_its_node_and_protocol(
                 Refused("hello from a ztunnel for node 'node-9', this is node 'node-1'"),
             ),
         ),
-        (Phase.HELLO, Ready(), Step(Phase.CLOSED, Refused("expected hello, got ready"))),
-        (Phase.OFFERED, Ready(), Step(Phase.DRAINING, drain=True)),
+        (Phase.HELLO, Ready(30.0), Step(Phase.CLOSED, Refused("expected hello, got ready"))),
+        (Phase.OFFERED, Ready(30.0), Step(Phase.DRAINING, drain=True)),
         (Phase.OFFERED, Refused("cannot use it"), Step(Phase.CLOSED)),
         (
             Phase.OFFERED,
@@ -162,7 +163,7 @@ def test_the_new_side_takes_an_offer_with_a_socket_per_listener() -> None:
     ("offer", "fds", "says"),
     [
         (Refused("busy"), 0, "refused: busy"),
-        (Ready(), 0, "expected offer, got ready"),
+        (Ready(30.0), 0, "expected offer, got ready"),
         (Offer("node-2", "v", 1, OFFER.listeners), 3, "node 'node-2'"),
         (OFFER, 2, "2 sockets attached for 3 listeners"),
         (Offer("node-1", "v", 1, ("outbound", "hbone")), 2, "no socket offered for ['plaintext']"),
