@@ -13,7 +13,9 @@ read, its file descriptors with it). A new one connects and the two talk:
 
 If the new one goes away (crash, timeout) before Ready, the old one never stopped serving and
 waits for the next. Every message is a small JSON object; what a peer sends is bounded in
-size, in file descriptors and in time (handoverio), and a bad one is refused by name.
+size, in file descriptors and in time (handoverio), and a bad one is refused by name. Fields
+a message does not know are ignored (a newer version may add some); a change an older
+version cannot read bumps PROTOCOL, and a hello of another protocol is refused.
 """
 
 from __future__ import annotations
@@ -127,9 +129,8 @@ def decode(data: bytes) -> Message:
         if name not in body or not isinstance(value, types) or isinstance(value, bool):
             want = " or ".join(t.__name__ for t in types)
             raise HandoverError(f"{kind}.{name}: want {want}, got {value!r}")
-    extra = sorted(set(body) - set(fields))
-    if extra:
-        raise HandoverError(f"{kind}: unknown fields {extra}")
+    for name in set(body) - set(fields):  # a newer version's addition: an upgrade must work
+        del body[name]
     if cls is Offer:
         names = body["listeners"]
         if not all(isinstance(n, str) and _LISTENER_NAME.fullmatch(n) for n in names):
