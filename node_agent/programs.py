@@ -5,20 +5,32 @@ pinned, so capture keeps working while the agent restarts. On start the agent co
 is attached with what it would load (by a hash of the C sources): the same version is
 adopted untouched; another version is replaced by attaching the new program before
 detaching the old one, so there is never a moment without capture.
+
+The bytecode comes from the compile cache (node_agent/bpfcache.py): compiled with bcc once
+per machine and version, then loaded by each agent with its own node's maps patched in, so
+an agent start costs milliseconds instead of seconds of clang. An agent that adopts every
+program and map needs no bytecode at all.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from node_agent import bpfcache, bpfsys
+from node_agent import bpfmaps as m
+from node_agent.bpfcache import Entry
 
 log = structlog.get_logger("node_agent.programs")
 
@@ -28,6 +40,31 @@ BPF_F_ALLOW_MULTI = 2
 
 class KernelFeatureError(RuntimeError):
     """The kernel lacks something weft needs; the message names it."""
+
+
+class MapLayoutError(RuntimeError):
+    """A map pinned in the node's folder is not the map this agent's programs use (another
+    weft version with another layout left it); the message names it and what to do."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """How Python sees one of the maps of bpf/weft_maps.h (a unit test holds the two
+    together): its pin under the node's folder and its key and value types."""
+
+    pin_name: str
+    key: Any  # a ctypes type
+    value: Any
+
+
+TABLES = {
+    "weft_enrolled": Table("enrolled", ctypes.c_uint64, m.Pod),
+    "weft_enrolled_ips": Table("enrolled_ips", ctypes.c_uint32, m.PodIp),
+    "weft_excluded_ports": Table("excluded_ports", m.PortKey, ctypes.c_uint8),
+    "weft_dst_by_cookie": Table("dst_by_cookie", ctypes.c_uint64, m.Dst),
+    "weft_dst_by_peer": Table("dst_by_peer", m.Peer, m.Dst),
+    "weft_config": Table("config", ctypes.c_uint32, m.Config),
+}
 
 
 @dataclass(frozen=True)
@@ -89,6 +126,9 @@ CGROUP_PROGRAMS = (
         "cgroup/getsockopt (Linux 5.3+)",
     ),
 )
+
+TC_FUNCTIONS = ("weft_inbound", "weft_guard")
+TC_NEEDS = "tc programs with bpf_sk_assign and bpf_skc_lookup_tcp (Linux 5.7+)"
 
 # bpftool's names for the attach types above: as it prints them (JSON) and as it takes them.
 _BPFTOOL_ATTACH_SHOWN = {
@@ -167,48 +207,134 @@ def detach(cgroup: Path, attach_type: str, prog_id: int) -> None:
 
 
 class Programs:
-    """The node's programs: compiled on demand, attached to the node's cgroups, pinned."""
+    """The node's programs: loaded on demand from the compile cache, attached to the
+    node's cgroups, pinned; and the node's own maps, pinned in its folder."""
 
-    def __init__(self, pin_dir: Path, pods_cgroup: Path, system_cgroup: Path) -> None:
+    def __init__(
+        self,
+        pin_dir: Path,
+        pods_cgroup: Path,
+        system_cgroup: Path,
+        cache_dir: Path | None = None,
+    ) -> None:
         self.pin_dir = pin_dir
         self.cgroups = {"pods": pods_cgroup, "system": system_cgroup}
         self.version = source_hash(pin_dir)
-        self._modules: dict[str, Any] = {}
+        self.cache = bpfcache.Cache(cache_dir or bpfcache.DEFAULT_DIR)
+        self.code_source = ""  # "hit" or "compiled" once the bytecode was needed
+        self._entry: Entry | None = None
+        self._maps: dict[str, bpfsys.PinnedMap] = {}
+        self._progs: dict[str, int] = {}  # function -> fd of the loaded program
 
-    def module(self, source: str) -> Any:
-        """The bcc module for one source file; opening it creates or adopts the pinned maps."""
-        if source not in self._modules:
-            from bcc import BPF
+    def code(self) -> Entry:
+        """The compiled programs: from the cache, or compiled now (once per machine)."""
+        if self._entry is None:
+            started = time.monotonic()
+            include = f"-I{BPF_DIR}"
+            inputs = bpfcache.key_inputs(BPF_DIR, ["-I<bpf dir>"])
+            functions = [s.function for s in CGROUP_PROGRAMS] + list(TC_FUNCTIONS)
 
-            self.pin_dir.mkdir(parents=True, exist_ok=True)
-            self._modules[source] = BPF(
-                src_file=str(BPF_DIR / source),
-                cflags=[f'-DWEFT_PIN_DIR="{self.pin_dir}"', f"-I{BPF_DIR}"],
+            def build(key: str) -> Entry:
+                from node_agent.bpfcompile import compile_all
+
+                return compile_all(BPF_DIR, key, [include])
+
+            self._entry, self.code_source = self.cache.get(inputs, functions, build)
+            log.info(
+                "programs.code",
+                source=self.code_source,
+                key=self._entry.key,
+                seconds=round(time.monotonic() - started, 3),
             )
-        return self._modules[source]
+        return self._entry
 
-    def maps(self) -> Any:
-        """A module whose tables are the shared pinned maps."""
-        return self.module("sock_connect.c")
+    def maps(self) -> dict[str, bpfsys.PinnedMap]:
+        """The node's maps by table name, adopted from the pin folder or created there."""
+        if not self._maps:
+            self.pin_dir.mkdir(parents=True, exist_ok=True)
+            for name, table in TABLES.items():
+                self._maps[name] = self._open_map(name, table)
+        return self._maps
+
+    def _open_map(self, name: str, table: Table) -> bpfsys.PinnedMap:
+        path = self.pin_dir / table.pin_name
+        try:
+            fd = bpfsys.obj_get(path)
+        except FileNotFoundError:
+            fd = self._create_map(name, path)
+        info = bpfsys.map_info(fd)
+        sizes = (ctypes.sizeof(table.key), ctypes.sizeof(table.value))
+        if (info.key_size, info.value_size) != sizes:
+            os.close(fd)
+            raise MapLayoutError(
+                f"the map pinned at {path} has {info.key_size}-byte keys and "
+                f"{info.value_size}-byte values, but {name} has {sizes[0]} and {sizes[1]} "
+                "in this version: another weft version left it; remove the node's pin "
+                f"folder {self.pin_dir} (weftctl lab down) and start again"
+            )
+        return bpfsys.PinnedMap(name, fd, table.key, table.value)
+
+    def _create_map(self, name: str, path: Path) -> int:
+        d = self.code().map_def(name)
+        shape = bpfsys.MapInfo(d.map_type, d.key_size, d.value_size, d.max_entries, d.flags)
+        try:
+            fd = bpfsys.map_create(name, shape)
+        except bpfsys.BpfError as err:
+            raise KernelFeatureError(f"cannot create map {name}: {err}") from None
+        try:
+            bpfsys.obj_pin(fd, path)
+        except bpfsys.BpfError as err:
+            os.close(fd)
+            if err.errno != errno.EEXIST:
+                raise
+            return bpfsys.obj_get(path)  # pinned by someone else meanwhile: that one
+        log.info("map.created", map=name, path=str(path))
+        return fd
+
+    def _load(self, function: str, prog_type: str, attach_type: str, needs: str) -> int:
+        """fd of one program loaded from the cached bytecode, with this node's maps."""
+        if function in self._progs:
+            return self._progs[function]
+        entry = self.code()
+        code = entry.program(function)
+        maps = self.maps()
+        fds = {}
+        for _index, name in code.relocations:
+            want, have = entry.map_def(name), bpfsys.map_info(maps[name].fd)
+            shape = (want.map_type, want.key_size, want.value_size, want.max_entries, want.flags)
+            if have.shape() != shape or want.pin_name != TABLES[name].pin_name:
+                raise MapLayoutError(
+                    f"the map pinned at {self.pin_dir / TABLES[name].pin_name} is "
+                    f"{have.shape()} (type, key, value, entries, flags), but {function} "
+                    f"was compiled for {shape}: another weft version left it; remove the "
+                    f"node's pin folder {self.pin_dir} (weftctl lab down) and start again"
+                )
+            fds[name] = maps[name].fd
+        try:
+            fd = bpfsys.prog_load(
+                function,
+                bpfsys.PROG_TYPES[prog_type],
+                bpfcache.patch(code, fds),
+                code.license,
+                code.kern_version,
+                bpfsys.ATTACH_TYPES.get(attach_type, 0),
+            )
+        except bpfsys.BpfError as err:
+            raise KernelFeatureError(
+                f"cannot load {function}: this kernel lacks {needs} ({err})"
+            ) from None
+        self._progs[function] = fd
+        return fd
 
     def tc_program(self, function: str) -> tuple[int, str]:
         """(fd, filter name) of a tc program, loaded on first use; the name carries the
         version so a filter of this version is recognised and adopted."""
-        from bcc import BPF
-
         key = f"tc:{function}"
-        if key not in self._modules:
-            module = self.module("tc_inbound.c")
-            try:
-                fn = module.load_func(function, BPF.SCHED_CLS)
-            except Exception as err:  # bcc raises bare Exception with the kernel's reason
-                raise KernelFeatureError(
-                    f"cannot load {function}: this kernel lacks tc programs with "
-                    f"bpf_sk_assign and bpf_skc_lookup_tcp (Linux 5.7+) ({err})"
-                ) from None
-            self._pin(fn.fd, function)
-            self._modules[key] = fn
-        return int(self._modules[key].fd), f"{function}-{self.version}"
+        if key not in self._progs:
+            fd = self._load(function, "SCHED_CLS", "", TC_NEEDS)
+            self._pin(fd, function)
+            self._progs[key] = fd
+        return self._progs[key], f"{function}-{self.version}"
 
     def _pin_path(self, function: str) -> Path:
         """Programs are pinned with their version in the name (bpffs holds no plain files)."""
@@ -216,8 +342,7 @@ class Programs:
 
     def ensure_attached(self) -> dict[str, str]:
         """Attach every program (or adopt the attached ones); returns name -> what was done."""
-        from bcc import BPF, BPFAttachType, BPFProgType
-
+        started = time.monotonic()
         done: dict[str, str] = {}
         for spec in CGROUP_PROGRAMS:
             cgroup = self.cgroups[spec.target]
@@ -225,35 +350,37 @@ class Programs:
             if current and self._pin_path(spec.function).exists():
                 done[spec.function] = f"adopted (id {current[0]['id']})"
                 continue
-            module = self.module(spec.source)
-            try:
-                fn = module.load_func(
-                    spec.function,
-                    getattr(BPFProgType, spec.prog_type),
-                    attach_type=getattr(BPFAttachType, spec.attach_type),
-                )
-            except Exception as err:  # bcc raises bare Exception with the kernel's reason
-                raise KernelFeatureError(
-                    f"cannot load {spec.function}: this kernel lacks {spec.needs} ({err})"
-                ) from None
+            prog = self._load(spec.function, spec.prog_type, spec.attach_type, spec.needs)
             fd = os.open(cgroup, os.O_RDONLY)
             try:
-                BPF.attach_func(fn, fd, getattr(BPFAttachType, spec.attach_type), BPF_F_ALLOW_MULTI)
+                bpfsys.prog_attach(
+                    prog, fd, bpfsys.ATTACH_TYPES[spec.attach_type], BPF_F_ALLOW_MULTI
+                )
+            except bpfsys.BpfError as err:
+                raise KernelFeatureError(
+                    f"cannot attach {spec.function} to {cgroup}: this kernel lacks "
+                    f"{spec.needs} ({err})"
+                ) from None
             finally:
                 os.close(fd)
-            self._pin(fn.fd, spec.function)
+            self._pin(prog, spec.function)
             for old in current:  # the new one is attached first: no gap in capture
                 detach(cgroup, spec.attach_type, int(old["id"]))
             done[spec.function] = "attached" + (" (replaced an older version)" if current else "")
         for name, what in done.items():
             log.info("program.ready", program=name, action=what)
+        log.info(
+            "programs.attached",
+            code=self.code_source or "not needed",
+            seconds=round(time.monotonic() - started, 3),
+        )
         return done
 
     def _pin(self, fd: int, function: str) -> None:
-        from bcc import libbcc
-
         for old in self.pin_dir.glob(f"prog_{function}_*"):
             old.unlink()
         path = self._pin_path(function)
-        if libbcc.lib.bpf_obj_pin(fd, str(path).encode()) != 0:
-            log.warning("program.pin_failed", program=function, path=str(path))
+        try:
+            bpfsys.obj_pin(fd, path)
+        except bpfsys.BpfError as err:
+            log.warning("program.pin_failed", program=function, path=str(path), error=str(err))
