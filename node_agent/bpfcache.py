@@ -38,6 +38,7 @@ log = structlog.get_logger("node_agent.bpfcache")
 DEFAULT_DIR = Path(os.environ.get("WEFT_BPF_CACHE_DIR", "/var/cache/weft/bpf"))
 FORMAT = 1  # bump when the entry layout or what the loader does with it changes
 MAX_ENTRY_BYTES = 4 << 20  # ours are about 20 KB; a bigger file is not one of ours
+MAX_ENTRIES = 8  # one per weft version x kernel seen; older ones are removed
 LOCK_WAIT_SECONDS = 300.0  # five agents compiling on two busy cores stay well inside this
 
 LOOKUPS = Counter(
@@ -340,6 +341,22 @@ class Cache:
             log.warning("bpf_cache.write_failed", path=str(path), error=str(err))
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            return
+        self._prune(keep=path)
+
+    def _prune(self, keep: Path) -> None:
+        """Keep the newest MAX_ENTRIES entries (each version and kernel adds one)."""
+        try:
+            entries = sorted(
+                self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True
+            )
+        except OSError:
+            return
+        for old in [p for p in entries if p != keep][MAX_ENTRIES - 1 :]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+                (self.directory / f".{old.stem}.lock").unlink()
+            log.info("bpf_cache.pruned", path=str(old))
 
 
 def _flock(fd: int, timeout: float) -> bool:

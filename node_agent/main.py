@@ -17,7 +17,7 @@ from meshcore.signals import run_until_stopped, stop_requested
 from node_agent import pods
 from node_agent.agent import AgentConfig, NodeAgent
 from node_agent.kubelet import KubeletLayoutError, is_kubelet_root
-from node_agent.programs import KernelFeatureError, check_kernel
+from node_agent.programs import KernelFeatureError, MapLayoutError, check_kernel
 
 log = structlog.get_logger("node_agent")
 
@@ -174,6 +174,9 @@ def run(
             await agent.start()
         except KernelFeatureError as err:
             log.error("agent.kernel_feature_missing", error=str(err))
+            return 2
+        except MapLayoutError as err:
+            log.error("agent.map_layout_mismatch", error=str(err))
             return 2
         await run_until_stopped(asyncio.create_task(agent.run()), stop_requested())
         await agent.stop()

@@ -287,6 +287,18 @@ def test_changed_sources_are_a_new_entry_and_the_old_one_is_not_used(tmp_path: P
     assert (how, entry.key, builds.count) == ("compiled", bpfcache.cache_key(changed), 2)
 
 
+def test_the_cache_keeps_only_the_newest_entries(tmp_path: Path) -> None:
+    cache, builds = Cache(tmp_path), Builds()
+    keys = []
+    for n in range(bpfcache.MAX_ENTRIES + 3):
+        inputs = replace(INPUTS, kernel_release=f"6.1.{n}")
+        keys.append(bpfcache.cache_key(inputs))
+        cache.get(inputs, FUNCTIONS, builds)
+        bpfcache.os.utime(cache.path(keys[-1]), (1000 + n, 1000 + n))
+    kept = sorted(p.stem for p in tmp_path.glob("*.json"))
+    assert kept == sorted(keys[-bpfcache.MAX_ENTRIES :])
+
+
 def test_agents_starting_together_compile_once(tmp_path: Path) -> None:
     builds = Builds(seconds=0.3)
     results: list[str] = []
