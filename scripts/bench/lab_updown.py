@@ -104,6 +104,17 @@ def agent_times(paths: LabPaths) -> list[float]:
     return [ready[n] - started[n] for n in started if n in ready]
 
 
+def program_times(paths: LabPaths) -> list[float]:
+    """Per node agent, seconds its programs took to compile or load, and attach (the
+    `programs.attached` event; agents from before the compile cache do not log it)."""
+    return [
+        float(str(e["seconds"]))
+        for log in paths.logs.glob("*-node-agent.log")
+        for e in _events(log)[:200]
+        if e.get("event") == "programs.attached" and "seconds" in e
+    ][:1000]
+
+
 def compiles(paths: LabPaths) -> int:
     """How many of the lab's node agents compiled programs (0: all came from the cache)."""
     return sum(
@@ -135,6 +146,7 @@ def main(pods: int, node_counts: tuple[int, ...], runs: int, bpf_cache: str, smo
     downs: dict[int, list[float]] = {n: [] for n in node_counts}
     agents: dict[int, list[float]] = {n: [] for n in node_counts}
     compiled: dict[int, list[int]] = {n: [] for n in node_counts}
+    loads: dict[int, list[float]] = {n: [] for n in node_counts}
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as tmp:
         manifest = Path(tmp) / "web.yaml"
         manifest.write_text(MANIFEST.format(pods=pods))
@@ -162,6 +174,7 @@ def main(pods: int, node_counts: tuple[int, ...], runs: int, bpf_cache: str, smo
                     lab_id = record.lab_id if record else "?"
                     agents[nodes].extend(agent_times(paths))
                     compiled[nodes].append(compiles(paths))
+                    loads[nodes].extend(program_times(paths))
                     click.echo(
                         f"lab {name} (id {lab_id}) up in {ups[nodes][-1]:.2f}s, "
                         f"{compiled[nodes][-1]} agent(s) compiled",
@@ -184,6 +197,8 @@ def main(pods: int, node_counts: tuple[int, ...], runs: int, bpf_cache: str, smo
             "agent_ready_median_s": _median(agents[nodes]),
             "agent_ready_max_s": round(max(agents[nodes], default=float("nan")), 2),
             "agents_compiled_per_lab": compiled[nodes],
+            "agent_programs_median_s": _median(loads[nodes]),
+            "agent_programs_max_s": round(max(loads[nodes], default=float("nan")), 3),
         }
         results.append(row)
         click.echo(
@@ -191,7 +206,9 @@ def main(pods: int, node_counts: tuple[int, ...], runs: int, bpf_cache: str, smo
             f"({row['up_max_s']}s worst), down {row['down_median_s']}s median "
             f"({row['down_max_s']}s worst) over {runs} runs; node agent start to ready "
             f"{row['agent_ready_median_s']}s median ({row['agent_ready_max_s']}s worst); "
-            f"agents that compiled, per lab: {compiled[nodes]}"
+            f"agents that compiled, per lab: {compiled[nodes]}; programs compiled or "
+            f"loaded, and attached, per agent {row['agent_programs_median_s']}s median "
+            f"({row['agent_programs_max_s']}s worst)"
         )
     click.echo(json.dumps(results))
 
