@@ -28,6 +28,8 @@ SCRIPTS = [
     "waypoint_inproc.py",
     "waypoint_ratelimit.py",
     "waypoint_vs_haproxy.py",
+    "ztunnel_tail.py",
+    "ztunnel_memory.py",
     "ztunnel_vs_stunnel.py",
 ]
 
@@ -66,6 +68,7 @@ def test_benchmark_runs_in_smoke_mode_and_cleans_up(script: str) -> None:
         "waypoint_ext_authz.py",
         "waypoint_inproc.py",
         "waypoint_ratelimit.py",
+        "ztunnel_memory.py",
     )
     if script not in no_lab:
         assert re.search(r"\(id [0-9a-f]{6}\) up", err), "a lab benchmark names its lab"
