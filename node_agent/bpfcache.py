@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -268,18 +270,19 @@ class Cache:
         stored for the next agent). Builds without storing when the folder is not usable."""
         key = cache_key(inputs)
         wanted = tuple(functions)
-        found = self._read(key, wanted)
-        if found is not None:
-            LOOKUPS.labels("hit").inc()
-            return found, "hit"
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _check_private(self.directory, stat.S_ISDIR)
             fd = os.open(self.directory / f".{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as err:
             log.warning("bpf_cache.unusable", dir=str(self.directory), error=str(err))
             LOOKUPS.labels("miss").inc()
             return self._build(build, key, wanted), "compiled"
         try:
+            found = self._read(key, wanted)
+            if found is not None:
+                LOOKUPS.labels("hit").inc()
+                return found, "hit"
             if not _flock(fd, LOCK_WAIT_SECONDS):
                 log.warning("bpf_cache.lock_timeout", dir=str(self.directory), key=key)
                 LOOKUPS.labels("miss").inc()
@@ -312,16 +315,18 @@ class Cache:
     def _read(self, key: str, functions: tuple[str, ...]) -> Entry | None:
         path = self.path(key)
         try:
-            with path.open("rb") as f:
-                data = f.read(MAX_ENTRY_BYTES + 1)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
         except OSError as err:
             log.warning("bpf_cache.unreadable", path=str(path), error=str(err))
             return None
         try:
+            with os.fdopen(fd, "rb") as f:
+                _check_private(f.fileno(), stat.S_ISREG)
+                data = f.read(MAX_ENTRY_BYTES + 1)
             return decode(data, key, functions)
-        except CacheEntryError as err:
+        except (OSError, CacheEntryError) as err:
             LOOKUPS.labels("rejected").inc()
             log.warning("bpf_cache.rejected", path=str(path), reason=str(err))
             with contextlib.suppress(OSError):
@@ -332,7 +337,7 @@ class Cache:
         path = self.path(entry.key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with tmp.open("wb") as f:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.write(encode(entry))
                 f.flush()
                 os.fsync(f.fileno())
@@ -357,6 +362,21 @@ class Cache:
                 old.unlink()
                 (self.directory / f".{old.stem}.lock").unlink()
             log.info("bpf_cache.pruned", path=str(old))
+
+
+def _check_private(target: Path | int, kind: Callable[[int], bool]) -> None:
+    """Bytecode from the cache goes into the kernel as root: only a folder and entries
+    that are this user's own and nobody else can write are used (a digest detects
+    corruption, not a planted entry)."""
+    st = os.fstat(target) if isinstance(target, int) else os.lstat(target)
+    if not kind(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise PermissionError(
+            errno.EPERM,
+            f"not used: owned by uid {st.st_uid} with mode {stat.filemode(st.st_mode)}; the "
+            f"compile cache must be a folder and files of uid {os.geteuid()} that only it "
+            "can write",
+            str(target),
+        )
 
 
 def _flock(fd: int, timeout: float) -> bool:

@@ -323,6 +323,50 @@ def test_an_unusable_cache_folder_still_gives_the_programs(tmp_path: Path) -> No
     assert (how, entry.key, builds.count) == ("compiled", KEY, 1)
 
 
+def planted(key: str) -> Entry:
+    """A well-formed entry with other bytecode: what someone could plant in a shared folder."""
+    code = MOV_R0_1 + MOV_R0_1 + EXIT
+    return replace(
+        entry_for(key),
+        programs=(ProgramCode("weft_connect4", "sock_connect.c", code, (), "GPL", 0),),
+    )
+
+
+def test_a_folder_others_can_write_is_never_read_from(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    Cache(shared).path(KEY).write_bytes(bpfcache.encode(planted(KEY)))
+    builds = Builds()
+    for _ in range(2):
+        entry, how = Cache(shared).get(INPUTS, FUNCTIONS, builds)
+        assert (how, entry) == ("compiled", entry_for(KEY))
+    assert builds.count == 2
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646])
+def test_an_entry_others_can_write_is_rejected_and_rebuilt(tmp_path: Path, mode: int) -> None:
+    cache, builds = Cache(tmp_path), Builds()
+    cache.get(INPUTS, FUNCTIONS, builds)
+    cache.path(KEY).write_bytes(bpfcache.encode(planted(KEY)))
+    cache.path(KEY).chmod(mode)
+    entry, how = cache.get(INPUTS, FUNCTIONS, builds)
+    assert (how, entry) == ("compiled", entry_for(KEY))
+    assert cache.path(KEY).stat().st_mode & 0o777 == 0o600
+
+
+def test_an_entry_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_bytes(bpfcache.encode(planted(KEY)))
+    cache, builds = Cache(tmp_path / "cache"), Builds()
+    (tmp_path / "cache").mkdir(mode=0o700)
+    cache.path(KEY).symlink_to(elsewhere)
+    entry, how = cache.get(INPUTS, FUNCTIONS, builds)
+    assert (how, entry) == ("compiled", entry_for(KEY))
+    assert not cache.path(KEY).is_symlink()
+    assert bpfcache.decode(elsewhere.read_bytes(), KEY, FUNCTIONS) == planted(KEY)
+
+
 def test_a_lock_held_too_long_compiles_here_instead_of_waiting_forever(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
