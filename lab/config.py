@@ -41,6 +41,8 @@ class LabConfig:
     node_pod_prefix: int = DEFAULT_NODE_POD_PREFIX
     manifests: tuple[str, ...] = field(default_factory=tuple)
     ztunnel: bool = True  # False: leave 15001/15006 free (capture tests bring their own)
+    # worker processes per ztunnel (`ztunnel run --workers`); 1 keeps many-node labs light
+    ztunnel_workers: int = 1
     # OTLP/gRPC collector for the waypoints' spans (the controller's --waypoint-otlp-endpoint,
     # which the deployer puts in each waypoint pod's WEFT_OTLP_ENDPOINT); "": none
     otlp_endpoint: str = ""
@@ -62,6 +64,10 @@ class LabConfig:
             validate_scrape_interval(self.prometheus_scrape_interval)
         except PrometheusConfigError as err:
             raise LabConfigError(str(err)) from None
+        if not 1 <= self.ztunnel_workers <= 8:
+            raise LabConfigError(
+                f"--ztunnel-workers: must be between 1 and 8, got {self.ztunnel_workers}"
+            )
         if not 1 <= self.nodes <= MAX_NODES:
             raise LabConfigError(f"--nodes: must be between 1 and {MAX_NODES}, got {self.nodes}")
         nets = {}

@@ -74,7 +74,11 @@ class LabDaemon:
         self.runtime.before_containers = self._enroll_first
         self.control = ControlPlane(record.config, self.names, paths)
         self.agents = NodeAgents(
-            self.names, paths, self.control.address, self.control.node_bootstrap
+            self.names,
+            paths,
+            self.control.address,
+            self.control.node_bootstrap,
+            ztunnel_workers=record.config.ztunnel_workers,
         )
         # --source kubernetes: the cluster is also written to the lab's API server
         self.mirror: KubeMirror | None = None
@@ -404,6 +408,7 @@ class LabDaemon:
         node = body.get("node")
         drain = body.get("drain_timeout_s", 600)
         pythonpath = body.get("pythonpath", "")
+        workers = body.get("workers", 0)
         if node not in self.agents.ztunnels:
             nodes = ", ".join(sorted(self.agents.ztunnels))
             message = f"node: no node {node!r} in this lab; nodes: {nodes}"
@@ -411,11 +416,14 @@ class LabDaemon:
         if not isinstance(drain, int | float) or isinstance(drain, bool) or drain < 0:
             message = f"drain_timeout_s: want seconds >= 0, got {drain!r}"
             return web.json_response({"errors": [{"message": message}]}, status=400)
+        if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= 8:
+            message = f"workers: want 1 to 8 (0: as before), got {workers!r}"
+            return web.json_response({"errors": [{"message": message}]}, status=400)
         if not isinstance(pythonpath, str):
             message = f"pythonpath: want a path, got {pythonpath!r}"
             return web.json_response({"errors": [{"message": message}]}, status=400)
         try:
-            result = await self.agents.restart_ztunnel(node, float(drain), pythonpath)
+            result = await self.agents.restart_ztunnel(node, float(drain), pythonpath, workers)
         except RuntimeError as err:
             return web.json_response({"errors": [{"message": str(err)}]}, status=500)
         return web.json_response(result)

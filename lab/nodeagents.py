@@ -43,6 +43,7 @@ class NodeAgents:
         paths: LabPaths,
         controller: str,
         bootstrap: Callable[[str], list[str]] = lambda _node: [],
+        ztunnel_workers: int = 1,
     ) -> None:
         """`bootstrap(node)`: the options by which a node with no credential gets one (the
         lab's Kubernetes source), none when the lab hands nodes their credentials."""
@@ -52,6 +53,8 @@ class NodeAgents:
         self.bootstrap = bootstrap
         self.agents: dict[str, Supervised] = {}
         self.ztunnels: dict[str, Supervised] = {}
+        self.ztunnel_workers: dict[str, int] = {}  # per node: `lab up --ztunnel-workers`
+        self._default_workers = ztunnel_workers
         # restarts: each node's plan, ztunnel generation, and the replaced ones still draining
         self._plans: dict[str, NodePlan] = {}
         self._generation: dict[str, int] = {}
@@ -75,6 +78,8 @@ class NodeAgents:
             str(self.ztunnel_socket(node)),
             "--handover-socket",
             str(self.handover_socket(node)),
+            "--workers",
+            str(self.ztunnel_workers.get(node, self._default_workers)),
         ]
 
     def start_ztunnels(self, nodes: list[NodePlan]) -> None:
@@ -85,7 +90,12 @@ class NodeAgents:
             )
 
     async def restart_ztunnel(
-        self, node: str, drain_timeout: float, pythonpath: str = "", timeout: float = 150
+        self,
+        node: str,
+        drain_timeout: float,
+        pythonpath: str = "",
+        workers: int = 0,
+        timeout: float = 150,
     ) -> dict[str, Any]:
         """Replace a node's ztunnel without dropping a connection: a new one takes the
         listeners over the handover socket; the old one drains, then exits (not a crash:
@@ -95,6 +105,9 @@ class NodeAgents:
         if node in self._restarting:
             raise RuntimeError(f"a restart of the ztunnel of {node} is under way")
         self._restarting.add(node)
+        before = self.ztunnel_workers.get(node)
+        if workers:
+            self.ztunnel_workers[node] = workers
         try:
             self._generation[node] = generation = self._generation.get(node, 1) + 1
             env = {"PYTHONPATH": pythonpath} if pythonpath else {}
@@ -117,6 +130,10 @@ class NodeAgents:
                 dump = await self._until_serving(node, new, timeout)
             except BaseException:
                 await new.stop()
+                if before is None:
+                    self.ztunnel_workers.pop(node, None)
+                else:
+                    self.ztunnel_workers[node] = before
                 raise
             old.retire()
             self.ztunnels[node] = new
@@ -135,6 +152,7 @@ class NodeAgents:
             "version": process.get("version"),
             "predecessor": process.get("predecessor"),
             "drain_timeout_s": drain_timeout,
+            "workers": len(dump.get("workers", [])) or 1,
         }
 
     async def _until_serving(self, node: str, new: Supervised, timeout: float) -> dict[str, Any]:

@@ -159,6 +159,13 @@ def lab(ctx: click.Context, name: str) -> None:
     help="Seconds between two scrapes of each target (1-60).",
 )
 @click.option(
+    "--ztunnel-workers",
+    default=LabConfig.ztunnel_workers,
+    show_default=True,
+    help="Worker processes per node's ztunnel (its --workers, 1-8): one per core on a real "
+    "node; one keeps labs of many nodes light on a small machine.",
+)
+@click.option(
     "--wait",
     "wait_seconds",
     default=90.0,
@@ -178,6 +185,7 @@ def up(
     source: str,
     prometheus: bool | None,
     prometheus_scrape_interval: float,
+    ztunnel_workers: int,
     wait_seconds: float,
 ) -> None:
     """Create the lab and start its pods."""
@@ -198,6 +206,7 @@ def up(
         source=source,
         prometheus=prometheus,
         prometheus_scrape_interval=prometheus_scrape_interval,
+        ztunnel_workers=ztunnel_workers,
     )
     try:
         config.validate()

@@ -36,8 +36,21 @@ def ztunnel() -> None:
     default=None,
     help="Run the new ztunnel from this code tree (on PYTHONPATH): an upgrade.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 8),
+    default=None,
+    help="Worker processes of the new ztunnel (default: as the old one).",
+)
 @OUTPUT_OPTION
-def restart(lab_name: str, node: str, drain_timeout: float, code: Path | None, output: str) -> None:
+def restart(
+    lab_name: str,
+    node: str,
+    drain_timeout: float,
+    code: Path | None,
+    workers: int | None,
+    output: str,
+) -> None:
     """Replace NODE's ztunnel: no connection refused, none reset."""
     paths = lab_paths(lab_name)
     check_node(paths, node)
@@ -45,6 +58,7 @@ def restart(lab_name: str, node: str, drain_timeout: float, code: Path | None, o
         "node": node,
         "drain_timeout_s": drain_timeout,
         "pythonpath": os.fspath(code.resolve()) if code else "",
+        "workers": workers or 0,
     }
     try:
         result = client.request(paths, "POST", "/v1/ztunnel/restart", body, timeout=200)

@@ -310,51 +310,75 @@ class Ztunnel:
         return web.json_response({"node": self.config.node, **self.connections.describe()})
 
     async def _config_dump(self, _request: web.Request) -> web.Response:
-        now = dt.datetime.now(dt.UTC)
-        body = {
-            "node": self.config.node,
-            "controller": {"connected": self.client.connected, "version": self.client.version},
-            # which code serves, and the ztunnel it took over from (restart, upgrade)
-            "process": {
-                "pid": os.getpid(),
-                "version": VERSION,
-                "started_at": dt.datetime.fromtimestamp(self.started_at, dt.UTC).isoformat(),
-                "predecessor": self.predecessor,
-            },
-            "workloads": [
-                {
-                    "name": w.name,
-                    "namespace": w.namespace,
-                    "addresses": list(w.addresses),
-                    "node": w.node,
-                    "identity": w.identity,
-                    "enrolled": w.enrolled,
-                    "local": w.node == self.config.node,
-                }
-                for w in sorted(
-                    {w.key: w for w in self.view.by_ip.values()}.values(),
-                    key=lambda w: (w.namespace, w.name),
-                )
-            ],
-            # name, namespace, addresses; with hostname, ports, endpoints, waypoint
-            "services": configview.services(self.view),
-            "policies": [f"{p.metadata.namespace}/{p.metadata.name}" for p in self.view.policies],
-            "peer_authentications": [
-                f"{p.metadata.namespace}/{p.metadata.name}" for p in self.view.peer_authentications
-            ],
-            # both kinds, with scope, action and rules (`weftctl ztunnel-config policies`)
-            "policy_details": configview.policies(self.view),
-            "tap": {"subscribers": self.tap.subscribers},
-            "otlp_logs": {"endpoint": self.config.otlp_logs_endpoint or None},
-            "certificates": [
-                {
-                    "identity": ident,
-                    "not_after": cert.not_after.isoformat(),
-                    "expires_in_s": int((cert.not_after - now).total_seconds()),
-                }
-                for ident, cert in sorted(self.identities.known().items())
-            ],
-            "pool": self.pool.stats(),
-            "inbound": self.inbound.stats(),
-        }
+        body = mesh_dump(
+            self.config,
+            self.client,
+            self.view,
+            self.identities,
+            self.tap,
+            process_info(self.started_at, self.predecessor),
+        )
+        body["pool"] = self.pool.stats()
+        body["inbound"] = self.inbound.stats()
         return web.json_response(body)
+
+
+def process_info(started_at: float, predecessor: dict[str, object] | None) -> dict[str, object]:
+    """Which code serves, and the ztunnel it took over from (restart, upgrade)."""
+    return {
+        "pid": os.getpid(),
+        "version": VERSION,
+        "started_at": dt.datetime.fromtimestamp(started_at, dt.UTC).isoformat(),
+        "predecessor": predecessor,
+    }
+
+
+def mesh_dump(
+    config: ZtunnelConfig,
+    client: ConfigClient,
+    view: MeshView,
+    identities: IdentityManager,
+    tap: TapHub,
+    process: dict[str, object],
+) -> dict[str, Any]:
+    """/config_dump without the data path's own state (pool, inbound): what the process
+    holding the controller stream knows (the single process, or the workers' parent)."""
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "node": config.node,
+        "controller": {"connected": client.connected, "version": client.version},
+        "process": process,
+        "workloads": [
+            {
+                "name": w.name,
+                "namespace": w.namespace,
+                "addresses": list(w.addresses),
+                "node": w.node,
+                "identity": w.identity,
+                "enrolled": w.enrolled,
+                "local": w.node == config.node,
+            }
+            for w in sorted(
+                {w.key: w for w in view.by_ip.values()}.values(),
+                key=lambda w: (w.namespace, w.name),
+            )
+        ],
+        # name, namespace, addresses; with hostname, ports, endpoints, waypoint
+        "services": configview.services(view),
+        "policies": [f"{p.metadata.namespace}/{p.metadata.name}" for p in view.policies],
+        "peer_authentications": [
+            f"{p.metadata.namespace}/{p.metadata.name}" for p in view.peer_authentications
+        ],
+        # both kinds, with scope, action and rules (`weftctl ztunnel-config policies`)
+        "policy_details": configview.policies(view),
+        "tap": {"subscribers": tap.subscribers},
+        "otlp_logs": {"endpoint": config.otlp_logs_endpoint or None},
+        "certificates": [
+            {
+                "identity": ident,
+                "not_after": cert.not_after.isoformat(),
+                "expires_in_s": int((cert.not_after - now).total_seconds()),
+            }
+            for ident, cert in sorted(identities.known().items())
+        ],
+    }

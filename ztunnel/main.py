@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +20,15 @@ from meshcore.signals import stop_requested
 from ztunnel.app import DRAIN_TIMEOUT_S, LISTENERS, Ztunnel, ZtunnelConfig
 from ztunnel.handover import HandoverError
 from ztunnel.handoverio import take_over
+from ztunnel.supervisor import (
+    MAX_WORKERS,
+    MULTIPROC_ENV,
+    Supervisor,
+    default_workers,
+    metrics_dir,
+)
 from ztunnel.version import VERSION
+from ztunnel.worker import run_worker
 
 log = structlog.get_logger("ztunnel")
 
@@ -66,6 +76,15 @@ def cli() -> None:
     show_default=True,
     help="Seconds a replaced ztunnel keeps relaying its open connections before it exits.",
 )
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    help="Worker processes relaying connections (15001/15008 one SO_REUSEPORT socket each, "
+    "15006 shared): a number up to 8, or `auto` for the node's cores (at most 8). With more "
+    "than one, a parent process holds the controller stream, the certificates and the HTTP "
+    "listeners for all.",
+)
 def run(
     node: str,
     controller: str,
@@ -82,6 +101,7 @@ def run(
     handover_socket: Path | None,
     takeover: Path | None,
     drain_timeout: float,
+    workers: str,
 ) -> None:
     """Carry this node's enrolled pods' connections over mTLS HBONE."""
     configure_logging()
@@ -100,10 +120,16 @@ def run(
     )
 
     how = nodeoptions.bootstrap_from(bootstrap_token, bootstrap_controller, controller_roots)
+    count = parse_workers(workers)
+    if count > 1 and not os.environ.get(MULTIPROC_ENV):
+        # prometheus_client picks its multiprocess mode at import: start again with it set,
+        # so this process and its workers write metric files the parent's /metrics merges
+        os.environ[MULTIPROC_ENV] = str(metrics_dir(node))
+        os.execv(sys.executable, [sys.executable, "-m", "ztunnel", *sys.argv[1:]])
 
     async def main() -> None:
         await ensure_credential(credential, node_id(trust_domain, node), how)
-        ztunnel = Ztunnel(config)
+        ztunnel: Ztunnel | Supervisor = Supervisor(config, count) if count > 1 else Ztunnel(config)
         stop = stop_requested()
         taken = None
         if takeover is not None:
@@ -126,7 +152,50 @@ def run(
         await ztunnel.stop()
         log.info("ztunnel.stopped", node=node, drained=ztunnel.drained.is_set())
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    finally:
+        # this ztunnel's own metric files (made before the exec, with this same pid)
+        if count > 1 and os.environ.get(MULTIPROC_ENV, "").endswith(f"-{os.getpid()}"):
+            shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)
+
+
+def parse_workers(value: str) -> int:
+    if value == "auto":
+        return default_workers()
+    try:
+        count = int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: want a number or auto", param_hint="--workers"
+        ) from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise click.BadParameter(f"{count}: want 1 to {MAX_WORKERS}", param_hint="--workers")
+    return count
+
+
+@cli.command(hidden=True)
+@click.option("--node", required=True)
+@click.option("--trust-domain", default="cluster.local")
+@click.option("--index", type=int, required=True)
+@click.option("--inbound-port", type=int, required=True)
+@click.option("--control-fd", type=int, required=True)
+@click.option("--listener", "listeners", multiple=True, help="KIND=FD, a listening socket.")
+def worker(
+    node: str,
+    trust_domain: str,
+    index: int,
+    inbound_port: int,
+    control_fd: int,
+    listeners: tuple[str, ...],
+) -> None:
+    """One worker of `ztunnel run --workers N` (started by its parent, not by hand)."""
+    configure_logging()
+    fds = []
+    for item in listeners:
+        kind, _, fd = item.partition("=")
+        fds.append((kind, int(fd)))
+    uvloop.run(run_worker(node, trust_domain, index, inbound_port, control_fd, fds))
 
 
 if __name__ == "__main__":
