@@ -189,28 +189,30 @@ class Ztunnel:
         return socks
 
     async def _serve(self, socks: dict[str, socket.socket]) -> None:
-        """Serve on the listening sockets (bound here, or taken from a predecessor)."""
+        """Serve on the listening sockets (bound here, or taken from a predecessor: from one
+        with workers, every socket of each SO_REUSEPORT group, `outbound/0`, `outbound/1`...,
+        so none is left with connections nobody accepts)."""
         loop = asyncio.get_running_loop()
         self._listeners = dict(socks)
-        self._servers.append(
-            await loop.create_server(
-                self.outbound.protocol, sock=socks["outbound"], backlog=BACKLOG
-            )
-        )
-        # handshakes bounded per source and in total
-        self._hbone = HboneListener(
-            self.inbound.hbone_protocol,
-            socks["hbone"],
-            self.inbound.server_context(),
-            handshake_timeout=HANDSHAKE_TIMEOUT,
-        )
-        await self._hbone.start_serving()
-        self._servers.append(self._hbone)
-        self._servers.append(
-            await loop.create_server(
-                self.inbound.plaintext_protocol, sock=socks["plaintext"], backlog=BACKLOG
-            )
-        )
+        for name, sock in sorted(socks.items()):
+            kind = name.partition("/")[0]
+            if kind == "outbound":
+                server: asyncio.AbstractServer = await loop.create_server(
+                    self.outbound.protocol, sock=sock, backlog=BACKLOG
+                )
+            elif kind == "hbone":  # handshakes bounded per source and in total
+                server = self._hbone = HboneListener(
+                    self.inbound.hbone_protocol,
+                    sock,
+                    self.inbound.server_context(),
+                    handshake_timeout=HANDSHAKE_TIMEOUT,
+                )
+                await self._hbone.start_serving()
+            else:
+                server = await loop.create_server(
+                    self.inbound.plaintext_protocol, sock=sock, backlog=BACKLOG
+                )
+            self._servers.append(server)
 
     # --- being replaced --------------------------------------------------------------------
 

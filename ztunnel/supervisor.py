@@ -504,6 +504,7 @@ class Supervisor:
         stats = await self._gather_stats()
         body["pool"] = [dict(p, worker=s["worker"]) for s in stats for p in s["pool"]]
         body["inbound"] = [dict(i, worker=s["worker"]) for s in stats for i in s["inbound"]]
+        held = {s["worker"]: s.get("certificates", []) for s in stats}
         body["workers"] = [
             {
                 "index": h.index,
@@ -511,6 +512,7 @@ class Supervisor:
                 "ready": h.ready.is_set(),
                 "restarts": h.restarts,
                 "listeners": h.names,
+                "certificates": held.get(h.index, []),  # identities it holds (from us)
             }
             for h in self.workers
         ]
