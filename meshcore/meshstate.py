@@ -2,13 +2,21 @@
 
 Typed, frozen values; the wire form is in `meshcore.api.convert`. Keys follow the
 Kubernetes shape (kind, namespace, name) so a state is a plain mapping of key -> value.
+
+A node keeps one Workload per pod of the cluster (50k and more), so the values are slotted
+and what pods share is stored once: the strings many values repeat (namespaces, service
+accounts, identities, node names, label keys and values) are interned, and a membership's
+port map is shared by every pod of the service (see `docs/scale.md`).
 """
 
 from __future__ import annotations
 
 import enum
+import sys
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 from meshcore.resources import ResourceKey
 from meshcore.resources.destinationrule import DestinationRule
@@ -39,7 +47,55 @@ WAYPOINT_GATEWAY_CLASS = "weft-waypoint"
 CLUSTER_DOMAIN = "cluster.local"
 
 
-@dataclass(frozen=True)
+def _intern(value: Any) -> Any:
+    return sys.intern(value) if type(value) is str else value
+
+
+def _set(value: object, name: str, new: object) -> None:
+    object.__setattr__(value, name, new)  # a frozen value, while it is made
+
+
+class Shared(dict[Any, Any]):
+    """A map many values hold alike (a membership's ports: every pod of the service; a pod's
+    labels: every pod of its ReplicaSet), stored once. Read-only, as the frozen values that
+    hold it; a plain dict for everything else (equality, `dict(...)`, protobuf)."""
+
+    __slots__ = ("__weakref__",)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle build it whole
+        return (Shared, (tuple(self.items()),))
+
+    def _read_only(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise TypeError("a shared map of the mesh state is read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only
+    __ior__ = _read_only
+
+
+# Held weakly: a map goes when the last value holding it does, so these hold no more than the
+# state does.
+_SHARED: weakref.WeakValueDictionary[tuple[tuple[Any, Any], ...], Shared] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def shared(mapping: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    """The one read-only map equal to `mapping` (strings in it interned). Equal maps in
+    another order are the same map (protobuf maps have no order): it keeps the first's."""
+    if isinstance(mapping, Shared):
+        return mapping
+    items = tuple((_intern(k), _intern(v)) for k, v in mapping.items())
+    try:
+        key = tuple(sorted(items))
+    except TypeError:  # keys of mixed types: no order, equal only in the same order
+        key = items
+    found = _SHARED.get(key)
+    if found is None:
+        found = _SHARED[key] = Shared(items)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceMembership:
     """A service a workload backs: service port -> the workload's target port."""
 
@@ -47,8 +103,13 @@ class ServiceMembership:
     name: str
     ports: Mapping[int, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _set(self, "namespace", _intern(self.namespace))
+        _set(self, "name", _intern(self.name))
+        _set(self, "ports", shared(self.ports))
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Workload:
     uid: str
     name: str
@@ -67,12 +128,24 @@ class Workload:
     excluded_ports: tuple[int, ...] = ()
     kind = "Workload"
 
+    def __post_init__(self) -> None:
+        # uid, name and addresses are the pod's own: nothing to share
+        for name in ("namespace", "service_account", "identity", "node", "node_address"):
+            _set(self, name, _intern(getattr(self, name)))
+        _set(self, "waypoint", _intern(self.waypoint))
+        # a Deployment's name is shared by its pods; a bare pod's is its own name
+        if self.workload_name == self.name:
+            _set(self, "workload_name", self.name)
+        else:
+            _set(self, "workload_name", _intern(self.workload_name))
+        _set(self, "labels", shared(self.labels))
+
     @property
     def key(self) -> ResourceKey:
         return ResourceKey(self.kind, self.namespace, self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePort:
     name: str
     port: int
@@ -82,7 +155,7 @@ class ServicePort:
     app_protocol: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MeshService:
     name: str
     namespace: str
@@ -91,6 +164,10 @@ class MeshService:
     ports: tuple[ServicePort, ...]
     waypoint: str = ""
     kind = "Service"
+
+    def __post_init__(self) -> None:
+        _set(self, "namespace", _intern(self.namespace))
+        _set(self, "waypoint", _intern(self.waypoint))
 
     @property
     def key(self) -> ResourceKey:
@@ -116,7 +193,7 @@ class TrafficType(enum.StrEnum):
         return self in (TrafficType.WORKLOAD, TrafficType.ALL)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Waypoint:
     """A Gateway of class weft-waypoint: where bound traffic goes, and who the waypoint is.
     Its replicas are the ready workloads labelled `gateway.networking.k8s.io/gateway-name:
@@ -138,7 +215,7 @@ class Waypoint:
         return ResourceKey(self.kind, self.namespace, self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrustBundle:
     trust_domain: str
     roots_pem: tuple[str, ...]

@@ -7,24 +7,24 @@ their AccessEvent names, the timestamp its `time`. Records go through the SDK's 
 processor, whose worker thread exports them; the sink itself never blocks. The queue is
 bounded here (MAX_QUEUE records not yet exported): past it a record is dropped and counted
 in `weft_otlp_log_records_dropped_total`, never held.
+
+The OpenTelemetry SDK is imported when a sink is made, not with this module: a ztunnel with no
+collector configured does not carry it (about 2 MB of its idle RSS, docs/scale.md).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from opentelemetry._logs import SeverityNumber
-from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
-from opentelemetry.sdk._logs.export import (
-    BatchLogRecordProcessor,
-    LogRecordExporter,
-    LogRecordExportResult,
-)
-from opentelemetry.sdk.resources import Resource
 from prometheus_client import Counter
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import ReadableLogRecord
+    from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 
 from meshcore.accessevents import AccessEvent
 
@@ -57,27 +57,33 @@ def event_name(event: AccessEvent) -> str:
     return "connection.denied" if event.verdict == "deny" else "connection.failed"
 
 
-class _Counting(LogRecordExporter):
-    """The real exporter, counting what left the queue (exported or failed)."""
+@functools.cache
+def _counting_class() -> type[LogRecordExporter]:
+    from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 
-    def __init__(self, inner: LogRecordExporter, sink: OtlpLogs) -> None:
-        self.inner = inner
-        self.sink = sink
+    class _Counting(LogRecordExporter):
+        """The real exporter, counting what left the queue (exported or failed)."""
 
-    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        try:
-            result = self.inner.export(batch)
-        finally:
-            self.sink._exported(len(batch))
-        ok = result is LogRecordExportResult.SUCCESS
-        EXPORTED.labels(self.sink.component, "success" if ok else "failure").inc(len(batch))
-        return result
+        def __init__(self, inner: LogRecordExporter, sink: OtlpLogs) -> None:
+            self.inner = inner
+            self.sink = sink
 
-    def shutdown(self) -> None:
-        self.inner.shutdown()
+        def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+            try:
+                result = self.inner.export(batch)
+            finally:
+                self.sink._exported(len(batch))
+            ok = result is LogRecordExportResult.SUCCESS
+            EXPORTED.labels(self.sink.component, "success" if ok else "failure").inc(len(batch))
+            return result
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
+        def shutdown(self) -> None:
+            self.inner.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return self.inner.force_flush(timeout_millis)
+
+    return _Counting
 
 
 class OtlpLogs:
@@ -93,6 +99,12 @@ class OtlpLogs:
         *,
         max_queue: int = MAX_QUEUE,
     ) -> None:
+        from opentelemetry._logs import SeverityNumber
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+        from opentelemetry.sdk.resources import Resource
+
+        self._info = SeverityNumber.INFO
         self.component = component
         self.max_queue = max_queue
         self._lock = threading.Lock()
@@ -103,7 +115,7 @@ class OtlpLogs:
         self.provider = LoggerProvider(resource=resource)
         self.provider.add_log_record_processor(
             BatchLogRecordProcessor(
-                _Counting(exporter, self),
+                _counting_class()(exporter, self),  # type: ignore[call-arg]
                 schedule_delay_millis=EXPORT_DELAY_MS,
                 max_export_batch_size=min(EXPORT_BATCH, max_queue),
                 export_timeout_millis=EXPORT_TIMEOUT_MS,
@@ -144,7 +156,7 @@ class OtlpLogs:
         attributes: dict[str, Any] = event.to_json()
         self.logger.emit(
             timestamp=int(event.time * 1e9),
-            severity_number=SeverityNumber.INFO,
+            severity_number=self._info,
             severity_text="INFO",
             body=event_name(event),
             attributes=attributes,

@@ -7,6 +7,7 @@ a typed value raises `ConversionError`, and the node NACKs that version.
 from __future__ import annotations
 
 import ipaddress
+import sys
 
 from meshcore.api import mesh_pb2 as pb
 from meshcore.api.destinationrule_convert import (
@@ -51,7 +52,8 @@ def key_to_proto(key: ResourceKey) -> pb.ResourceKey:
 
 
 def key_from_proto(msg: pb.ResourceKey) -> ResourceKey:
-    return ResourceKey(msg.kind, msg.namespace, msg.name)
+    # kind and namespace repeat across a node's 50k keys: stored once (docs/scale.md)
+    return ResourceKey(sys.intern(msg.kind), sys.intern(msg.namespace), msg.name)
 
 
 def to_proto(value: StateValue) -> pb.Resource:

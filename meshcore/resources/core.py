@@ -131,7 +131,7 @@ class RestartPolicy(enum.Enum):
     NEVER = "Never"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)  # slotted: a node holds one per pod
 class ResourceKey:
     kind: str
     namespace: str  # "" for cluster-scoped kinds

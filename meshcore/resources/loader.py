@@ -6,8 +6,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from meshcore.resources.core import (
     Resource,
     ResourceKey,
@@ -65,8 +63,13 @@ KINDS: dict[str, tuple[frozenset[str], _Parser]] = {
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
+
 # libyaml's loader when PyYAML was built with it (Debian's and PyPI's wheels are): ~10x faster.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Imported when a document is read: the ztunnel imports these types and never reads YAML.
+def _safe_loader() -> type:
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,10 @@ def parse_resource(doc: Document) -> Parsed:
 
 
 def _split_documents(text: str, source: str) -> list[Document]:
+    import yaml
+
     try:
-        loaded = [d for d in yaml.load_all(text, Loader=_SafeLoader) if d is not None]
+        loaded = [d for d in yaml.load_all(text, Loader=_safe_loader()) if d is not None]
     except yaml.YAMLError:
         loaded = []
     else:

@@ -19,8 +19,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import yaml
-
 from meshcore.resources.core import ObjectMeta, ResourceKey, parse_metadata
 from meshcore.resources.errors import ManifestError
 from meshcore.resources.fields import Fields
@@ -220,8 +218,14 @@ ENVOY_STATUS_CODES = frozenset(
 # An HTTP header name (RFC 9110 token).
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-# libyaml's loader when PyYAML has it, as the manifest loader.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+# libyaml's loader when PyYAML has it, as the manifest loader (yaml imported on first use,
+# as there: the ztunnel imports these types and never reads YAML).
+def _safe_loader() -> type:
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _type_name(value: object) -> str:
@@ -406,13 +410,15 @@ def _provider(raw: object, path: str, name: str) -> ExtAuthzProvider:
 
 
 def _load_yaml(text: str) -> object:
+    import yaml
+
     if len(text.encode()) > MAX_MESH_CONFIG_BYTES:
         raise ManifestError(
             f"larger than {MAX_MESH_CONFIG_BYTES} bytes (Kubernetes' limit for a ConfigMap)",
             field=_MESH_PATH,
         )
     try:
-        return yaml.load(text, Loader=_SafeLoader)
+        return yaml.load(text, Loader=_safe_loader())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = (

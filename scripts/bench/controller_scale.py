@@ -11,10 +11,17 @@ the node agent uses) run in --workers processes. Measured:
   - one pod's labels changed --changes times: time from the file write to each node holding
     the new version (p50/p99 over all nodes and changes), and bytes pushed per node per change
     (the controller's delta push bytes / delta pushes);
-  - controller peak RSS (VmHWM);
+  - controller peak RSS (VmHWM), and its RSS once the state is built (before any node
+    subscribes) and once every node holds it;
+  - controller CPU seconds (user+system from /proc): to build the state from the folder (until
+    `weft_controller_state_resources` counts every pod and service), then to push it to every
+    node (build -> last node synced), then per pod change pushed to every node; and its mean
+    vCPU over the changes;
   - CSR signings per second through the Certificate RPC (32 in flight), and, as the
     reference peer, the same signing done in-process with no RPC (ratio reported).
 Targets (issue 4): p99 propagation < 1 s, single-pod delta < 2 KB per node, RSS < 1 GiB.
+Istio publishes istiod at 1 vCPU and 1.5 GB for 1000 services and 2000 pods (issue 16): the
+report gives RSS and CPU as ratios to those (at 5x the pods by default).
 Everything is on 127.0.0.1 and stops by itself.
 """
 
@@ -39,8 +46,13 @@ import click
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _benchlib import cpu_seconds  # noqa: E402
 
 NAMESPACES = 20
+ISTIOD_VCPU = 1.0  # Istio's published istiod figures at 1000 services, 2000 pods
+ISTIOD_MIB = 1.5 * 1024
 
 
 def free_port() -> int:
@@ -214,6 +226,28 @@ def in_process_signing_rate(state_dir: Path, count: int) -> float:
     return count / (time.monotonic() - started)
 
 
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_built(port: int, resources: int, proc: subprocess.Popen[Any]) -> None:
+    """Until the controller's state counts `resources` (every pod and service)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"the controller exited {proc.returncode}")
+        try:
+            if metric(port, "weft_controller_state_resources") >= resources:
+                return
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.2)
+    raise click.ClickException(f"the controller did not build {resources} resources in 600s")
+
+
 def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     total = 0.0
@@ -281,6 +315,12 @@ def main(
             stderr=subprocess.DEVNULL,
             cwd=ROOT,
         )
+        per_ns = max(1, services // NAMESPACES)
+        wait_built(http_port, pods + per_ns * NAMESPACES, proc)
+        built_s = time.time() - started
+        cpu_built = cpu_seconds([proc.pid])
+        rss_built = rss_kib(proc.pid)
+        click.echo(f"state built in {built_s:.2f}s, {cpu_built:.2f} CPU s", err=True)
         results = ctx.Queue()
         shards = [names[i::workers] for i in range(workers)]
         procs += [
@@ -302,6 +342,8 @@ def main(
             p.start()
         synced = [results.get(timeout=600)[1] for _ in procs]
         first_sync = max(synced) - started
+        cpu_synced = cpu_seconds([proc.pid])
+        rss_synced = rss_kib(proc.pid)
         click.echo(f"first full sync of {nodes} nodes: {first_sync:.2f}s")
         csr_rate = None
         while csr_rate is None:
@@ -311,13 +353,15 @@ def main(
 
         bytes_before = metric(http_port, 'weft_controller_push_bytes_total{type="delta"}')
         pushes_before = metric(http_port, 'pilot_xds_pushes_total{type="delta"}')
-        per_ns = max(1, services // NAMESPACES)
+        cpu_changes_start, changes_start = cpu_seconds([proc.pid]), time.monotonic()
         writes: list[float] = []
         for c in range(changes):
             writes.append(time.time())
             write(source, "pod-7.yaml", pod_doc(7, nodes, per_ns, {"bench": str(c)}))
             time.sleep(0.5)
         time.sleep(1.5)
+        cpu_changes = cpu_seconds([proc.pid]) - cpu_changes_start
+        changes_wall = time.monotonic() - changes_start
         stop.set()
         received: dict[str, list[tuple[int, float]]] = {}
         for _ in procs:
@@ -331,10 +375,7 @@ def main(
             metric(http_port, 'weft_controller_push_bytes_total{type="delta"}') - bytes_before
         )
         delta_pushes = metric(http_port, 'pilot_xds_pushes_total{type="delta"}') - pushes_before
-        rss_kib = 0
-        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                rss_kib = int(line.split()[1])
+        peak_kib = rss_kib(proc.pid, "VmHWM")
 
         # Latency of change c on a node: first receipt of a version after write c.
         latencies = []
@@ -362,7 +403,18 @@ def main(
             "propagation_samples": len(latencies),
             "missing": missing,
             "delta_bytes_per_node": round(delta_bytes / max(delta_pushes, 1)),
-            "controller_peak_rss_mib": round(rss_kib / 1024),
+            "controller_peak_rss_mib": round(peak_kib / 1024),
+            "controller_rss_mib_built": round(rss_built / 1024),
+            "controller_rss_mib_synced": round(rss_synced / 1024),
+            "state_built_s": round(built_s, 2),
+            "controller_cpu_s_build": round(cpu_built, 2),
+            "controller_cpu_s_push_all_nodes": round(cpu_synced - cpu_built, 2),
+            "controller_cpu_s_per_change": round(cpu_changes / changes, 3),
+            "controller_vcpu_during_changes": round(cpu_changes / changes_wall, 3),
+            "rss_vs_istiod_1_5_gb": round(peak_kib / 1024 / ISTIOD_MIB, 2),
+            "vcpu_during_changes_vs_istiod_1_vcpu": round(
+                cpu_changes / changes_wall / ISTIOD_VCPU, 3
+            ),
             "csr_per_s_rpc": round(csr_rate, 1),
             "csr_per_s_in_process": round(reference, 1),
             "csr_rpc_vs_in_process": round(csr_rate / reference, 2),
