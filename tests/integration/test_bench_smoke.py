@@ -31,6 +31,7 @@ SCRIPTS = [
     "ztunnel_tail.py",
     "ztunnel_memory.py",
     "ztunnel_vs_stunnel.py",
+    "ztunnel_workers.py",
 ]
 
 
