@@ -312,7 +312,10 @@ class Supervisor:
         try:
             while data := await reader.read(1024 * 1024):
                 for frame in frames.feed(data):
-                    self._from_worker(handle, frame)
+                    try:
+                        self._from_worker(handle, frame)
+                    except (TypeError, KeyError, ValueError) as err:  # a worker's bug: said
+                        log.error("worker.bad_frame", worker=handle.index, error=repr(err))
         except (FrameError, ConnectionError) as err:
             log.error("worker.bad_channel", worker=handle.index, error=str(err))
             with contextlib.suppress(ProcessLookupError):
