@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import functools
 import random
 from collections.abc import Callable, Mapping
 
@@ -10,6 +13,39 @@ from meshcore.resources import ResourceKey
 from meshcore.resources.security import AuthorizationPolicy, PeerAuthentication
 from ztunnel import waypointguard
 from ztunnel.rbac import DEFAULT_ROOT_NAMESPACE
+
+# Applying a snapshot of 50k workloads frees tens of MB (the message, the old state, the
+# temporaries) that glibc keeps in its free lists: RSS stays at the peak. Once this many
+# workloads were replaced, the freed memory is handed back to the kernel (docs/scale.md).
+TRIM_AFTER_REPLACED = 500
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, None elsewhere (musl has none: nothing is trimmed)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+def release_freed_memory() -> bool:
+    """Return the heap's free pages to the kernel; False where it cannot."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def _release_soon() -> None:
+    # Soon, not now: the update being applied is still referenced until its handler returns.
+    try:
+        asyncio.get_running_loop().call_soon(release_freed_memory)
+    except RuntimeError:  # no loop (tools, tests): now
+        release_freed_memory()
 
 
 class MeshView:
@@ -27,6 +63,7 @@ class MeshView:
         self.waypoint_guard: waypointguard.Guard = {}
         # called after each update: what was decided on the old view is decided again
         self.on_update: list[Callable[[], object]] = []
+        self.memory_releases = 0  # updates after which freed memory went back to the kernel
 
     def update(self, state: Mapping[ResourceKey, StateValue]) -> None:
         by_ip: dict[str, Workload] = {}
@@ -35,10 +72,14 @@ class MeshView:
         policies, peer_auths = [], []
         services: list[MeshService] = []
         waypoints: dict[str, Waypoint] = {}
+        old_by_ip = self.by_ip
+        replaced = 0
         for value in state.values():
             if isinstance(value, Workload):
                 for ip in value.addresses:
                     by_ip[ip] = value
+                    if old_by_ip.get(ip) is not value:
+                        replaced += 1
                 for m in value.services:
                     members.setdefault((m.namespace, m.name), []).append(value)
             elif isinstance(value, MeshService):
@@ -65,6 +106,9 @@ class MeshView:
         )
         for callback in self.on_update:
             callback()
+        if replaced + max(0, len(old_by_ip) - len(by_ip)) >= TRIM_AFTER_REPLACED:
+            self.memory_releases += 1
+            _release_soon()
 
     def local_workloads(self) -> list[Workload]:
         return [w for w in self.by_ip.values() if w.node == self.node and w.enrolled]
