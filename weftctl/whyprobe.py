@@ -46,6 +46,7 @@ CLIENT = textwrap.dedent("""
         out["outcome"] = "timeout" if isinstance(err, TimeoutError) else "refused"
         out["body"] = repr(err)
     else:
+        out["local_port"] = s.getsockname()[1]
         lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
         lines += [f"{k}: {v}" for k, v in headers]
         data, failed, waited = b"", "", False
@@ -212,6 +213,8 @@ async def probe(lab_name: str, found: Explanation, request: RequestSpec) -> dict
                     break
                 if event.get("time", 0) < started - 1 or not _ours(event, src.namespace, src.name):
                     continue
+                if not same_connection(event, result.get("local_port"), host):
+                    continue
                 if len(events) < MAX_EVENTS:
                     events.append(_brief(event))
                 else:
@@ -246,6 +249,22 @@ async def probe(lab_name: str, found: Explanation, request: RequestSpec) -> dict
     if not events:
         report["note"] = "no hop reported an access event (tap unavailable, or nothing tapped)"
     return report
+
+
+def same_connection(event: dict[str, Any], local_port: object, host: str) -> bool:
+    """Could `event` be the probe's own connection, rather than other traffic of the same pod
+    in the window? The source ztunnel names the client's port; the waypoint the Host the
+    probe sent. The destination ztunnel cannot tell (its source is the waypoint's or the
+    source node's stream), so its events of the same pair are kept: the same policy judges
+    them."""
+    if (event.get("component"), event.get("reporter")) == ("ztunnel", "source") and local_port:
+        address = str(event.get("source_address", ""))
+        return ":" not in address or address.endswith(f":{local_port}")  # ip alone: can't tell
+    if event.get("component") == "waypoint" and event.get("kind") == "request":
+        authority = str(event.get("authority", "")).lower()
+        name, _, port = authority.rpartition(":")
+        return not authority or (name if port.isdigit() else authority) == host.lower()
+    return True
 
 
 def _ours(event: dict[str, Any], namespace: str, name: str) -> bool:

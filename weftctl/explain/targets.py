@@ -1,6 +1,7 @@
 """SRC and DST of `weftctl why`, resolved against the mesh state. Pure.
 
-SRC is `NAMESPACE/POD`. DST is `NAMESPACE/POD[:PORT]`, `SERVICE.NAMESPACE[:PORT]` (a full
+SRC is `NAMESPACE/POD` (or `NAMESPACE/WORKLOAD`, a Deployment's name: its first pod by name).
+DST is `NAMESPACE/POD[:PORT]`, `SERVICE.NAMESPACE[:PORT]` (a full
 `SERVICE.NAMESPACE.svc.cluster.local` too) or `IP:PORT`: a Service VIP is that Service, a pod
 IP that workload, any other address is outside the mesh. A name the mesh does not know is a
 TargetError listing close matches; a Service without a port takes its first port, a pod
@@ -46,6 +47,19 @@ def _close(wanted: str, known: list[str], what: str) -> str:
     return f"{what} {wanted} not found (known: {listed}{', ...' if len(known) > 10 else ''})"
 
 
+def _workload(view: MeshView, namespace: str, name: str) -> Workload | None:
+    """The pod `name`, or else the first pod (by name) of the workload `name` (a Deployment's
+    pods are `<name>-<hash>-<xxxxx>`): people name what they deployed, not a replica."""
+    found = workloads(view)
+    if (namespace, name) in found:
+        return found[(namespace, name)]
+    replicas = sorted(
+        (w for (ns, _), w in found.items() if ns == namespace and w.workload_name == name),
+        key=lambda w: w.name,
+    )
+    return replicas[0] if replicas else None
+
+
 def _port(text: str, what: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise TargetError(f"{what}: port {text!r} is not a number from 1 to 65535")
@@ -57,10 +71,9 @@ def source(view: MeshView, text: str) -> Workload:
     namespace, slash, name = text.partition("/")
     if not slash or not namespace or not name or ":" in name:
         raise TargetError(f"source {text!r}: expected NAMESPACE/POD")
-    found = workloads(view)
-    w = found.get((namespace, name))
+    w = _workload(view, namespace, name)
     if w is None:
-        raise TargetError(_close(text, [f"{ns}/{n}" for ns, n in found], "pod"))
+        raise TargetError(_close(text, [f"{ns}/{n}" for ns, n in workloads(view)], "pod"))
     return w
 
 
@@ -87,7 +100,7 @@ def destination(view: MeshView, text: str) -> Destination:
 def _pod(view: MeshView, text: str) -> Destination:
     ref, colon, port_text = text.partition(":")
     namespace, _, name = ref.partition("/")
-    w = workloads(view).get((namespace, name))
+    w = _workload(view, namespace, name)
     if w is None:
         raise TargetError(_close(ref, [f"{ns}/{n}" for ns, n in workloads(view)], "pod"))
     if not w.addresses:

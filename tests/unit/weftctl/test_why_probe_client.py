@@ -128,3 +128,19 @@ def test_nothing_listening_is_a_refused_deny() -> None:
     probe.close()  # bound once, not listening: connects are refused
     result = run_client(port)
     assert result["outcome"] == "refused" and observed_verdict(result) == "deny", result
+
+
+def test_the_probe_keeps_its_own_connection_not_the_pods_other_traffic() -> None:
+    from weftctl.whyprobe import same_connection
+
+    source = {"component": "ztunnel", "reporter": "source", "source_address": "10.0.0.1:40001"}
+    assert same_connection(source, 40001, "backend.demo.svc.cluster.local")
+    assert not same_connection(source, 40002, "backend.demo.svc.cluster.local")
+    assert same_connection(source, None, "x")  # the client could not say its port: kept
+    assert same_connection({**source, "source_address": "10.0.0.1"}, 40002, "x")  # nor the event
+    request = {"component": "waypoint", "kind": "request"}
+    host = "backend.demo.svc.cluster.local"
+    assert same_connection({**request, "authority": "Backend.demo.svc.cluster.local:8080"}, 1, host)
+    assert same_connection({**request, "authority": host}, 1, host)
+    assert not same_connection({**request, "authority": "backend.demo:8080"}, 1, host)
+    assert same_connection({"component": "ztunnel", "reporter": "destination"}, 1, host)
