@@ -372,8 +372,18 @@ def _print_hints(ctx: LabContext, status: dict[str, Any]) -> None:
         click.echo(f"  weftctl ztunnel-config workloads{lab_flag} --node node-1   # the mesh")
         click.echo(f"  weftctl agent{lab_flag} status --node node-1")
         click.echo(f"  weftctl controller{lab_flag} nodes")
+        click.echo(f"  weftctl status{lab_flag}                          # the mesh's health")
+        if pods and status["services"]:
+            src, svc = pods[0], status["services"][0]
+            click.echo(
+                f"  weftctl why{lab_flag} {src['namespace']}/{src['name']} "
+                f"{svc['name']}.{svc['namespace']} --probe   # path and policies"
+            )
+            click.echo(f"  weftctl tap{lab_flag} -n {svc['namespace']} --count 5   # live traffic")
     if status.get("prometheus"):
         click.echo(f"  curl -s $({prefix} prometheus)/api/v1/targets   # metrics")
+        lab_flag = "" if ctx.name == "default" else f" --lab {ctx.name}"
+        click.echo(f"  weftctl dashboard{lab_flag}   # the service graph in a browser")
     click.echo(f"  {prefix} down")
 
 
