@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import sys
 import time
@@ -523,10 +524,29 @@ class Supervisor:
 
 
 def metrics_dir(node: str) -> Path:
-    """A fresh folder for this ztunnel's metric files (multiprocess mode)."""
-    root = Path(os.environ.get("TMPDIR", "/tmp"))
-    folder = root / f"weft-ztunnel-metrics-{node}-{os.getpid()}"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):
-        stale.unlink()
-    return folder
+    """A fresh folder for this ztunnel's metric files (multiprocess mode): in /dev/shm when
+    it can (memory, and writable in a container whose root file system is read-only), else
+    $TMPDIR or /tmp."""
+    name = f"weft-ztunnel-metrics-{node}-{os.getpid()}"
+    for root in ("/dev/shm", os.environ.get("TMPDIR", ""), "/tmp"):
+        if not root:
+            continue
+        folder = Path(root) / name
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            continue
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        _remove_dead(Path(root), node)
+        return folder
+    raise OSError(f"no writable folder for the metric files of {name}")
+
+
+def _remove_dead(root: Path, node: str) -> None:
+    """The metric folders of this node's ztunnels that died without removing theirs."""
+    for folder in root.glob(f"weft-ztunnel-metrics-{node}-*"):
+        pid = folder.name.rpartition("-")[2]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
