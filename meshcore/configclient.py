@@ -322,11 +322,12 @@ class ConfigClient:
                 request_serializer=pb.SubscribeRequest.SerializeToString,
                 response_deserializer=pb.StateUpdate.FromString,
             )(requests())
-            async for update in call:
+            # read(), not `async for`: grpc's iterator holds the last message until the next
+            # arrives, and a snapshot of 50k workloads is ~50 MB parsed. Freed once handled
+            # (ztunnel.state then hands it back to the kernel).
+            while (update := await call.read()) is not grpc.aio.EOF:
                 self.connected = True
                 self._handle(update, outbox)
-                # not held while waiting for the next: a snapshot of 50k workloads is ~50 MB
-                # parsed, freed now (ztunnel.state then hands it back to the kernel)
                 del update
         finally:
             self._outbox = None
