@@ -300,11 +300,13 @@ class Takeover:
             send(self.sock, Ready(drain_timeout))
             msg, fds = await receive(self.sock, DRAINING_TIMEOUT_S)
             close_fds(fds)
-            if not isinstance(msg, Draining):
-                raise HandoverError(f"expected draining, got {msg}")
-            return msg
+        except (OSError, TimeoutError, _Closed) as err:
+            raise HandoverError(f"the old ztunnel did not confirm its drain: {err!r}") from None
         finally:
             self.sock.close()
+        if not isinstance(msg, Draining):
+            raise HandoverError(f"expected draining, got {msg}")
+        return msg
 
     def abandon(self, reason: str) -> None:
         with contextlib.suppress(OSError):

@@ -138,7 +138,12 @@ def run(
             except HandoverError as err:  # the running one serves on, untouched
                 log.error("handover.failed", socket=str(takeover), reason=str(err))
                 sys.exit(1)
-        await ztunnel.start(taken)
+        try:
+            await ztunnel.start(taken)
+        except HandoverError as err:  # the old one gave up on us: it serves on, we go
+            log.error("handover.failed", socket=str(takeover), reason=str(err))
+            await ztunnel.stop()
+            sys.exit(1)
         stopping = asyncio.ensure_future(stop.wait())
         drained = asyncio.ensure_future(ztunnel.drained.wait())
         await asyncio.wait({stopping, drained}, return_when=asyncio.FIRST_COMPLETED)

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from ztunnel.handover import MAX_MESSAGE, Draining, HandoverError, Hello, Offer, Refused
+from ztunnel.handover import (
+    MAX_FDS,
+    MAX_MESSAGE,
+    Draining,
+    HandoverError,
+    Hello,
+    Offer,
+    Refused,
+    encode,
+)
 from ztunnel.handoverio import (
     HANDOVERS,
     HandoverServer,
@@ -207,3 +216,42 @@ def test_nothing_listening_means_a_fresh_start(tmp_path: Path) -> None:
         assert await take_over(tmp_path / "stale.sock", "node-1", "new", WANTED) is None
 
     asyncio.run(body())
+
+
+def test_descriptors_past_the_bound_are_refused_and_closed(tmp_path: Path) -> None:
+    path = tmp_path / "handover.sock"
+    extra = [os.open(os.devnull, os.O_RDONLY) for _ in range(MAX_FDS + 1)]
+
+    async def body(old: Old) -> None:
+        client = await raw_client(path)
+        socket.send_fds(client, [encode(Hello("node-1", "new", 1))], extra)
+        reply, _ = await receive(client, 5)
+        assert isinstance(reply, Refused) and f"more than {MAX_FDS} descriptors" in reply.reason
+        client.close()
+        assert not old.server.taken.is_set()
+
+    try:
+        run(path, body)
+    finally:
+        for fd in extra:
+            os.close(fd)
+
+
+def test_a_successor_that_never_says_ready_is_given_up_on(tmp_path: Path) -> None:
+    path = tmp_path / "handover.sock"
+
+    async def body(old: Old) -> None:
+        slow = await take_over(path, "node-1", "new", WANTED)
+        assert slow is not None
+        for _ in range(100):  # the old side closes the session after ready_timeout
+            if count("aborted") > before:
+                break
+            await asyncio.sleep(0.02)
+        assert count("aborted") == before + 1 and old.drained == 0
+        with pytest.raises(HandoverError):
+            await slow.complete(30.0)
+        for s in slow.listeners.values():
+            s.close()
+
+    before = count("aborted")
+    run(path, body, ready_timeout=0.3)
