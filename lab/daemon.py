@@ -409,6 +409,9 @@ class LabDaemon:
         drain = body.get("drain_timeout_s", 600)
         pythonpath = body.get("pythonpath", "")
         workers = body.get("workers", 0)
+        if not self.agents.ztunnels:
+            message = "this lab runs no ztunnel (it was brought up with --no-ztunnel)"
+            return web.json_response({"errors": [{"message": message}]}, status=409)
         if node not in self.agents.ztunnels:
             nodes = ", ".join(sorted(self.agents.ztunnels))
             message = f"node: no node {node!r} in this lab; nodes: {nodes}"
