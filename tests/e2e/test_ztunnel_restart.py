@@ -36,6 +36,7 @@ from tests.integration.lab.labtools import WEFTCTL, Lab, weftctl
 pytestmark = pytest.mark.e2e
 
 NS = "ztr"
+PLAIN = "ztr-plain"
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = wl.manifests(
     wl.enrolled_namespace(NS),
@@ -58,17 +59,26 @@ spec:
 """,
     wl.service(NS, "tcp-echo", {"app": "tcp-echo"}, (("tcp", 9000),), 9000),
     wl.client_pod(NS),
+    # not enrolled: its plaintext to the echo pod is steered to node-2's 15006 (bpf_sk_assign)
+    f"""
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {PLAIN}}}
+""",
+    wl.client_pod(PLAIN),
 )
 
-# Run in the client pod: LONG long-lived connections (the first STREAMING of them send 4 KiB
+# Run in a client pod: LONG long-lived connections (the first STREAMING of them send 4 KiB
 # every 100 ms, the others are idle between a first and a last exchange), and RATE new
 # connections a second, each exchanging 1 KiB; every echo is checked against what was sent.
+# (LONG, STREAMING, RATE: 50, 25, 20 unless given after the stop file.)
 # Prints "started" once the long-lived ones are up; stops when STOP_FILE exists; prints the
 # counts as JSON.
 LOAD = textwrap.dedent("""
     import hashlib, json, os, socket, sys, threading, time
     host, port, stop_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    LONG, STREAMING, RATE, MAX_NEW = 50, 25, 20.0, 20000
+    LONG, STREAMING, RATE = (int(a) for a in (sys.argv[4:7] or (50, 25, 20)))
+    MAX_NEW = 20000
     stop = threading.Event()
     lock = threading.Lock()
     stats = {"resets": 0, "refused": 0, "timeouts": 0, "eof": 0, "other": [], "mismatch": 0,
@@ -235,10 +245,19 @@ def test_restarts_and_upgrades_drop_no_connection(lab: Lab, tmp_path: Path) -> N
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+    # plaintext from an unenrolled pod: node-2's 15006, the socket bpf_sk_assign finds
+    plain = subprocess.Popen(
+        [*WEFTCTL, "lab", "--name", lab.name, "exec", "client", "-n", PLAIN, "--",
+         "python3", "-c", LOAD, f"tcp-echo.{NS}", "9000", str(stop_file), "10", "5", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
     replaced: list[int] = []
     try:
-        assert load.stdout is not None
+        assert load.stdout is not None and plain.stdout is not None
         assert load.stdout.readline().strip() == "started"
+        assert plain.stdout.readline().strip() == "started"
         time.sleep(2)
         for node in ("node-1", "node-2"):  # restart: same code
             result = restart(lab, node, "--drain-timeout", "300")
@@ -254,10 +273,32 @@ def test_restarts_and_upgrades_drop_no_connection(lab: Lab, tmp_path: Path) -> N
     finally:
         stop_file.touch()
         out, err = load.communicate(timeout=120)
+        plain_out, plain_err = plain.communicate(timeout=120)
     lines = out.strip().splitlines()
     assert lines, err
     stats = json.loads(lines[-1])
     print(f"across 2 restarts and 2 upgrades: {stats}")
+    plain_lines = plain_out.strip().splitlines()
+    assert plain_lines, plain_err
+    plain_stats = json.loads(plain_lines[-1])
+    print(f"plaintext through 15006, the same: {plain_stats}")
+    assert plain_stats["resets"] == plain_stats["refused"] == 0, plain_stats
+    assert plain_stats["other"] == [] and plain_stats["mismatch"] == 0, plain_stats
+    assert plain_stats["long_ok"] == 10, plain_stats
+    assert plain_stats["new_ok"] == plain_stats["new_started"] > 50, plain_stats
+    # ...and it did go through node-2's ztunnel (the latest one: counted since it took over)
+    metrics = subprocess.run(
+        ["curl", "-s", "--unix-socket", str(LabPaths.for_lab(lab.name).ztunnel_socket("node-2")),
+         "http://x/metrics"],
+        capture_output=True, text=True, timeout=10, check=True,
+    ).stdout  # fmt: skip
+    assert any(
+        line.startswith("istio_tcp_connections_opened_total{")
+        and 'connection_security_policy="none"' in line
+        and 'reporter="destination"' in line
+        and not line.endswith(" 0.0")
+        for line in metrics.splitlines()
+    ), "no plaintext connection counted by node-2's ztunnel"
     assert stats["resets"] == 0 and stats["refused"] == 0, stats
     assert stats["timeouts"] == 0 and stats["eof"] == 0 and stats["other"] == [], stats
     assert stats["mismatch"] == 0 and stats["long_ok"] == 50, stats
