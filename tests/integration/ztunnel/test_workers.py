@@ -20,7 +20,7 @@ import pytest
 from lab.state import LabPaths
 from tests.conftest import RUN_ID
 from tests.e2e import waypoint_lab as wl
-from tests.e2e.test_ztunnel_restart import LOAD, MANIFESTS, NS, dump, restart
+from tests.e2e.test_ztunnel_restart import LOAD, MANIFESTS, NS, PLAIN, dump, restart
 from tests.integration.lab.labtools import WEFTCTL, Lab
 
 CLIENT = "spiffe://cluster.local/ns/ztr/sa/default"
@@ -50,14 +50,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
 
 
-def rounds(lab: Lab, count: int) -> dict[str, Any]:
-    got: dict[str, Any] = wl.in_client(lab, NS, ROUNDS, f"tcp-echo.{NS}", "9000", str(count))
+def rounds(lab: Lab, count: int, ns: str = NS) -> dict[str, Any]:
+    got: dict[str, Any] = wl.in_client(lab, ns, ROUNDS, f"tcp-echo.{NS}", "9000", str(count))
     return got
 
 
 def test_both_workers_take_connections_on_their_own_sockets(lab: Lab) -> None:
     got = rounds(lab, 40)
     assert got == {"ok": 40, "errors": {}}
+    # plaintext from an unenrolled pod: node-2's one 15006 socket, which both workers accept on
+    assert rounds(lab, 20, PLAIN) == {"ok": 20, "errors": {}}
     for node in ("node-1", "node-2"):
         workers = dump(lab, node)["workers"]
         assert [w["index"] for w in workers] == [0, 1] and all(w["ready"] for w in workers)
