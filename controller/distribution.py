@@ -57,6 +57,9 @@ class StateLog:
         self._values: dict[ResourceKey, StateValue] = {}
         self._bytes: dict[ResourceKey, bytes] = {}  # serialized Resource per key
         self._history: deque[Delta] = deque(maxlen=history)
+        # One snapshot per version, shared by every stream that sends it: 100 nodes
+        # subscribing at once held 100 copies of it (2 MB each at 10k pods), docs/scale.md.
+        self._snapshot: Update | None = None
 
     @property
     def values(self) -> Mapping[ResourceKey, StateValue]:
@@ -88,9 +91,11 @@ class StateLog:
         ).SerializeToString()
 
     def snapshot(self) -> Update:
-        parts = [self._header(self.version, True)]
-        parts += [_field(_UPSERT_TAG, b) for b in self._bytes.values()]
-        return Update(self.version, True, b"".join(parts), len(self._bytes), 0)
+        if self._snapshot is None or self._snapshot.version != self.version:
+            parts = [self._header(self.version, True)]
+            parts += [_field(_UPSERT_TAG, b) for b in self._bytes.values()]
+            self._snapshot = Update(self.version, True, b"".join(parts), len(self._bytes), 0)
+        return self._snapshot
 
     def since(self, epoch: str, version: int) -> Update | None:
         """What a node at (epoch, version) needs: None if it is current, a delta if the log
