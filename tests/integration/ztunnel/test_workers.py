@@ -158,3 +158,26 @@ def test_restarts_across_worker_counts_drop_no_connection(lab: Lab, tmp_path: Pa
         ["hbone/0", "outbound/0", "plaintext"],
         ["hbone/1", "outbound/1", "plaintext"],
     ]
+
+
+def test_tap_sees_the_workers_connections(lab: Lab) -> None:
+    tap = subprocess.Popen(
+        [*WEFTCTL, "tap", "--lab", lab.name, "-n", NS, "--pod", "client", "-o", "json",
+         "--count", "2", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert tap.stderr is not None
+        started = tap.stderr.readline()  # "# tapping ...": every source said hello
+        assert started.startswith("# tapping "), started
+        assert rounds(lab, 1) == {"ok": 1, "errors": {}}
+        out, err = tap.communicate(timeout=60)
+    finally:
+        if tap.poll() is None:
+            tap.kill()
+            tap.wait(10)
+    assert tap.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    # the connection's end, from the source side (node-1's worker) and the destination side
+    assert {e["reporter"] for e in events} == {"source", "destination"}, events
+    assert all(e["source_workload"] == "client" and e["bytes_sent"] > 0 for e in events)
