@@ -444,17 +444,28 @@ class MeshBuilder:
         # (rare) rebuilds every workload.
         waypoint_kinds = tuple(sorted((k, w.traffic_type.value) for k, w in waypoints.items()))
         cache: dict[ResourceKey, tuple[_PodInputs, Workload]] = {}
+        # What a namespace's pods share, made once per namespace, not once per pod: with 10k
+        # pods and 50 services a namespace this was most of a one-pod change's CPU.
+        per_ns: dict[str, tuple[tuple[tuple[str, str], ...], tuple[int, ...], tuple[Service, ...]]]
+        per_ns = {}
         for pod in pods:
             if not pod.status.pod_ip:
                 continue  # not scheduled or not started: nothing to reach yet
             ns = pod.metadata.namespace
             ns_labels = namespaces.get(ns, {})
             services = services_by_ns.get(ns, [])
+            shared = per_ns.get(ns)
+            if shared is None:
+                shared = per_ns[ns] = (
+                    tuple(sorted(ns_labels.items())),
+                    tuple(id(s) for s in services),
+                    tuple(services),  # held (not copied) by each pod's entry, for the ids
+                )
             inputs = _PodInputs(
                 id(pod),
-                tuple(sorted(ns_labels.items())),
-                tuple(id(s) for s in services),
-                (pod, *services),
+                shared[0],
+                shared[1],
+                (pod, shared[2]),
                 waypoint_kinds,
                 slice_members.get(pod.key, ()),
             )
