@@ -19,9 +19,9 @@ added p99. A warm-up second precedes each measured run, unmeasured.
 
 Per way: p50/p90/p99/p99.9/max; for the mesh, each ztunnel's CPU seconds (with its workers,
 `--workers`) over the measured window from /proc (vCPU per 1000 rps = CPU s / s / (rate /
-1000)) and RSS. Medians over the rounds with their spread (min..max). `--profile DIR` also
-records each ztunnel with py-spy during the last mesh run (py-spy on PATH, or PY_SPY=path),
-as speedscope JSON. The lab is removed at the end, also on failure.
+1000)) and RSS. Medians over the rounds with their spread (min..max). `--profile DIR` adds a
+mesh run, in no figure, during which py-spy samples each ztunnel (py-spy on PATH, or
+PY_SPY=path), written as speedscope JSON. The lab is removed at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def profile(ztunnels: dict[str, int], seconds: float, out: Path) -> list[subprocess.Popen[bytes]]:
-    """py-spy on each ztunnel for `seconds` (native and idle frames off: Python CPU only)."""
+    """py-spy on each ztunnel for `seconds`, without pausing it (--nonblocking)."""
     spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
     if spy is None:
         raise click.UsageError("--profile needs py-spy on PATH (or PY_SPY=/path/to/py-spy)")
@@ -294,6 +294,7 @@ def profile(ztunnels: dict[str, int], seconds: float, out: Path) -> list[subproc
             [
                 spy,
                 "record",
+                "--nonblocking",
                 "--pid",
                 str(pid),
                 "--duration",
@@ -386,11 +387,8 @@ def main(
                         if attempt == 29:
                             raise
                         time.sleep(0.5)
-            spies: list[subprocess.Popen[bytes]] = []
             for r in range(rounds):
                 for way in WAYS:  # interleaved: drift in the machine's speed hits all alike
-                    if way == "mesh" and profile_dir is not None and r == rounds - 1:
-                        spies = profile(ztunnels, seconds + warm, profile_dir)
                     proxies = {
                         "plain": {},
                         "haproxy": {"node-1": [helpers[0].pid], "node-2": [server_tls]},
@@ -402,8 +400,11 @@ def main(
                     run["proxy_vcpu"] = {n: round(v, 4) for n, v in cpu.items()}
                     seen[way].append(run)
                     click.echo(f"round {r + 1} {way}: {json.dumps(run)}", err=True)
-            for spy in spies:
-                spy.wait(60)
+            if profile_dir is not None:  # one more mesh run, sampled, in no figure
+                spies = profile(ztunnels, seconds + warm, profile_dir)
+                generate(*targets["mesh"], rate, seconds, connections, warm)
+                for spy in spies:
+                    spy.wait(60)
             rss = {node: rss_mb(process_tree(pid)) for node, pid in ztunnels.items()}
         finally:
             _benchlib.stop(helpers)
