@@ -1,35 +1,30 @@
-"""The bpf(2) calls the node agent makes itself: create, pin and open maps, load and attach
+"""The eBPF calls the node agent makes itself: create, pin and open maps, load and attach
 programs from bytecode, and read and write map entries.
 
-bcc is the compiler (node_agent/bpfcompile.py); once the bytecode is in the compile cache,
-loading it for a node needs no clang and no bcc module, only these calls. The layouts are
-the kernel's stable uapi (union bpf_attr, struct bpf_map_info in linux/bpf.h).
+bcc is the compiler (node_agent/bpfcompile.py) and the loader: once the bytecode is in the
+compile cache, loading it for a node needs no clang, only these calls, made through the
+functions libbcc exports (bcc.libbcc.lib: bcc's own bcc_create_map and
+bcc_prog_load_xattr, and the libbpf calls bcc itself uses, which libbcc links or bundles).
+No syscall numbers or `union bpf_attr` layouts are kept here. Two layouts remain because
+libbcc takes or returns them as raw memory and has no accessor: libbpf's
+`struct bpf_prog_load_opts` (the only way to pass expected_attach_type, which the kernel
+requires for cgroup socket-address and sockopt programs) and the kernel's
+`struct bpf_map_info` (what bpf_obj_get_info_by_fd fills in).
+
+Each function is typed on its own ctypes object (lib["name"]), so the typings bcc set on
+the shared ones for its own callers are left as they are.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
-import platform
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-# bpf(2)'s number per architecture (asm/unistd.h).
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}
-
-BPF_MAP_CREATE = 0
-BPF_MAP_LOOKUP_ELEM = 1
-BPF_MAP_UPDATE_ELEM = 2
-BPF_MAP_DELETE_ELEM = 3
-BPF_MAP_GET_NEXT_KEY = 4
-BPF_PROG_LOAD = 5
-BPF_OBJ_PIN = 6
-BPF_OBJ_GET = 7
-BPF_PROG_ATTACH = 8
-BPF_OBJ_GET_INFO_BY_FD = 15
 
 OBJ_NAME_LEN = 16  # BPF_OBJ_NAME_LEN, with the NUL
 LOG_SIZE = 1 << 20  # verifier log kept when a load fails
@@ -47,75 +42,42 @@ ATTACH_TYPES = {
 
 
 class BpfError(OSError):
-    """A bpf(2) call failed; errno and what was asked are in the message."""
+    """An eBPF call failed; errno and what was asked are in the message."""
 
 
-class _MapCreate(ctypes.Structure):
+class ProgLoadOpts(ctypes.Structure):
+    """libbpf's struct bpf_prog_load_opts (bpf/bpf.h, libbpf 1.x), as bcc_prog_load_xattr
+    reads it. libbpf only appends to its opts structs, so this prefix stays valid; the
+    zeroed tail stands for fields later versions append, should a newer bcc read them."""
+
     _fields_ = [
-        ("map_type", ctypes.c_uint32),
-        ("key_size", ctypes.c_uint32),
-        ("value_size", ctypes.c_uint32),
-        ("max_entries", ctypes.c_uint32),
-        ("map_flags", ctypes.c_uint32),
-        ("inner_map_fd", ctypes.c_uint32),
-        ("numa_node", ctypes.c_uint32),
-        ("map_name", ctypes.c_char * OBJ_NAME_LEN),
-    ]
-
-
-class _MapElem(ctypes.Structure):
-    _fields_ = [
-        ("map_fd", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("key", ctypes.c_uint64),
-        ("value", ctypes.c_uint64),  # next_key for BPF_MAP_GET_NEXT_KEY
-        ("flags", ctypes.c_uint64),
-    ]
-
-
-class _ProgLoad(ctypes.Structure):
-    _fields_ = [
-        ("prog_type", ctypes.c_uint32),
-        ("insn_cnt", ctypes.c_uint32),
-        ("insns", ctypes.c_uint64),
-        ("license", ctypes.c_uint64),
+        ("sz", ctypes.c_size_t),
+        ("attempts", ctypes.c_int),
+        ("expected_attach_type", ctypes.c_uint32),
+        ("prog_btf_fd", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("kern_version", ctypes.c_uint32),
+        ("attach_btf_id", ctypes.c_uint32),
+        ("attach_prog_fd", ctypes.c_uint32),
+        ("attach_btf_obj_fd", ctypes.c_uint32),
+        ("fd_array", ctypes.c_void_p),
+        ("func_info", ctypes.c_void_p),
+        ("func_info_cnt", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32),
+        ("line_info", ctypes.c_void_p),
+        ("line_info_cnt", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32),
         ("log_level", ctypes.c_uint32),
         ("log_size", ctypes.c_uint32),
-        ("log_buf", ctypes.c_uint64),
-        ("kern_version", ctypes.c_uint32),
-        ("prog_flags", ctypes.c_uint32),
-        ("prog_name", ctypes.c_char * OBJ_NAME_LEN),
-        ("prog_ifindex", ctypes.c_uint32),
-        ("expected_attach_type", ctypes.c_uint32),
-    ]
-
-
-class _Obj(ctypes.Structure):
-    _fields_ = [
-        ("pathname", ctypes.c_uint64),
-        ("bpf_fd", ctypes.c_uint32),
-        ("file_flags", ctypes.c_uint32),
-    ]
-
-
-class _Attach(ctypes.Structure):
-    _fields_ = [
-        ("target_fd", ctypes.c_uint32),
-        ("attach_bpf_fd", ctypes.c_uint32),
-        ("attach_type", ctypes.c_uint32),
-        ("attach_flags", ctypes.c_uint32),
-    ]
-
-
-class _Info(ctypes.Structure):
-    _fields_ = [
-        ("bpf_fd", ctypes.c_uint32),
-        ("info_len", ctypes.c_uint32),
-        ("info", ctypes.c_uint64),
+        ("log_buf", ctypes.c_void_p),
+        ("_appended", ctypes.c_uint8 * 64),
     ]
 
 
 class _MapInfo(ctypes.Structure):
+    """The head of the kernel's struct bpf_map_info (the kernel fills in as much as asked)."""
+
     _fields_ = [
         ("type", ctypes.c_uint32),
         ("id", ctypes.c_uint32),
@@ -127,28 +89,77 @@ class _MapInfo(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+_c_int, _ptr, _str = ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p
+
+# name -> argument types (all return int: an fd or 0, negative on failure with errno set).
+# Signatures of bcc 0.26's src/cc/libbpf.h and libbpf 1.x's bpf/bpf.h.
+SIGNATURES: dict[str, list[Any]] = {
+    # (map_type, name, key_size, value_size, max_entries, map_flags)
+    "bcc_create_map": [_c_int, _str, _c_int, _c_int, _c_int, _c_int],
+    # (prog_type, name, license, insns, opts, prog_len in bytes, log_buf, log_size,
+    #  allow_rlimit)
+    "bcc_prog_load_xattr": [
+        _c_int,
+        _str,
+        _str,
+        _ptr,
+        ctypes.POINTER(ProgLoadOpts),
+        _c_int,
+        _ptr,
+        ctypes.c_uint,
+        ctypes.c_bool,
+    ],
+    "bpf_obj_pin": [_c_int, _str],
+    "bpf_obj_get": [_str],
+    "bpf_obj_get_info_by_fd": [_c_int, _ptr, ctypes.POINTER(ctypes.c_uint32)],
+    # (prog_fd, attachable_fd, attach_type, flags): what bcc's BPF.attach_func calls
+    "bpf_prog_attach": [_c_int, _c_int, _c_int, ctypes.c_uint],
+    "bpf_lookup_elem": [_c_int, _ptr, _ptr],
+    "bpf_update_elem": [_c_int, _ptr, _ptr, ctypes.c_ulonglong],
+    "bpf_delete_elem": [_c_int, _ptr],
+    "bpf_get_next_key": [_c_int, _ptr, _ptr],
+}
 
 
-def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    number = _SYS_BPF.get(platform.machine())
-    if number is None:
-        raise BpfError(errno.ENOSYS, f"bpf(2): no syscall number known for {platform.machine()}")
-    ret = _libc.syscall(
-        ctypes.c_long(number),
-        ctypes.c_int(cmd),
-        ctypes.byref(attr),
-        ctypes.c_uint(ctypes.sizeof(attr)),
-    )
+@functools.cache
+def _lib() -> dict[str, Any]:
+    """libbcc's functions, typed; loaded on first use, so that importing this module (the
+    unit tests, weftctl) needs no bcc, and a missing bcc is named when first needed."""
+    try:
+        from bcc.libbcc import lib
+    except ImportError as err:
+        raise BpfError(
+            errno.ENOSYS,
+            f"libbcc is not loadable ({err}); install python3-bpfcc and use a venv with "
+            "system site packages",
+        ) from None
+    funcs = {}
+    for name, argtypes in SIGNATURES.items():
+        try:
+            func = lib[name]  # a new object: bcc's own lib.<name> is left as bcc typed it
+        except AttributeError:
+            raise BpfError(
+                errno.ENOSYS, f"this libbcc does not export {name} (bcc 0.26 or newer needed)"
+            ) from None
+        func.argtypes = argtypes
+        func.restype = ctypes.c_int
+        funcs[name] = func
+    return funcs
+
+
+def _call(name: str, *args: Any) -> tuple[int, int]:
+    """(return value, errno): libbpf and bcc return a negative number and set errno (bcc
+    returns -1 in some paths, so errno is what says why)."""
+    ret = int(_lib()[name](*args))
+    if ret >= 0:
+        return ret, 0
+    return ret, ctypes.get_errno() or -ret
+
+
+def _check(name: str, what: str, *args: Any) -> int:
+    ret, err = _call(name, *args)
     if ret < 0:
-        return -ctypes.get_errno()
-    return int(ret)
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        raise BpfError(-ret, f"{what}: {os.strerror(-ret)}")
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
     return ret
 
 
@@ -169,23 +180,29 @@ class MapInfo:
 
 
 def map_create(name: str, info: MapInfo) -> int:
-    attr = _MapCreate(
+    """A new map's fd (bcc truncates the name to the kernel's 15 characters)."""
+    return _check(
+        "bcc_create_map",
+        f"creating map {name}",
         info.map_type,
+        name.encode(),
         info.key_size,
         info.value_size,
         info.max_entries,
         info.flags,
-        0,
-        0,
-        name.encode()[: OBJ_NAME_LEN - 1],
     )
-    return _check(_bpf(BPF_MAP_CREATE, attr), f"creating map {name}")
 
 
 def map_info(fd: int) -> MapInfo:
     info = _MapInfo()
-    attr = _Info(fd, ctypes.sizeof(info), ctypes.addressof(info))
-    _check(_bpf(BPF_OBJ_GET_INFO_BY_FD, attr), f"reading the info of map fd {fd}")
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(
+        "bpf_obj_get_info_by_fd",
+        f"reading the info of map fd {fd}",
+        fd,
+        ctypes.byref(info),
+        ctypes.byref(size),
+    )
     return MapInfo(
         info.type,
         info.key_size,
@@ -198,17 +215,17 @@ def map_info(fd: int) -> MapInfo:
 
 
 def obj_pin(fd: int, path: Path) -> None:
-    raw = ctypes.create_string_buffer(str(path).encode())
-    _check(_bpf(BPF_OBJ_PIN, _Obj(ctypes.addressof(raw), fd, 0)), f"pinning at {path}")
+    _check("bpf_obj_pin", f"pinning at {path}", fd, str(path).encode())
 
 
 def obj_get(path: Path) -> int:
     """An fd of what is pinned at path; FileNotFoundError when nothing is."""
-    raw = ctypes.create_string_buffer(str(path).encode())
-    ret = _bpf(BPF_OBJ_GET, _Obj(ctypes.addressof(raw), 0, 0))
-    if ret == -errno.ENOENT:
+    ret, err = _call("bpf_obj_get", str(path).encode())
+    if ret >= 0:
+        return ret
+    if err == errno.ENOENT:
         raise FileNotFoundError(errno.ENOENT, "nothing pinned", str(path))
-    return _check(ret, f"opening the pin {path}")
+    raise BpfError(err, f"opening the pin {path}: {os.strerror(err)}")
 
 
 def prog_load(
@@ -220,36 +237,43 @@ def prog_load(
     expected_attach_type: int = 0,
 ) -> int:
     """Load bytecode whose map references are already fds; on refusal the error carries
-    the end of the verifier's log (the load is retried with the log on)."""
+    the end of the verifier's log (bcc retries the load with the log on only when it fails,
+    and then also prints the log on stderr, as for any bcc load)."""
     code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(license.encode())
-    attr = _ProgLoad(
-        prog_type=prog_type,
-        insn_cnt=len(insns) // 8,
-        insns=ctypes.addressof(code),
-        license=ctypes.addressof(lic),
-        kern_version=kern_version,
-        prog_name=name.encode()[: OBJ_NAME_LEN - 1],
+    opts = ProgLoadOpts(
+        sz=ctypes.sizeof(ProgLoadOpts),
         expected_attach_type=expected_attach_type,
+        kern_version=kern_version,
     )
-    ret = _bpf(BPF_PROG_LOAD, attr)
+    log = ctypes.create_string_buffer(LOG_SIZE)
+    ret, err = _call(
+        "bcc_prog_load_xattr",
+        prog_type,
+        name.encode(),
+        license.encode(),
+        code,
+        ctypes.byref(opts),
+        len(insns),
+        log,
+        LOG_SIZE,
+        True,  # on EPERM bcc raises RLIMIT_MEMLOCK and tries again (kernels before 5.11)
+    )
     if ret >= 0:
         return ret
-    log = ctypes.create_string_buffer(LOG_SIZE)
-    attr.log_level, attr.log_size, attr.log_buf = 1, LOG_SIZE, ctypes.addressof(log)
-    again = _bpf(BPF_PROG_LOAD, attr)
-    if again >= 0:  # loaded the second time: keep it
-        return again
     tail = "\n".join(log.value.decode(errors="replace").strip().splitlines()[-6:])
     raise BpfError(
-        -ret, f"loading {name}: {os.strerror(-ret)}" + (f"; verifier: {tail}" if tail else "")
+        err, f"loading {name}: {os.strerror(err)}" + (f"; verifier: {tail}" if tail else "")
     )
 
 
 def prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int) -> None:
     _check(
-        _bpf(BPF_PROG_ATTACH, _Attach(target_fd, prog_fd, attach_type, flags)),
+        "bpf_prog_attach",
         f"attaching program fd {prog_fd} (attach type {attach_type})",
+        prog_fd,
+        target_fd,
+        attach_type,
+        flags,
     )
 
 
@@ -264,48 +288,47 @@ class PinnedMap(MutableMapping[Any, Any]):
         self.Leaf = value_type
         self.max_entries = map_info(fd).max_entries
 
-    def _elem(self, key: Any, value: Any = None, flags: int = 0) -> _MapElem:
-        return _MapElem(
-            self.fd,
-            0,
-            ctypes.addressof(key),
-            ctypes.addressof(value) if value is not None else 0,
-            flags,
-        )
-
     def __getitem__(self, key: Any) -> Any:
         value = self.Leaf()
-        ret = _bpf(BPF_MAP_LOOKUP_ELEM, self._elem(key, value))
-        if ret == -errno.ENOENT:
+        ret, err = _call("bpf_lookup_elem", self.fd, ctypes.byref(key), ctypes.byref(value))
+        if err == errno.ENOENT:
             raise KeyError(key)
-        _check(ret, f"looking up in map {self.name}")
+        if ret < 0:
+            raise BpfError(err, f"looking up in map {self.name}: {os.strerror(err)}")
         return value
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        _check(_bpf(BPF_MAP_UPDATE_ELEM, self._elem(key, value)), f"updating map {self.name}")
+        _check(
+            "bpf_update_elem",
+            f"updating map {self.name}",
+            self.fd,
+            ctypes.byref(key),
+            ctypes.byref(value),
+            0,  # BPF_ANY
+        )
 
     def __delitem__(self, key: Any) -> None:
-        ret = _bpf(BPF_MAP_DELETE_ELEM, self._elem(key))
-        if ret == -errno.ENOENT:
+        ret, err = _call("bpf_delete_elem", self.fd, ctypes.byref(key))
+        if err == errno.ENOENT:
             raise KeyError(key)
-        _check(ret, f"deleting from map {self.name}")
+        if ret < 0:
+            raise BpfError(err, f"deleting from map {self.name}: {os.strerror(err)}")
 
     def __iter__(self) -> Iterator[Any]:
         # Bounded by the map's size: a map changing under us cannot keep this going.
         key = None
         for _ in range(self.max_entries):
             following = self.Key()
-            attr = _MapElem(
+            ret, err = _call(
+                "bpf_get_next_key",
                 self.fd,
-                0,
-                ctypes.addressof(key) if key is not None else 0,
-                ctypes.addressof(following),
-                0,
+                ctypes.byref(key) if key is not None else None,  # NULL: the first key
+                ctypes.byref(following),
             )
-            ret = _bpf(BPF_MAP_GET_NEXT_KEY, attr)
-            if ret == -errno.ENOENT:
+            if err == errno.ENOENT:
                 return
-            _check(ret, f"walking map {self.name}")
+            if ret < 0:
+                raise BpfError(err, f"walking map {self.name}: {os.strerror(err)}")
             yield following
             key = following
 
