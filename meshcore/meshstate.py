@@ -5,8 +5,8 @@ Kubernetes shape (kind, namespace, name) so a state is a plain mapping of key ->
 
 A node keeps one Workload per pod of the cluster (50k and more), so the values are slotted
 and what pods share is stored once: the strings many values repeat (namespaces, service
-accounts, identities, node names, label keys and values) are interned, and a membership's
-port map is shared by every pod of the service (see `docs/scale.md`).
+accounts, identities, node names) are interned, and equal label maps and membership port
+maps are one read-only `Shared` map (see `docs/scale.md`).
 """
 
 from __future__ import annotations
