@@ -256,7 +256,8 @@ def prog_load(
         len(insns),
         log,
         LOG_SIZE,
-        True,  # on EPERM bcc raises RLIMIT_MEMLOCK and tries again (kernels before 5.11)
+        False,  # allow_rlimit: an EPERM is a missing capability on the 5.14+ kernels weft
+        # needs (memlock stopped counting in 5.11), not a reason to lift the process's limit
     )
     if ret >= 0:
         return ret

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import re
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -437,3 +439,25 @@ def test_the_kernel_numbers_are_bccs() -> None:
     used = {s.prog_type for s in programs.CGROUP_PROGRAMS} | {"SCHED_CLS"}
     assert used <= set(bpfsys.PROG_TYPES)
     assert {s.attach_type for s in programs.CGROUP_PROGRAMS} <= set(bpfsys.ATTACH_TYPES)
+
+
+def test_the_node_daemonset_mounts_the_hosts_compile_cache_where_the_agent_looks() -> None:
+    # (the Helm chart renders the same objects: tests/unit/daemonset/test_helm_chart.py)
+    from tests.unit.daemonset.manifests import container, find
+
+    ds = find("DaemonSet", "weft-node")
+    agent = container(ds, "agent")
+    env = {e["name"]: e.get("value") for e in agent.get("env", [])}
+    looks_in = env.get("WEFT_BPF_CACHE_DIR") or "/var/cache/weft/bpf"
+    if "WEFT_BPF_CACHE_DIR" not in os.environ:
+        assert str(bpfcache.DEFAULT_DIR) == looks_in
+    (mount,) = [v for v in agent["volumeMounts"] if v["mountPath"] == looks_in]
+    assert not mount.get("readOnly")
+    (volume,) = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["hostPath"] == {"path": looks_in, "type": "DirectoryOrCreate"}
+
+
+def test_without_bcc_the_first_call_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "bcc.libbcc", None)  # import bcc.libbcc: ImportError
+    with pytest.raises(bpfsys.BpfError, match=r"libbcc is not loadable .*install python3-bpfcc"):
+        bpfsys._lib.__wrapped__()
