@@ -159,8 +159,12 @@ def test_a_program_the_kernel_refuses_is_a_named_kernel_feature_error(
 ) -> None:
     programs = nodes["node-1"].programs(tmp_path / "cache")
     # A socket-address program loaded as a tc classifier: the verifier refuses its context.
-    with pytest.raises(KernelFeatureError, match=r"cannot load weft_connect4: this kernel lacks X"):
+    with pytest.raises(
+        KernelFeatureError, match=r"cannot load weft_connect4: this kernel lacks X"
+    ) as refused:
         programs._load("weft_connect4", "SCHED_CLS", "", "X")
+    assert "; verifier: " in str(refused.value)  # the verifier's own reason, from its log
+    assert "invalid bpf_context access" in str(refused.value)
 
 
 def test_a_pinned_map_of_another_layout_is_a_named_error(
