@@ -12,7 +12,8 @@ after round, in the same run: the added latency of a round is mesh minus plain o
 The load generator (GENERATOR below, run in the client pod) is open loop with absolute
 deadlines: request i is due at start + i/rate, sent on the first idle kept-alive connection
 (of --connections), and its latency runs from when it was due to when its whole answer is in,
-so a late send or a queued request counts against the path, never hides it. It waits in
+so a late send or a queued request counts against the path, never hides it (`sent_p*`:
+the same from the actual send, as fortio measures). It waits in
 select() with microsecond timeouts (epoll's are milliseconds) and reports how late it sent
 (`send_late_ms`): the generator is not the tail while its p99 lateness is far below the
 added p99. A warm-up second precedes each measured run, unmeasured.
@@ -52,6 +53,9 @@ ISTIO_ADDED_P90_MS, ISTIO_ADDED_P99_MS = 0.17, 0.20
 TARGET_ADDED_P99_MS = 0.5
 HAPROXY_CLIENT_PORT = 18080  # the client pod's HAProxy (TLS out), `haproxy` way
 WAYS = ("plain", "haproxy", "mesh")
+# latency from the actual send, not from when the request was due (fortio's way): apart
+# from the generator's own lateness, which more busy processes on the same cores also raise
+SENT_KEYS = ("sent_p50_ms", "sent_p90_ms", "sent_p99_ms")
 
 
 def manifest(folder: Path) -> str:
@@ -111,8 +115,8 @@ def pct(v, p):
     return v[max(math.ceil(p / 100 * len(v)), 1) - 1] * 1000 if v else None
 def phase(total):
     idle = list(conns)
-    busy = {}  # socket -> [due, buffer]
-    lat, late, errors = [], [], 0
+    busy = {}  # socket -> [due, buffer, sent]
+    lat, lat_sent, late, errors = [], [], [], 0
     queued = []  # due times waiting for an idle connection
     start = time.perf_counter() + 0.002
     i = 0
@@ -125,9 +129,10 @@ def phase(total):
         while queued and idle:
             s = idle.pop()
             due = queued.pop(0)
-            late.append(time.perf_counter() - due)
+            sent = time.perf_counter()
+            late.append(sent - due)
             s.sendall(REQ)
-            busy[s] = [due, b""]
+            busy[s] = [due, b"", sent]
         wait = (start + i / rate - time.perf_counter()) if i < total else 0.05
         ready = select.select(list(busy), [], [], max(0.0, wait))[0] if busy else (
             time.sleep(max(0.0, wait)) or [])
@@ -150,12 +155,15 @@ def phase(total):
                     length = int(value)
             if len(body) < length:
                 continue
-            lat.append(time.perf_counter() - entry[0])
+            now = time.perf_counter()
+            lat.append(now - entry[0])
+            lat_sent.append(now - entry[2])
             if not head.startswith(b"HTTP/1.1 200"):
                 errors += 1
             del busy[s]
             idle.append(s)
     lat.sort()
+    lat_sent.sort()
     late.sort()
     return {
         "requests": total, "answered": len(lat), "errors": errors,
@@ -163,6 +171,8 @@ def phase(total):
         "wall_start": time.time() - (time.perf_counter() - start),
         "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99),
         "p999_ms": pct(lat, 99.9), "max_ms": lat[-1] * 1000 if lat else None,
+        "sent_p50_ms": pct(lat_sent, 50), "sent_p90_ms": pct(lat_sent, 90),
+        "sent_p99_ms": pct(lat_sent, 99),
         "send_late_p99_ms": pct(late, 99), "send_late_max_ms": late[-1] * 1000 if late else None,
     }
 print(json.dumps({"phase": "warm", **phase(max(1, int(rate * warm)))}), flush=True)
@@ -415,7 +425,7 @@ def main(
 def summary(
     workers: int, seen: dict[str, list[dict[str, Any]]], rss: dict[str, float], rate: int
 ) -> dict[str, Any]:
-    keys = ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")
+    keys = ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", *SENT_KEYS)
     ways = {
         way: {k: spread([r[k] for r in runs]) for k in (*keys, "send_late_p99_ms")}
         for way, runs in seen.items()
@@ -463,6 +473,11 @@ def summary(
             "added_p99_ms": {
                 "weft": mesh_p99,
                 "haproxy_same_lab": added["haproxy"]["p99_ms"]["median"],
+                "istio": ISTIO_ADDED_P99_MS,
+            },
+            "added_p99_ms_from_send": {
+                "weft": added["mesh"]["sent_p99_ms"]["median"],
+                "haproxy_same_lab": added["haproxy"]["sent_p99_ms"]["median"],
                 "istio": ISTIO_ADDED_P99_MS,
             },
         },
