@@ -109,14 +109,15 @@ def test_values_land_where_the_processes_read_them() -> None:
             "ca": {"pluginSecret": "my-ca"},
             "meshConfig": mesh,
             "controller": {"resources": resources},
-            "node": {"underlayDevice": "ens5", "ztunnel": {"resources": resources}},
+            "node": {"underlayDevice": "ens5"},
+            "ztunnel": {"resources": resources},
             "gatewayClass": {"create": False},
         },
     )
     assert not [d for d in docs if d["kind"] == "GatewayClass"]
     controller = _container(docs, "Deployment", "weft-controller", "controller")
     agent = _container(docs, "DaemonSet", "weft-node", "agent")
-    ztunnel = _container(docs, "DaemonSet", "weft-node", "ztunnel")
+    ztunnel = _container(docs, "DaemonSet", "weft-ztunnel", "ztunnel")
     for c in (controller, agent, ztunnel):
         assert c["image"] == "registry.example/weft:9.9.9"
         assert {"name": "WEFT_LOG_LEVEL", "value": "debug"} in c["env"]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from controller.app import ControllerConfig
-from controller.deployer import MESH_PORT, DeployerConfig, waypoint_objects
+from controller.deployer import DeployerConfig, waypoint_objects
 from controller.kubekinds import KINDS
 from controller.kubewriter import ROOT_CONFIGMAP, ROOT_CONFIGMAP_KEY
 from meshcore.meshstate import DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE, MESH_CONTROLLER_NAME
@@ -22,10 +22,9 @@ from meshcore.resources import documents_from_text, parse_documents
 from meshcore.resources.gateway import WAYPOINT_CLASS
 from meshcore.resources.meshconfig import mesh_config_of, parse_mesh_config
 from meshcore.resources.security import ROOT_NAMESPACE
-from node_agent.agent import INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, AgentConfig
+from node_agent.agent import AgentConfig
 from tests.unit.daemonset.crdschema import DAEMONSET, ROOT
 from tests.unit.daemonset.manifests import container, find, objects, resource_files
-from ztunnel.app import ZtunnelConfig
 
 NODE_SA = f"{ROOT_NAMESPACE}/weft-node"
 CONTROLLER_ADDR = "weft-controller.weft-system.svc:15012"
@@ -95,15 +94,22 @@ def test_names_are_the_shared_contract() -> None:
     for kind in ("ServiceAccount", "Service", "Deployment"):
         find(kind, "weft-controller")
     find("ServiceAccount", "weft-node")
-    find("DaemonSet", "weft-node")
-    for workload in (find("Deployment", "weft-controller"), find("DaemonSet", "weft-node")):
+    for workload in _workloads():
         labels = workload["spec"]["template"]["metadata"]["labels"]
         assert labels[DATAPLANE_MODE_LABEL] == DATAPLANE_MODE_NONE  # never captured
 
 
+def _workloads() -> list[dict]:
+    return [
+        find("Deployment", "weft-controller"),
+        find("DaemonSet", "weft-node"),
+        find("DaemonSet", "weft-ztunnel"),
+    ]
+
+
 def test_one_image_of_the_project_version_for_every_container() -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    for workload in (find("Deployment", "weft-controller"), find("DaemonSet", "weft-node")):
+    for workload in _workloads():
         for c in workload["spec"]["template"]["spec"]["containers"]:
             assert c["image"] == f"ghcr.io/weft-mesh/weft:{version}", c["name"]
 
@@ -174,8 +180,8 @@ def test_the_node_agent_and_ztunnel_take_their_arguments() -> None:
     from node_agent.main import run as agent_run
     from ztunnel.main import run as ztunnel_run
 
-    ds = find("DaemonSet", "weft-node")
-    agent, ztunnel = container(ds, "agent"), container(ds, "ztunnel")
+    agent = container(find("DaemonSet", "weft-node"), "agent")
+    ztunnel = container(find("DaemonSet", "weft-ztunnel"), "ztunnel")
     assert agent["command"] == ["python", "-m", "node_agent"]
     assert ztunnel["command"] == ["python", "-m", "ztunnel"]
     params = _invoke(agent_run, agent["args"][1:])
@@ -197,26 +203,33 @@ def test_the_node_agent_and_ztunnel_take_their_arguments() -> None:
             assert var in env, f"{c['name']}: $({var}) has no env"
 
 
-def test_the_node_pod_mounts_what_its_arguments_name() -> None:
-    ds = find("DaemonSet", "weft-node")
-    spec = ds["spec"]["template"]["spec"]
-    assert spec["hostNetwork"] is True and spec["hostPID"] is True
-    assert spec["serviceAccountName"] == "weft-node"
-    assert spec["automountServiceAccountToken"] is False
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    (token,) = volumes["token"]["projected"]["sources"]
-    assert token["serviceAccountToken"] == {
-        "audience": "weft",
-        "expirationSeconds": 3600,
-        "path": "token",
-    }
-    assert volumes["controller-roots"]["configMap"]["name"] == ROOT_CONFIGMAP
-    assert "emptyDir" in volumes["credential"]
-    for c in (container(ds, "agent"), container(ds, "ztunnel")):
-        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+def test_the_node_pods_mount_what_their_arguments_name() -> None:
+    """Both node DaemonSets bootstrap alike: the weft-node ServiceAccount, no API token, the
+    projected token (audience weft), the controller's roots, a credential of their own."""
+    for name, c in (("weft-node", "agent"), ("weft-ztunnel", "ztunnel")):
+        spec = find("DaemonSet", name)["spec"]["template"]["spec"]
+        assert spec["hostNetwork"] is True
+        assert spec["serviceAccountName"] == "weft-node"
+        assert spec["automountServiceAccountToken"] is False
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (token,) = volumes["token"]["projected"]["sources"]
+        assert token["serviceAccountToken"] == {
+            "audience": "weft",
+            "expirationSeconds": 3600,
+            "path": "token",
+        }
+        assert volumes["controller-roots"]["configMap"]["name"] == ROOT_CONFIGMAP
+        assert "emptyDir" in volumes["credential"]
+        mounts = {
+            m["mountPath"]: m["name"] for m in container(find("DaemonSet", name), c)["volumeMounts"]
+        }
         assert mounts["/var/run/weft/credential"] == "credential"
         assert mounts["/var/run/secrets/weft"] == "token"
         assert mounts["/var/run/weft/ca"] == "controller-roots"
+    ds = find("DaemonSet", "weft-node")
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["hostPID"] is True  # the agent reaches pods' netns through /proc/<pid>
+    volumes = {v["name"]: v for v in spec["volumes"]}
     agent_mounts = {m["mountPath"]: m for m in container(ds, "agent")["volumeMounts"]}
     assert volumes[agent_mounts["/sys/fs/bpf"]["name"]]["hostPath"]["path"] == "/sys/fs/bpf"
     assert agent_mounts["/sys/fs/cgroup"]["readOnly"] is True
@@ -249,18 +262,10 @@ def _install_cni_mounts(ds: dict, volumes: dict, agent_mounts: dict) -> None:
 
 def test_the_node_ports_and_probes_are_those_the_code_serves() -> None:
     ds = find("DaemonSet", "weft-node")
-    ztunnel = container(ds, "ztunnel")
-    zconfig = ZtunnelConfig(node="n", controller="c", credential=ROOT)
-    ports = {p["containerPort"] for p in ztunnel["ports"]}
-    assert ports == {
-        OUTBOUND_PORT,
-        INBOUND_PLAINTEXT_PORT,
-        MESH_PORT,
-        _port(zconfig.metrics_addr),
-        _port(zconfig.readiness_addr),
-    }
-    probe = ztunnel["readinessProbe"]["httpGet"]
-    assert (probe["port"], probe["path"]) == (_port(zconfig.readiness_addr), "/healthz/ready")
+    assert [c["name"] for c in ds["spec"]["template"]["spec"]["containers"]] == [
+        "agent",
+        "install-cni",
+    ], "ztunnel is DaemonSet weft-ztunnel's"
     assert '"/healthz/ready"' in (ROOT / "meshcore" / "adminserver.py").read_text()
     agent = container(ds, "agent")
     aconfig = AgentConfig(
@@ -274,14 +279,14 @@ def test_the_node_ports_and_probes_are_those_the_code_serves() -> None:
 
 
 def test_node_containers_add_only_the_capabilities_listed_in_the_readme() -> None:
-    ds = find("DaemonSet", "weft-node")
     readme = (DAEMONSET / "README.md").read_text()
     expected = {
         "agent": {"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"},
         "ztunnel": {"NET_RAW"},
         "install-cni": set(),
     }
-    for c in ds["spec"]["template"]["spec"]["containers"]:
+    pods = [find("DaemonSet", n)["spec"]["template"]["spec"] for n in ("weft-node", "weft-ztunnel")]
+    for c in [c for pod in pods for c in pod["containers"]]:
         sc = c["securityContext"]
         assert sc["capabilities"]["drop"] == ["ALL"]
         assert set(sc["capabilities"].get("add", [])) == expected[c["name"]]
@@ -290,7 +295,7 @@ def test_node_containers_add_only_the_capabilities_listed_in_the_readme() -> Non
         assert sc["readOnlyRootFilesystem"] is True
         for cap in sc["capabilities"].get("add", []):
             assert f"`CAP_{cap}`" in readme, f"README does not say why {c['name']} has {cap}"
-    for v in ds["spec"]["template"]["spec"]["volumes"]:
+    for v in [v for pod in pods for v in pod["volumes"]]:
         if "hostPath" in v:
             assert f"`{v['hostPath']['path']}`" in readme, f"README does not list {v['name']}"
 

@@ -120,12 +120,15 @@ def waypoint_pod() -> dict[str, Any]:
     return {"metadata": meta, "spec": template["spec"]}
 
 
-def targets() -> dict[str, list[dict[str, str]]]:
-    """job -> the targets it keeps, from the controller, one node and one waypoint pod."""
+def targets(extra: tuple[tuple[dict[str, Any], str], ...] = ()) -> dict[str, list[dict[str, str]]]:
+    """job -> the targets it keeps, from the controller, one node's two pods, one waypoint
+    pod and `extra` (pod, ip); identical targets counted once, as Prometheus keeps them."""
     config = yaml.safe_load(CONFIG.read_text())
     pods = [
+        *extra,
         (pod_template(ROOT / "daemonset" / "controller.yaml", "Deployment"), "10.1.0.5"),
         (pod_template(ROOT / "daemonset" / "node.yaml", "DaemonSet"), NODE_IP),
+        (pod_template(ROOT / "daemonset" / "ztunnel.yaml", "DaemonSet"), NODE_IP),
         (waypoint_pod(), "10.1.2.3"),
     ]
     out: dict[str, list[dict[str, str]]] = {}
@@ -134,7 +137,7 @@ def targets() -> dict[str, list[dict[str, str]]]:
         for pod, ip in pods:
             for found in discovered(pod, ip, "worker-1"):
                 result = relabel(found, job["relabel_configs"])
-                if result is not None:
+                if result is not None and result not in kept:
                     kept.append(result)
         out[job["job_name"]] = kept
     return out
@@ -166,6 +169,9 @@ def test_targets_carry_the_labels_the_dashboards_group_by() -> None:
         assert target["node"] == "worker-1"
         assert target["namespace"] == "weft-system"
         assert target["pod"].startswith(("weft-controller-", "weft-node-"))
+    (zt,) = jobs["weft-ztunnel"]
+    assert (zt["component"], zt["node"], zt["namespace"]) == ("ztunnel", "worker-1", "weft-system")
+    assert "pod" not in zt  # the node's port: see the next test
     (wp,) = jobs["weft-waypoint"]
     assert (wp["component"], wp["namespace"], wp["pod"], wp["gateway"], wp["node"]) == (
         "waypoint",
@@ -173,6 +179,18 @@ def test_targets_carry_the_labels_the_dashboards_group_by() -> None:
         "waypoint-5f7d-abcde",
         "waypoint",
         "worker-1",
+    )
+
+
+def test_a_ztunnel_draining_beside_its_successor_is_scraped_once() -> None:
+    """During a rolling update two ztunnel pods run on the node (docs/ztunnel-restart.md);
+    both name the node's 15020, held by one process: one target, not two counting it twice."""
+    old = pod_template(ROOT / "daemonset" / "ztunnel.yaml", "DaemonSet")
+    old = {**old, "metadata": {**old["metadata"], "name": "weft-ztunnel-old"}}
+    jobs = targets(((old, NODE_IP),))
+    assert len(jobs["weft-ztunnel"]) == 1
+    assert (
+        jobs["weft-ztunnel"][0]["__address__"] == f"{NODE_IP}:{_port(ZtunnelConfig.metrics_addr)}"
     )
 
 
@@ -194,7 +212,8 @@ def test_manifests_announce_their_metrics_to_annotation_scrapers() -> None:
     and the Helm chart alike), for scrapers that read only the annotations."""
     for path, kind, port in (
         ("daemonset/controller.yaml", "Deployment", ControllerConfig.metrics_addr),
-        ("daemonset/node.yaml", "DaemonSet", ZtunnelConfig.metrics_addr),
+        ("daemonset/node.yaml", "DaemonSet", AgentConfig.metrics_addr),
+        ("daemonset/ztunnel.yaml", "DaemonSet", ZtunnelConfig.metrics_addr),
     ):
         annotations = pod_template(ROOT / path, kind)["metadata"]["annotations"]
         assert annotations == {
@@ -202,7 +221,7 @@ def test_manifests_announce_their_metrics_to_annotation_scrapers() -> None:
             "prometheus.io/port": _port(port),
             "prometheus.io/path": "/metrics",
         }, path
-    for template in ("controller.yaml", "node.yaml"):
+    for template in ("controller.yaml", "node.yaml", "ztunnel.yaml"):
         text = (ROOT / "daemonset" / "helm" / "weft" / "templates" / template).read_text()
         assert "prometheus.io/path: /metrics" in text, template
 
