@@ -4,8 +4,9 @@ install: the kustomization's objects (weftctl.manifests), with --image, --trust-
 --set-mesh-config patched in (weftctl.render), applied server-side (field manager weftctl) in
 two phases: CRDs, waited for until Established, then everything else in the kustomization's
 order (Namespaces first). Then, unless --no-wait, it waits for the controller Deployment to be
-available and the node DaemonSet rolled out, as `istioctl install` does. `-o yaml|json` prints
-what would be applied; `--dry-run` has the API server check it all (dryRun=All) and keep none.
+available and the node DaemonSets (weft-node, weft-ztunnel) rolled out, as `istioctl install`
+does. `-o yaml|json` prints what would be applied; `--dry-run` has the API server check it all
+(dryRun=All) and keep none.
 
 uninstall: the same objects deleted in reverse order; CRDs only with --purge-crds, because
 deleting a CRD deletes every policy users wrote of that kind.
@@ -63,7 +64,7 @@ TIMEOUT_OPTION = click.option(
     type=click.FloatRange(min=1),
     default=300.0,
     show_default=True,
-    help="Seconds to wait for CRDs, the controller and the node DaemonSet.",
+    help="Seconds to wait for CRDs, the controller and the node DaemonSets.",
 )
 
 
@@ -164,7 +165,7 @@ def _namespace_ref(name: str) -> ObjectRef:
     "--wait/--no-wait",
     default=True,
     show_default=True,
-    help="Wait for the controller to be available and the node DaemonSet rolled out.",
+    help="Wait for the controller to be available and the node DaemonSets rolled out.",
 )
 @TIMEOUT_OPTION
 def install(
@@ -179,7 +180,7 @@ def install(
     wait: bool,
     timeout: float,
 ) -> None:
-    """Install weft (CRDs, RBAC, controller, node DaemonSet) with server-side apply."""
+    """Install weft (CRDs, RBAC, controller, node DaemonSets) with server-side apply."""
     settings = RenderSettings(
         image=image,
         trust_domain=trust_domain,

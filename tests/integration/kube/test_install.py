@@ -11,6 +11,8 @@ depend on daemonset/'s progress."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -502,3 +504,93 @@ def test_precheck_names_an_unreachable_cluster(tmp_path: Path) -> None:
     result = CliRunner().invoke(precheck, ["--no-node", "--kubeconfig", str(kubeconfig)])
     assert result.exit_code == 1
     assert "cannot reach the API server at https://127.0.0.1:1" in result.output
+
+
+def _play_rollout(kube: KubeApi, kind: str, name: str) -> None:
+    """What the Deployment/DaemonSet controller and a kubelet would report once every pod is
+    up (the test server runs neither): the status `weftctl install --wait` reads."""
+    plural = {"Deployment": "deployments", "DaemonSet": "daemonsets"}[kind]
+    path = f"/apis/apps/v1/namespaces/weft-system/{plural}/{name}"
+    live = kube.get(ObjectRef("apps/v1", kind, name, "weft-system"))
+    assert live is not None, f"{kind} {name} was not applied"
+    generation = live["metadata"]["generation"]
+    if kind == "Deployment":
+        status: dict[str, Any] = {
+            "observedGeneration": generation,
+            "replicas": 1,
+            "updatedReplicas": 1,
+            "readyReplicas": 1,
+            "availableReplicas": 1,
+            "conditions": [{"type": "Available", "status": "True", "reason": "Test"}],
+        }
+    else:
+        status = {
+            "observedGeneration": generation,
+            "currentNumberScheduled": 1,
+            "desiredNumberScheduled": 1,
+            "updatedNumberScheduled": 1,
+            "numberReady": 1,
+            "numberAvailable": 1,
+            "numberMisscheduled": 0,
+        }
+    kube.request(
+        "PATCH",
+        f"{path}/status",
+        f"{kind} {name} status",
+        body={"status": status},
+        content_type="application/merge-patch+json",
+    )
+
+
+def _output_until(out: Path, proc: subprocess.Popen[bytes], text: str, seconds: float) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # bounded
+        seen = out.read_text()
+        if text in seen or proc.poll() is not None:
+            return seen
+        time.sleep(0.2)
+    return out.read_text()
+
+
+def test_install_waits_for_the_ztunnel_daemonset_too(
+    server: KubeAPI, kube: KubeApi, tmp_path: Path, clean: None
+) -> None:
+    """The shipped manifests, installed with --wait: done only once the controller, the node
+    agent's DaemonSet and ztunnel's own DaemonSet (daemonset/ztunnel.yaml) are all rolled out.
+    The test plays their controllers by writing each one's status in turn."""
+    manifests = shipped_or_skip()
+    workloads = [
+        (i.ref.kind, i.ref.name)
+        for i in objects(manifests)
+        if i.ref.group == "apps" and i.ref.kind in ("Deployment", "DaemonSet")
+    ]
+    assert workloads == [
+        ("Deployment", "weft-controller"),
+        ("DaemonSet", "weft-node"),
+        ("DaemonSet", "weft-ztunnel"),
+    ]
+    out = tmp_path / f"weft-{RUN_ID}-install.out"
+    argv = [sys.executable, "-c", "from weftctl.main import cli; cli()", "install"]
+    argv += ["--kubeconfig", str(server.kubeconfig), "--manifests", str(manifests)]
+    with out.open("wb") as sink:
+        proc = subprocess.Popen([*argv, "--timeout", "90"], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        seen = _output_until(out, proc, "Deployment weft-system/weft-controller: waiting", 60)
+        assert proc.poll() is None, seen
+        _play_rollout(kube, "Deployment", "weft-controller")
+        _play_rollout(kube, "DaemonSet", "weft-node")
+        seen = _output_until(out, proc, "DaemonSet weft-system/weft-ztunnel: waiting", 30)
+        assert "DaemonSet weft-system/weft-node: 1 of 1 nodes available" in seen
+        assert "DaemonSet weft-system/weft-ztunnel: waiting" in seen, seen
+        time.sleep(1.5)  # more than one poll: still waiting, for ztunnel alone
+        assert proc.poll() is None, out.read_text()
+        assert "weft is installed" not in out.read_text()
+        _play_rollout(kube, "DaemonSet", "weft-ztunnel")
+        assert proc.wait(timeout=30) == 0, out.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    seen = out.read_text()
+    assert "DaemonSet weft-system/weft-ztunnel: 1 of 1 nodes available" in seen, seen
+    assert seen.rstrip().endswith("weft is installed"), seen
