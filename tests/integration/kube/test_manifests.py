@@ -167,10 +167,13 @@ def _dry_run_daemonset(api: KubeAPI, doc: dict[str, Any]) -> tuple[int, Any]:
     apps = k8s.AppsV1Api(api.api_client)
     try:
         created = apps.create_namespaced_daemon_set(
-            NAMESPACE, body, dry_run="All", field_validation="Strict"
+            NAMESPACE,
+            body,  # type: ignore[arg-type]  # (the client sends a dict as it is)
+            dry_run="All",
+            field_validation="Strict",
         )
     except k8s.ApiException as err:
-        return err.status, json.loads(err.body).get("message", "")
+        return err.status, json.loads(err.body or "{}").get("message", "")
     return 201, api.api_client.sanitize_for_serialization(created)
 
 
