@@ -154,6 +154,17 @@ def test_a_release_outside_weft_system_fails_naming_why() -> None:
         render_chart(CHART, namespace="default")
 
 
+def test_the_old_place_of_ztunnels_values_fails_naming_the_new_one() -> None:
+    """ztunnel left the node pod for DaemonSet weft-ztunnel: its resources under node.ztunnel
+    would be ignored without a word, so the chart refuses them."""
+    resources = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "3Gi"}}
+    with pytest.raises(Fail, match=r"node\.ztunnel is now ztunnel .* ztunnel\.resources"):
+        render_chart(CHART, {"node": {"ztunnel": {"resources": resources}}})
+    docs = render_chart(CHART, {"ztunnel": {"resources": resources}})
+    (ds,) = [d for d in docs if d["metadata"]["name"] == "weft-ztunnel"]
+    assert ds["spec"]["template"]["spec"]["containers"][0]["resources"] == resources
+
+
 def test_the_renderer_refuses_what_it_does_not_know() -> None:
     from tests.unit.daemonset.helmrender import Renderer
 
