@@ -399,7 +399,16 @@ def test_the_shipped_daemonset_renders_with_every_setting() -> None:
     assert crds, "daemonset/ ships weft's CRDs"
     assert rest[0].ref.kind == "Namespace" and rest[0].ref.name == "weft-system"
     kinds = {(i.ref.kind, i.ref.name) for i in rest}
-    assert {("Deployment", "weft-controller"), ("DaemonSet", "weft-node")} <= kinds
+    assert {
+        ("Deployment", "weft-controller"),
+        ("DaemonSet", "weft-node"),
+        ("DaemonSet", "weft-ztunnel"),
+    } <= kinds
+    # ztunnel's own DaemonSet gets the settings too
+    (ztunnel,) = [i.obj for i in rest if i.ref.name == "weft-ztunnel"]
+    (c,) = ztunnel["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "registry.local/weft:dev"
+    assert c["args"][c["args"].index("--trust-domain") + 1] == "example.org"
 
 
 # --- readiness ---------------------------------------------------------------------------
