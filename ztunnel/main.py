@@ -78,12 +78,13 @@ def cli() -> None:
 )
 @click.option(
     "--workers",
-    default="1",
+    default="auto",
     show_default=True,
     help="Worker processes relaying connections (15001/15008 one SO_REUSEPORT socket each, "
     "15006 shared): a number up to 8, or `auto` for the node's cores (at most 8). With more "
     "than one, a parent process holds the controller stream, the certificates and the HTTP "
-    "listeners for all.",
+    "listeners for all. Each is a Python process (about 67 MB): `--workers 1` on a node whose "
+    "traffic does not need the cores; the lab runs 1 per node (`lab up --ztunnel-workers`).",
 )
 def run(
     node: str,

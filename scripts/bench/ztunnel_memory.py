@@ -156,7 +156,7 @@ def run_one(tmp: Path, pods: int, services: int, nodes: int, env: dict[str, str]
         with log.open("w") as out:
             ztunnel = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "ztunnel", "run", "--node", NODE),
+                    *(sys.executable, "-m", "ztunnel", "run", "--node", NODE, "--workers", "1"),
                     *("--controller", f"127.0.0.1:{grpc_port}", "--credential", str(creds)),
                     *("--admin-socket", str(admin)),
                 ],
