@@ -331,6 +331,13 @@ def profile(ztunnels: dict[str, int], seconds: float, out: Path) -> list[subproc
 @click.option("--connections", default=4, show_default=True, help="Kept-alive connections.")
 @click.option("--rounds", default=3, show_default=True, help="Interleaved rounds.")
 @click.option("--workers", default=1, show_default=True, help="Per ztunnel (lab up).")
+@click.option(
+    "--nice",
+    type=click.IntRange(-20, 19),
+    default=None,
+    help="Set the ztunnels' (and the HAProxy helpers') nice value: how much of the tail is "
+    "waiting for a core.",
+)
 @click.option("--warm", default=1.0, show_default=True, help="Unmeasured seconds before each.")
 @click.option("--profile", "profile_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--smoke", is_flag=True, help="Tiny counts: checks the benchmark runs, no figures.")
@@ -340,6 +347,7 @@ def main(
     connections: int,
     rounds: int,
     workers: int,
+    nice: int | None,
     warm: float,
     profile_dir: Path | None,
     smoke: bool,
@@ -388,6 +396,11 @@ def main(
                 "haproxy": ("plain", "127.0.0.1", HAPROXY_CLIENT_PORT),
                 "mesh": ("mesh", pods[("mesh", "server")]["ip"], 8080),
             }
+            if nice is not None:
+                for pid in [helpers[0].pid, server_tls, *ztunnels.values()]:
+                    for member in process_tree(pid):  # nice is per thread: every thread
+                        for task in Path(f"/proc/{member}/task").iterdir():
+                            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
             for target in targets.values():  # until each answers (bounded)
                 for attempt in range(30):
                     try:
@@ -419,11 +432,15 @@ def main(
         finally:
             _benchlib.stop(helpers)
             lab("down", check=False)
-    click.echo(json.dumps(summary(workers, seen, rss, rate), indent=2))
+    click.echo(json.dumps(summary(workers, nice, seen, rss, rate), indent=2))
 
 
 def summary(
-    workers: int, seen: dict[str, list[dict[str, Any]]], rss: dict[str, float], rate: int
+    workers: int,
+    nice: int | None,
+    seen: dict[str, list[dict[str, Any]]],
+    rss: dict[str, float],
+    rate: int,
 ) -> dict[str, Any]:
     keys = ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", *SENT_KEYS)
     ways = {
@@ -453,6 +470,7 @@ def summary(
     return {
         "rate_rps": rate,
         "workers_per_ztunnel": workers,
+        "proxies_nice": nice,
         "rounds": len(seen["mesh"]),
         "latency_ms": ways,
         "added_ms": added,
