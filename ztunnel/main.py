@@ -77,6 +77,15 @@ def cli() -> None:
     help="Seconds a replaced ztunnel keeps relaying its open connections before it exits.",
 )
 @click.option(
+    "--after-drain",
+    type=click.Choice(["exit", "wait"]),
+    default="exit",
+    show_default=True,
+    help="What a replaced ztunnel does once drained: exit (the lab), or wait for SIGTERM "
+    "(Kubernetes: an exit before the old pod is deleted would be restarted by the kubelet, "
+    "take the sockets back, and then be stopped while serving).",
+)
+@click.option(
     "--workers",
     default="auto",
     show_default=True,
@@ -102,6 +111,7 @@ def run(
     handover_socket: Path | None,
     takeover: Path | None,
     drain_timeout: float,
+    after_drain: str,
     workers: str,
 ) -> None:
     """Carry this node's enrolled pods' connections over mTLS HBONE."""
@@ -153,6 +163,12 @@ def run(
             # ready): drain on; the pod's grace period, sized to the drain timeout, bounds it
             log.info("ztunnel.drain_continues", node=node)
             await drained
+        elif not stopping.done() and after_drain == "wait":
+            await ztunnel.stop()  # nothing left to relay: hold no socket, wait to be deleted
+            log.info("ztunnel.drained_waiting", node=node)
+            await stopping
+            log.info("ztunnel.stopped", node=node, drained=True)
+            return
         stopping.cancel()
         drained.cancel()
         await ztunnel.stop()

@@ -93,6 +93,11 @@ def test_the_handover_socket_is_on_the_host_path_the_arguments_name() -> None:
     assert hosts == {"/var/run/weft/ztunnel"}
 
 
+def test_a_drained_ztunnel_waits_to_be_deleted() -> None:
+    # an exit would be restarted by the kubelet and take the sockets back from its successor
+    assert _params()["after_drain"] == "wait"
+
+
 def test_the_grace_period_outlasts_the_drain() -> None:
     params = _params()
     grace = _spec()["terminationGracePeriodSeconds"]
