@@ -194,8 +194,8 @@ def main(
                         compiled[case].append(compiles(paths))
                         loads[case].extend(program_times(paths))
                         click.echo(
-                            f"lab {name} (id {lab_id}, cache {mode}) up in "
-                            f"{ups[case][-1]:.2f}s, {compiled[case][-1]} agent(s) compiled",
+                            f"lab {name} (id {lab_id}) up in {ups[case][-1]:.2f}s "
+                            f"(cache {mode}), {compiled[case][-1]} agent(s) compiled",
                             err=True,
                         )
                     finally:
