@@ -255,6 +255,24 @@ class NodeAgent:
             if uid not in desired:
                 self.names.pop(self.cookies.pop(uid), None)
         for uid, pod in desired.items():
+            found = self.found.get(uid)
+            if (
+                uid in self.cookies
+                and found is not None
+                and not found.host_network
+                and found.netns_cookie != self.cookies[uid]
+            ):
+                # Read again and the netns changed: the first read caught the pod's first
+                # process before it entered the pod's netns (the lab's container start joins
+                # the cgroup first; inotify makes that window visible). Follow the pod, or it
+                # would stay uncaptured with a stranger's netns enrolled in its place.
+                log.warning(
+                    "pod.netns_changed",
+                    pod=pod.label,
+                    was=self.cookies[uid],
+                    now=found.netns_cookie,
+                )
+                self.names.pop(self.cookies.pop(uid), None)
             if uid not in self.cookies:
                 found = self.found.get(uid)
                 cookie = found.netns_cookie if found is not None else None

@@ -449,6 +449,33 @@ def test_the_cni_add_fails_for_a_netns_the_agent_cannot_read(node: Node, agent: 
     assert out["code"] == 11 and "cannot read the pod's netns" in out["msg"]
 
 
+def test_a_pod_read_before_its_process_entered_its_netns_is_followed(
+    node: Node, agent: Agent
+) -> None:
+    """The pod's first process joins its cgroup in another netns (this test's own) and
+    enters the pod's a while later, as the lab's container start does in a blink: the agent
+    may read the stranger's netns first, and must then follow the pod to its own, not keep
+    the stranger's enrolled and the pod uncaptured."""
+    uid, ip, container, pod_ns = node.new_pod()
+    cookie = run_in_netns(f"/run/netns/{pod_ns}", pods.own_netns_cookie)
+    stranger = pods.own_netns_cookie()
+    name = f"w-{node.count}"
+    node.declare(name, "shop", uid, ip)
+    until("known", lambda: f"shop/{name}" in agent.status()["pending"])
+    node.started.append(
+        subprocess.Popen(
+            ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && sleep 1.5 && exec "$@"',
+             str(container), "nsenter", f"--net=/run/netns/{pod_ns}", "--", "sleep", "600"]
+        )
+    )  # fmt: skip
+    enrolled = EnrolledMap()
+    try:
+        until("the pod's own netns in the map", lambda: cookie in enrolled, timeout=10)
+        until("the stranger's netns let go", lambda: stranger not in enrolled, timeout=5)
+    finally:
+        enrolled.close()
+
+
 # --- the window: first process -> in the capture map ------------------------------------
 
 
