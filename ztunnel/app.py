@@ -160,12 +160,7 @@ class Ztunnel:
                 takeover.abandon(f"the successor failed to start: {err!r}")
                 raise
             # it stops accepting, lets go of HTTP, drains for at most our --drain-timeout
-            draining = await takeover.complete(c.drain_timeout)
-            self.predecessor = {
-                "pid": takeover.offer.pid,
-                "version": takeover.offer.version,
-                "connections": draining.connections,
-            }
+            self.predecessor = await takeover.hand_over(c.drain_timeout)
             await self._start_http()
             log.info("handover.completed", **self.predecessor)
         if c.handover_socket is not None:

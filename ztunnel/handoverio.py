@@ -308,6 +308,15 @@ class Takeover:
             raise HandoverError(f"expected draining, got {msg}")
         return msg
 
+    async def hand_over(self, drain_timeout: float) -> dict[str, object]:
+        """complete(), then what /config_dump says of the ztunnel taken over from."""
+        draining = await self.complete(drain_timeout)
+        return {
+            "pid": self.offer.pid,
+            "version": self.offer.version,
+            "connections": draining.connections,
+        }
+
     def abandon(self, reason: str) -> None:
         with contextlib.suppress(OSError):
             send(self.sock, Refused(reason))
